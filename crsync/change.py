@@ -1,0 +1,122 @@
+"""The change record: one replicated cell (or row-existence record), as cr-sqlite's ``crsql_changes``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import attrs
+
+from .errors import InvalidChangeError
+from .pack import SqlValue
+
+SENTINEL = "-1"
+"""``cid`` of a row-existence record (create, delete or resurrect)."""
+
+I64_MIN = -(1 << 63)
+I64_MAX = (1 << 63) - 1
+
+
+@attrs.frozen(slots=True)
+class Change:
+    """One change, with exactly the columns of cr-sqlite's ``crsql_changes``.
+
+    Attributes:
+        table: name of the replicated table.
+        pk: packed primary key (see :func:`crsync.pack_pk`).
+        cid: column name, or ``"-1"`` for a row-existence record.
+        val: the cell's value (None for ``"-1"`` records).
+        col_version: per-cell version; for ``"-1"`` records, the causal length.
+        db_version: the sending database's logical clock for this change.
+        site_id: 16-byte id of the site that authored the winning write.
+        cl: causal length of the row (odd alive, even deleted).
+        seq: position of the write inside its author's transaction.
+    """
+
+    table: str
+    pk: bytes
+    cid: str
+    val: SqlValue
+    col_version: int
+    db_version: int
+    site_id: bytes
+    cl: int
+    seq: int
+
+    def as_tuple(self) -> tuple[str, bytes, str, SqlValue, int, int, bytes, int, int]:
+        """The nine fields in ``crsql_changes`` column order."""
+        return (
+            self.table,
+            self.pk,
+            self.cid,
+            self.val,
+            self.col_version,
+            self.db_version,
+            self.site_id,
+            self.cl,
+            self.seq,
+        )
+
+
+def _check_int(name: str, v: object, minimum: int, index: int) -> int:
+    if type(v) is not int:
+        raise InvalidChangeError(
+            f"change #{index}: {name} must be an integer, got {type(v).__name__}"
+        )
+    if not minimum <= v <= I64_MAX:
+        raise InvalidChangeError(f"change #{index}: {name} = {v} is out of range")
+    return v
+
+
+def validate_change(c: object, index: int = 0) -> Change:
+    """Check every field of an incoming change and return it normalised.
+
+    Accepts a :class:`Change` or any 9-sequence in ``crsql_changes`` column order.
+
+    Raises:
+        InvalidChangeError: naming the change's position and the field at fault.
+    """
+    if isinstance(c, Change):
+        t = c.as_tuple()
+    elif isinstance(c, tuple | list):
+        if len(c) != 9:
+            raise InvalidChangeError(f"change #{index}: expected 9 fields, got {len(c)}")
+        t = tuple(c)  # type: ignore[assignment]
+    else:
+        raise InvalidChangeError(f"change #{index}: not a change: {type(c).__name__}")
+    table, pk, cid, val, col_version, db_version, site_id, cl, seq = t
+    if not isinstance(table, str) or not table:
+        raise InvalidChangeError(f"change #{index}: table must be a non-empty string")
+    if isinstance(pk, bytearray | memoryview):
+        pk = bytes(pk)
+    if not isinstance(pk, bytes) or not pk:
+        raise InvalidChangeError(f"change #{index}: pk must be a non-empty packed blob")
+    if not isinstance(cid, str) or not cid:
+        raise InvalidChangeError(f"change #{index}: cid must be a non-empty string")
+    if isinstance(val, bytearray | memoryview):
+        val = bytes(val)
+    if isinstance(val, bool):
+        val = int(val)
+    if val is not None and not isinstance(val, int | float | str | bytes):
+        raise InvalidChangeError(
+            f"change #{index}: val of type {type(val).__name__} is not an SQLite value"
+        )
+    if isinstance(val, int) and not I64_MIN <= val <= I64_MAX:
+        raise InvalidChangeError(f"change #{index}: integer val does not fit in 64 bits")
+    if isinstance(val, float) and val != val:
+        raise InvalidChangeError(f"change #{index}: val is NaN, which SQLite cannot store")
+    _check_int("col_version", col_version, 0, index)
+    _check_int("db_version", db_version, 0, index)
+    _check_int("cl", cl, 1, index)
+    _check_int("seq", seq, 0, index)
+    if isinstance(site_id, bytearray | memoryview):
+        site_id = bytes(site_id)
+    if not isinstance(site_id, bytes) or len(site_id) != 16:
+        raise InvalidChangeError(f"change #{index}: site_id must be 16 bytes")
+    if isinstance(c, Change) and val is c.val and pk is c.pk and site_id is c.site_id:
+        return c
+    return Change(table, pk, cid, val, col_version, db_version, site_id, cl, seq)
+
+
+def validate_changes(changes: Iterable[object]) -> list[Change]:
+    """Validate a whole batch; raise on the first bad change (nothing is applied)."""
+    return [validate_change(c, i) for i, c in enumerate(changes)]
