@@ -25,8 +25,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import attrs
-
 from .change import SENTINEL, Change
 from .pack import SqlValue
 from .values import compare_values
@@ -35,30 +33,35 @@ MERGE_VERSION = -1
 """Placeholder db_version for clocks written by the merge in progress."""
 
 
-@attrs.define(slots=True)
-class Clock:
-    """A cell or sentinel clock."""
-
-    col_version: int
-    db_version: int
-    site: bytes
-    seq: int
+Clock = tuple[int, int, bytes, int]
+"""A cell or sentinel clock: (col_version, db_version, site id, seq)."""
 
 
-@attrs.define(slots=True)
 class RowState:
     """What a replica knows of one row: causal length, sentinel, cell clocks and values."""
 
-    cl: int = 0  # 0: never seen
-    sentinel: Clock | None = None
-    cells: dict[str, Clock | None] = attrs.Factory(dict)
-    values: dict[str, SqlValue] = attrs.Factory(dict)
-    exists: bool = False  # the base row exists
-    # bookkeeping for the writer
-    initially_exists: bool = False
-    reset: bool = False  # the base row was deleted at some point during this merge
-    written: set[str] = attrs.Factory(set)  # columns whose base value this merge set
-    changed: bool = False  # metadata changed
+    __slots__ = (
+        "cells",
+        "changed",
+        "cl",
+        "exists",
+        "initially_exists",
+        "reset",
+        "sentinel",
+        "values",
+        "written",
+    )
+
+    def __init__(self, cl: int = 0, exists: bool = False) -> None:
+        self.cl = cl  # 0: never seen
+        self.sentinel: Clock | None = None
+        self.cells: dict[str, Clock | None] = {}
+        self.values: dict[str, SqlValue] = {}
+        self.exists = exists  # the base row exists
+        self.initially_exists = exists
+        self.reset = False  # the base row was deleted at some point during this merge
+        self.written: set[str] = set()  # columns whose base value this merge set
+        self.changed = False  # metadata changed
 
 
 def _resurrect(state: RowState, c: Change, defaults: Mapping[str, SqlValue]) -> None:
@@ -66,11 +69,12 @@ def _resurrect(state: RowState, c: Change, defaults: Mapping[str, SqlValue]) -> 
         state.exists = True
         state.values = dict(defaults)
         state.written = set()
-    for cid, clock in state.cells.items():
+    cells = state.cells
+    for cid, clock in cells.items():
         if clock is not None:
-            state.cells[cid] = Clock(0, MERGE_VERSION, clock.site, clock.seq)
+            cells[cid] = (0, MERGE_VERSION, clock[2], clock[3])
     state.cl = c.cl
-    state.sentinel = Clock(c.cl, MERGE_VERSION, c.site_id, c.seq)
+    state.sentinel = (c.cl, MERGE_VERSION, c.site_id, c.seq)
     state.changed = True
 
 
@@ -86,52 +90,52 @@ def apply_change(state: RowState, c: Change, defaults: Mapping[str, SqlValue]) -
         True if the change won (changed data or metadata).
     """
     local_cl = state.cl
-    if c.cl < local_cl:
+    ccl = c.cl
+    if ccl < local_cl:
         return False
-    if c.cl % 2 == 0:
-        if c.cl == local_cl:
+    if ccl % 2 == 0:
+        if ccl == local_cl:
             return False
         if state.exists:
             state.reset = True
         state.exists = False
         state.values = {}
         state.written = set()
-        state.cl = c.cl
-        state.sentinel = Clock(c.cl, MERGE_VERSION, c.site_id, c.seq)
-        for cid in state.cells:
-            state.cells[cid] = None
+        state.cl = ccl
+        state.sentinel = (ccl, MERGE_VERSION, c.site_id, c.seq)
+        cells = state.cells
+        for cid in cells:
+            cells[cid] = None
         state.changed = True
         return True
-    if c.cid == SENTINEL:
-        if c.cl == local_cl:
+    cid = c.cid
+    if cid == SENTINEL:
+        if ccl == local_cl:
             return False
         _resurrect(state, c, defaults)
         return True
-    needs_resurrect = c.cl > local_cl
-    if needs_resurrect:
-        if local_cl != 0 or c.cl > 1:
+    if ccl > local_cl:
+        if local_cl != 0 or ccl > 1:
             _resurrect(state, c, defaults)
         else:
             state.cl = 1
             if not state.exists:
                 state.exists = True
                 state.values = dict(defaults)
-        wins = True
     else:
-        local = state.cells.get(c.cid)
-        if local is None:
-            wins = True
-        elif c.col_version != local.col_version:
-            wins = c.col_version > local.col_version
-        else:
-            wins = compare_values(c.val, state.values.get(c.cid)) > 0
-    if not wins:
-        return False
+        local = state.cells.get(cid)
+        if local is not None:
+            lv = local[0]
+            if c.col_version != lv:
+                if c.col_version < lv:
+                    return False
+            elif compare_values(c.val, state.values.get(cid)) <= 0:
+                return False
     if not state.exists:  # a live clock whose base row is missing: recreate it
         state.exists = True
         state.values = dict(defaults)
-    state.values[c.cid] = c.val
-    state.written.add(c.cid)
-    state.cells[c.cid] = Clock(c.col_version, MERGE_VERSION, c.site_id, c.seq)
+    state.values[cid] = c.val
+    state.written.add(cid)
+    state.cells[cid] = (c.col_version, MERGE_VERSION, c.site_id, c.seq)
     state.changed = True
     return True

@@ -60,13 +60,14 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _table_sql(conn: sqlite3.Connection, table: str) -> tuple[str, str] | None:
+def _table_sql(conn: sqlite3.Connection, table: str) -> tuple[str, str, str] | None:
+    """(canonical name, type, sql) of a table or view, matched case-insensitively."""
     row = conn.execute(
-        "SELECT type, sql FROM sqlite_schema WHERE name = ? COLLATE NOCASE AND type IN "
+        "SELECT name, type, sql FROM sqlite_schema WHERE name = ? COLLATE NOCASE AND type IN "
         "('table', 'view') AND name NOT LIKE 'sqlite_%'",
         (table,),
     ).fetchone()
-    return None if row is None else (row[0], row[1] or "")
+    return None if row is None else (row[0], row[1], row[2] or "")
 
 
 def table_info(conn: sqlite3.Connection, table: str) -> TableInfo:
@@ -78,13 +79,13 @@ def table_info(conn: sqlite3.Connection, table: str) -> TableInfo:
     found = _table_sql(conn, table)
     if found is None:
         raise SchemaError(table, "no such table")
-    kind, sql = found
+    table, kind, sql = found
     if kind != "table":
         raise SchemaError(table, f"is a {kind}, not a table")
     if sql.lstrip().upper().startswith("CREATE VIRTUAL"):
         raise SchemaError(table, "virtual tables cannot be replicated")
     rows = conn.execute(
-        "SELECT name, type, \"notnull\", dflt_value, pk, hidden FROM pragma_table_xinfo(?)",
+        'SELECT name, type, "notnull", dflt_value, pk, hidden FROM pragma_table_xinfo(?)',
         (table,),
     ).fetchall()
     cols = [
@@ -119,7 +120,7 @@ def validate_table(conn: sqlite3.Connection, table: str) -> TableInfo:
             name, "has no PRIMARY KEY; replicated rows need a primary key as their identity"
         )
     found = _table_sql(conn, name)
-    sql = found[1] if found else ""
+    sql = found[2] if found else ""
     if "AUTOINCREMENT" in sql.upper():
         raise SchemaError(
             name,
@@ -135,7 +136,7 @@ def validate_table(conn: sqlite3.Connection, table: str) -> TableInfo:
                 name, f"primary key column {c.name!r} is nullable; declare it NOT NULL"
             )
     for idx_name, unique, origin in conn.execute(
-        "SELECT name, \"unique\", origin FROM pragma_index_list(?)", (name,)
+        'SELECT name, "unique", origin FROM pragma_index_list(?)', (name,)
     ):
         if unique and origin != "pk":
             raise SchemaError(
@@ -150,7 +151,7 @@ def validate_table(conn: sqlite3.Connection, table: str) -> TableInfo:
                 f"column {c.name!r} is NOT NULL without a DEFAULT; merges create rows one "
                 "cell at a time, so it needs a default",
             )
-    fks = conn.execute("SELECT \"table\" FROM pragma_foreign_key_list(?)", (name,)).fetchall()
+    fks = conn.execute('SELECT "table" FROM pragma_foreign_key_list(?)', (name,)).fetchall()
     if fks:
         raise SchemaError(
             name,
@@ -176,3 +177,17 @@ def schema_fingerprint(conn: sqlite3.Connection, table: str) -> str:
         SchemaError: the table does not exist.
     """
     return fingerprint_of(table_info(conn, table))
+
+
+def affinity(decltype: str) -> str:
+    """SQLite's column affinity of a declared type: INTEGER, TEXT, BLOB, REAL or NUMERIC."""
+    t = decltype.upper()
+    if "INT" in t:
+        return "INTEGER"
+    if "CHAR" in t or "CLOB" in t or "TEXT" in t:
+        return "TEXT"
+    if "BLOB" in t or not t:
+        return "BLOB"
+    if "REAL" in t or "FLOA" in t or "DOUB" in t:
+        return "REAL"
+    return "NUMERIC"

@@ -1,0 +1,83 @@
+"""crsync: multi-device sync for plain SQLite.
+
+Capture with generated triggers, merge with cr-sqlite's CRDT rules (column-level
+last-writer-wins, causal-length row existence), sync through a relay.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+
+from .change import SENTINEL, Change
+from .database import Database, connect
+from .errors import (
+    AuthError,
+    CrsyncError,
+    InvalidChangeError,
+    NotTrackedError,
+    PackError,
+    ProtocolError,
+    SchemaError,
+    SchemaMismatchError,
+    SyncError,
+)
+from .pack import pack_pk, unpack_pk
+from .schema import schema_fingerprint as _schema_fingerprint
+from .schema import validate_table
+from .triggers import generate
+
+__version__ = "0.1.0"
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+
+def trigger_sql(conn: sqlite3.Connection, table: str) -> str:
+    """The SQL that tracking ``table`` installs (metadata table and triggers); executes nothing.
+
+    Raises:
+        SchemaError: the table cannot be replicated as declared.
+    """
+    row = None
+    try:
+        row = conn.execute("SELECT slots FROM crsync_tables WHERE name = ?", (table,)).fetchone()
+    except sqlite3.OperationalError:
+        row = None  # crsync never touched this database
+    info = validate_table(conn, table)
+    if row is None:
+        names = list(info.column_names)
+        existing = 0
+    else:
+        import json
+
+        names = json.loads(row[0])
+        existing = len(names)
+        names += [c for c in info.column_names if c not in names]
+    slots = {c: names.index(c) for c in info.column_names}
+    return generate(info, slots, len(names), existing).script()
+
+
+def schema_fingerprint(conn: sqlite3.Connection, table: str) -> str:
+    """Deterministic fingerprint of a table's replicated schema (name, pk, column set)."""
+    return _schema_fingerprint(conn, table)
+
+
+__all__ = [
+    "SENTINEL",
+    "AuthError",
+    "Change",
+    "CrsyncError",
+    "Database",
+    "InvalidChangeError",
+    "NotTrackedError",
+    "PackError",
+    "ProtocolError",
+    "SchemaError",
+    "SchemaMismatchError",
+    "SyncError",
+    "connect",
+    "pack_pk",
+    "schema_fingerprint",
+    "trigger_sql",
+    "unpack_pk",
+]

@@ -1,0 +1,923 @@
+"""``crsync.Database``: a SQLite file with replicated tables, its change feed and its merge.
+
+Versions. ``crsync_clock.db_version`` is the *open* version: every local write and every merge
+is stamped with it. Reading the change feed (or :attr:`Database.db_version`) *seals* it: inside
+a write transaction, if anything was stamped with the open version, the open version moves one
+up. SQLite serialises writers, so every transaction committed before a seal carries a version at
+or below the sealed one and every later transaction a higher one: all changes of one transaction
+share one db_version, and a reader that asks for ``changes(since=V)`` after reading ``V`` sees
+every later write. No commit hook and no function registered on the writing connection is
+needed, so writes from any connection or process are captured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sqlite3
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from .change import SENTINEL, Change, validate_changes
+from .errors import CrsyncError, InvalidChangeError, NotTrackedError, PackError, SchemaError
+from .merge_rules import MERGE_VERSION, Clock, RowState, apply_change
+from .pack import SqlValue, pack_pk, unpack_pk
+from .schema import (
+    TableInfo,
+    affinity,
+    fingerprint_of,
+    quote_ident,
+    table_info,
+    validate_table,
+)
+from .triggers import cell_columns, generate, meta_table_name, trigger_names
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+
+_METADATA_DDL = [
+    "CREATE TABLE IF NOT EXISTS crsync_meta (key TEXT PRIMARY KEY, value)",
+    "CREATE TABLE IF NOT EXISTS crsync_sites ("
+    "ordinal INTEGER PRIMARY KEY, site_id BLOB NOT NULL UNIQUE)",
+    "CREATE TABLE IF NOT EXISTS crsync_clock (id INTEGER PRIMARY KEY CHECK (id = 0), "
+    "db_version INTEGER NOT NULL, merging INTEGER NOT NULL)",
+    "INSERT OR IGNORE INTO crsync_clock VALUES (0, 1, 0)",
+    "CREATE TABLE IF NOT EXISTS crsync_tables (name TEXT PRIMARY KEY, slots TEXT NOT NULL, "
+    "pk TEXT NOT NULL, fingerprint TEXT NOT NULL)",
+    # Changes for tables or columns this database does not have (yet): kept, never executed,
+    # applied when the table is tracked or migrated.
+    "CREATE TABLE IF NOT EXISTS crsync_pending (tbl TEXT NOT NULL, pk BLOB NOT NULL, "
+    "cid TEXT NOT NULL, val, col_version INTEGER NOT NULL, db_version INTEGER NOT NULL, "
+    "site_id BLOB NOT NULL, cl INTEGER NOT NULL, seq INTEGER NOT NULL, "
+    "PRIMARY KEY (tbl, pk, cid, site_id, col_version, cl)) WITHOUT ROWID",
+    # Peer tracking: acknowledged positions per peer and direction (see crsync.tracking).
+    "CREATE TABLE IF NOT EXISTS crsync_peers (peer TEXT NOT NULL, event TEXT NOT NULL, "
+    "epoch TEXT NOT NULL DEFAULT '', version INTEGER NOT NULL, "
+    "updated_at REAL, PRIMARY KEY (peer, event))",
+]
+
+
+@attrs.define
+class _Tracked:
+    """In-memory description of one tracked table and its prepared SQL."""
+
+    info: TableInfo
+    slots: dict[str, int]  # current column -> slot
+    nslots: int
+    npk: int
+    meta: str  # quoted metadata table
+    read_sql: str
+    state_sql: str
+    state_in_sql: str
+    delete_sql: str
+    meta_write_sql: str
+    pk_affinity: tuple[str, ...]
+    defaults: dict[str, SqlValue] | None = None
+    upserts: dict[tuple[str, ...], str] = attrs.Factory(dict)
+
+
+def _natural(aff: str, v: SqlValue) -> bool:
+    """True if SQLite's affinity ``aff`` stores ``v`` unchanged."""
+    if v is None or isinstance(v, bytes) or aff == "BLOB":
+        return True
+    if aff in ("INTEGER", "NUMERIC"):
+        return isinstance(v, int)
+    if aff == "REAL":
+        return isinstance(v, float)
+    return isinstance(v, str)
+
+
+class Database:
+    """A SQLite database whose tracked tables replicate.
+
+    Create it with :func:`crsync.connect`. The app keeps writing plain SQL through
+    :attr:`conn`; crsync's triggers record every changed cell.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, *, owns_connection: bool = True) -> None:
+        """Wrap a connection (see :func:`crsync.connect`), creating the metadata on first use."""
+        self.conn = conn
+        self._owns = owns_connection
+        self._tracked: dict[str, _Tracked] = {}
+        self._schema_version = -1
+        self._site_ord: dict[bytes, int] = {}
+        self._site_blob: dict[int, bytes] = {}
+        conn.create_function("crsync_pack_pk", -1, _sql_pack_pk, deterministic=True)
+        with self._write():
+            for stmt in _METADATA_DDL:
+                conn.execute(stmt)
+            conn.execute(
+                "INSERT OR IGNORE INTO crsync_meta VALUES ('format_version', ?)", (FORMAT_VERSION,)
+            )
+            fmt = conn.execute(
+                "SELECT value FROM crsync_meta WHERE key = 'format_version'"
+            ).fetchone()[0]
+            if fmt != FORMAT_VERSION:
+                raise CrsyncError(
+                    f"this database uses crsync metadata format {fmt}; this crsync reads "
+                    f"format {FORMAT_VERSION}"
+                )
+            if conn.execute("SELECT 1 FROM crsync_sites WHERE ordinal = 0").fetchone() is None:
+                conn.execute(
+                    "INSERT INTO crsync_sites (ordinal, site_id) VALUES (0, ?)",
+                    (uuid.uuid4().bytes,),
+                )
+        self.site_id: bytes = conn.execute(
+            "SELECT site_id FROM crsync_sites WHERE ordinal = 0"
+        ).fetchone()[0]
+        """16-byte id of this database (UUIDv4 layout), persisted in the file."""
+
+    # ------------------------------------------------------------------ plumbing
+
+    def close(self) -> None:
+        """Close the connection if crsync opened it."""
+        if self._owns:
+            self.conn.close()
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def path(self) -> str | None:
+        """Path of the main database file, or None for an in-memory database."""
+        row = self.conn.execute(
+            "SELECT file FROM pragma_database_list WHERE name = 'main'"
+        ).fetchone()
+        return row[0] or None if row else None
+
+    def _no_txn(self, what: str) -> None:
+        if self.conn.in_transaction:
+            raise CrsyncError(
+                f"cannot {what} inside an open transaction on db.conn; commit or roll back first"
+            )
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """A BEGIN IMMEDIATE transaction; SQLite errors become CrsyncError after rollback."""
+        conn = self.conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise CrsyncError(f"cannot start a write transaction: {exc}") from exc
+        try:
+            yield conn
+        except BaseException as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self._site_ord.clear()
+            self._site_blob.clear()
+            if isinstance(exc, sqlite3.Error):
+                raise CrsyncError(f"SQLite error, nothing was changed: {exc}") from exc
+            raise
+        else:
+            conn.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: one consistent snapshot."""
+        conn = self.conn
+        conn.execute("BEGIN")
+        try:
+            yield conn
+        finally:
+            if conn.in_transaction:
+                conn.execute("COMMIT")
+
+    def _refresh(self) -> None:
+        """Reload the tracked-table registry if the schema changed."""
+        sv = self.conn.execute("PRAGMA schema_version").fetchone()[0]
+        if sv == self._schema_version and self._tracked is not None:
+            return
+        tracked: dict[str, _Tracked] = {}
+        for name, slots_json, _pk_json, _fp in self.conn.execute(
+            "SELECT name, slots, pk, fingerprint FROM crsync_tables"
+        ).fetchall():
+            slot_names: list[str] = json.loads(slots_json)
+            try:
+                info = table_info(self.conn, name)
+            except SchemaError:
+                continue  # table dropped behind our back; its metadata stays
+            tracked[name] = self._prepare(info, slot_names)
+        self._tracked = tracked
+        self._schema_version = sv
+
+    def _prepare(self, info: TableInfo, slot_names: list[str]) -> _Tracked:
+        q = quote_ident
+        slots = {c.name: slot_names.index(c.name) for c in info.columns if c.name in slot_names}
+        npk = len(info.pk)
+        m = q(meta_table_name(info.name))
+        t = q(info.name)
+        cur = [(c.name, slots[c.name]) for c in info.columns if c.name in slots]
+        cell_sel = ", ".join(f"m.{c}" for _, i in cur for c in cell_columns(i))
+        val_sel = ", ".join(f"b.{q(n)}" for n, _ in cur)
+        pcols = [f"p{j}" for j in range(npk)]
+        join = " AND ".join(f"b.{q(c.name)} = m.p{j}" for j, c in enumerate(info.pk))
+        head = ", ".join([*(f"m.{p}" for p in pcols), "m.cl", "m.sd", "m.ss", "m.sq", "m.dbv"])
+        sel = ", ".join(x for x in (head, cell_sel, val_sel, f"b.{q(info.pk[0].name)}") if x)
+        read_sql = (
+            f"SELECT {sel} FROM {m} AS m LEFT JOIN {t} AS b ON {join} "
+            "WHERE m.dbv > ? AND m.dbv <= ?"
+        )
+        key_match = " AND ".join(f"m.p{j} = ?" for j in range(npk))
+        state_sql = f"SELECT {sel} FROM {m} AS m LEFT JOIN {t} AS b ON {join} WHERE {key_match}"
+        state_in_sql = (
+            f"SELECT {sel} FROM {m} AS m LEFT JOIN {t} AS b ON {join} WHERE m.p0 IN ({{}})"
+        )
+        delete_sql = f"DELETE FROM {t} WHERE " + " AND ".join(f"{q(c.name)} = ?" for c in info.pk)
+        all_cells = [c for i in range(len(slot_names)) for c in cell_columns(i)]
+        mcols = [*pcols, "cl", "sd", "ss", "sq", "dbv", *all_cells]
+        meta_write_sql = (
+            f"INSERT OR REPLACE INTO {m} ({', '.join(mcols)}) "
+            f"VALUES ({', '.join('?' * len(mcols))})"
+        )
+        return _Tracked(
+            info=info,
+            slots=slots,
+            nslots=len(slot_names),
+            npk=npk,
+            meta=m,
+            read_sql=read_sql,
+            state_sql=state_sql,
+            state_in_sql=state_in_sql,
+            delete_sql=delete_sql,
+            meta_write_sql=meta_write_sql,
+            pk_affinity=tuple(affinity(c.decltype) for c in info.pk),
+        )
+
+    def _site_ordinal(self, site: bytes) -> int:
+        o = self._site_ord.get(site)
+        if o is not None:
+            return o
+        if site == self.site_id:
+            o = 0
+        else:
+            row = self.conn.execute(
+                "SELECT ordinal FROM crsync_sites WHERE site_id = ?", (site,)
+            ).fetchone()
+            if row is None:
+                row = self.conn.execute(
+                    "INSERT INTO crsync_sites (site_id) VALUES (?) RETURNING ordinal", (site,)
+                ).fetchone()
+            o = int(row[0])
+        self._site_ord[site] = o
+        self._site_blob[o] = site
+        return o
+
+    def _site_of(self, ordinal: int) -> bytes:
+        b = self._site_blob.get(ordinal)
+        if b is None:
+            for o, s in self.conn.execute("SELECT ordinal, site_id FROM crsync_sites"):
+                self._site_blob[o] = s
+                self._site_ord[s] = o
+            b = self._site_blob.get(ordinal)
+            if b is None:
+                raise CrsyncError(f"metadata refers to unknown site ordinal {ordinal}")
+        return b
+
+    # ------------------------------------------------------------------ tracking
+
+    def tracked_tables(self) -> list[str]:
+        """Names of the replicated tables."""
+        self._refresh()
+        return sorted(self._tracked)
+
+    def capture_sql(self, table: str) -> str:
+        """The SQL :meth:`track` would install for a table (executes nothing)."""
+        info = validate_table(self.conn, table)
+        slot_names, existing = self._slots_for(info)
+        return generate(info, self._slot_map(info, slot_names), len(slot_names), existing).script()
+
+    def _slots_for(self, info: TableInfo) -> tuple[list[str], int]:
+        row = self.conn.execute(
+            "SELECT slots, pk FROM crsync_tables WHERE name = ?", (info.name,)
+        ).fetchone()
+        if row is None:
+            return list(info.column_names), 0
+        slot_names: list[str] = json.loads(row[0])
+        old_pk = json.loads(row[1])
+        if list(info.pk_names) != old_pk:
+            raise SchemaError(
+                info.name,
+                f"primary key changed from {old_pk} to {list(info.pk_names)}; every row "
+                "identity changed, so untrack the table and track it again",
+            )
+        existing = len(slot_names)
+        slot_names += [c for c in info.column_names if c not in slot_names]
+        return slot_names, existing
+
+    @staticmethod
+    def _slot_map(info: TableInfo, slot_names: list[str]) -> dict[str, int]:
+        return {c: slot_names.index(c) for c in info.column_names}
+
+    def track(self, table: str) -> None:
+        """Make a table replicated: validate it, install capture triggers, record existing rows.
+
+        Idempotent. After a migration of the table (for instance ``ALTER TABLE ... ADD
+        COLUMN``), calling it again adopts the new columns and applies changes that were kept
+        aside because this database did not have those columns yet.
+
+        Raises:
+            SchemaError: the table cannot converge as declared (the message says why).
+        """
+        self._no_txn("track a table")
+        with self._write() as conn:
+            info = validate_table(conn, table)
+            fp = fingerprint_of(info)
+            row = conn.execute(
+                "SELECT fingerprint FROM crsync_tables WHERE name = ?", (info.name,)
+            ).fetchone()
+            have = {
+                r[0]
+                for r in conn.execute(
+                    "SELECT name FROM sqlite_schema WHERE type = 'trigger' AND tbl_name = ?",
+                    (info.name,),
+                )
+            }
+            if row is not None and row[0] == fp and set(trigger_names(info.name)) <= have:
+                return
+            slot_names, existing = self._slots_for(info)
+            slots = self._slot_map(info, slot_names)
+            cap = generate(info, slots, len(slot_names), existing)
+            for stmt in cap.meta_table + cap.add_slots + cap.drop_triggers + cap.create_triggers:
+                conn.execute(stmt)
+            self._backfill(info, slots, len(slot_names), new_from=existing if row else None)
+            conn.execute(
+                "INSERT OR REPLACE INTO crsync_tables (name, slots, pk, fingerprint) "
+                "VALUES (?, ?, ?, ?)",
+                (info.name, json.dumps(slot_names), json.dumps(list(info.pk_names)), fp),
+            )
+            self._create_feed_view(conn)
+            log.info("crsync.track table=%s columns=%d", info.name, len(slots))
+        self._schema_version = -1
+        self._apply_pending(info.name)
+
+    def untrack(self, table: str) -> None:
+        """Stop replicating a table: drop its triggers and metadata (the table is untouched).
+
+        Raises:
+            NotTrackedError: the table is not tracked.
+        """
+        self._no_txn("untrack a table")
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT name FROM crsync_tables WHERE name = ? COLLATE NOCASE", (table,)
+            ).fetchone()
+            if row is None:
+                raise NotTrackedError(f"table {table!r} is not tracked")
+            name = row[0]
+            for n in trigger_names(name):
+                conn.execute(f"DROP TRIGGER IF EXISTS {quote_ident(n)}")
+            conn.execute(f"DROP TABLE IF EXISTS {quote_ident(meta_table_name(name))}")
+            conn.execute("DELETE FROM crsync_tables WHERE name = ?", (name,))
+            self._create_feed_view(conn)
+        self._schema_version = -1
+
+    @contextlib.contextmanager
+    def migrate(self, table: str) -> Iterator[sqlite3.Connection]:
+        """Change a tracked table's schema safely.
+
+        Inside the block the table's capture triggers are removed, so ``ALTER TABLE`` works
+        (SQLite refuses to drop or rename a column a trigger uses); on exit the table is
+        tracked again with its new columns, in the same transaction. Existing clocks are kept
+        (never reset), and changes kept aside for the new columns are applied.
+
+        Example::
+
+            with db.migrate("todos") as conn:
+                conn.execute("ALTER TABLE todos ADD COLUMN due TEXT")
+        """
+        self._no_txn("migrate a table")
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT name FROM crsync_tables WHERE name = ? COLLATE NOCASE", (table,)
+            ).fetchone()
+            if row is None:
+                raise NotTrackedError(f"table {table!r} is not tracked")
+            for n in trigger_names(row[0]):
+                conn.execute(f"DROP TRIGGER IF EXISTS {quote_ident(n)}")
+            conn.execute("UPDATE crsync_tables SET fingerprint = '' WHERE name = ?", (row[0],))
+            yield conn
+            info = validate_table(conn, row[0])
+            slot_names, existing = self._slots_for(info)
+            slots = self._slot_map(info, slot_names)
+            cap = generate(info, slots, len(slot_names), existing)
+            for stmt in cap.add_slots + cap.create_triggers:
+                conn.execute(stmt)
+            self._backfill(info, slots, len(slot_names), new_from=existing)
+            conn.execute(
+                "UPDATE crsync_tables SET slots = ?, fingerprint = ? WHERE name = ?",
+                (json.dumps(slot_names), fingerprint_of(info), info.name),
+            )
+            self._create_feed_view(conn)
+        self._schema_version = -1
+        self._apply_pending(row[0])
+
+    def _backfill(
+        self, info: TableInfo, slots: dict[str, int], nslots: int, new_from: int | None
+    ) -> None:
+        """Give clocks to rows that have none (existing data, or rows written untracked)."""
+        q = quote_ident
+        conn = self.conn
+        m = q(meta_table_name(info.name))
+        t = q(info.name)
+        step = nslots + 2
+        v = conn.execute("SELECT db_version FROM crsync_clock").fetchone()[0]
+        s = conn.execute("SELECT total_changes()").fetchone()[0] * step
+        npk = len(info.pk)
+        pk_only = not info.columns
+        cols = [f"p{j}" for j in range(npk)] + ["cl", "sd", "ss", "sq", "dbv"]
+        base = f"{s} + (b.crsync_rn - 1) * {step}"
+        vals = [f"b.k{j}" for j in range(npk)] + ["1"]
+        vals += [str(v), "0", base] if pk_only else ["NULL", "NULL", "NULL"]
+        vals.append(str(v))
+        for c in info.columns:
+            i = slots[c.name]
+            cols += list(cell_columns(i))
+            vals += ["1", str(v), "0", f"{base} + {1 + i}"]
+        keys = ", ".join(f"{q(c.name)} AS k{j}" for j, c in enumerate(info.pk))
+        missing = " AND ".join(f"x.p{j} = +b.k{j}" for j in range(npk))
+        conn.execute(
+            f"INSERT INTO {m} ({', '.join(cols)}) SELECT {', '.join(vals)} FROM "
+            f"(SELECT {keys}, row_number() OVER () AS crsync_rn FROM {t}) AS b "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {m} AS x WHERE {missing})"
+        )
+        # Cells of columns added since the last track: a value other than the column default
+        # was written while no trigger watched the column; give it a clock.
+        if new_from is not None:
+            join = " AND ".join(f"b.{q(c.name)} = m.p{j}" for j, c in enumerate(info.pk))
+            for c in info.columns:
+                i = slots[c.name]
+                if i < new_from:
+                    continue
+                dflt = self._eval_default(c.default)
+                vv, dd, ss, qq = cell_columns(i)
+                conn.execute(
+                    f"UPDATE {m} AS m SET {vv} = 1, {dd} = ?, {ss} = 0, {qq} = ?, dbv = ? "
+                    f"WHERE {vv} IS NULL AND cl % 2 = 1 AND EXISTS (SELECT 1 FROM {t} AS b "
+                    f"WHERE {join} AND b.{q(c.name)} IS NOT ?)",
+                    (v, s + 1 + i, v, dflt),
+                )
+
+    def _eval_default(self, expr: str | None) -> SqlValue:
+        if expr is None:
+            return None
+        # The expression comes from the app's own schema (sqlite_schema), not from a peer.
+        value: SqlValue = self.conn.execute(f"SELECT {expr}").fetchone()[0]
+        return value
+
+    def _create_feed_view(self, conn: sqlite3.Connection) -> None:
+        """(Re)create the ``crdt_changes`` view: the change feed, queryable in SQL.
+
+        Its ``pk`` column uses the ``crsync_pack_pk`` function, registered on connections made
+        by crsync; the triggers themselves never need it.
+        """
+        conn.execute("DROP VIEW IF EXISTS crdt_changes")
+        parts = []
+        for name, slots_json in conn.execute("SELECT name, slots FROM crsync_tables"):
+            try:
+                info = table_info(conn, name)
+            except SchemaError:
+                continue
+            slot_names = json.loads(slots_json)
+            q = quote_ident
+            m = q(meta_table_name(name))
+            lit = "'" + name.replace("'", "''") + "'"
+            pk = "crsync_pack_pk(" + ", ".join(f"m.p{j}" for j in range(len(info.pk))) + ")"
+            site = "(SELECT site_id FROM crsync_sites WHERE ordinal = {})"
+            parts.append(
+                f"SELECT {lit} AS \"table\", {pk} AS pk, '-1' AS cid, NULL AS val, "
+                f"m.cl AS col_version, m.sd AS db_version, {site.format('m.ss')} AS site_id, "
+                f"m.cl AS cl, m.sq AS seq FROM {m} AS m WHERE m.sd IS NOT NULL"
+            )
+            join = " AND ".join(f"b.{q(c.name)} = m.p{j}" for j, c in enumerate(info.pk))
+            for c in info.columns:
+                if c.name not in slot_names:
+                    continue
+                v, d, s, qq = cell_columns(slot_names.index(c.name))
+                clit = "'" + c.name.replace("'", "''") + "'"
+                parts.append(
+                    f"SELECT {lit}, {pk}, {clit}, b.{q(c.name)}, m.{v}, m.{d}, "
+                    f"{site.format('m.' + s)}, m.cl, m.{qq} FROM {m} AS m "
+                    f"LEFT JOIN {q(name)} AS b ON {join} WHERE m.{d} IS NOT NULL"
+                )
+        if parts:
+            conn.execute("CREATE VIEW crdt_changes AS " + " UNION ALL ".join(parts))
+
+    def schema_fingerprints(self) -> dict[str, str]:
+        """Fingerprint of every tracked table (see :func:`crsync.schema_fingerprint`)."""
+        self._refresh()
+        return {n: fingerprint_of(t.info) for n, t in self._tracked.items()}
+
+    def schema_descriptions(self) -> dict[str, dict[str, object]]:
+        """Replicated schema of every tracked table, as plain data (for handshakes)."""
+        self._refresh()
+        return {n: t.info.describe() for n, t in self._tracked.items()}
+
+    # ------------------------------------------------------------------ versions
+
+    def _has_changes_at(self, version: int) -> bool:
+        for tr in self._tracked.values():
+            if self.conn.execute(
+                f"SELECT 1 FROM {tr.meta} WHERE dbv = ? LIMIT 1", (version,)
+            ).fetchone():
+                return True
+        return False
+
+    def _seal(self) -> int:
+        """Seal the open version if it holds changes; return the last sealed version."""
+        self._refresh()
+        with self._read() as conn:
+            v = conn.execute("SELECT db_version FROM crsync_clock").fetchone()[0]
+            if not self._has_changes_at(v):
+                return int(v) - 1
+        with self._write() as conn:
+            v = conn.execute("SELECT db_version FROM crsync_clock").fetchone()[0]
+            if not self._has_changes_at(v):
+                return int(v) - 1
+            conn.execute("UPDATE crsync_clock SET db_version = ?", (v + 1,))
+            return int(v)
+
+    @property
+    def db_version(self) -> int:
+        """This database's logical clock: every change so far has a db_version at or below it,
+        every later change a higher one (so ``changes(since=db.db_version)`` misses nothing)."""
+        self._no_txn("read db_version")
+        return self._seal()
+
+    # ------------------------------------------------------------------ change feed
+
+    def changes(self, since: int = 0, exclude_site: bytes | None = None) -> list[Change]:
+        """Changes recorded after ``since``, ordered by (db_version, seq).
+
+        Args:
+            since: a db_version of this database (0 for everything).
+            exclude_site: leave out changes authored by this site (e.g. the requester's own).
+        """
+        return self.changes_since(since, exclude_site)[1]
+
+    def changes_since(
+        self, since: int = 0, exclude_site: bytes | None = None
+    ) -> tuple[int, list[Change]]:
+        """Like :meth:`changes`, also returning the version to use as the next ``since``."""
+        if type(since) is not int or since < 0:
+            raise CrsyncError(f"since must be a non-negative integer, not {since!r}")
+        if exclude_site is not None and (
+            not isinstance(exclude_site, bytes) or len(exclude_site) != 16
+        ):
+            raise CrsyncError("exclude_site must be a 16-byte site id")
+        self._no_txn("read changes")
+        upto = self._seal()
+        out: list[Change] = []
+        if upto <= since:
+            return upto, out
+        with self._read():
+            excl = -1
+            if exclude_site is not None:
+                if exclude_site == self.site_id:
+                    excl = 0
+                else:
+                    row = self.conn.execute(
+                        "SELECT ordinal FROM crsync_sites WHERE site_id = ?", (exclude_site,)
+                    ).fetchone()
+                    excl = row[0] if row else -1
+            for tr in self._tracked.values():
+                self._read_table(tr, since, upto, excl, out)
+        out.sort(key=_order_key)
+        return upto, out
+
+    def _read_table(
+        self, tr: _Tracked, since: int, upto: int, excl: int, out: list[Change]
+    ) -> None:
+        name = tr.info.name
+        npk = tr.npk
+        cur = [(c.name, tr.slots[c.name]) for c in tr.info.columns if c.name in tr.slots]
+        ncur = len(cur)
+        cbase = npk + 5
+        vbase = cbase + 4 * ncur
+        site_of = self._site_of
+        sites: dict[int, bytes] = {}
+        append = out.append
+        for row in self.conn.execute(tr.read_sql, (since, upto)):
+            pkb = pack_pk(row[:npk])
+            cl = row[npk]
+            sd = row[npk + 1]
+            if sd is not None and sd > since:
+                so = row[npk + 2]
+                if so != excl:
+                    site = sites.get(so) or sites.setdefault(so, site_of(so))
+                    append(Change(name, pkb, SENTINEL, None, cl, sd, site, cl, row[npk + 3]))
+            for j in range(ncur):
+                k = cbase + 4 * j
+                d = row[k + 1]
+                if d is None or d <= since:
+                    continue
+                so = row[k + 2]
+                if so == excl:
+                    continue
+                site = sites.get(so) or sites.setdefault(so, site_of(so))
+                append(
+                    Change(name, pkb, cur[j][0], row[vbase + j], row[k], d, site, cl, row[k + 3])
+                )
+
+    # ------------------------------------------------------------------ merge
+
+    def merge(self, changes: Iterable[Change | Sequence[Any]]) -> int:
+        """Apply remote changes atomically, with cr-sqlite's merge rules.
+
+        Changes for a table or column this database does not have are kept aside (never
+        executed) and applied once the table is tracked or migrated.
+
+        Args:
+            changes: :class:`Change` objects or 9-tuples in ``crsql_changes`` order.
+
+        Returns:
+            How many changes won (changed data or metadata here).
+
+        Raises:
+            InvalidChangeError: a change is malformed; nothing was applied.
+            CrsyncError: SQLite failed; nothing was applied.
+        """
+        batch = validate_changes(changes)
+        self._no_txn("merge changes")
+        if not batch:
+            return 0
+        with self._write() as conn:
+            self._refresh()
+            return self._merge_locked(conn, batch)
+
+    def _merge_locked(self, conn: sqlite3.Connection, batch: list[Change]) -> int:
+        open_v = conn.execute("SELECT db_version FROM crsync_clock").fetchone()[0]
+        # 1. Sort into rows per table (decoding every pk) before writing anything.
+        by_blob: dict[tuple[str, bytes], list[Change]] = {}
+        pending: list[Change] = []
+        tracked = self._tracked
+        for c in batch:
+            tr = tracked.get(c.table)
+            if tr is None or (c.cid != SENTINEL and c.cid not in tr.slots):
+                pending.append(c)
+                continue
+            group = by_blob.get((c.table, c.pk))
+            if group is None:
+                by_blob[(c.table, c.pk)] = [c]
+            else:
+                group.append(c)
+        per_table: dict[str, dict[tuple[SqlValue, ...], list[Change]]] = {}
+        for (table, blob), group in by_blob.items():
+            npk = tracked[table].npk
+            try:
+                key = unpack_pk(blob)
+            except PackError as exc:
+                raise PackError(f"table {table!r}, pk {blob.hex()}: {exc}") from None
+            if len(key) != npk:
+                raise InvalidChangeError(
+                    f"table {table!r}: pk {blob.hex()} has {len(key)} values, the table's "
+                    f"primary key has {npk} columns"
+                )
+            if None in key:
+                raise InvalidChangeError(f"table {table!r}: pk {blob.hex()} contains NULL")
+            rows = per_table.setdefault(table, {})
+            if key in rows:  # two encodings of one key (e.g. 1 and 1.0)
+                rows[key] += group
+            else:
+                rows[key] = group
+        conn.execute("UPDATE crsync_clock SET merging = 1")
+        wins = 0
+        top = open_v
+        written: list[tuple[_Tracked, tuple[SqlValue, ...], RowState]] = []
+        for tname, rows in per_table.items():
+            tr = self._tracked[tname]
+            rows = self._canonical_keys(tr, rows)
+            states = self._load_states(tr, list(rows))
+            defaults = self._defaults(tr)
+            for key, changes in rows.items():
+                st = states.get(key)
+                if st is None:
+                    st = RowState()
+                for c in changes:
+                    if apply_change(st, c, defaults):
+                        wins += 1
+                        if c.db_version > top:
+                            top = c.db_version
+                if st.changed:
+                    written.append((tr, key, st))
+        if written:
+            self._write_rows(conn, written, top)
+            conn.execute("UPDATE crsync_clock SET db_version = ? WHERE db_version < ?", (top, top))
+        if pending:
+            conn.executemany(
+                "INSERT OR IGNORE INTO crsync_pending VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [c.as_tuple() for c in pending],
+            )
+        conn.execute("UPDATE crsync_clock SET merging = 0")
+        return wins
+
+    def _canonical_keys(
+        self, tr: _Tracked, rows: dict[tuple[SqlValue, ...], list[Change]]
+    ) -> dict[tuple[SqlValue, ...], list[Change]]:
+        """Apply the pk columns' affinity to incoming keys, as SQLite will when storing them."""
+        affs = tr.pk_affinity
+        odd = [k for k in rows if not all(_natural(a, v) for a, v in zip(affs, k, strict=True))]
+        if not odd:
+            return rows
+        cols = ", ".join(f"k{j} {c.decltype}".rstrip() for j, c in enumerate(tr.info.pk))
+        conn = self.conn
+        conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS crsync_keys_{tr.npk} ({cols})")
+        conn.execute(f"DELETE FROM temp.crsync_keys_{tr.npk}")
+        out = dict(rows)
+        for k in odd:
+            conn.execute(f"DELETE FROM temp.crsync_keys_{tr.npk}")
+            conn.execute(
+                f"INSERT INTO temp.crsync_keys_{tr.npk} VALUES ({', '.join('?' * tr.npk)})", k
+            )
+            canon = tuple(conn.execute(f"SELECT * FROM temp.crsync_keys_{tr.npk}").fetchone())
+            conn.execute(f"DROP TABLE temp.crsync_keys_{tr.npk}")
+            conn.execute(f"CREATE TEMP TABLE crsync_keys_{tr.npk} ({cols})")
+            if canon != k:
+                out.setdefault(canon, []).extend(out.pop(k))
+        conn.execute(f"DROP TABLE temp.crsync_keys_{tr.npk}")
+        return out
+
+    def _defaults(self, tr: _Tracked) -> dict[str, SqlValue]:
+        if tr.defaults is None:
+            tr.defaults = {c.name: self._eval_default(c.default) for c in tr.info.columns}
+        return tr.defaults
+
+    def _load_states(
+        self, tr: _Tracked, keys: list[tuple[SqlValue, ...]]
+    ) -> dict[tuple[SqlValue, ...], RowState]:
+        conn = self.conn
+        out: dict[tuple[SqlValue, ...], RowState] = {}
+        if conn.execute(f"SELECT 1 FROM {tr.meta} LIMIT 1").fetchone() is None:
+            return out  # first sync into an empty table: every row is new
+        rows: list[Sequence[Any]] = []
+        if tr.npk == 1:
+            for i in range(0, len(keys), 500):
+                chunk = [k[0] for k in keys[i : i + 500]]
+                rows += conn.execute(
+                    tr.state_in_sql.format(", ".join("?" * len(chunk))), chunk
+                ).fetchall()
+        else:
+            for k in keys:
+                rows += conn.execute(tr.state_sql, k).fetchall()
+        npk = tr.npk
+        cur = [(c.name, tr.slots[c.name]) for c in tr.info.columns if c.name in tr.slots]
+        cbase = npk + 5
+        vbase = cbase + 4 * len(cur)
+        site_of = self._site_of
+        for row in rows:
+            key = tuple(row[:npk])
+            cl, sd, ss, sq = row[npk : npk + 4]
+            exists = row[-1] is not None
+            st = RowState(cl, exists)
+            if sd is not None:
+                st.sentinel = (cl, sd, site_of(ss), sq)
+            for j, (name, _slot) in enumerate(cur):
+                c0 = cbase + 4 * j
+                if row[c0] is not None:
+                    st.cells[name] = (row[c0], row[c0 + 1], site_of(row[c0 + 2]), row[c0 + 3])
+                else:
+                    st.cells[name] = None
+                if exists:
+                    st.values[name] = row[vbase + j]
+            out[key] = st
+        return out
+
+    def _write_rows(
+        self,
+        conn: sqlite3.Connection,
+        written: list[tuple[_Tracked, tuple[SqlValue, ...], RowState]],
+        version: int,
+    ) -> None:
+        deletes: dict[str, list[tuple[SqlValue, ...]]] = {}
+        upserts: dict[tuple[str, tuple[str, ...]], list[tuple[SqlValue, ...]]] = {}
+        metas: dict[str, list[tuple[SqlValue, ...]]] = {}
+        ordinal = self._site_ordinal
+
+        def stamp(clock: Clock) -> tuple[int, int, int, int]:
+            dbv = version if clock[1] == MERGE_VERSION else clock[1]
+            return (clock[0], dbv, ordinal(clock[2]), clock[3])
+
+        for tr, key, st in written:
+            name = tr.info.name
+            if st.initially_exists and (st.reset or not st.exists):
+                deletes.setdefault(name, []).append(key)
+            if st.exists:
+                cols = tuple(sorted(st.written))
+                if cols or st.reset or not st.initially_exists:
+                    upserts.setdefault((name, cols), []).append(
+                        key + tuple(st.values[c] for c in cols)
+                    )
+            # metadata row
+            sd: tuple[Any, ...] = (None, None, None)
+            if st.sentinel is not None:
+                _, d, s, q = stamp(st.sentinel)
+                sd = (d, s, q)
+            cells: list[Any] = [None] * (4 * tr.nslots)
+            dbv = sd[0] or 0
+            for cname, clock in st.cells.items():
+                if clock is None:
+                    continue
+                slot = tr.slots[cname]
+                vals = stamp(clock)
+                cells[4 * slot : 4 * slot + 4] = vals
+                dbv = max(dbv, vals[1])
+            if st.changed:
+                dbv = version
+            metas.setdefault(name, []).append((*key, st.cl, *sd, dbv, *cells))
+        for name, rows in deletes.items():
+            conn.executemany(self._tracked[name].delete_sql, rows)
+        for (name, cols), rows in upserts.items():
+            conn.executemany(self._upsert_sql(self._tracked[name], cols), rows)
+        for name, rows in metas.items():
+            tr = self._tracked[name]
+            conn.executemany(tr.meta_write_sql, rows)
+
+    def _upsert_sql(self, tr: _Tracked, cols: tuple[str, ...]) -> str:
+        sql = tr.upserts.get(cols)
+        if sql is None:
+            q = quote_ident
+            pk = [q(c.name) for c in tr.info.pk]
+            names = pk + [q(c) for c in cols]
+            sql = (
+                f"INSERT INTO {q(tr.info.name)} ({', '.join(names)}) "
+                f"VALUES ({', '.join('?' * len(names))}) ON CONFLICT ({', '.join(pk)}) "
+            )
+            if cols:
+                sql += "DO UPDATE SET " + ", ".join(f"{q(c)} = excluded.{q(c)}" for c in cols)
+            else:
+                sql += "DO NOTHING"
+            tr.upserts[cols] = sql
+        return sql
+
+    def _apply_pending(self, table: str) -> int:
+        """Merge changes kept aside for a table that now exists or has new columns."""
+        with self._write() as conn:
+            rows = conn.execute(
+                "SELECT tbl, pk, cid, val, col_version, db_version, site_id, cl, seq "
+                "FROM crsync_pending WHERE tbl = ?",
+                (table,),
+            ).fetchall()
+            if not rows:
+                return 0
+            conn.execute("DELETE FROM crsync_pending WHERE tbl = ?", (table,))
+            self._refresh()
+            n = self._merge_locked(conn, validate_changes(rows))
+            log.info("crsync.pending.applied table=%s changes=%d won=%d", table, len(rows), n)
+            return n
+
+    def pending_count(self) -> int:
+        """Number of changes kept aside for tables or columns this database does not have."""
+        return int(self.conn.execute("SELECT count(*) FROM crsync_pending").fetchone()[0])
+
+
+def _order_key(c: Change) -> tuple[int, int]:
+    return (c.db_version, c.seq)
+
+
+def _sql_pack_pk(*values: SqlValue) -> bytes:
+    return pack_pk(values)
+
+
+def connect(
+    path: str | os.PathLike[str] | sqlite3.Connection,
+    *,
+    busy_timeout_ms: int = 10_000,
+    check_same_thread: bool = True,
+) -> Database:
+    """Open (or create) a SQLite database for replication.
+
+    The connection is in autocommit mode (``isolation_level=None``): each statement commits
+    unless you open a transaction with ``BEGIN``. The file is switched to WAL journal mode so
+    other connections and processes can read while one writes.
+
+    Args:
+        path: a file path, ``":memory:"``, or an existing ``sqlite3.Connection`` to wrap.
+        busy_timeout_ms: how long a write waits for another writer's lock.
+        check_same_thread: passed to :func:`sqlite3.connect`.
+    """
+    if isinstance(path, sqlite3.Connection):
+        return Database(path, owns_connection=False)
+    target = os.fspath(path)
+    if target != ":memory:" and not target.startswith("file:"):
+        parent = Path(target).parent
+        if not parent.exists():
+            raise CrsyncError(f"cannot open {target}: directory {parent} does not exist")
+    try:
+        conn = sqlite3.connect(target, isolation_level=None, check_same_thread=check_same_thread)
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        if target != ":memory:":
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+    except sqlite3.Error as exc:
+        raise CrsyncError(f"cannot open {target}: {exc}") from exc
+    return Database(conn)
