@@ -1,0 +1,117 @@
+"""Relay access tokens: HS256 JWTs scoped to store ids, with an expiry.
+
+Claims: ``sub`` (who the token is for, free text), ``stores`` (list of store ids; an entry
+ending in ``*`` matches every store id with that prefix, ``"*"`` alone matches all), ``iat``,
+``exp`` (required). Signed with the relay's secret (at least 32 bytes).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import attrs
+import jwt
+
+from crsync.errors import AuthError, CrsyncError
+
+ALGORITHM = "HS256"
+MIN_SECRET_BYTES = 32
+
+
+@attrs.frozen
+class TokenClaims:
+    """What a verified token grants."""
+
+    subject: str
+    stores: tuple[str, ...]
+    expires: int
+
+    def allows(self, store: str) -> bool:
+        """True if the token's scope covers a store id."""
+        return any(
+            s == store or (s.endswith("*") and store.startswith(s[:-1])) for s in self.stores
+        )
+
+
+def load_secret(
+    secret_file: str | os.PathLike[str] | None, env: dict[str, str] | None = None
+) -> bytes:
+    """The relay secret from a file or ``CRSYNC_RELAY_SECRET``.
+
+    Raises:
+        CrsyncError: no secret configured, unreadable, or shorter than 32 bytes.
+    """
+    env = dict(os.environ) if env is None else env
+    if secret_file is not None:
+        try:
+            secret = Path(secret_file).read_bytes().strip()
+        except OSError as exc:
+            raise CrsyncError(f"cannot read secret file {secret_file}: {exc.strerror}") from None
+    elif env.get("CRSYNC_RELAY_SECRET"):
+        secret = env["CRSYNC_RELAY_SECRET"].encode()
+    else:
+        raise CrsyncError(
+            "no relay secret: pass --secret-file PATH or set CRSYNC_RELAY_SECRET "
+            "(generate one with: python -c 'import secrets; print(secrets.token_urlsafe(48))')"
+        )
+    if len(secret) < MIN_SECRET_BYTES:
+        raise CrsyncError(f"the relay secret must be at least {MIN_SECRET_BYTES} bytes long")
+    return secret
+
+
+def issue_token(
+    secret: bytes, stores: list[str], ttl_seconds: int, subject: str = "", now: float | None = None
+) -> str:
+    """Sign a token for some stores, valid for ``ttl_seconds``."""
+    if not stores:
+        raise CrsyncError("a token needs at least one store id (or a prefix ending in *)")
+    if ttl_seconds <= 0:
+        raise CrsyncError("a token's time to live must be positive")
+    iat = int(time.time() if now is None else now)
+    payload = {"sub": subject, "stores": list(stores), "iat": iat, "exp": iat + int(ttl_seconds)}
+    return jwt.encode(payload, secret, algorithm=ALGORITHM)
+
+
+def verify_token(secret: bytes, token: str | None, now: float | None = None) -> TokenClaims:
+    """Check a token's signature and expiry.
+
+    Raises:
+        AuthError: with ``code`` ``unauthorized`` or ``token_expired``.
+    """
+    if not token:
+        raise _auth("unauthorized", "this relay requires a token")
+    try:
+        claims = (
+            jwt.decode(
+                token,
+                secret,
+                algorithms=[ALGORITHM],
+                options={"require": ["exp", "stores"]},
+                leeway=0,
+            )
+            if now is None
+            else jwt.decode(
+                token,
+                secret,
+                algorithms=[ALGORITHM],
+                options={"require": ["exp", "stores"], "verify_exp": False},
+            )
+        )
+    except jwt.ExpiredSignatureError:
+        raise _auth("token_expired", "the token has expired") from None
+    except jwt.InvalidTokenError as exc:
+        raise _auth("unauthorized", f"invalid token: {exc}") from None
+    if now is not None and claims["exp"] <= now:
+        raise _auth("token_expired", "the token has expired")
+    stores = claims.get("stores")
+    if not isinstance(stores, list) or not all(isinstance(s, str) for s in stores):
+        raise _auth("unauthorized", "invalid token: 'stores' must be a list of store ids")
+    return TokenClaims(str(claims.get("sub", "")), tuple(stores), int(claims["exp"]))
+
+
+def _auth(code: str, reason: str) -> AuthError:
+    err = AuthError(reason)
+    err.code = code  # type: ignore[attr-defined]
+    return err

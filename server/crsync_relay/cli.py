@@ -1,0 +1,181 @@
+"""``crsync-relay``: serve stores, issue tokens, list stores."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import click
+import trio
+
+from crsync.errors import CrsyncError
+
+from . import logconfig
+from .auth import issue_token, load_secret
+from .hub import STORE_SUFFIX, check_store_id
+from .server import RelayConfig, describe_store, run_relay
+
+ENV_PREFIX = "CRSYNC_RELAY_"
+
+
+def _fail(msg: str) -> None:
+    click.echo(f"crsync-relay: error: {msg}", err=True)
+    sys.exit(2)
+
+
+def _config_file(path: str | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        _fail(f"cannot read config file {path}: {exc.strerror}")
+    except tomllib.TOMLDecodeError as exc:
+        _fail(f"config file {path} is not valid TOML: {exc}")
+    relay = data.get("relay", data)
+    if not isinstance(relay, dict):
+        _fail(f"config file {path}: [relay] must be a table")
+    return dict(relay)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """The crsync relay: many stores, one process."""
+
+
+@main.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="TOML file with a [relay] table (keys as the long options, with _).",
+)
+@click.option("--data-dir", default=None, help="Directory holding one SQLite file per store.")
+@click.option("--host", default=None, help="Address to bind (default 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (default 8765; 0 picks one).")
+@click.option("--secret-file", default=None, help="File holding the token signing secret.")
+@click.option("--dev", is_flag=True, default=None, help="No authentication; loopback only.")
+@click.option("--tls-cert", default=None, help="PEM certificate chain for wss://.")
+@click.option("--tls-key", default=None, help="PEM private key for wss://.")
+@click.option("--max-frame-bytes", type=int, default=None, help="Largest accepted frame.")
+@click.option("--max-open-stores", type=int, default=None, help="Cap on open store files.")
+@click.option("--idle-seconds", type=float, default=None, help="Close stores idle this long.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default=None)
+@click.option("--log-level", default=None)
+def serve(**opts: Any) -> None:
+    """Serve stores over WebSocket.
+
+    Settings come from, in order of precedence: command-line options, CRSYNC_RELAY_* environment
+    variables (e.g. CRSYNC_RELAY_PORT), the --config file, defaults.
+
+    Example:
+
+        crsync-relay serve --data-dir /var/lib/crsync --secret-file /etc/crsync/secret
+    """
+    file_cfg = _config_file(opts.pop("config_path"))
+
+    def pick(name: str, default: Any = None, conv: Any = str) -> Any:
+        if opts.get(name) is not None:
+            return opts[name]
+        env = os.environ.get(ENV_PREFIX + name.upper())
+        if env is not None:
+            if conv is bool:
+                return env.lower() in ("1", "true", "yes", "on")
+            try:
+                return conv(env)
+            except ValueError:
+                _fail(f"{ENV_PREFIX + name.upper()}={env!r} is not a valid {conv.__name__}")
+        if name in file_cfg:
+            return file_cfg[name]
+        return default
+
+    data_dir = pick("data_dir")
+    if not data_dir:
+        _fail("--data-dir is required (or CRSYNC_RELAY_DATA_DIR, or data_dir in --config)")
+    dev = bool(pick("dev", False, bool))
+    secret = None
+    if not dev:
+        try:
+            secret = load_secret(pick("secret_file"))
+        except CrsyncError as exc:
+            _fail(str(exc))
+    cert, key = pick("tls_cert"), pick("tls_key")
+    config = RelayConfig(
+        data_dir=Path(data_dir),
+        host=pick("host", "127.0.0.1"),
+        port=int(pick("port", 8765, int)),
+        secret=secret,
+        dev=dev,
+        max_frame=int(pick("max_frame_bytes", 64 * 1024 * 1024, int)),
+        max_open_stores=int(pick("max_open_stores", 256, int)),
+        idle_seconds=float(pick("idle_seconds", 60.0, float)),
+        tls_cert=Path(cert) if cert else None,
+        tls_key=Path(key) if key else None,
+    )
+    logconfig.configure(pick("log_level", "info"), pick("log_format", "text"))
+    try:
+        config.check()
+        trio.run(run_relay, config)
+    except CrsyncError as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"cannot serve on {config.host}:{config.port}: {exc.strerror or exc}")
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command()
+@click.option(
+    "--store",
+    "stores",
+    multiple=True,
+    required=True,
+    help="Store id the token grants (repeat; a trailing * matches a prefix).",
+)
+@click.option("--ttl", type=int, default=86400, show_default=True, help="Validity in seconds.")
+@click.option("--subject", default="", help="Who the token is for (recorded in the token).")
+@click.option("--secret-file", default=None, help="File holding the signing secret.")
+def token(stores: tuple[str, ...], ttl: int, subject: str, secret_file: str | None) -> None:
+    """Print a signed token for some stores.
+
+    Example: crsync-relay token --store alice --ttl 3600 --secret-file /etc/crsync/secret
+    """
+    try:
+        for s in stores:
+            check_store_id(s[:-1] if s.endswith("*") and len(s) > 1 else s) if s != "*" else None
+        secret = load_secret(secret_file or os.environ.get(ENV_PREFIX + "SECRET_FILE"))
+        click.echo(issue_token(secret, list(stores), ttl, subject))
+    except CrsyncError as exc:
+        _fail(str(exc))
+
+
+@main.command()
+@click.option("--data-dir", required=True, help="The relay's data directory.")
+def stores(data_dir: str) -> None:
+    """List stores with size, peers and last activity.
+
+    Example: crsync-relay stores --data-dir /var/lib/crsync
+    """
+    d = Path(data_dir)
+    if not d.is_dir():
+        _fail(f"no such directory: {d}")
+    click.echo(f"{'store':<32} {'bytes':>12} {'cells':>10} {'peers':>6} {'head':>8}  last activity")
+    for path in sorted(d.glob("*" + STORE_SUFFIX)):
+        st = describe_store(path)
+        last = st["last_activity"]
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(last)) if last else "-"
+        name = path.name[: -len(STORE_SUFFIX)]
+        click.echo(
+            f"{name:<32} {st['bytes']:>12} {st['cells']:>10} {st['peers']:>6} {st['head']:>8}  "
+            f"{when}"
+        )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

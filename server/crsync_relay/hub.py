@@ -1,0 +1,238 @@
+"""Store ownership and fan-out: which stores are open, who is connected, who must be woken.
+
+:class:`Hub` is the one interface the connection handlers use; a multi-node relay replaces it
+with an implementation that owns only some stores and forwards the rest. This one owns every
+store in one data directory: each store is its own SQLite file, opened lazily, closed when idle,
+with a cap on how many are open at once.
+
+Fan-out does not queue messages per peer: a merged batch advances the store's ``head`` and wakes
+the store's sessions; each session sends what it lacks, from a small in-memory ring of recent
+batches when it is current, or from disk when it fell behind. A slow peer therefore costs no
+relay memory; it just reads from disk later.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections import OrderedDict, deque
+from collections.abc import Sequence
+from pathlib import Path
+
+import attrs
+import trio
+
+from crsync.change import Change
+from crsync.errors import CrsyncError
+
+from .store import RelayStore
+
+log = logging.getLogger(__name__)
+
+STORE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+STORE_SUFFIX = ".store.sqlite3"
+
+
+class BadStoreId(CrsyncError):
+    """A store id that is not acceptable (charset, length, path-like)."""
+
+
+class Overloaded(CrsyncError):
+    """Too many stores are in use to open another one."""
+
+
+def check_store_id(store: str) -> str:
+    """Validate a store id: 1-128 of ``A-Z a-z 0-9 _ . -``, starting alphanumeric.
+
+    Raises:
+        BadStoreId: naming the problem; path-like ids (``../x``, ``/etc/x``, ``a/b``) included.
+    """
+    if not isinstance(store, str) or not STORE_ID_RE.match(store) or ".." in store:
+        raise BadStoreId(
+            f"invalid store id {store!r}: use 1-128 characters from A-Z a-z 0-9 _ . - "
+            "starting with a letter or digit"
+        )
+    return store
+
+
+@attrs.define(eq=False)
+class StoreHandle:
+    """An open store: its connections, head, sessions and recent batches."""
+
+    store_id: str
+    writer: RelayStore
+    reader: RelayStore
+    head: int
+    epoch: str
+    write_lock: trio.Lock = attrs.Factory(trio.Lock)
+    read_lock: trio.Lock = attrs.Factory(trio.Lock)
+    users: int = 0
+    last_used: float = attrs.Factory(time.monotonic)
+    changed: trio.Event = attrs.Factory(trio.Event)
+    recent: deque[tuple[int, int, list[Change]]] = attrs.Factory(lambda: deque(maxlen=32))
+    sessions: int = 0
+
+    def wake(self) -> None:
+        """Wake every session waiting for a new head."""
+        self.changed.set()
+        self.changed = trio.Event()
+
+
+class Hub:
+    """Single-node store ownership and fan-out."""
+
+    def __init__(self, data_dir: Path, *, max_open: int = 256, idle_seconds: float = 60.0) -> None:
+        """Serve the stores in ``data_dir`` (created if missing)."""
+        self.data_dir = data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.max_open = max_open
+        self.idle_seconds = idle_seconds
+        self._open: OrderedDict[str, StoreHandle] = OrderedDict()
+        self._opening: dict[str, trio.Event] = {}
+        self.stats = {"stores_opened": 0, "stores_closed": 0, "merged": 0, "pushes": 0}
+
+    def path_for(self, store: str) -> Path:
+        """File of a store (the id was validated)."""
+        return self.data_dir / (check_store_id(store) + STORE_SUFFIX)
+
+    @property
+    def open_count(self) -> int:
+        """Number of stores currently open."""
+        return len(self._open)
+
+    async def acquire(self, store: str) -> StoreHandle:
+        """Open (or create) a store and count one user of it.
+
+        Raises:
+            BadStoreId: the id is not acceptable.
+            Overloaded: the cap on open stores is reached and none is idle.
+        """
+        path = self.path_for(store)
+        while True:
+            h = self._open.get(store)
+            if h is not None:
+                h.users += 1
+                h.last_used = time.monotonic()
+                self._open.move_to_end(store)
+                return h
+            pending = self._opening.get(store)
+            if pending is None:
+                break
+            await pending.wait()
+        done = trio.Event()
+        self._opening[store] = done
+        try:
+            await self._make_room()
+            writer = await trio.to_thread.run_sync(RelayStore, path)
+            try:
+                reader = await trio.to_thread.run_sync(RelayStore, path)
+            except BaseException:
+                writer.close()
+                raise
+            h = StoreHandle(store, writer, reader, writer.head, writer.epoch)
+            h.users = 1
+            self._open[store] = h
+            self.stats["stores_opened"] += 1
+            log.info(
+                "relay.store.open store=%s epoch=%s head=%d",
+                store,
+                h.epoch,
+                h.head,
+                extra={"store": store},
+            )
+            return h
+        finally:
+            del self._opening[store]
+            done.set()
+
+    def release(self, h: StoreHandle) -> None:
+        """One user of the store is done."""
+        h.users -= 1
+        h.last_used = time.monotonic()
+
+    async def _make_room(self) -> None:
+        while len(self._open) >= self.max_open:
+            idle = [h for h in self._open.values() if h.users == 0]
+            if not idle:
+                raise Overloaded(
+                    f"{len(self._open)} stores are in use (the cap is {self.max_open})"
+                )
+            await self._close(idle[0])
+
+    async def _close(self, h: StoreHandle) -> None:
+        self._open.pop(h.store_id, None)
+        async with h.write_lock, h.read_lock:
+            await trio.to_thread.run_sync(h.writer.close)
+            await trio.to_thread.run_sync(h.reader.close)
+        self.stats["stores_closed"] += 1
+        log.info("relay.store.close store=%s", h.store_id, extra={"store": h.store_id})
+
+    async def close_idle(self) -> int:
+        """Close stores nobody used for ``idle_seconds``; return how many were closed."""
+        now = time.monotonic()
+        idle = [
+            h
+            for h in self._open.values()
+            if h.users == 0 and now - h.last_used >= self.idle_seconds
+        ]
+        for h in idle:
+            await self._close(h)
+        return len(idle)
+
+    async def reaper(self) -> None:
+        """Run forever: close idle stores periodically (a timer, not a synchronisation)."""
+        while True:
+            await trio.sleep(max(self.idle_seconds / 4, 0.5))
+            await self.close_idle()
+
+    async def close_all(self) -> None:
+        """Close every open store (shutdown)."""
+        for h in list(self._open.values()):
+            await self._close(h)
+
+    # ------------------------------------------------------------------ data
+
+    async def push(
+        self, h: StoreHandle, site: bytes, upto: int, changes: Sequence[Change]
+    ) -> tuple[int, int]:
+        """Merge a peer's unit durably, then wake the store's other sessions.
+
+        Returns:
+            ``(head, wins)``.
+        """
+        async with h.write_lock:
+            base = h.head
+            head, wins = await trio.to_thread.run_sync(h.writer.merge_push, site, upto, changes)
+            self.stats["pushes"] += 1
+            if head != base:
+                batch, upto_read, complete = await trio.to_thread.run_sync(
+                    h.writer.changes_since, base, None, 1_000_000
+                )
+                if complete and upto_read == head:
+                    h.recent.append((base, head, batch))
+                h.head = head
+                self.stats["merged"] += wins
+                h.wake()
+        return head, wins
+
+    async def read(
+        self, h: StoreHandle, cursor: int, exclude_site: bytes, max_cells: int
+    ) -> tuple[list[Change], int, bool]:
+        """What a session at ``cursor`` lacks: from the recent ring if possible, else disk."""
+        for base, upto, batch in h.recent:
+            if base == cursor:
+                return [c for c in batch if c.site_id != exclude_site], upto, upto >= h.head
+        async with h.read_lock:
+            return await trio.to_thread.run_sync(
+                h.reader.changes_since, cursor, exclude_site, max_cells
+            )
+
+    async def record_received(self, h: StoreHandle, site: bytes, upto: int) -> None:
+        """Record a peer's acknowledged relay version in the store's peer-tracking table."""
+        async with h.write_lock:
+            await trio.to_thread.run_sync(h.writer.record_received, site, upto)
+
+    def list_stores(self) -> list[str]:
+        """Ids of every store in the data directory."""
+        return sorted(p.name[: -len(STORE_SUFFIX)] for p in self.data_dir.glob("*" + STORE_SUFFIX))

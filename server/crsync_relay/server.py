@@ -1,0 +1,140 @@
+"""The relay process: websockets server, hub, health endpoint, graceful shutdown."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import signal
+import ssl
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+from websockets.http11 import Request, Response
+from websockets.trio.server import Server, ServerConnection, serve
+
+from crsync.errors import CrsyncError
+
+from .hub import Hub
+from .session import RelaySettings, handle_connection
+
+log = logging.getLogger(__name__)
+
+LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
+@attrs.define
+class RelayConfig:
+    """Everything ``crsync-relay serve`` needs."""
+
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 8765
+    secret: bytes | None = None
+    dev: bool = False
+    max_frame: int = 64 * 1024 * 1024
+    max_open_stores: int = 256
+    idle_seconds: float = 60.0
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    batch_cells: int = 5000
+
+    def check(self) -> None:
+        """Refuse unsafe or incomplete configurations with a clear message."""
+        if self.dev:
+            if self.host not in LOOPBACK:
+                raise CrsyncError(
+                    f"--dev disables authentication and binds only to loopback, not {self.host}"
+                )
+        elif self.secret is None:
+            raise CrsyncError(
+                "no relay secret: pass --secret-file PATH or set CRSYNC_RELAY_SECRET "
+                "(or --dev on loopback for local development)"
+            )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise CrsyncError("TLS needs both --tls-cert and --tls-key")
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """Server TLS context, if a certificate is configured."""
+        if self.tls_cert is None or self.tls_key is None:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            ctx.load_cert_chain(self.tls_cert, self.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise CrsyncError(f"cannot load TLS certificate: {exc}") from None
+        return ctx
+
+
+def _health(hub: Hub, connection: ServerConnection, request: Request) -> Response | None:
+    if request.path == "/healthz":
+        return connection.respond(200, "ok\n")
+    return None
+
+
+async def run_relay(
+    config: RelayConfig,
+    *,
+    task_status: trio.TaskStatus[tuple[Server, Hub]] = trio.TASK_STATUS_IGNORED,
+    handle_signals: bool = True,
+) -> None:
+    """Serve until cancelled, or until SIGINT/SIGTERM when ``handle_signals``."""
+    config.check()
+    hub = Hub(config.data_dir, max_open=config.max_open_stores, idle_seconds=config.idle_seconds)
+    settings = RelaySettings(
+        secret=None if config.dev else config.secret,
+        max_frame=config.max_frame,
+        batch_cells=config.batch_cells,
+    )
+
+    async def handler(ws: ServerConnection) -> None:
+        await handle_connection(ws, hub, settings)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(hub.reaper)
+            server: Server = await nursery.start(
+                functools.partial(
+                    serve,
+                    handler,
+                    config.port,
+                    host=config.host,
+                    ssl=config.ssl_context(),
+                    max_size=config.max_frame,
+                    process_request=functools.partial(_health, hub),
+                    compression=None,
+                )
+            )
+            ports = sorted({lst.socket.getsockname()[1] for lst in server.listeners})
+            log.info(
+                "relay.listening host=%s port=%s tls=%s dev=%s data_dir=%s",
+                config.host,
+                ports[0] if ports else config.port,
+                config.tls_cert is not None,
+                config.dev,
+                config.data_dir,
+                extra={"port": ports[0] if ports else config.port},
+            )
+            task_status.started((server, hub))
+            if handle_signals:
+                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for signum in signals:
+                        log.info("relay.shutdown signal=%s", signal.Signals(signum).name)
+                        break
+                nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            await hub.close_all()
+        log.info("relay.stopped")
+
+
+def describe_store(path: Path) -> dict[str, Any]:
+    """Figures of one store file (for ``crsync-relay stores``)."""
+    from .store import RelayStore
+
+    s = RelayStore(path, create=False)
+    try:
+        return s.stats()
+    finally:
+        s.close()

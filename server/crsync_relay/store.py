@@ -1,0 +1,341 @@
+"""One relay store: a SQLite file of change rows, merged on metadata alone (no app schema).
+
+The relay keeps the latest state of every cell, as change rows keyed by ``(table, pk, cid)``,
+and merges pushed batches with the same rules as devices (:mod:`crsync.merge_rules`). Table and
+column names are data here: the relay never builds SQL from them. Every committed batch gets the
+next *relay version*; peers' catch-up cursors live in that version space. ``epoch`` is minted
+when the file is created, so a lost or reset store is recognised by every peer.
+
+All methods are blocking (SQLite); the server calls them from worker threads, one at a time
+per connection object.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from crsync.change import SENTINEL, Change
+from crsync.errors import CrsyncError, InvalidChangeError, PackError
+from crsync.merge_rules import MERGE_VERSION, RowState, apply_change
+from crsync.pack import SqlValue, unpack_pk
+from crsync.protocol import TableSchema
+
+_DDL = [
+    "CREATE TABLE IF NOT EXISTS relay_meta (key TEXT PRIMARY KEY, value)",
+    "CREATE TABLE IF NOT EXISTS relay_cells (tbl TEXT NOT NULL, pk BLOB NOT NULL, "
+    "cid TEXT NOT NULL, val, col_version INTEGER NOT NULL, site_id BLOB NOT NULL, "
+    "cl INTEGER NOT NULL, seq INTEGER NOT NULL, version INTEGER NOT NULL, "
+    "PRIMARY KEY (tbl, pk, cid)) WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS relay_cells_version ON relay_cells (version)",
+    "CREATE TABLE IF NOT EXISTS relay_peers (site_id BLOB PRIMARY KEY, pushed_upto INTEGER "
+    "NOT NULL DEFAULT 0, received_upto INTEGER NOT NULL DEFAULT 0, last_seen REAL)",
+    "CREATE TABLE IF NOT EXISTS relay_schema (tbl TEXT PRIMARY KEY, pk TEXT NOT NULL, "
+    "columns TEXT NOT NULL)",
+]
+MAX_NAME = 2048
+
+
+@attrs.frozen
+class PeerPosition:
+    """What the relay recorded for one peer."""
+
+    site_id: bytes
+    pushed_upto: int
+    received_upto: int
+    last_seen: float | None
+
+
+class RelayStore:
+    """A store file, opened with one connection (use one instance per thread of work)."""
+
+    def __init__(self, path: Path, *, create: bool = True) -> None:
+        """Open (or create) the store file; ``synchronous=FULL``: a commit is durable."""
+        if not create and not path.exists():
+            raise CrsyncError(f"no store at {path}")
+        self.path = path
+        self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.conn.execute("PRAGMA busy_timeout = 30000")
+        self.conn.execute("PRAGMA journal_mode = WAL")
+        self.conn.execute("PRAGMA synchronous = FULL")
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            for stmt in _DDL:
+                self.conn.execute(stmt)
+            self.conn.execute(
+                "INSERT OR IGNORE INTO relay_meta VALUES ('epoch', ?)", (uuid.uuid4().hex,)
+            )
+            self.conn.execute("INSERT OR IGNORE INTO relay_meta VALUES ('head', 0)")
+            self.conn.execute(
+                "INSERT OR IGNORE INTO relay_meta VALUES ('created', ?)", (time.time(),)
+            )
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.epoch: str = self._meta("epoch")
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.conn.close()
+
+    def _meta(self, key: str) -> Any:
+        row = self.conn.execute("SELECT value FROM relay_meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    @property
+    def head(self) -> int:
+        """The latest relay version."""
+        return int(self._meta("head"))
+
+    # ------------------------------------------------------------------ schema
+
+    def check_schema(self, schema: dict[str, TableSchema]) -> str | None:
+        """Compare a peer's replicated schema with the store's; record additive differences.
+
+        Returns:
+            None if compatible, else a message naming the table and the difference.
+        """
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for table, s in schema.items():
+                if len(table.encode()) > MAX_NAME:
+                    return f"table name longer than {MAX_NAME} bytes"
+                row = conn.execute(
+                    "SELECT pk, columns FROM relay_schema WHERE tbl = ?", (table,)
+                ).fetchone()
+                if row is None:
+                    conn.execute(
+                        "INSERT INTO relay_schema VALUES (?, ?, ?)",
+                        (table, json.dumps(list(s.pk)), json.dumps(sorted(s.columns))),
+                    )
+                    continue
+                pk = json.loads(row[0])
+                if pk != list(s.pk):
+                    conn.execute("ROLLBACK")
+                    return (
+                        f"table {table!r}: primary key is {pk} in this store but {list(s.pk)} "
+                        "on this device; the schemas are incompatible"
+                    )
+                cols = set(json.loads(row[1]))
+                if not set(s.columns) <= cols:
+                    conn.execute(
+                        "UPDATE relay_schema SET columns = ? WHERE tbl = ?",
+                        (json.dumps(sorted(cols | set(s.columns))), table),
+                    )
+            conn.execute("COMMIT")
+            return None
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def schema(self) -> dict[str, TableSchema]:
+        """The union of the replicated schemas peers announced."""
+        return {
+            t: TableSchema(tuple(json.loads(pk)), tuple(json.loads(cols)))
+            for t, pk, cols in self.conn.execute("SELECT tbl, pk, columns FROM relay_schema")
+        }
+
+    # ------------------------------------------------------------------ peers
+
+    def peer(self, site_id: bytes) -> PeerPosition:
+        """Recorded positions of a peer (zeros if never seen)."""
+        row = self.conn.execute(
+            "SELECT pushed_upto, received_upto, last_seen FROM relay_peers WHERE site_id = ?",
+            (site_id,),
+        ).fetchone()
+        if row is None:
+            return PeerPosition(site_id, 0, 0, None)
+        return PeerPosition(site_id, row[0], row[1], row[2])
+
+    def peers(self) -> list[PeerPosition]:
+        """Every peer the store has seen."""
+        return [
+            PeerPosition(*r)
+            for r in self.conn.execute(
+                "SELECT site_id, pushed_upto, received_upto, last_seen FROM relay_peers"
+            )
+        ]
+
+    def record_received(self, site_id: bytes, upto: int) -> None:
+        """Record that a peer merged everything up to relay version ``upto``."""
+        self.conn.execute(
+            "INSERT INTO relay_peers (site_id, received_upto, last_seen) VALUES (?, ?, ?) "
+            "ON CONFLICT (site_id) DO UPDATE SET received_upto = "
+            "max(received_upto, excluded.received_upto), last_seen = excluded.last_seen",
+            (site_id, upto, time.time()),
+        )
+
+    # ------------------------------------------------------------------ merge
+
+    def merge_push(self, site_id: bytes, upto: int, changes: Sequence[Change]) -> tuple[int, int]:
+        """Merge a pushed unit (whole transactions) and record the peer's pushed position.
+
+        Durable when it returns (WAL, synchronous=FULL).
+
+        Returns:
+            ``(head, wins)``: the relay version after the merge and how many changes won.
+
+        Raises:
+            InvalidChangeError: a change is unacceptable; nothing was stored.
+        """
+        groups: dict[tuple[str, bytes], list[Change]] = {}
+        for i, c in enumerate(changes):
+            if len(c.table.encode()) > MAX_NAME or len(c.cid.encode()) > MAX_NAME:
+                raise InvalidChangeError(f"change #{i}: name longer than {MAX_NAME} bytes")
+            groups.setdefault((c.table, c.pk), []).append(c)
+        for table, pk in groups:
+            try:
+                key = unpack_pk(pk)
+            except PackError as exc:
+                raise InvalidChangeError(f"table {table!r}: {exc}") from None
+            if not key or None in key:
+                raise InvalidChangeError(f"table {table!r}: pk {pk.hex()} is empty or has NULL")
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            head = self.head
+            version = head + 1
+            wins = 0
+            rows_out: list[tuple[Any, ...]] = []
+            dead: list[tuple[str, bytes]] = []
+            for (table, pk), group in groups.items():
+                st = self._load(table, pk)
+                for c in group:
+                    if apply_change(st, c, {}):
+                        wins += 1
+                if not st.changed:
+                    continue
+                dead.append((table, pk))
+                for cid, clock in st.cells.items():
+                    if clock is None:
+                        continue
+                    dbv = version if clock[1] == MERGE_VERSION else clock[1]
+                    rows_out.append(
+                        (
+                            table,
+                            pk,
+                            cid,
+                            st.values.get(cid),
+                            clock[0],
+                            clock[2],
+                            st.cl,
+                            clock[3],
+                            dbv,
+                        )
+                    )
+                if st.sentinel is not None:
+                    s = st.sentinel
+                    dbv = version if s[1] == MERGE_VERSION else s[1]
+                    rows_out.append((table, pk, SENTINEL, None, st.cl, s[2], st.cl, s[3], dbv))
+            if dead:
+                conn.executemany("DELETE FROM relay_cells WHERE tbl = ? AND pk = ?", dead)
+                conn.executemany(
+                    "INSERT INTO relay_cells (tbl, pk, cid, val, col_version, site_id, cl, seq, "
+                    "version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    rows_out,
+                )
+                conn.execute("UPDATE relay_meta SET value = ? WHERE key = 'head'", (version,))
+                head = version
+            conn.execute(
+                "INSERT INTO relay_peers (site_id, pushed_upto, last_seen) VALUES (?, ?, ?) "
+                "ON CONFLICT (site_id) DO UPDATE SET pushed_upto = "
+                "max(pushed_upto, excluded.pushed_upto), last_seen = excluded.last_seen",
+                (site_id, upto, time.time()),
+            )
+            conn.execute("COMMIT")
+            return head, wins
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def _load(self, table: str, pk: bytes) -> RowState:
+        rows = self.conn.execute(
+            "SELECT cid, val, col_version, site_id, cl, seq, version FROM relay_cells "
+            "WHERE tbl = ? AND pk = ?",
+            (table, pk),
+        ).fetchall()
+        if not rows:
+            return RowState()
+        cl = rows[0][4]
+        st = RowState(cl, cl % 2 == 1)
+        values: dict[str, SqlValue] = {}
+        for cid, val, cv, site, _cl, seq, version in rows:
+            if cid == SENTINEL:
+                st.sentinel = (cv, version, site, seq)
+            else:
+                st.cells[cid] = (cv, version, site, seq)
+                values[cid] = val
+        st.values = values
+        return st
+
+    # ------------------------------------------------------------------ reads
+
+    def changes_since(
+        self, cursor: int, exclude_site: bytes | None, max_cells: int = 5000
+    ) -> tuple[list[Change], int, bool]:
+        """Changes of relay versions after ``cursor``, whole versions at a time.
+
+        Returns:
+            ``(changes, upto, complete)``: ``upto`` is the last version fully included;
+            ``complete`` is true if nothing after ``upto`` exists (at read time).
+        """
+        conn = self.conn
+        conn.execute("BEGIN")
+        try:
+            head = self.head
+            if cursor >= head:
+                return [], head, True
+            rows = conn.execute(
+                "SELECT tbl, pk, cid, val, col_version, version, site_id, cl, seq "
+                "FROM relay_cells WHERE version > ? AND version <= ? ORDER BY version, seq "
+                "LIMIT ?",
+                (cursor, head, max_cells + 1),
+            ).fetchall()
+            if len(rows) > max_cells:
+                last = rows[-1][5]
+                # whole versions only: drop the partially read last version unless it is the
+                # only one (then read it completely)
+                keep = [r for r in rows if r[5] < last]
+                if keep:
+                    rows, upto, complete = keep, keep[-1][5], False
+                else:
+                    rows = conn.execute(
+                        "SELECT tbl, pk, cid, val, col_version, version, site_id, cl, seq "
+                        "FROM relay_cells WHERE version = ? ORDER BY seq",
+                        (last,),
+                    ).fetchall()
+                    upto, complete = last, last == head
+            else:
+                upto, complete = head, True
+        finally:
+            conn.execute("COMMIT")
+        out = [Change(*r) for r in rows if r[6] != exclude_site]
+        return out, upto, complete
+
+    def stats(self) -> dict[str, Any]:
+        """Size and activity figures for operators."""
+        cells = self.conn.execute("SELECT count(*) FROM relay_cells").fetchone()[0]
+        last = self.conn.execute("SELECT max(last_seen) FROM relay_peers").fetchone()[0]
+        npeers = self.conn.execute("SELECT count(*) FROM relay_peers").fetchone()[0]
+        size = sum(
+            p.stat().st_size for p in (self.path, Path(str(self.path) + "-wal")) if p.exists()
+        )
+        return {
+            "epoch": self.epoch,
+            "head": self.head,
+            "cells": cells,
+            "peers": npeers,
+            "last_activity": last,
+            "bytes": size,
+        }
