@@ -1,0 +1,324 @@
+"""``crsync``: the trigger generator, status, change feed, one-shot and continuous sync."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+import trio
+
+from .database import Database, connect
+from .errors import CrsyncError
+from .schema import quote_ident
+from .triggers import meta_table_name
+
+
+class _Fail(click.ClickException):
+    def show(self, file: Any = None) -> None:
+        click.echo(f"crsync: error: {self.message}", err=True)
+
+
+def _open(path: str, must_exist: bool = True) -> Database:
+    if must_exist and not Path(path).exists():
+        raise _Fail(f"no such database file: {path}")
+    try:
+        return connect(path)
+    except CrsyncError as exc:
+        raise _Fail(str(exc)) from None
+    except sqlite3.DatabaseError as exc:
+        raise _Fail(f"{path} is not a usable SQLite database: {exc}") from None
+
+
+def _guard(fn: Any) -> Any:
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except CrsyncError as exc:
+            raise _Fail(str(exc)) from None
+        except sqlite3.Error as exc:
+            raise _Fail(f"SQLite error: {exc}") from None
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="crsync")
+def cli() -> None:
+    """crsync: multi-device sync for plain SQLite."""
+
+
+@cli.command()
+@click.argument("db")
+@click.argument("table")
+@_guard
+def triggers(db: str, table: str) -> None:
+    """Print the SQL that tracking TABLE would install (executes nothing).
+
+    Example: crsync triggers app.db todos
+    """
+    if not Path(db).exists():
+        raise _Fail(f"no such database file: {db}")
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        from . import trigger_sql
+
+        click.echo(trigger_sql(conn, table))
+    finally:
+        conn.close()
+
+
+@cli.command()
+@click.argument("db")
+@click.argument("tables", nargs=-1, required=True)
+@_guard
+def track(db: str, tables: Sequence[str]) -> None:
+    """Make TABLES replicated (validates them, installs triggers, records existing rows).
+
+    Example: crsync track app.db todos lists
+    """
+    d = _open(db)
+    for t in tables:
+        d.track(t)
+        click.echo(f"tracking {t}")
+
+
+@cli.command()
+@click.argument("db")
+@click.argument("table")
+@_guard
+def untrack(db: str, table: str) -> None:
+    """Stop replicating TABLE: removes its triggers and metadata, keeps its rows.
+
+    Example: crsync untrack app.db todos
+    """
+    _open(db).untrack(table)
+    click.echo(f"untracked {table}")
+
+
+def _status(d: Database) -> dict[str, Any]:
+    conn = d.conn
+    tables = []
+    fps = d.schema_fingerprints()
+    for name in d.tracked_tables():
+        rows = conn.execute(f"SELECT count(*) FROM {quote_ident(name)}").fetchone()[0]
+        meta = quote_ident(meta_table_name(name))
+        tombstones = conn.execute(f"SELECT count(*) FROM {meta} WHERE cl % 2 = 0").fetchone()[0]
+        tables.append(
+            {"table": name, "rows": rows, "tombstones": tombstones, "fingerprint": fps[name]}
+        )
+    version = d.db_version
+    peers = []
+    for peer, event, epoch, pos, updated in conn.execute(
+        "SELECT peer, event, epoch, version, updated_at FROM crsync_peers ORDER BY peer, event"
+    ):
+        peers.append(
+            {"peer": peer, "event": event, "epoch": epoch, "version": pos, "updated_at": updated}
+        )
+    pushed = {p["peer"]: p["version"] for p in peers if p["event"] == "push"}
+    unacked = {
+        peer: sum(1 for c in d.changes(since=v) if c.site_id == d.site_id)
+        for peer, v in pushed.items()
+    }
+    if not pushed:
+        unacked = {"(never synced)": sum(1 for c in d.changes() if c.site_id == d.site_id)}
+    meta_bytes = None
+    try:
+        meta_bytes = conn.execute(
+            "SELECT sum(pgsize) FROM dbstat WHERE name LIKE '%__crsync%' OR name LIKE 'crsync_%'"
+        ).fetchone()[0]
+    except sqlite3.Error:
+        meta_bytes = None
+    return {
+        "site_id": d.site_id.hex(),
+        "db_version": version,
+        "tables": tables,
+        "changes": len(d.changes()),
+        "peers": peers,
+        "unacked_local_changes": unacked,
+        "pending_changes": d.pending_count(),
+        "metadata_bytes": meta_bytes,
+    }
+
+
+@cli.command()
+@click.argument("db")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@_guard
+def status(db: str, as_json: bool) -> None:
+    """Site id, version, tracked tables, peers' positions and the upload queue.
+
+    Example: crsync status app.db
+    """
+    s = _status(_open(db))
+    if as_json:
+        click.echo(json.dumps(s, indent=2))
+        return
+    click.echo(f"site id       {s['site_id']}")
+    click.echo(f"db_version    {s['db_version']}")
+    click.echo(f"changes       {s['changes']} cells in the change feed")
+    click.echo(
+        f"pending       {s['pending_changes']} changes kept aside for unknown tables/columns"
+    )
+    if s["metadata_bytes"] is not None:
+        click.echo(f"metadata      {s['metadata_bytes']} bytes")
+    click.echo("tables:")
+    for t in s["tables"]:
+        click.echo(
+            f"  {t['table']:<24} rows={t['rows']:<8} tombstones={t['tombstones']:<6} "
+            f"{t['fingerprint']}"
+        )
+    click.echo("peers:")
+    if not s["peers"]:
+        click.echo("  (none)")
+    for p in s["peers"]:
+        click.echo(f"  {p['peer']:<24} {p['event']:<5} version={p['version']} epoch={p['epoch']}")
+    click.echo("not yet acknowledged by the relay:")
+    for peer, n in s["unacked_local_changes"].items():
+        click.echo(f"  {peer:<24} {n} local changes")
+
+
+def _json_value(v: Any) -> Any:
+    if isinstance(v, bytes):
+        return {"blob": v.hex()}
+    if isinstance(v, float):
+        if v != v or v in (float("inf"), float("-inf")):
+            return {"real": repr(v)}
+        return {"real": v}
+    if isinstance(v, int):
+        return {"int": str(v)} if abs(v) > 2**53 else v
+    return v
+
+
+@cli.command()
+@click.argument("db")
+@click.option("--since", type=int, default=0, show_default=True, help="A db_version.")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines with typed values.")
+@_guard
+def changes(db: str, since: int, as_json: bool) -> None:
+    """Print the change feed after --since (JSON lines: typed values, hex blobs).
+
+    Example: crsync changes app.db --since 10 --json
+    """
+    d = _open(db)
+    for c in d.changes(since=since):
+        row = {
+            "table": c.table,
+            "pk": c.pk.hex(),
+            "cid": c.cid,
+            "val": _json_value(c.val),
+            "col_version": c.col_version,
+            "db_version": c.db_version,
+            "site_id": c.site_id.hex(),
+            "cl": c.cl,
+            "seq": c.seq,
+        }
+        if as_json:
+            click.echo(json.dumps(row, ensure_ascii=False))
+        else:
+            click.echo(
+                f"v{c.db_version:<6} {c.table}[{c.pk.hex()}].{c.cid} = {c.val!r} "
+                f"(cv {c.col_version}, cl {c.cl}, site {c.site_id.hex()[:8]})"
+            )
+
+
+@cli.command()
+@click.argument("db")
+@click.option("--url", required=True, help="Relay URL, ws:// or wss://.")
+@click.option("--store", required=True, help="Store id on the relay.")
+@click.option("--token", default=None, envvar="CRSYNC_TOKEN", help="Access token ($CRSYNC_TOKEN).")
+@click.option("--watch", is_flag=True, help="Keep syncing until Ctrl-C.")
+@click.option(
+    "--timeout",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="One-shot: give up after this many seconds.",
+)
+@click.option("--cafile", default=None, help="CA certificate to trust for wss://.")
+@_guard
+def sync(
+    db: str,
+    url: str,
+    store: str,
+    token: str | None,
+    watch: bool,
+    timeout: float,
+    cafile: str | None,
+) -> None:
+    """Sync DB with a store on a relay: once (exit 0 when synced) or continuously (--watch).
+
+    Example: crsync sync app.db --url ws://127.0.0.1:8765 --store alice --token $TOKEN
+    """
+    import ssl
+
+    from .peer import Peer, PeerState
+
+    d = _open(db)
+    ctx = None
+    if url.startswith("wss://"):
+        ctx = ssl.create_default_context(cafile=cafile)
+    quiet = not sys.stderr.isatty()
+
+    def progress(done: int, head: int) -> None:
+        if not quiet and head:
+            click.echo(f"\rreceived up to relay version {done}/{head}", err=True, nl=False)
+
+    async def run() -> None:
+        async with Peer(d, url, store=store, token=token, ssl=ctx, on_progress=progress) as peer:
+            if watch:
+                click.echo(f"syncing {db} with {url} store {store}; Ctrl-C to stop", err=True)
+                last = None
+                while True:
+                    state = await peer.wait_state(*[s for s in PeerState if s != last])
+                    if state is not last and not quiet:
+                        click.echo(f"\n{state.value}", err=True)
+                    last = state
+            try:
+                with trio.fail_after(timeout):
+                    await peer.wait_synced()
+            except trio.TooSlowError:
+                raise _Fail(
+                    f"not synced after {timeout:g}s (state {peer.state.value}; "
+                    f"last error: {peer.stats.last_error})"
+                ) from None
+            if not quiet:
+                click.echo("", err=True)
+            click.echo(
+                f"synced: pushed {peer.stats.pushed_changes}, received "
+                f"{peer.stats.received_changes} changes"
+            )
+
+    try:
+        trio.run(run)
+    except KeyboardInterrupt:
+        click.echo("\nstopped", err=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; return the exit status (0 ok, 1 error, 2 usage)."""
+    try:
+        cli.main(
+            args=list(argv) if argv is not None else None, prog_name="crsync", standalone_mode=False
+        )
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 1
+    except click.ClickException as exc:
+        exc.show()
+        return 1 if isinstance(exc, _Fail) else exc.exit_code
+    except CrsyncError as exc:
+        click.echo(f"crsync: error: {exc}", err=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
