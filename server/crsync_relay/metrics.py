@@ -1,0 +1,104 @@
+"""Prometheus metrics and a health endpoint, served on a separate port.
+
+``/metrics`` is the Prometheus text format; ``/healthz`` answers ``ok`` while the relay serves.
+Each relay has its own registry, so several relays can run in one process (tests).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+
+class RelayMetrics:
+    """The relay's instruments."""
+
+    def __init__(self) -> None:
+        """Create the instruments in a fresh registry."""
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.connections = Counter(
+            "crsync_relay_connections", "Peer connections accepted", registry=r
+        )
+        self.connections_active = Gauge(
+            "crsync_relay_connections_active", "Peer connections open now", registry=r
+        )
+        self.stores_open = Gauge("crsync_relay_stores_open", "Store files open now", registry=r)
+        self.changes_merged = Counter(
+            "crsync_relay_changes_merged", "Pushed changes that won on the relay", registry=r
+        )
+        self.changes_received = Counter(
+            "crsync_relay_changes_received", "Changes pushed by peers", registry=r
+        )
+        self.changes_sent = Counter(
+            "crsync_relay_changes_sent", "Changes sent to peers (live and catch-up)", registry=r
+        )
+        self.errors = Counter(
+            "crsync_relay_errors", "Error frames sent, by code", ["code"], registry=r
+        )
+        self.merge_seconds = Histogram(
+            "crsync_relay_merge_seconds",
+            "Time to merge and commit one pushed unit",
+            registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition."""
+        return generate_latest(self.registry)
+
+
+class MetricsServer:
+    """``/metrics`` and ``/healthz`` on their own port, in a daemon thread."""
+
+    def __init__(
+        self, metrics: RelayMetrics, host: str, port: int, healthy: Callable[[], bool]
+    ) -> None:
+        """Bind now (so the port is known); serve after :meth:`start`."""
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.split("?")[0] == "/metrics":
+                    body, ctype, status = outer.metrics.render(), CONTENT_TYPE_LATEST, 200
+                elif self.path.split("?")[0] == "/healthz":
+                    ok = outer.healthy()
+                    body = b"ok\n" if ok else b"unavailable\n"
+                    ctype, status = "text/plain; charset=utf-8", 200 if ok else 503
+                else:
+                    body, ctype, status = b"not found\n", "text/plain; charset=utf-8", 404
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+        self.metrics = metrics
+        self.healthy = healthy
+        self.httpd = ThreadingHTTPServer((host, port), Handler)
+        self.httpd.daemon_threads = True
+        self.port: int = self.httpd.server_address[1]
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def start(self) -> None:
+        """Start serving in the background."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop serving and release the port."""
+        self.httpd.shutdown()
+        self.httpd.server_close()
