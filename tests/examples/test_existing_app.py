@@ -1,0 +1,58 @@
+"""The existing-app example runs: adopting crsync on a populated database converges."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _notes(path: Path) -> list[tuple[object, ...]]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(
+            "SELECT n.title, n.body, n.pinned, (SELECT group_concat(tag, ',') FROM "
+            "(SELECT tag FROM tags WHERE note_id = n.id ORDER BY tag)) "
+            "FROM notes AS n ORDER BY n.title"
+        ).fetchall()
+    finally:
+        conn.close()
+
+
+def test_existing_app_example_backfills_syncs_and_converges(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "existing_app.py"), "--keep", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    out = proc.stdout
+    assert proc.returncode == 0, out + proc.stderr
+    assert "refused: table 'notes': has a UNIQUE constraint or index (notes_title)" in out
+    assert "backfilled feed: 16 changes" in out
+    assert "feed since 1: 5 changes" in out
+    assert "phone merged 21 changes, 21 applied" in out
+    assert out.rstrip().endswith("converged: yes")
+
+    # The files themselves, read with plain sqlite3 as the app would.
+    laptop, phone = _notes(tmp_path / "notes.db"), _notes(tmp_path / "phone-notes.db")
+    assert (
+        laptop
+        == phone
+        == [
+            ("Books", "read Designing Data-Intensive Applications", 0, "home"),
+            ("Groceries", "milk, eggs, coffee", 0, "home"),
+            ("Trip", "train booked, seat 42", 1, "travel"),
+        ]
+    )
+
+
+def test_existing_app_example_can_rerun_in_the_same_directory(tmp_path: Path) -> None:
+    cmd = [sys.executable, str(ROOT / "examples" / "existing_app.py"), "--keep", str(tmp_path)]
+    for _ in range(2):
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert proc.stdout.rstrip().endswith("converged: yes")
