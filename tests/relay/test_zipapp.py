@@ -1,0 +1,178 @@
+"""The single-file relay (``server/build_zipapp.py`` -> ``crsync-relay.pyz``) runs on its own.
+
+The archive is built from the packages installed in this environment (no network) and run with
+``python -I -S``: no site-packages, no PYTHONPATH, no current directory on ``sys.path``, so every
+module the relay needs must come from the archive. A Peer from the source tree then syncs a row
+between two databases through it.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import trio
+
+import crsync
+from crsync.peer import Peer
+
+ROOT = Path(__file__).resolve().parents[2]
+BUILD = ROOT / "server" / "build_zipapp.py"
+READY_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+_LISTENING = re.compile(r"relay\.listening .*\bport=(\d+)")
+
+
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("CRSYNC_RELAY_", "PYTHON"))}
+
+
+@contextmanager
+def relay_process(args: list[str], cwd: Path) -> Iterator[tuple[int, list[str]]]:
+    """Run a relay command; yield (port, log lines) once ``relay.listening`` appears on stderr.
+
+    On exit: SIGTERM, a bounded wait, and a check that it stopped cleanly (exit status 0).
+    """
+    proc = subprocess.Popen(
+        args,
+        cwd=cwd,
+        env=_clean_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    q: queue.Queue[str | None] = queue.Queue()
+
+    def read() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line.rstrip("\n"))
+            q.put(line)
+        q.put(None)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        port = None
+        while port is None:
+            try:
+                line = q.get(timeout=READY_TIMEOUT)
+            except queue.Empty:
+                raise AssertionError(
+                    f"no relay.listening within {READY_TIMEOUT}s:\n" + "\n".join(lines)
+                ) from None
+            if line is None:
+                raise AssertionError("relay exited before listening:\n" + "\n".join(lines))
+            m = _LISTENING.search(line)
+            if m:
+                port = int(m.group(1))
+        yield port, lines
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=STOP_TIMEOUT)
+            raise AssertionError("relay ignored SIGTERM:\n" + "\n".join(lines)) from None
+        reader.join(timeout=STOP_TIMEOUT)
+    assert code == 0, "\n".join(lines)
+    assert any("relay.stopped" in line for line in lines), "\n".join(lines)
+
+
+@pytest.fixture(scope="module")
+def relay_pyz(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("dist") / "crsync-relay.pyz"
+    proc = subprocess.run(
+        [sys.executable, str(BUILD), "--output", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert out.is_file()
+    return out
+
+
+def test_isolated_mode_cannot_see_the_environment_packages(tmp_path: Path) -> None:
+    # What makes the other tests meaningful: `python -I -S` alone cannot import the relay.
+    proc = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", "import crsync_relay.cli"],
+        cwd=tmp_path,
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0
+    assert "ModuleNotFoundError" in proc.stderr
+
+
+def test_pyz_holds_pure_python_relay_without_watchfiles(relay_pyz: Path) -> None:
+    with zipfile.ZipFile(relay_pyz) as zf:
+        names = zf.namelist()
+    assert "__main__.py" in names
+    assert "crsync_relay/cli.py" in names and "crsync/protocol.py" in names
+    assert "msgpack/fallback.py" in names and "trio/__init__.py" in names
+    assert not [n for n in names if n.endswith((".so", ".pyd", ".dylib", ".pyc"))]
+    assert not [n for n in names if n.split("/")[0] in ("watchfiles", "anyio")]
+
+    probe = (
+        "import sys; sys.path.insert(0, sys.argv[1]);"
+        "import crsync_relay.cli, crsync_relay.server, msgpack;"
+        "print(msgpack.Packer.__module__, 'watchfiles' in sys.modules,"
+        " crsync_relay.cli.__file__.startswith(sys.argv[1]))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", probe, str(relay_pyz)],
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["msgpack.fallback", "False", "True"]
+
+
+@pytest.mark.e2e
+async def test_pyz_relay_syncs_a_row_between_two_databases(relay_pyz: Path, tmp_path: Path) -> None:
+    data_dir = tmp_path / "relay-data"
+    args = [sys.executable, "-I", "-S", str(relay_pyz), "serve", "--dev"]
+    args += ["--data-dir", str(data_dir), "--host", "127.0.0.1", "--port", "0"]
+    schema = "CREATE TABLE notes (id TEXT PRIMARY KEY NOT NULL, body TEXT)"
+    a = crsync.connect(tmp_path / "a.db")
+    b = crsync.connect(tmp_path / "b.db")
+    for db in (a, b):
+        db.conn.execute(schema)
+        db.track("notes")
+    a.conn.execute("INSERT INTO notes VALUES ('n1', 'shipped as one file')")
+
+    with relay_process(args, cwd=tmp_path) as (port, _log):
+        url = f"ws://127.0.0.1:{port}"
+        with trio.fail_after(30):
+            async with Peer(a, url, store="notes") as pa:
+                await pa.wait_synced()
+            async with Peer(b, url, store="notes") as pb:
+                await pb.wait_synced()
+        assert pa.stats.pushed_changes > 0
+        assert pb.stats.received_changes == pa.stats.pushed_changes
+
+    assert b.conn.execute("SELECT id, body FROM notes").fetchall() == [
+        ("n1", "shipped as one file")
+    ]
+    assert (data_dir / "notes.store.sqlite3").is_file()
+    a.close()
+    b.close()
