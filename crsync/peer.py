@@ -20,10 +20,11 @@ import functools
 import logging
 import random
 import ssl as ssl_module
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import attrs
 import trio
@@ -118,6 +119,19 @@ def _merge_and_record(
     return wins
 
 
+def _describe(exc: BaseException) -> str:
+    """An error and its causes in one line (a TLS failure hides under BrokenResourceError)."""
+    parts = []
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        text = str(e)
+        parts.append(f"{type(e).__name__}: {text}" if text else type(e).__name__)
+        e = e.__cause__ or e.__context__
+    return " <- ".join(parts)
+
+
 def _data_version(db: Database) -> int:
     return int(db.conn.execute("PRAGMA data_version").fetchone()[0])
 
@@ -175,6 +189,8 @@ class Peer:
             raise CrsyncError("a Peer needs a database stored in a file, not in memory")
         if not url.startswith(("ws://", "wss://")):
             raise CrsyncError(f"relay URL must start with ws:// or wss://, not {url!r}")
+        if ssl is not None and not url.startswith("wss://"):
+            raise CrsyncError(f"an ssl context needs a wss:// relay URL, not {url!r}")
         self.path = path
         self.url = url
         self.store = store
@@ -205,6 +221,7 @@ class Peer:
         self._ping_ids = 0
         self._ws: ClientConnection | None = None
         self._send_lock = trio.Lock()
+        self._watch_stop = threading.Event()  # stops the file watcher's thread promptly
         self._nursery_cm: Any = None
         self._nursery: trio.Nursery | None = None
 
@@ -214,6 +231,7 @@ class Peer:
         self._db = await trio.to_thread.run_sync(
             functools.partial(connect, self.path, check_same_thread=False)
         )
+        self._watch_stop.clear()
         self._nursery_cm = trio.open_nursery()
         self._nursery = await self._nursery_cm.__aenter__()
         self._nursery.start_soon(self._run)
@@ -228,6 +246,9 @@ class Peer:
         tb: TracebackType | None,
     ) -> bool:
         assert self._nursery is not None
+        # The watcher's worker thread cannot be cancelled; without this it would hold up the
+        # exit until its timeout.
+        self._watch_stop.set()
         self._nursery.cancel_scope.cancel()
         try:
             await self._nursery_cm.__aexit__(None, None, None)
@@ -342,7 +363,7 @@ class Peer:
                 ProtocolError,
                 TimeoutError,
             ) as exc:
-                self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                self.stats.last_error = _describe(exc)
                 log.info("crsync.peer.offline store=%s error=%s", self.store, self.stats.last_error)
             finally:
                 self._ws = None
@@ -389,17 +410,22 @@ class Peer:
                 raise err
             assert isinstance(msg, p.Welcome)
             full_push = False
-            if msg.epoch != epoch:
-                # A new or reset store: push everything we hold, fetch everything it has.
+            went_back = msg.epoch == epoch and msg.head < pull_upto
+            if msg.epoch != epoch or went_back:
+                # A new or reset store, or one restored from an older copy (its head is behind
+                # what we merged; the relay then serves from version 0): push everything we
+                # hold, fetch everything it has.
                 await self._call(_reset, self.key, msg.epoch)
                 push_upto = pull_upto = 0
                 full_push = bool(epoch) or msg.head == 0
                 if epoch:
                     log.warning(
-                        "crsync.peer.epoch_changed store=%s old=%s new=%s",
+                        "crsync.peer.epoch_changed store=%s old=%s new=%s head=%d went_back=%s",
                         self.store,
                         epoch,
                         msg.epoch,
+                        msg.head,
+                        went_back,
                     )
             elif msg.acked > push_upto:
                 push_upto = msg.acked
@@ -523,6 +549,7 @@ class Peer:
             rust_timeout=1000,
             yield_on_timeout=True,
             recursive=False,
+            stop_event=cast(Any, self._watch_stop),  # only is_set() is used, from a thread
         ):
             v = await self._call(_data_version)
             if v != last:

@@ -294,7 +294,7 @@ def decode(
         if len(site) != 16:
             raise _bad("'site' must be 16 bytes")
         return Hello(
-            version=_get(body, "v", int),
+            version=_version(body, "v"),
             store=_get(body, "store", str),
             site=site,
             schema=_schema(body.get("schema", {})),
@@ -304,7 +304,7 @@ def decode(
         )
     if t == "welcome":
         return Welcome(
-            _get(body, "v", int),
+            _version(body, "v"),
             _get(body, "epoch", str),
             _version(body, "head"),
             _version(body, "acked"),

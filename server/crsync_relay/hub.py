@@ -30,7 +30,7 @@ from .store import RelayStore
 
 log = logging.getLogger(__name__)
 
-STORE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+STORE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 STORE_SUFFIX = ".store.sqlite3"
 
 
@@ -48,7 +48,7 @@ def check_store_id(store: str) -> str:
     Raises:
         BadStoreId: naming the problem; path-like ids (``../x``, ``/etc/x``, ``a/b``) included.
     """
-    if not isinstance(store, str) or not STORE_ID_RE.match(store) or ".." in store:
+    if not isinstance(store, str) or not STORE_ID_RE.fullmatch(store) or ".." in store:
         raise BadStoreId(
             f"invalid store id {store!r}: use 1-128 characters from A-Z a-z 0-9 _ . - "
             "starting with a letter or digit"
@@ -206,11 +206,12 @@ class Hub:
             head, wins = await trio.to_thread.run_sync(h.writer.merge_push, site, upto, changes)
             self.stats["pushes"] += 1
             if head != base:
-                batch, upto_read, complete = await trio.to_thread.run_sync(
-                    h.writer.changes_since, base, None, 1_000_000
-                )
-                if complete and upto_read == head:
-                    h.recent.append((base, head, batch))
+                if h.sessions > 1:  # someone else may want this batch: keep it in memory
+                    batch, upto_read, complete = await trio.to_thread.run_sync(
+                        h.writer.changes_since, base, None, 1_000_000
+                    )
+                    if complete and upto_read == head:
+                        h.recent.append((base, head, batch))
                 h.head = head
                 self.stats["merged"] += wins
                 h.wake()

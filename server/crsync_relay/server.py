@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import signal
@@ -91,38 +92,48 @@ async def run_relay(
     async def handler(ws: ServerConnection) -> None:
         await handle_connection(ws, hub, settings)
 
+    # Signals are caught before the listening line is logged, so a supervisor (or a test) that
+    # sends SIGTERM as soon as the relay says it listens always gets a graceful shutdown.
+    signals_cm: Any = (
+        trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM)
+        if handle_signals
+        else contextlib.nullcontext(None)
+    )
     try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(hub.reaper)
-            server: Server = await nursery.start(
-                functools.partial(
-                    serve,
-                    handler,
-                    config.port,
-                    host=config.host,
-                    ssl=config.ssl_context(),
-                    max_size=config.max_frame,
-                    process_request=functools.partial(_health, hub),
-                    compression=None,
+        with signals_cm as signals:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(hub.reaper)
+                server: Server = await nursery.start(
+                    functools.partial(
+                        serve,
+                        handler,
+                        config.port,
+                        host=config.host,
+                        ssl=config.ssl_context(),
+                        # Frames up to twice the limit are read, so that the protocol can refuse
+                        # an oversized frame with an error frame (frame_too_large); larger ones are
+                        # refused by websockets itself (close code 1009).
+                        max_size=2 * config.max_frame,
+                        process_request=functools.partial(_health, hub),
+                        compression=None,
+                    )
                 )
-            )
-            ports = sorted({lst.socket.getsockname()[1] for lst in server.listeners})
-            log.info(
-                "relay.listening host=%s port=%s tls=%s dev=%s data_dir=%s",
-                config.host,
-                ports[0] if ports else config.port,
-                config.tls_cert is not None,
-                config.dev,
-                config.data_dir,
-                extra={"port": ports[0] if ports else config.port},
-            )
-            task_status.started((server, hub))
-            if handle_signals:
-                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                ports = sorted({lst.socket.getsockname()[1] for lst in server.listeners})
+                log.info(
+                    "relay.listening host=%s port=%s tls=%s dev=%s data_dir=%s",
+                    config.host,
+                    ports[0] if ports else config.port,
+                    config.tls_cert is not None,
+                    config.dev,
+                    config.data_dir,
+                    extra={"port": ports[0] if ports else config.port},
+                )
+                task_status.started((server, hub))
+                if signals is not None:
                     async for signum in signals:
                         log.info("relay.shutdown signal=%s", signal.Signals(signum).name)
                         break
-                nursery.cancel_scope.cancel()
+                    nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):
             await hub.close_all()

@@ -110,6 +110,7 @@ class RelayStore:
         try:
             for table, s in schema.items():
                 if len(table.encode()) > MAX_NAME:
+                    conn.execute("ROLLBACK")
                     return f"table name longer than {MAX_NAME} bytes"
                 row = conn.execute(
                     "SELECT pk, columns FROM relay_schema WHERE tbl = ?", (table,)
@@ -195,6 +196,7 @@ class RelayStore:
             if len(c.table.encode()) > MAX_NAME or len(c.cid.encode()) > MAX_NAME:
                 raise InvalidChangeError(f"change #{i}: name longer than {MAX_NAME} bytes")
             groups.setdefault((c.table, c.pk), []).append(c)
+        arity = {t: len(s.pk) for t, s in self.schema().items()}
         for table, pk in groups:
             try:
                 key = unpack_pk(pk)
@@ -202,6 +204,13 @@ class RelayStore:
                 raise InvalidChangeError(f"table {table!r}: {exc}") from None
             if not key or None in key:
                 raise InvalidChangeError(f"table {table!r}: pk {pk.hex()} is empty or has NULL")
+            # A key devices cannot apply would stop every device of the store on merge.
+            n = arity.get(table)
+            if n is not None and len(key) != n:
+                raise InvalidChangeError(
+                    f"table {table!r}: pk {pk.hex()} has {len(key)} values, the table's "
+                    f"primary key has {n} columns"
+                )
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:

@@ -1,0 +1,52 @@
+"""Shared helpers of the sync tests: app databases, state snapshots, bounded waiting."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import trio
+
+import crsync
+
+TODOS = (
+    "CREATE TABLE IF NOT EXISTS todos "
+    "(id TEXT PRIMARY KEY NOT NULL, title TEXT, done INTEGER DEFAULT 0, data BLOB)"
+)
+NOTES = (
+    "CREATE TABLE IF NOT EXISTS notes (a INTEGER NOT NULL, b TEXT NOT NULL, body TEXT, "
+    "PRIMARY KEY (a, b))"
+)
+
+
+def open_db(path: Path, *ddl: str) -> crsync.Database:
+    """A crsync database with the given tables (default: todos and notes), all tracked."""
+    db = crsync.connect(path)
+    for stmt in ddl or (TODOS, NOTES):
+        db.conn.execute(stmt)
+    for (name,) in db.conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'crsync%' "
+        "AND name NOT LIKE '%__crsync' AND name NOT LIKE 'sqlite%'"
+    ).fetchall():
+        db.track(name)
+    return db
+
+
+def rows(db: crsync.Database, table: str = "todos") -> list[tuple[object, ...]]:
+    """Every row of a table in a stable order."""
+    return db.conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall()
+
+
+def snapshot(db: crsync.Database) -> dict[str, list[tuple[object, ...]]]:
+    """The data of every tracked table."""
+    return {t: rows(db, t) for t in sorted(db.tracked_tables())}
+
+
+async def eventually(pred: Callable[[], bool], what: str, limit: float = 15.0) -> None:
+    """Wait until ``pred()`` holds, polling (for effects with no event to wait on, such as a
+    write by another process being noticed); fails after ``limit`` seconds."""
+    with trio.move_on_after(limit):
+        while not pred():  # noqa: ASYNC110 - polls an effect that has no event to wait on
+            await trio.sleep(0.02)
+        return
+    raise AssertionError(f"timed out after {limit}s waiting for {what}")
