@@ -57,6 +57,16 @@ def trigger_sql(conn: sqlite3.Connection, table: str) -> str:
     return generate(info, slots, len(names), existing).script()
 
 
+def __getattr__(name: str) -> object:
+    """``crsync.Peer``, ``crsync.PeerState``, ``crsync.PeerStats``, imported on first use (the
+    sync layer pulls in trio, websockets and watchfiles, which the core does not need)."""
+    if name in ("Peer", "PeerState", "PeerStats"):
+        from . import peer
+
+        return getattr(peer, name)
+    raise AttributeError(f"module 'crsync' has no attribute {name!r}")
+
+
 def schema_fingerprint(conn: sqlite3.Connection, table: str) -> str:
     """Deterministic fingerprint of a table's replicated schema (name, pk, column set)."""
     return _schema_fingerprint(conn, table)
@@ -71,6 +81,9 @@ __all__ = [
     "InvalidChangeError",
     "NotTrackedError",
     "PackError",
+    "Peer",
+    "PeerState",
+    "PeerStats",
     "ProtocolError",
     "SchemaError",
     "SchemaMismatchError",

@@ -66,6 +66,13 @@ def main() -> None:
 @click.option("--max-frame-bytes", type=int, default=None, help="Largest accepted frame.")
 @click.option("--max-open-stores", type=int, default=None, help="Cap on open store files.")
 @click.option("--idle-seconds", type=float, default=None, help="Close stores idle this long.")
+@click.option(
+    "--metrics-port",
+    type=int,
+    default=None,
+    help="Serve /metrics (Prometheus) and /healthz on this port (off by default).",
+)
+@click.option("--metrics-host", default=None, help="Address for --metrics-port (127.0.0.1).")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default=None)
 @click.option("--log-level", default=None)
 def serve(**opts: Any) -> None:
@@ -117,6 +124,8 @@ def serve(**opts: Any) -> None:
         idle_seconds=float(pick("idle_seconds", 60.0, float)),
         tls_cert=Path(cert) if cert else None,
         tls_key=Path(key) if key else None,
+        metrics_host=pick("metrics_host", "127.0.0.1"),
+        metrics_port=pick("metrics_port", None, int),
     )
     logconfig.configure(pick("log_level", "info"), pick("log_format", "text"))
     try:
@@ -175,6 +184,44 @@ def stores(data_dir: str) -> None:
             f"{name:<32} {st['bytes']:>12} {st['cells']:>10} {st['peers']:>6} {st['head']:>8}  "
             f"{when}"
         )
+
+
+@main.command()
+@click.option("--data-dir", required=True, help="The relay's data directory.")
+@click.option("--store", required=True, help="Store id to back up.")
+@click.option("--to", "dest", required=True, help="Backup file to create.")
+def backup(data_dir: str, store: str, dest: str) -> None:
+    """Copy a store while the relay keeps serving (SQLite online backup).
+
+    Example: crsync-relay backup --data-dir /var/lib/crsync --store alice --to alice.bak
+    """
+    from .backup import backup_store
+
+    try:
+        head = backup_store(Path(data_dir), store, Path(dest))
+    except CrsyncError as exc:
+        _fail(str(exc))
+    click.echo(f"backed up store {store} at relay version {head} to {dest}")
+
+
+@main.command()
+@click.option("--data-dir", required=True, help="The relay's data directory.")
+@click.option("--store", required=True, help="Store id to restore.")
+@click.option("--from", "src", required=True, help="Backup file made by `backup`.")
+@click.option("--force", is_flag=True, help="Replace the store if it exists.")
+def restore(data_dir: str, store: str, src: str, force: bool) -> None:
+    """Install a backup as a store (stop the relay first). The store gets a new epoch, so
+    every device re-pushes what it holds and nothing written after the backup is lost.
+
+    Example: crsync-relay restore --data-dir /var/lib/crsync --store alice --from alice.bak
+    """
+    from .backup import restore_store
+
+    try:
+        epoch = restore_store(Path(data_dir), store, Path(src), force=force)
+    except CrsyncError as exc:
+        _fail(str(exc))
+    click.echo(f"restored store {store} from {src}; new epoch {epoch}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -26,6 +26,7 @@ import trio
 from crsync.change import Change
 from crsync.errors import CrsyncError
 
+from .metrics import RelayMetrics
 from .store import RelayStore
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,14 @@ class StoreHandle:
 class Hub:
     """Single-node store ownership and fan-out."""
 
-    def __init__(self, data_dir: Path, *, max_open: int = 256, idle_seconds: float = 60.0) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        max_open: int = 256,
+        idle_seconds: float = 60.0,
+        metrics: RelayMetrics | None = None,
+    ) -> None:
         """Serve the stores in ``data_dir`` (created if missing)."""
         self.data_dir = data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -91,6 +99,7 @@ class Hub:
         self._open: OrderedDict[str, StoreHandle] = OrderedDict()
         self._opening: dict[str, trio.Event] = {}
         self.stats = {"stores_opened": 0, "stores_closed": 0, "merged": 0, "pushes": 0}
+        self.metrics = metrics if metrics is not None else RelayMetrics()
 
     def path_for(self, store: str) -> Path:
         """File of a store (the id was validated)."""
@@ -134,6 +143,7 @@ class Hub:
             h.users = 1
             self._open[store] = h
             self.stats["stores_opened"] += 1
+            self.metrics.stores_open.set(len(self._open))
             log.info(
                 "relay.store.open store=%s epoch=%s head=%d",
                 store,
@@ -166,6 +176,7 @@ class Hub:
             await trio.to_thread.run_sync(h.writer.close)
             await trio.to_thread.run_sync(h.reader.close)
         self.stats["stores_closed"] += 1
+        self.metrics.stores_open.set(len(self._open))
         log.info("relay.store.close store=%s", h.store_id, extra={"store": h.store_id})
 
     async def close_idle(self) -> int:
@@ -203,7 +214,11 @@ class Hub:
         """
         async with h.write_lock:
             base = h.head
+            started = time.perf_counter()
             head, wins = await trio.to_thread.run_sync(h.writer.merge_push, site, upto, changes)
+            self.metrics.merge_seconds.observe(time.perf_counter() - started)
+            self.metrics.changes_received.inc(len(changes))
+            self.metrics.changes_merged.inc(wins)
             self.stats["pushes"] += 1
             if head != base:
                 if h.sessions > 1:  # someone else may want this batch: keep it in memory

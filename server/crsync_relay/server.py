@@ -18,6 +18,7 @@ from websockets.trio.server import Server, ServerConnection, serve
 from crsync.errors import CrsyncError
 
 from .hub import Hub
+from .metrics import MetricsServer, RelayMetrics
 from .session import RelaySettings, handle_connection
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,8 @@ class RelayConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     batch_cells: int = 5000
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = None  # None: no metrics/health server
 
     def check(self) -> None:
         """Refuse unsafe or incomplete configurations with a clear message."""
@@ -82,7 +85,32 @@ async def run_relay(
 ) -> None:
     """Serve until cancelled, or until SIGINT/SIGTERM when ``handle_signals``."""
     config.check()
-    hub = Hub(config.data_dir, max_open=config.max_open_stores, idle_seconds=config.idle_seconds)
+    metrics = RelayMetrics()
+    hub = Hub(
+        config.data_dir,
+        max_open=config.max_open_stores,
+        idle_seconds=config.idle_seconds,
+        metrics=metrics,
+    )
+    metrics_server: MetricsServer | None = None
+    serving = False
+    if config.metrics_port is not None:
+        try:
+            metrics_server = MetricsServer(
+                metrics, config.metrics_host, config.metrics_port, lambda: serving
+            )
+        except OSError as exc:
+            raise CrsyncError(
+                f"cannot serve metrics on {config.metrics_host}:{config.metrics_port}: "
+                f"{exc.strerror or exc}"
+            ) from None
+        metrics_server.start()
+        log.info(
+            "relay.metrics host=%s port=%d",
+            config.metrics_host,
+            metrics_server.port,
+            extra={"metrics_port": metrics_server.port},
+        )
     settings = RelaySettings(
         secret=None if config.dev else config.secret,
         max_frame=config.max_frame,
@@ -128,6 +156,7 @@ async def run_relay(
                     config.data_dir,
                     extra={"port": ports[0] if ports else config.port},
                 )
+                serving = True
                 task_status.started((server, hub))
                 if signals is not None:
                     async for signum in signals:
@@ -135,6 +164,9 @@ async def run_relay(
                         break
                     nursery.cancel_scope.cancel()
     finally:
+        serving = False
+        if metrics_server is not None:
+            metrics_server.stop()
         with trio.CancelScope(shield=True):
             await hub.close_all()
         log.info("relay.stopped")

@@ -81,6 +81,7 @@ class Session:
             parts = p.split_frames(changes, self.settings.batch_cells, self.settings.max_frame // 2)
             for i, part in enumerate(parts):
                 await self.send(p.Changes(base, upto, part, i < len(parts) - 1))
+                self.hub.metrics.changes_sent.inc(len(part))
             self.sent_upto = upto
 
     async def receiver(self, proto: p.RelayConnection) -> None:
@@ -116,7 +117,8 @@ class Session:
                 await self.send(p.Pong(msg.id, self.handle.head))
 
 
-async def _send_error(ws: ServerConnection, code: str, reason: str) -> None:
+async def _send_error(ws: ServerConnection, code: str, reason: str, hub: Hub) -> None:
+    hub.metrics.errors.labels(code=code).inc()
     try:
         with trio.move_on_after(5):
             await ws.send(p.encode(p.Error(code, reason)))
@@ -172,6 +174,8 @@ async def handle_connection(ws: ServerConnection, hub: Hub, settings: RelaySetti
             same_epoch,
         )
         handle.sessions += 1
+        hub.metrics.connections.inc()
+        hub.metrics.connections_active.inc()
         try:
             async with open_nursery() as nursery:
                 nursery.start_soon(session.sender)
@@ -179,19 +183,24 @@ async def handle_connection(ws: ServerConnection, hub: Hub, settings: RelaySetti
                 nursery.cancel_scope.cancel()
         finally:
             handle.sessions -= 1
+            hub.metrics.connections_active.dec()
     except _Closing as exc:
         log.warning("relay.refused peer=%s code=%s reason=%s", peer, exc.code, exc.reason)
-        await _send_error(ws, exc.code, exc.reason)
+        await _send_error(ws, exc.code, exc.reason, hub)
     except ProtocolError as exc:
         log.warning("relay.protocol_error peer=%s code=%s reason=%s", peer, exc.code, exc.reason)
-        await _send_error(ws, exc.code, exc.reason)
+        await _send_error(ws, exc.code, exc.reason, hub)
     except TooSlow:
-        await _send_error(ws, p.ErrorCode.BAD_FRAME.value, "no hello within the handshake timeout")
+        await _send_error(
+            ws, p.ErrorCode.BAD_FRAME.value, "no hello within the handshake timeout", hub
+        )
     except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
         pass
     except Exception as exc:
         log.exception("relay.internal_error peer=%s", peer)
-        await _send_error(ws, p.ErrorCode.INTERNAL.value, f"internal error: {type(exc).__name__}")
+        await _send_error(
+            ws, p.ErrorCode.INTERNAL.value, f"internal error: {type(exc).__name__}", hub
+        )
     finally:
         if handle is not None:
             hub.release(handle)
