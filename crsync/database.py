@@ -343,22 +343,26 @@ class Database:
                     (info.name,),
                 )
             }
-            if row is not None and row[0] == fp and set(trigger_names(info.name)) <= have:
-                return
-            slot_names, existing = self._slots_for(info)
-            slots = self._slot_map(info, slot_names)
-            cap = generate(info, slots, len(slot_names), existing)
-            for stmt in cap.meta_table + cap.add_slots + cap.drop_triggers + cap.create_triggers:
-                conn.execute(stmt)
-            self._backfill(info, slots, len(slot_names), new_from=existing if row else None)
-            conn.execute(
-                "INSERT OR REPLACE INTO crsync_tables (name, slots, pk, fingerprint) "
-                "VALUES (?, ?, ?, ?)",
-                (info.name, json.dumps(slot_names), json.dumps(list(info.pk_names)), fp),
-            )
-            self._create_feed_view(conn)
-            log.info("crsync.track table=%s columns=%d", info.name, len(slots))
-        self._schema_version = -1
+            up_to_date = row is not None and row[0] == fp and set(trigger_names(info.name)) <= have
+            if not up_to_date:
+                slot_names, existing = self._slots_for(info)
+                slots = self._slot_map(info, slot_names)
+                cap = generate(info, slots, len(slot_names), existing)
+                stmts = cap.meta_table + cap.add_slots + cap.drop_triggers + cap.create_triggers
+                for stmt in stmts:
+                    conn.execute(stmt)
+                self._backfill(info, slots, len(slot_names), new_from=existing if row else None)
+                conn.execute(
+                    "INSERT OR REPLACE INTO crsync_tables (name, slots, pk, fingerprint) "
+                    "VALUES (?, ?, ?, ?)",
+                    (info.name, json.dumps(slot_names), json.dumps(list(info.pk_names)), fp),
+                )
+                self._create_feed_view(conn)
+                log.info("crsync.track table=%s columns=%d", info.name, len(slots))
+        if not up_to_date:
+            self._schema_version = -1
+        # Also when nothing changed: kept-aside changes may have become applicable (for
+        # instance when a previous run stopped between a migration and applying them).
         self._apply_pending(info.name)
 
     def untrack(self, table: str) -> None:
@@ -406,6 +410,9 @@ class Database:
             for n in trigger_names(row[0]):
                 conn.execute(f"DROP TRIGGER IF EXISTS {quote_ident(n)}")
             conn.execute("UPDATE crsync_tables SET fingerprint = '' WHERE name = ?", (row[0],))
+            # The feed view names every column: SQLite would refuse DROP COLUMN while it
+            # exists. It is recreated below (or restored by the rollback).
+            conn.execute("DROP VIEW IF EXISTS crdt_changes")
             yield conn
             info = validate_table(conn, row[0])
             slot_names, existing = self._slots_for(info)
@@ -671,20 +678,17 @@ class Database:
                 by_blob[(c.table, c.pk)] = [c]
             else:
                 group.append(c)
+        for c in pending:  # kept aside, but must be applicable once the table exists
+            _decode_key(c.table, c.pk)
         per_table: dict[str, dict[tuple[SqlValue, ...], list[Change]]] = {}
         for (table, blob), group in by_blob.items():
             npk = tracked[table].npk
-            try:
-                key = unpack_pk(blob)
-            except PackError as exc:
-                raise PackError(f"table {table!r}, pk {blob.hex()}: {exc}") from None
+            key = _decode_key(table, blob)
             if len(key) != npk:
                 raise InvalidChangeError(
                     f"table {table!r}: pk {blob.hex()} has {len(key)} values, the table's "
                     f"primary key has {npk} columns"
                 )
-            if None in key:
-                raise InvalidChangeError(f"table {table!r}: pk {blob.hex()} contains NULL")
             rows = per_table.setdefault(table, {})
             if key in rows:  # two encodings of one key (e.g. 1 and 1.0)
                 rows[key] += group
@@ -871,13 +875,43 @@ class Database:
                 return 0
             conn.execute("DELETE FROM crsync_pending WHERE tbl = ?", (table,))
             self._refresh()
-            n = self._merge_locked(conn, validate_changes(rows))
+            batch = self._applicable(table, validate_changes(rows))
+            n = self._merge_locked(conn, batch)
             log.info("crsync.pending.applied table=%s changes=%d won=%d", table, len(rows), n)
             return n
+
+    def _applicable(self, table: str, batch: list[Change]) -> list[Change]:
+        """Drop kept-aside changes whose pk does not fit the table as it is now declared
+        (they can never apply; keeping them would make every later track() fail)."""
+        tr = self._tracked.get(table)
+        if tr is None:
+            return batch
+        out = []
+        for c in batch:
+            if len(unpack_pk(c.pk)) == tr.npk:
+                out.append(c)
+            else:
+                log.warning(
+                    "crsync.pending.dropped table=%s pk=%s reason=pk-arity", table, c.pk.hex()
+                )
+        return out
 
     def pending_count(self) -> int:
         """Number of changes kept aside for tables or columns this database does not have."""
         return int(self.conn.execute("SELECT count(*) FROM crsync_pending").fetchone()[0])
+
+
+def _decode_key(table: str, blob: bytes) -> tuple[SqlValue, ...]:
+    """Unpack an incoming pk, refusing blobs that can never name a row."""
+    try:
+        key = unpack_pk(blob)
+    except PackError as exc:
+        raise PackError(f"table {table!r}, pk {blob.hex()}: {exc}") from None
+    if not key:
+        raise InvalidChangeError(f"table {table!r}: pk {blob.hex()} has no values")
+    if None in key:
+        raise InvalidChangeError(f"table {table!r}: pk {blob.hex()} contains NULL")
+    return key
 
 
 def _order_key(c: Change) -> tuple[int, int]:

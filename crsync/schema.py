@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sqlite3
 
 import attrs
@@ -11,6 +12,12 @@ import attrs
 from .errors import SchemaError
 
 INTERNAL_PREFIX = "crsync_"
+# AUTOINCREMENT is only valid right after "PRIMARY KEY [ASC|DESC] [ON CONFLICT x]"; matching it
+# there (not anywhere in the text) keeps columns named e.g. "autoincrement_hint" acceptable.
+_AUTOINCREMENT = re.compile(
+    r"\bPRIMARY\s+KEY(?:\s+(?:ASC|DESC))?(?:\s+ON\s+CONFLICT\s+\w+)?\s+AUTOINCREMENT\b",
+    re.IGNORECASE,
+)
 META_SUFFIX = "__crsync"
 
 
@@ -121,7 +128,7 @@ def validate_table(conn: sqlite3.Connection, table: str) -> TableInfo:
         )
     found = _table_sql(conn, name)
     sql = found[2] if found else ""
-    if "AUTOINCREMENT" in sql.upper():
+    if _AUTOINCREMENT.search(sql):
         raise SchemaError(
             name,
             "uses AUTOINCREMENT: replicas would give the same key to different rows; "
@@ -145,6 +152,12 @@ def validate_table(conn: sqlite3.Connection, table: str) -> TableInfo:
                 "concurrent inserts on two devices could not be merged",
             )
     for c in info.columns:
+        if c.name == "-1":
+            raise SchemaError(
+                name,
+                "has a column named '-1', which the change format reserves for row-existence "
+                "records; rename the column",
+            )
         if c.notnull and c.default is None:
             raise SchemaError(
                 name,
