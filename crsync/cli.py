@@ -103,6 +103,20 @@ def untrack(db: str, table: str) -> None:
     click.echo(f"untracked {table}")
 
 
+@cli.command("reset-site")
+@click.argument("db")
+@_guard
+def reset_site(db: str) -> None:
+    """Give DB a new site id (after copying the file to another device or restoring a backup).
+
+    Example: crsync reset-site copy-of-app.db
+    """
+    d = _open(db)
+    old = d.site_id
+    new = d.reset_site()
+    click.echo(f"site id {old.hex()} -> {new.hex()}")
+
+
 def _status(d: Database) -> dict[str, Any]:
     conn = d.conn
     tables = []

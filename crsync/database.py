@@ -129,10 +129,19 @@ class Database:
                     "INSERT INTO crsync_sites (ordinal, site_id) VALUES (0, ?)",
                     (uuid.uuid4().bytes,),
                 )
-        self.site_id: bytes = conn.execute(
+        self._local_site: bytes = self.site_id
+
+    @property
+    def site_id(self) -> bytes:
+        """16-byte id of this database (UUIDv4 layout), persisted in the file.
+
+        Read from the file each time: another connection may have reset it
+        (:meth:`reset_site`).
+        """
+        site: bytes = self.conn.execute(
             "SELECT site_id FROM crsync_sites WHERE ordinal = 0"
         ).fetchone()[0]
-        """16-byte id of this database (UUIDv4 layout), persisted in the file."""
+        return site
 
     # ------------------------------------------------------------------ plumbing
 
@@ -258,7 +267,7 @@ class Database:
         o = self._site_ord.get(site)
         if o is not None:
             return o
-        if site == self.site_id:
+        if site == self._local_site:
             o = 0
         else:
             row = self.conn.execute(
@@ -588,9 +597,10 @@ class Database:
         if upto <= since:
             return upto, out
         with self._read():
+            self._sync_site()
             excl = -1
             if exclude_site is not None:
-                if exclude_site == self.site_id:
+                if exclude_site == self.site_id:  # read from the file
                     excl = 0
                 else:
                     row = self.conn.execute(
@@ -662,7 +672,16 @@ class Database:
             self._refresh()
             return self._merge_locked(conn, batch)
 
+    def _sync_site(self) -> None:
+        """Drop cached site ordinals if another connection reset the site id."""
+        local = self.site_id
+        if local != self._local_site:
+            self._local_site = local
+            self._site_ord.clear()
+            self._site_blob.clear()
+
     def _merge_locked(self, conn: sqlite3.Connection, batch: list[Change]) -> int:
+        self._sync_site()
         open_v = conn.execute("SELECT db_version FROM crsync_clock").fetchone()[0]
         # 1. Sort into rows per table (decoding every pk) before writing anything.
         by_blob: dict[tuple[str, bytes], list[Change]] = {}
@@ -895,6 +914,39 @@ class Database:
                     "crsync.pending.dropped table=%s pk=%s reason=pk-arity", table, c.pk.hex()
                 )
         return out
+
+    def reset_site(self) -> bytes:
+        """Give this database a new site id, keeping its data and history.
+
+        Needed when a file is restored from a backup or copied to a second device: two live
+        replicas must never share a site id, and a restored file has forgotten writes its old
+        identity made after the backup. Existing changes stay attributed to the old id (they
+        were made by it); new local writes are attributed to the new one. A :class:`Peer`
+        calls this by itself when the relay has acknowledged more of this site's changes than
+        the file holds.
+
+        Returns:
+            The new site id.
+        """
+        self._no_txn("reset the site id")
+        new = uuid.uuid4().bytes
+        with self._write() as conn:
+            self._refresh()
+            old = self.site_id
+            conn.execute("UPDATE crsync_sites SET site_id = ? WHERE ordinal = 0", (new,))
+            ordinal = conn.execute(
+                "INSERT INTO crsync_sites (site_id) VALUES (?) RETURNING ordinal", (old,)
+            ).fetchone()[0]
+            for tr in self._tracked.values():
+                conn.execute(f"UPDATE {tr.meta} SET ss = ? WHERE ss = 0", (ordinal,))
+                for i in range(tr.nslots):
+                    s = cell_columns(i)[2]
+                    conn.execute(f"UPDATE {tr.meta} SET {s} = ? WHERE {s} = 0", (ordinal,))
+        self._local_site = new
+        self._site_ord.clear()
+        self._site_blob.clear()
+        log.warning("crsync.site.reset old=%s new=%s", old.hex(), new.hex())
+        return new
 
     def pending_count(self) -> int:
         """Number of changes kept aside for tables or columns this database does not have."""

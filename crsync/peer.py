@@ -66,6 +66,10 @@ class PeerStats:
     last_error: str | None = None
 
 
+class _Reconnect(Exception):
+    """Close this connection and open a new one at once."""
+
+
 class _Fatal(Exception):
     """Wraps an error that must stop the peer."""
 
@@ -224,6 +228,7 @@ class Peer:
         self._watch_stop = threading.Event()  # stops the file watcher's thread promptly
         self._nursery_cm: Any = None
         self._nursery: trio.Nursery | None = None
+        self._full_push_next = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -347,6 +352,9 @@ class Peer:
             established = False
             try:
                 established = await self._session()
+            except _Reconnect:
+                self._ws = None
+                continue
             except _Fatal as exc:
                 self.error = exc.error
                 self.stats.last_error = str(exc.error)
@@ -427,6 +435,23 @@ class Peer:
                         msg.head,
                         went_back,
                     )
+            elif msg.acked > await self._call(lambda db: db.db_version):
+                # The relay holds more of this site's changes than the file: it was restored
+                # from a backup or copied. Writes made under this identity after the backup
+                # would be shadowed forever; continue under a new site id.
+                new = await self._call(lambda db: db.reset_site())
+                log.warning(
+                    "crsync.peer.site_reset store=%s reason=relay-acked-%d-beyond-local "
+                    "new_site=%s",
+                    self.store,
+                    msg.acked,
+                    new.hex(),
+                )
+                self.site_id = new
+                # Writes made on the restored file before this point carry the old identity:
+                # push every site's changes once so none of them is left behind.
+                self._full_push_next = True
+                raise _Reconnect("site id reset; reconnecting under the new identity")
             elif msg.acked > push_upto:
                 push_upto = msg.acked
                 await self._call(_record_tx, self.key, "push", msg.epoch, push_upto)
@@ -441,7 +466,7 @@ class Peer:
                 "crsync.peer.connected store=%s head=%d cursor=%d", self.store, msg.head, pull_upto
             )
             async with open_nursery() as nursery:
-                nursery.start_soon(self._pusher, ws, full_push)
+                nursery.start_soon(self._pusher, ws, full_push or self._full_push_next)
                 await self._receiver(ws, proto)
                 nursery.cancel_scope.cancel()
         return True
@@ -491,6 +516,7 @@ class Peer:
                 await self._call(_record_tx, self.key, "push", self.epoch, sealed)
                 self.push_upto = sealed
             full_push = False
+            self._full_push_next = False
             self._update_synced()
             await self._local.wait()
 
