@@ -45,7 +45,15 @@ ROOT = Path(__file__).resolve().parent.parent
 SOURCES = {"crsync": ROOT / "crsync", "crsync_relay": ROOT / "server" / "crsync_relay"}
 
 # crsync's runtime dependencies that the relay imports (pyproject.toml minus watchfiles).
-RELAY_REQUIREMENTS = ("attrs", "trio", "websockets", "msgpack", "click", "pyjwt", "prometheus-client")
+RELAY_REQUIREMENTS = (
+    "attrs",
+    "trio",
+    "websockets",
+    "msgpack",
+    "click",
+    "pyjwt",
+    "prometheus-client",
+)
 # Never shipped: only crsync.peer (the device side) imports them.
 EXCLUDED = {"watchfiles", "anyio"}
 COMPILED_SUFFIXES = (".so", ".pyd", ".dylib", ".dll")
