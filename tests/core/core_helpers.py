@@ -19,7 +19,6 @@ SITE_C = bytes([3] * 16)
 def set_site(db: crsync.Database, site: bytes) -> None:
     """Give a fresh database a chosen site id (tests need A < B < C byte-wise)."""
     db.conn.execute("UPDATE crsync_sites SET site_id = ? WHERE ordinal = 0", (site,))
-    db.site_id = site
 
 
 def open_db(path: str | Path = ":memory:", site: bytes | None = None) -> crsync.Database:

@@ -96,7 +96,6 @@ class World:
             db.conn.execute(
                 "UPDATE crsync_sites SET site_id = ? WHERE ordinal = 0", (bytes([i + 1]) * 16,)
             )
-            db.site_id = bytes([i + 1]) * 16
             db.conn.execute(self.ddl)
             db.track("t")
             self.dbs.append(db)
@@ -272,7 +271,6 @@ def _histories(
 def _fresh(world: World, seed: bytes) -> crsync.Database:
     db = crsync.connect(":memory:")
     db.conn.execute("UPDATE crsync_sites SET site_id = ? WHERE ordinal = 0", (seed * 16,))
-    db.site_id = seed * 16
     db.conn.execute(world.ddl)
     db.track("t")
     return db
