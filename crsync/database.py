@@ -13,8 +13,10 @@ needed, so writes from any connection or process are captured.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
+import operator
 import os
 import sqlite3
 import uuid
@@ -607,9 +609,10 @@ class Database:
                         "SELECT ordinal FROM crsync_sites WHERE site_id = ?", (exclude_site,)
                     ).fetchone()
                     excl = row[0] if row else -1
-            for tr in self._tracked.values():
-                self._read_table(tr, since, upto, excl, out)
-        out.sort(key=_order_key)
+            with _gc_paused():
+                for tr in self._tracked.values():
+                    self._read_table(tr, since, upto, excl, out)
+                out.sort(key=_order_key)
         return upto, out
 
     def _read_table(
@@ -668,7 +671,7 @@ class Database:
         self._no_txn("merge changes")
         if not batch:
             return 0
-        with self._write() as conn:
+        with self._write() as conn, _gc_paused():
             self._refresh()
             return self._merge_locked(conn, batch)
 
@@ -966,8 +969,23 @@ def _decode_key(table: str, blob: bytes) -> tuple[SqlValue, ...]:
     return key
 
 
-def _order_key(c: Change) -> tuple[int, int]:
-    return (c.db_version, c.seq)
+_order_key = operator.attrgetter("db_version", "seq")
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while building many small objects.
+
+    Reading or merging a large batch allocates hundreds of thousands of objects that cannot
+    form cycles; letting the collector scan them repeatedly cost about 20% of the time.
+    """
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def _sql_pack_pk(*values: SqlValue) -> bytes:
