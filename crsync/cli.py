@@ -280,10 +280,29 @@ def sync(
     if url.startswith("wss://"):
         ctx = ssl.create_default_context(cafile=cafile)
     quiet = not sys.stderr.isatty()
+    bar: Any = None
+    task: Any = None
+    if not quiet and not watch:
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        bar = Progress(
+            TextColumn("receiving"),
+            BarColumn(),
+            TextColumn("relay version {task.completed:.0f}/{task.total:.0f}"),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        )
 
     def progress(done: int, head: int) -> None:
-        if not quiet and head:
-            click.echo(f"\rreceived up to relay version {done}/{head}", err=True, nl=False)
+        nonlocal task
+        if bar is None or not head:
+            return
+        if task is None:
+            bar.start()
+            task = bar.add_task("receive", total=head)
+        bar.update(task, completed=done, total=max(head, done))
 
     async def run() -> None:
         async with Peer(d, url, store=store, token=token, ssl=ctx, on_progress=progress) as peer:
@@ -293,7 +312,7 @@ def sync(
                 while True:
                     state = await peer.wait_state(*[s for s in PeerState if s != last])
                     if state is not last and not quiet:
-                        click.echo(f"\n{state.value}", err=True)
+                        click.echo(state.value, err=True)
                     last = state
             try:
                 with trio.fail_after(timeout):
@@ -303,8 +322,8 @@ def sync(
                     f"not synced after {timeout:g}s (state {peer.state.value}; "
                     f"last error: {peer.stats.last_error})"
                 ) from None
-            if not quiet:
-                click.echo("", err=True)
+            if bar is not None:
+                bar.stop()
             click.echo(
                 f"synced: pushed {peer.stats.pushed_changes}, received "
                 f"{peer.stats.received_changes} changes"
