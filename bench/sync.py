@@ -250,17 +250,28 @@ async def touch_stores(url: str, secret: bytes, pid: int, count: int) -> dict[st
     site = secrets.token_bytes(16)
     before = rss_mb(pid)
     t0 = time.perf_counter()
-    for i in range(count):
-        async with ws_connect(url, proxy=None, compression=None) as ws:
-            await ws.send(
-                p.encode(p.Hello(p.PROTOCOL_VERSION, f"touch-{i}", site, {}, 0, "", token))
-            )
-            msg = p.decode(await ws.recv())
-            assert isinstance(msg, p.Welcome), msg
+    peak = before
+
+    async def client(start: int) -> None:
+        nonlocal peak
+        for i in range(start, count, 8):
+            async with ws_connect(url, proxy=None, compression=None) as ws:
+                await ws.send(
+                    p.encode(p.Hello(p.PROTOCOL_VERSION, f"touch-{i}", site, {}, 0, "", token))
+                )
+                msg = p.decode(await ws.recv())
+                assert isinstance(msg, p.Welcome), msg
+            if i % 500 == 0:
+                peak = max(peak, rss_mb(pid))
+
+    async with trio.open_nursery() as n:
+        for k in range(8):
+            n.start_soon(client, k)
     took = time.perf_counter() - t0
     return {
         "stores": count,
         "rss_before_mb": before,
+        "rss_peak_mb": max(peak, rss_mb(pid)),
         "rss_after_mb": rss_mb(pid),
         "open_fds": open_fds(pid),
         "seconds": took,
@@ -335,7 +346,8 @@ def write_report(path: Path, r: dict[str, dict[str, float]], quick: bool) -> Non
     m = r["memory"]
     lines.append(
         f"| relay RSS after touching {int(m['stores']):,} stores | "
-        f"{m['rss_after_mb']:.0f} MB (before {m['rss_before_mb']:.0f} MB), "
+        f"{m['rss_after_mb']:.0f} MB (before {m['rss_before_mb']:.0f} MB, peak "
+        f"{m['rss_peak_mb']:.0f} MB), "
         f"{int(m['open_fds'])} open fds | < 300 MB |"
     )
     lines += [
