@@ -71,6 +71,39 @@ class RelayConfig:
         return ctx
 
 
+FILES_PER_STORE = 6  # two connections, each with the database and its WAL, plus the shm file
+FILES_RESERVED = 128  # sockets, logs, the metrics server
+
+
+def fit_open_files(max_open_stores: int) -> int:
+    """Raise the soft open-files limit as far as allowed and fit the store cap under it."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on Windows
+        return max_open_stores
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = FILES_RESERVED + FILES_PER_STORE * max_open_stores
+    if soft != resource.RLIM_INFINITY and soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+            soft = new
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY:
+        return max_open_stores
+    fits = max(1, (soft - FILES_RESERVED) // FILES_PER_STORE)
+    if fits < max_open_stores:
+        log.warning(
+            "relay.open_files_limit soft=%d max_open_stores=%d lowered_to=%d",
+            soft,
+            max_open_stores,
+            fits,
+        )
+        return fits
+    return max_open_stores
+
+
 def _health(hub: Hub, connection: ServerConnection, request: Request) -> Response | None:
     if request.path == "/healthz":
         return connection.respond(200, "ok\n")
@@ -85,6 +118,7 @@ async def run_relay(
 ) -> None:
     """Serve until cancelled, or until SIGINT/SIGTERM when ``handle_signals``."""
     config.check()
+    config.max_open_stores = fit_open_files(config.max_open_stores)
     metrics = RelayMetrics()
     hub = Hub(
         config.data_dir,
