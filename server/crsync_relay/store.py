@@ -219,8 +219,9 @@ class RelayStore:
             wins = 0
             rows_out: list[tuple[Any, ...]] = []
             dead: list[tuple[str, bytes]] = []
+            states = self._load_many(list(groups))
             for (table, pk), group in groups.items():
-                st = self._load(table, pk)
+                st = states.get((table, pk)) or RowState()
                 for c in group:
                     if apply_change(st, c, {}):
                         wins += 1
@@ -269,6 +270,37 @@ class RelayStore:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+
+    def _load_many(self, keys: list[tuple[str, bytes]]) -> dict[tuple[str, bytes], RowState]:
+        """Current state of many rows, read in chunks (one query per 400 rows of a table)."""
+        by_table: dict[str, list[bytes]] = {}
+        for table, pk in keys:
+            by_table.setdefault(table, []).append(pk)
+        rows_of: dict[tuple[str, bytes], list[tuple[Any, ...]]] = {}
+        for table, pks in by_table.items():
+            for i in range(0, len(pks), 400):
+                chunk = pks[i : i + 400]
+                for row in self.conn.execute(
+                    "SELECT pk, cid, val, col_version, site_id, cl, seq, version FROM relay_cells "
+                    f"WHERE tbl = ? AND pk IN ({', '.join('?' * len(chunk))})",
+                    (table, *chunk),
+                ):
+                    rows_of.setdefault((table, row[0]), []).append(row[1:])
+        return {key: self._state(rows) for key, rows in rows_of.items()}
+
+    @staticmethod
+    def _state(rows: list[tuple[Any, ...]]) -> RowState:
+        cl = rows[0][4]
+        st = RowState(cl, cl % 2 == 1)
+        values: dict[str, SqlValue] = {}
+        for cid, val, cv, site, _cl, seq, version in rows:
+            if cid == SENTINEL:
+                st.sentinel = (cv, version, site, seq)
+            else:
+                st.cells[cid] = (cv, version, site, seq)
+                values[cid] = val
+        st.values = values
+        return st
 
     def _load(self, table: str, pk: bytes) -> RowState:
         rows = self.conn.execute(
