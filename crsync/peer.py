@@ -16,8 +16,10 @@ at a time), so the app keeps using ``db.conn`` on its own thread. It
 from __future__ import annotations
 
 import enum
+import fcntl
 import functools
 import logging
+import os
 import random
 import ssl as ssl_module
 import threading
@@ -51,6 +53,7 @@ class PeerState(enum.Enum):
     SYNCED = "synced"  # connected, nothing to push, caught up with the relay's head
     OFFLINE = "offline"  # waiting to reconnect
     ERROR = "error"  # stopped: see Peer.error
+    STANDBY = "standby"  # another process (or Peer) syncs this file; waiting for its lock
     STOPPED = "stopped"
 
 
@@ -171,6 +174,7 @@ class Peer:
         open_timeout: float = 10.0,
         watch_files: bool = True,
         on_progress: Callable[[int, int], None] | None = None,
+        sync_lock: bool = True,
     ) -> None:
         """Configure a peer; nothing happens until ``async with``.
 
@@ -187,6 +191,10 @@ class Peer:
             open_timeout: timeout of opening a connection and of the handshake.
             watch_files: notice writes by other connections through file notifications.
             on_progress: called with (merged relay version, relay head) after each merge.
+            sync_lock: elect one syncer per database file: the peer holds an OS lock on
+                ``<db>.crsync-sync.lock`` (released when its process dies) and, while another
+                process or peer holds it, waits in :attr:`PeerState.STANDBY` and takes over
+                when it is released.
         """
         path = db.path
         if path is None:
@@ -229,8 +237,31 @@ class Peer:
         self._nursery_cm: Any = None
         self._nursery: trio.Nursery | None = None
         self._full_push_next = False
+        self._hello_schema: dict[str, p.TableSchema] = {}
+        self.sync_lock = sync_lock
+        self._lock_fd: int | None = None
 
     # ------------------------------------------------------------------ lifecycle
+
+    def _try_lock(self) -> bool:
+        """Take the file's syncer lock if free (flock: per open file, dies with the process)."""
+        if self._lock_fd is None:
+            self._lock_fd = os.open(self.path + ".crsync-sync.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    async def _elect(self) -> None:
+        """Wait until this peer is the file's one syncer."""
+        if not self.sync_lock or self._try_lock():
+            return
+        self._set_state(PeerState.STANDBY)
+        log.info("crsync.peer.standby store=%s path=%s", self.store, self.path)
+        while not self._try_lock():
+            await trio.sleep(0.2)  # polling an OS lock (a timer, not a synchronisation)
+        log.info("crsync.peer.elected store=%s path=%s", self.store, self.path)
 
     async def __aenter__(self) -> Peer:
         self._db = await trio.to_thread.run_sync(
@@ -264,6 +295,9 @@ class Peer:
                 db, self._db = self._db, None
                 async with self._db_lock:
                     await trio.to_thread.run_sync(db.close)
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)  # releases the syncer lock
+                self._lock_fd = None
         return False
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
@@ -346,6 +380,7 @@ class Peer:
     # ------------------------------------------------------------------ the loop
 
     async def _run(self) -> None:
+        await self._elect()
         backoff = self.backoff_initial
         while True:
             self._set_state(PeerState.CONNECTING)
@@ -397,6 +432,7 @@ class Peer:
         async with cm as ws:
             epoch, push_upto, pull_upto = await self._call(_positions, self.key)
             schema = await self._call(_schema)
+            self._hello_schema = schema
             hello = p.Hello(
                 p.PROTOCOL_VERSION,
                 self.store,
@@ -493,6 +529,10 @@ class Peer:
         own = self.site_id
         while True:
             self._local = trio.Event()
+            if await self._call(_schema) != self._hello_schema:
+                # A table was tracked or migrated while connected: announce the new schema
+                # (the relay checks it) before pushing changes of it.
+                raise _Reconnect("replicated schema changed")
             sealed, changes = await self._call(lambda db, s=self.push_upto: db.changes_since(s))
             if not full_push:
                 changes = [c for c in changes if c.site_id == own]

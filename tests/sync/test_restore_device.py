@@ -64,3 +64,28 @@ async def test_a_restored_device_gets_a_new_site_and_loses_nothing(
     ids = [r[0] for r in rows(phone)]
     assert ids == ["1", "2", "3", "4", "5", "9"]
     assert rows(restored) == rows(phone)
+
+
+async def test_a_table_tracked_while_connected_is_announced_and_syncs(
+    relay: RelayProcess, tmp_path: Path
+) -> None:
+    tok = relay.token("late")
+    a = open_db(tmp_path / "a.db")
+    b = open_db(tmp_path / "b.db")
+    with trio.fail_after(30):
+        async with (
+            Peer(a, relay.url, store="late", token=tok) as pa,
+            Peer(b, relay.url, store="late", token=tok) as pb,
+        ):
+            await pa.wait_synced()
+            for db in (a, b):
+                db.conn.execute("CREATE TABLE tags (k TEXT PRIMARY KEY NOT NULL, v TEXT)")
+                db.track("tags")
+            a.conn.execute("INSERT INTO tags VALUES ('x', 'late table')")
+            pa.notify()
+            await pa.wait_synced()
+            await pb.wait_synced()
+            assert pa.stats.connects == 2  # reconnected to announce the new table
+    assert b.conn.execute("SELECT * FROM tags").fetchall() == [("x", "late table")]
+    relay_schema = relay.count(r"relay\.connect")
+    assert relay_schema >= 3
