@@ -259,8 +259,8 @@ class Peer:
             return
         self._set_state(PeerState.STANDBY)
         log.info("crsync.peer.standby store=%s path=%s", self.store, self.path)
-        while not self._try_lock():
-            await trio.sleep(0.2)  # polling an OS lock (a timer, not a synchronisation)
+        while not self._try_lock():  # noqa: ASYNC110 - an OS lock offers nothing to wait on
+            await trio.sleep(0.2)
         log.info("crsync.peer.elected store=%s path=%s", self.store, self.path)
 
     async def __aenter__(self) -> Peer:
@@ -529,11 +529,12 @@ class Peer:
         own = self.site_id
         while True:
             self._local = trio.Event()
-            if await self._call(_schema) != self._hello_schema:
-                # A table was tracked or migrated while connected: announce the new schema
-                # (the relay checks it) before pushing changes of it.
-                raise _Reconnect("replicated schema changed")
             sealed, changes = await self._call(lambda db, s=self.push_upto: db.changes_since(s))
+            # Checked after reading: a table is tracked before it is written, so changes of a
+            # table tracked while connected always come with a schema that differs from the
+            # one announced. Announce it (the relay checks it) before pushing them.
+            if await self._call(_schema) != self._hello_schema:
+                raise _Reconnect("replicated schema changed")
             if not full_push:
                 changes = [c for c in changes if c.site_id == own]
             self.local_sealed = max(self.local_sealed, sealed)
