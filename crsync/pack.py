@@ -41,6 +41,9 @@ def pack_pk(values: Sequence[SqlValue]) -> bytes:
         PackError: a value is not an SQLite value, an integer is out of 64-bit range, or
             there are more than 255 values.
     """
+    if len(values) == 1 and type(values[0]) is int and 0 <= values[0] <= _I64_MAX:
+        n = (values[0].bit_length() + 7) >> 3  # fast path: one non-negative integer key
+        return bytes((1, (n << 3) | _INT)) + values[0].to_bytes(n, "big")
     if len(values) > 255:
         raise PackError(f"cannot pack {len(values)} values (at most 255)")
     out = bytearray((len(values),))
