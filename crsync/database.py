@@ -20,9 +20,9 @@ import operator
 import os
 import sqlite3
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -39,6 +39,9 @@ from .schema import (
     validate_table,
 )
 from .triggers import cell_columns, generate, meta_table_name, trigger_names
+
+if TYPE_CHECKING:
+    from .live import ChangeFeed, LiveQuery, RowChange
 
 log = logging.getLogger(__name__)
 
@@ -954,6 +957,48 @@ class Database:
     def pending_count(self) -> int:
         """Number of changes kept aside for tables or columns this database does not have."""
         return int(self.conn.execute("SELECT count(*) FROM crsync_pending").fetchone()[0])
+
+    # ------------------------------------------------------------------ live (trio)
+
+    def watch(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> LiveQuery:
+        """A live query: an async iterator (trio) of the query's result, now and whenever a
+        table it reads changes (writes by any connection or process on this file, merges).
+
+        Example::
+
+            async with db.watch("SELECT id, title FROM todos WHERE done = 0") as live:
+                async for rows in live:
+                    show(rows)
+
+        A slow reader gets the latest result, never a backlog; equal consecutive results are
+        yielded once. See :mod:`crsync.live` and docs/guides/live-queries.md.
+
+        Raises:
+            CrsyncError: (when iterated) the database is in memory, or the SQL is invalid or
+                does more than read.
+        """
+        from .live import LiveQuery
+
+        return LiveQuery(self, sql, params)
+
+    def changes_feed(self, tables: Sequence[str] | None = None) -> ChangeFeed:
+        """An async iterator (trio) of lists of :class:`crsync.live.RowChange`: which rows of
+        replicated tables changed, and whether this database wrote them or a merge did."""
+        from .live import ChangeFeed
+
+        return ChangeFeed(self, tables)
+
+    async def on_change(
+        self, table: str | None, callback: Callable[[list[RowChange]], None]
+    ) -> ChangeFeed:
+        """Call ``callback`` (in the trio thread; it must not block) with the rows of ``table``
+        (None: every replicated table) that change from now on. ``close()`` the returned
+        handle to stop."""
+        from .live import ChangeFeed
+
+        feed = ChangeFeed(self, None if table is None else [table], callback)
+        await feed.start()
+        return feed
 
 
 def _decode_key(table: str, blob: bytes) -> tuple[SqlValue, ...]:

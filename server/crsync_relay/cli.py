@@ -73,6 +73,16 @@ def main() -> None:
     help="Serve /metrics (Prometheus) and /healthz on this port (off by default).",
 )
 @click.option("--metrics-host", default=None, help="Address for --metrics-port (127.0.0.1).")
+@click.option(
+    "--reactor",
+    default=None,
+    help="Store reactor to run: module:object or path/to/file.py:object (an async function).",
+)
+@click.option(
+    "--reactor-stores",
+    default=None,
+    help="Run the reactor only for store ids matching these comma-separated globs (default *).",
+)
 @click.option("--log-format", type=click.Choice(["text", "json"]), default=None)
 @click.option("--log-level", default=None)
 def serve(**opts: Any) -> None:
@@ -126,10 +136,13 @@ def serve(**opts: Any) -> None:
         tls_key=Path(key) if key else None,
         metrics_host=pick("metrics_host", "127.0.0.1"),
         metrics_port=pick("metrics_port", None, int),
+        reactor=pick("reactor"),
+        reactor_stores=pick("reactor_stores"),
     )
     logconfig.configure(pick("log_level", "info"), pick("log_format", "text"))
     try:
         config.check()
+        config.reactor = config.reactor_handler()  # loaded once; fails fast with a message
         trio.run(run_relay, config)
     except CrsyncError as exc:
         _fail(str(exc))

@@ -17,8 +17,9 @@ import logging
 import re
 import time
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import attrs
 import trio
@@ -100,6 +101,8 @@ class Hub:
         self._opening: dict[str, trio.Event] = {}
         self.stats = {"stores_opened": 0, "stores_closed": 0, "merged": 0, "pushes": 0}
         self.metrics = metrics if metrics is not None else RelayMetrics()
+        # Called (synchronously, must not block) after a push advanced a store's head.
+        self.push_listeners: list[Callable[[StoreHandle], None]] = []
 
     def path_for(self, store: str) -> Path:
         """File of a store (the id was validated)."""
@@ -205,9 +208,15 @@ class Hub:
     # ------------------------------------------------------------------ data
 
     async def push(
-        self, h: StoreHandle, site: bytes, upto: int, changes: Sequence[Change]
+        self,
+        h: StoreHandle,
+        site: bytes,
+        upto: int,
+        changes: Sequence[Change],
+        meta: Mapping[str, Any] | None = None,
     ) -> tuple[int, int]:
-        """Merge a peer's unit durably, then wake the store's other sessions.
+        """Merge a peer's unit durably, then wake the store's other sessions and the
+        ``push_listeners`` (a store reactor). ``meta``: see :meth:`RelayStore.merge_push`.
 
         Returns:
             ``(head, wins)``.
@@ -215,7 +224,9 @@ class Hub:
         async with h.write_lock:
             base = h.head
             started = time.perf_counter()
-            head, wins = await trio.to_thread.run_sync(h.writer.merge_push, site, upto, changes)
+            head, wins = await trio.to_thread.run_sync(
+                h.writer.merge_push, site, upto, changes, meta
+            )
             self.metrics.merge_seconds.observe(time.perf_counter() - started)
             self.metrics.changes_received.inc(len(changes))
             self.metrics.changes_merged.inc(wins)
@@ -230,6 +241,8 @@ class Hub:
                 h.head = head
                 self.stats["merged"] += wins
                 h.wake()
+                for listener in self.push_listeners:
+                    listener(h)
         return head, wins
 
     async def read(

@@ -7,6 +7,7 @@ import functools
 import logging
 import signal
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,18 @@ class RelayConfig:
     batch_cells: int = 5000
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = None  # None: no metrics/health server
+    reactor: str | Callable[..., Any] | None = None  # module:object, file.py:object, or a callable
+    reactor_stores: str | None = None  # comma-separated glob patterns (None: every store)
+
+    def reactor_handler(self) -> Any:
+        """The loaded reactor handler (None without ``reactor``)."""
+        from .reactor import as_handler, load_reactor
+
+        if self.reactor is None:
+            return None
+        if isinstance(self.reactor, str):
+            return load_reactor(self.reactor)
+        return as_handler(self.reactor)
 
     def check(self) -> None:
         """Refuse unsafe or incomplete configurations with a clear message."""
@@ -58,6 +71,8 @@ class RelayConfig:
             )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise CrsyncError("TLS needs both --tls-cert and --tls-key")
+        if self.reactor_stores is not None and self.reactor is None:
+            raise CrsyncError("--reactor-stores needs --reactor")
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """Server TLS context, if a certificate is configured."""
@@ -118,6 +133,7 @@ async def run_relay(
 ) -> None:
     """Serve until cancelled, or until SIGINT/SIGTERM when ``handle_signals``."""
     config.check()
+    reactor_handler = config.reactor_handler()
     config.max_open_stores = fit_open_files(config.max_open_stores)
     metrics = RelayMetrics()
     hub = Hub(
@@ -165,6 +181,18 @@ async def run_relay(
         with signals_cm as signals:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(hub.reaper)
+                if reactor_handler is not None:
+                    from .reactor import ReactorManager
+
+                    reactors = ReactorManager(
+                        hub,
+                        reactor_handler,
+                        stores=config.reactor_stores,
+                        batch_cells=config.batch_cells,
+                    )
+                    await nursery.start(reactors.run)
+                    hub.push_listeners.append(reactors.notify)
+                    log.info("relay.reactor.enabled stores=%s", config.reactor_stores or "*")
                 server: Server = await nursery.start(
                     functools.partial(
                         serve,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 from typing import Any
 
 import attrs
@@ -196,6 +197,18 @@ async def handle_connection(ws: ServerConnection, hub: Hub, settings: RelaySetti
         )
     except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
         pass
+    except sqlite3.Error as exc:
+        # Disk full, read-only or failing storage: nothing of the unit was committed, so
+        # nothing was acknowledged; the peer retries (with backoff) and succeeds once the
+        # storage recovers.
+        store = proto.hello.store if proto.hello is not None else "-"
+        log.error("relay.store_write_failed peer=%s store=%s error=%s", peer, store, exc)
+        await _send_error(
+            ws,
+            p.ErrorCode.INTERNAL.value,
+            f"the relay could not write store {store!r} ({exc}); nothing was stored, retry later",
+            hub,
+        )
     except Exception as exc:
         log.exception("relay.internal_error peer=%s", peer)
         await _send_error(

@@ -16,7 +16,7 @@ import json
 import sqlite3
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -180,8 +180,16 @@ class RelayStore:
 
     # ------------------------------------------------------------------ merge
 
-    def merge_push(self, site_id: bytes, upto: int, changes: Sequence[Change]) -> tuple[int, int]:
+    def merge_push(
+        self,
+        site_id: bytes,
+        upto: int,
+        changes: Sequence[Change],
+        meta: Mapping[str, Any] | None = None,
+    ) -> tuple[int, int]:
         """Merge a pushed unit (whole transactions) and record the peer's pushed position.
+
+        ``meta``: ``relay_meta`` entries to set in the same transaction (a reactor's cursor).
 
         Durable when it returns (WAL, synchronous=FULL).
 
@@ -264,6 +272,8 @@ class RelayStore:
                 "max(pushed_upto, excluded.pushed_upto), last_seen = excluded.last_seen",
                 (site_id, upto, time.time()),
             )
+            if meta:
+                conn.executemany("INSERT OR REPLACE INTO relay_meta VALUES (?, ?)", meta.items())
             conn.execute("COMMIT")
             return head, wins
         except BaseException:

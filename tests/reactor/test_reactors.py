@@ -1,0 +1,159 @@
+"""Store reactors on the relay: answers reach devices, isolation between stores, restarts."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from click.testing import CliRunner
+from crsync_relay.cli import main as relay_cli
+from crsync_relay.server import RelayConfig
+
+import crsync
+
+from .relay_util import answer_questions, device, peer, relay
+
+LIMIT = 20.0
+
+
+async def answered(db: crsync.Database, rid: str) -> str:
+    """Wait (live query) until request ``rid`` has an answer on this device."""
+    async with db.watch("SELECT answer FROM requests WHERE id = ?", (rid,)) as live:
+        async for rows in live:
+            if rows and rows[0][0] is not None:
+                return str(rows[0][0])
+    raise AssertionError("watch ended")
+
+
+def store_meta(data_dir: Path, store: str) -> dict[str, Any]:
+    conn = sqlite3.connect(data_dir / f"{store}.store.sqlite3")
+    try:
+        return dict(conn.execute("SELECT key, value FROM relay_meta").fetchall())
+    finally:
+        conn.close()
+
+
+async def test_reactor_answers_a_request_and_both_devices_see_the_answer(tmp_path: Path) -> None:
+    a, b = device(tmp_path / "a.db"), device(tmp_path / "b.db")
+    with trio.fail_after(LIMIT):
+        async with (
+            relay(tmp_path / "relay", answer_questions) as (url, _hub),
+            peer(a, url, "fresh-store"),
+            peer(b, url, "fresh-store"),
+        ):
+            a.conn.execute("INSERT INTO requests (id, question) VALUES ('r1', 'hello')")
+            assert await answered(b, "r1") == "olleh"
+            assert await answered(a, "r1") == "olleh"
+    # the answer is authored by the relay's own site id for this store
+    meta = store_meta(tmp_path / "relay", "fresh-store")
+    feed = {c.site_id for c in a.changes() if c.cid == "answer"}
+    assert feed == {meta["relay_site"]}
+    assert meta["reactor_cursor"] >= 1
+
+
+async def test_failing_reactor_in_one_store_leaves_other_stores_and_sync_untouched(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls: dict[str, int] = {}
+    retried = trio.Event()
+
+    async def react(batch: Any) -> None:
+        calls[batch.store] = calls.get(batch.store, 0) + 1
+        if batch.store == "bad":
+            if batch.attempt >= 2:
+                retried.set()
+            raise RuntimeError("boom in the handler")
+        await answer_questions(batch)
+
+    bad1, bad2 = device(tmp_path / "bad1.db"), device(tmp_path / "bad2.db")
+    good = device(tmp_path / "good.db")
+    caplog.set_level(logging.ERROR, logger="crsync_relay.reactor")
+    with trio.fail_after(LIMIT):
+        async with (
+            relay(tmp_path / "relay", react) as (url, _hub),
+            peer(bad1, url, "bad"),
+            peer(bad2, url, "bad"),
+            peer(good, url, "good"),
+        ):
+            bad1.conn.execute("INSERT INTO requests (id, question) VALUES ('x', 'abc')")
+            good.conn.execute("INSERT INTO requests (id, question) VALUES ('y', 'xyz')")
+            assert await answered(good, "y") == "zyx"
+            # sync in the failing store still works both ways
+            async with bad2.watch("SELECT question FROM requests WHERE id = 'x'") as live:
+                async for rows in live:
+                    if rows == [("abc",)]:
+                        break
+            await retried.wait()  # the same batch is delivered again (backoff)
+    assert bad2.conn.execute("SELECT answer FROM requests").fetchall() == [(None,)]
+    failures = [r for r in caplog.records if "relay.reactor.failed" in r.getMessage()]
+    assert failures and "store=bad" in failures[0].getMessage()
+    assert "first_table=requests" in failures[0].getMessage()
+    assert "RuntimeError: boom in the handler" in failures[0].getMessage()
+
+
+async def test_relay_restart_redelivers_changes_the_reactor_had_not_finished(
+    tmp_path: Path,
+) -> None:
+    started = trio.Event()
+
+    async def stuck(batch: Any) -> None:
+        started.set()
+        await trio.sleep_forever()  # never finishes: the relay stops under it
+
+    a = device(tmp_path / "a.db")
+    data = tmp_path / "relay"
+    with trio.fail_after(LIMIT):
+        async with relay(data, stuck) as (url, _hub), peer(a, url, "s") as pa:
+            a.conn.execute("INSERT INTO requests (id, question) VALUES ('r', 'later')")
+            await pa.wait_synced()
+            await started.wait()
+        assert store_meta(data, "s").get("reactor_cursor", 0) == 0
+        async with (  # restart, nobody pushes
+            relay(data, answer_questions) as (url, _hub),
+            peer(a, url, "s"),
+        ):
+            assert await answered(a, "r") == "retal"
+    assert store_meta(data, "s")["reactor_cursor"] >= 1
+
+
+async def test_reactor_stores_pattern_restricts_which_stores_run_it(tmp_path: Path) -> None:
+    seen: list[str] = []
+
+    async def react(batch: Any) -> None:
+        seen.append(batch.store)
+        await answer_questions(batch)
+
+    on, off = device(tmp_path / "on.db"), device(tmp_path / "off.db")
+    with trio.fail_after(LIMIT):
+        async with (
+            relay(tmp_path / "relay", react, stores="team-*,x") as (url, _hub),
+            peer(on, url, "team-1") as p_on,
+            peer(off, url, "other") as p_off,
+        ):
+            off.conn.execute("INSERT INTO requests (id, question) VALUES ('o', 'no')")
+            await p_off.wait_synced()
+            on.conn.execute("INSERT INTO requests (id, question) VALUES ('t', 'yes')")
+            assert await answered(on, "t") == "sey"
+            await p_on.wait_synced()
+    assert set(seen) == {"team-1"}
+    assert "reactor_cursor" not in store_meta(tmp_path / "relay", "other")
+
+
+def test_reactor_option_errors_are_clear(tmp_path: Path) -> None:
+    runner = CliRunner()
+    base = ["serve", "--data-dir", str(tmp_path), "--dev", "--port", "0"]
+    r = runner.invoke(relay_cli, [*base, "--reactor", "no_such_module_xyz:react"])
+    assert r.exit_code == 2
+    assert "cannot load reactor 'no_such_module_xyz:react'" in r.output
+    r = runner.invoke(relay_cli, [*base, "--reactor-stores", "a*"])
+    assert r.exit_code == 2 and "--reactor-stores needs --reactor" in r.output
+    sync_fn = tmp_path / "sync_reactor.py"
+    sync_fn.write_text("def react(batch):\n    pass\n")
+    r = runner.invoke(relay_cli, [*base, "--reactor", f"{sync_fn}:react"])
+    assert r.exit_code == 2 and "must be an async function" in r.output
+    with pytest.raises(crsync.CrsyncError, match="module:object"):
+        RelayConfig(data_dir=tmp_path, dev=True, reactor="nocolon").reactor_handler()
