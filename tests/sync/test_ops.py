@@ -128,3 +128,49 @@ def test_backup_of_a_missing_store_fails_with_one_clear_line(tmp_path: Path) -> 
     )
     assert done.returncode == 2
     assert done.stderr.strip() == f"crsync-relay: error: no store 'nope' in {tmp_path}"
+
+
+async def test_token_command_mints_a_token_the_relay_accepts_and_stores_lists_it(
+    relay_factory: RelayFactory, tmp_path: Path
+) -> None:
+    relay = relay_factory()
+    assert relay.secret_file is not None
+    minted = _cli(
+        "token",
+        "--store",
+        "team-*",
+        "--ttl",
+        "600",
+        "--subject",
+        "ci",
+        "--secret-file",
+        str(relay.secret_file),
+    )
+    assert minted.returncode == 0, minted.stderr
+    tok = minted.stdout.strip()
+    a = open_db(tmp_path / "a.db")
+    a.conn.execute("INSERT INTO todos (id, title) VALUES ('1', 'x')")
+    with trio.fail_after(30):
+        async with Peer(a, relay.url, store="team-blue", token=tok) as pa:
+            await pa.wait_synced()
+    listed = _cli("stores", "--data-dir", str(relay.data_dir))
+    assert listed.returncode == 0, listed.stderr
+    line = next(x for x in listed.stdout.splitlines() if x.startswith("team-blue "))
+    name, size, cells, peers, head, _when = line.split()
+    assert (name, cells, peers, head) == ("team-blue", "3", "1", "1") and int(size) > 0
+
+
+def test_token_without_a_secret_is_one_clear_line(tmp_path: Path) -> None:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRSYNC_RELAY_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "crsync_relay.cli", "token", "--store", "s"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("crsync-relay: error: no relay secret")
