@@ -16,18 +16,16 @@ import contextlib
 import os
 import platform
 import secrets
-import signal
 import sqlite3
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import trio
+from crsync_relay.process import relay_process
 from websockets.trio.client import connect as ws_connect
 
 import crsync
@@ -42,48 +40,9 @@ SCHEMA = (
 
 @contextmanager
 def relay(data_dir: Path, secret: Path) -> Iterator[tuple[str, int]]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "crsync_relay.cli",
-        "serve",
-        "--data-dir",
-        str(data_dir),
-        "--port",
-        "0",
-        "--secret-file",
-        str(secret),
-        "--log-level",
-        "info",
-        "--max-open-stores",
-        "512",
-        "--idle-seconds",
-        "5",
-    ]
-    env = dict(os.environ)
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
-    port: list[int] = []
-    ready = threading.Event()
-
-    def read() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            if "relay.listening" in line and not port:
-                port.append(int(line.split("port=")[1].split()[0]))
-                ready.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    if not ready.wait(30):
-        proc.kill()
-        raise RuntimeError("relay did not start")
-    try:
-        yield f"ws://127.0.0.1:{port[0]}", proc.pid
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    args = ["--max-open-stores", "512", "--idle-seconds", "5"]
+    with relay_process(data_dir, secret_file=secret, args=args) as child:
+        yield child.url, child.pid
 
 
 def rss_mb(pid: int) -> float:

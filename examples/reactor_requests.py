@@ -11,11 +11,7 @@ from __future__ import annotations
 
 import argparse
 import operator
-import signal
-import subprocess
-import sys
 import tempfile
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -65,42 +61,10 @@ def say(msg: str) -> None:
 @contextmanager
 def relay_process(data_dir: Path) -> Iterator[str]:
     """``crsync-relay serve --dev`` with this file as its reactor; yield its URL."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "crsync_relay.cli",
-        "serve",
-        "--dev",
-        "--data-dir",
-        str(data_dir),
-        "--port",
-        "0",
-        "--reactor",
-        f"{Path(__file__).resolve()}:react",
-    ]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
-    port: list[int] = []
-    ready = threading.Event()
+    from crsync_relay.process import relay_process as run
 
-    def read_log() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            if "relay.listening" in line and not port:
-                port.append(int(line.split("port=")[1].split()[0]))
-                ready.set()
-
-    threading.Thread(target=read_log, daemon=True).start()
-    try:
-        if not ready.wait(30):
-            raise RuntimeError("the relay did not start listening within 30 s")
-        yield f"ws://127.0.0.1:{port[0]}"
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with run(data_dir, args=["--reactor", f"{Path(__file__).resolve()}:react"]) as relay:
+        yield relay.url
 
 
 async def run(workdir: Path, url: str) -> None:

@@ -11,16 +11,12 @@ import argparse
 import os
 import secrets
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import trio
+from crsync_relay.process import relay_process
 
 import crsync
 from crsync.peer import Peer
@@ -37,48 +33,6 @@ CREATE TABLE IF NOT EXISTS todos (
 
 def say(msg: str) -> None:
     print(msg, flush=True)
-
-
-@contextmanager
-def relay_process(data_dir: Path, secret_file: Path) -> Iterator[str]:
-    """Start ``crsync-relay serve`` on a free loopback port; yield its URL once it listens."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "crsync_relay.cli",
-        "serve",
-        "--data-dir",
-        str(data_dir),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--secret-file",
-        str(secret_file),
-    ]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
-    port: list[int] = []
-    ready = threading.Event()
-
-    def read_log() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            if "relay.listening" in line and not port:
-                port.append(int(line.split("port=")[1].split()[0]))
-                ready.set()
-
-    threading.Thread(target=read_log, daemon=True).start()
-    try:
-        if not ready.wait(30):
-            raise RuntimeError("the relay did not start listening within 30 s")
-        yield f"ws://127.0.0.1:{port[0]}"
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def open_device(path: Path) -> crsync.Database:
@@ -114,7 +68,8 @@ async def run(workdir: Path) -> bool:
     laptop = open_device(workdir / "laptop.db")
     phone = open_device(workdir / "phone.db")
 
-    with relay_process(workdir / "relay-data", secret_file) as url:
+    with relay_process(workdir / "relay-data", secret_file=secret_file) as relay:
+        url = relay.url
         say(f"relay listening at {url}; store 'family'")
         say("1. the laptop writes two todos and syncs")
         laptop.conn.execute("INSERT INTO todos (id, title) VALUES ('t1', 'buy milk')")
