@@ -67,6 +67,18 @@ def main() -> None:
 @click.option("--max-open-stores", type=int, default=None, help="Cap on open store files.")
 @click.option("--idle-seconds", type=float, default=None, help="Close stores idle this long.")
 @click.option(
+    "--max-connections",
+    type=int,
+    default=None,
+    help="Cap on open connections for the process (default 10000); more are refused as overloaded.",
+)
+@click.option(
+    "--max-connections-per-store",
+    type=int,
+    default=None,
+    help="Cap on open connections to one store (default 1000); more are refused as overloaded.",
+)
+@click.option(
     "--metrics-port",
     type=int,
     default=None,
@@ -132,6 +144,8 @@ def serve(**opts: Any) -> None:
         max_frame=int(pick("max_frame_bytes", 64 * 1024 * 1024, int)),
         max_open_stores=int(pick("max_open_stores", 256, int)),
         idle_seconds=float(pick("idle_seconds", 60.0, float)),
+        max_connections=int(pick("max_connections", 10_000, int)),
+        max_connections_per_store=int(pick("max_connections_per_store", 1_000, int)),
         tls_cert=Path(cert) if cert else None,
         tls_key=Path(key) if key else None,
         metrics_host=pick("metrics_host", "127.0.0.1"),

@@ -20,7 +20,7 @@ from crsync.errors import CrsyncError
 
 from .hub import Hub
 from .metrics import MetricsServer, RelayMetrics
-from .session import RelaySettings, handle_connection
+from .session import ConnectionLimits, RelaySettings, handle_connection
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,8 @@ class RelayConfig:
     metrics_port: int | None = None  # None: no metrics/health server
     reactor: str | Callable[..., Any] | None = None  # module:object, file.py:object, or a callable
     reactor_stores: str | None = None  # comma-separated glob patterns (None: every store)
+    max_connections: int = 10_000  # open connections, whole process (refused: overloaded)
+    max_connections_per_store: int = 1_000  # open connections per store (refused: overloaded)
 
     def reactor_handler(self) -> Any:
         """The loaded reactor handler (None without ``reactor``)."""
@@ -73,6 +75,8 @@ class RelayConfig:
             raise CrsyncError("TLS needs both --tls-cert and --tls-key")
         if self.reactor_stores is not None and self.reactor is None:
             raise CrsyncError("--reactor-stores needs --reactor")
+        if self.max_connections < 1 or self.max_connections_per_store < 1:
+            raise CrsyncError("--max-connections and --max-connections-per-store must be >= 1")
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """Server TLS context, if a certificate is configured."""
@@ -165,6 +169,7 @@ async def run_relay(
         secret=None if config.dev else config.secret,
         max_frame=config.max_frame,
         batch_cells=config.batch_cells,
+        limits=ConnectionLimits(config.max_connections, config.max_connections_per_store),
     )
 
     async def handler(ws: ServerConnection) -> None:

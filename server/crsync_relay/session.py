@@ -23,6 +23,48 @@ log = logging.getLogger(__name__)
 
 
 @attrs.define
+class ConnectionLimits:
+    """Caps on open connections: for the whole process (counted from the WebSocket handshake,
+    so unauthenticated connections count too) and per store (counted once the token is checked).
+    A connection over a cap is refused with ``overloaded`` (peers retry with backoff); a store at
+    its cap does not affect other stores."""
+
+    max_total: int = 10_000
+    max_per_store: int = 1_000
+    total: int = 0
+    per_store: dict[str, int] = attrs.Factory(dict)
+
+    def enter(self) -> None:
+        """Count a new connection, or raise :class:`_Closing` (overloaded) at the cap."""
+        if self.total >= self.max_total:
+            raise _Closing(
+                p.ErrorCode.OVERLOADED.value,
+                f"the relay serves {self.total} connections (the cap is {self.max_total})",
+            )
+        self.total += 1
+
+    def leave(self) -> None:
+        """A connection counted by :meth:`enter` ended."""
+        self.total -= 1
+
+    def enter_store(self, store: str) -> None:
+        """Count a connection to ``store``, or raise :class:`_Closing` (overloaded) at the cap."""
+        n = self.per_store.get(store, 0)
+        if n >= self.max_per_store:
+            raise _Closing(
+                p.ErrorCode.OVERLOADED.value,
+                f"store {store!r} has {n} connections (the cap is {self.max_per_store})",
+            )
+        self.per_store[store] = n + 1
+
+    def leave_store(self, store: str) -> None:
+        """A connection counted by :meth:`enter_store` ended."""
+        n = self.per_store.pop(store) - 1
+        if n:
+            self.per_store[store] = n
+
+
+@attrs.define
 class RelaySettings:
     """What a connection handler needs to know about the relay's configuration."""
 
@@ -31,6 +73,7 @@ class RelaySettings:
     handshake_timeout: float = 10.0
     batch_cells: int = 5000
     max_unit_cells: int = 2_000_000  # cap on a multi-part push held in memory
+    limits: ConnectionLimits = attrs.Factory(ConnectionLimits)
 
 
 class _Closing(Exception):
@@ -133,7 +176,11 @@ async def handle_connection(ws: ServerConnection, hub: Hub, settings: RelaySetti
     proto = p.RelayConnection(settings.max_frame)
     handle: StoreHandle | None = None
     peer = getattr(ws, "remote_address", None)
+    limits = settings.limits
+    counted = counted_store = False
     try:
+        limits.enter()
+        counted = True
         with trio.fail_after(settings.handshake_timeout):
             raw = await ws.recv()
         hello = proto.receive(raw)
@@ -152,6 +199,8 @@ async def handle_connection(ws: ServerConnection, hub: Hub, settings: RelaySetti
                     p.ErrorCode.FORBIDDEN.value,
                     f"the token does not grant access to store {hello.store!r}",
                 )
+        limits.enter_store(hello.store)
+        counted_store = True
         try:
             handle = await hub.acquire(hello.store)
         except Overloaded as exc:
@@ -217,6 +266,11 @@ async def handle_connection(ws: ServerConnection, hub: Hub, settings: RelaySetti
     finally:
         if handle is not None:
             hub.release(handle)
+        if counted_store:
+            assert proto.hello is not None
+            limits.leave_store(proto.hello.store)
+        if counted:
+            limits.leave()
 
 
 TooSlow = trio.TooSlowError
