@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 STORE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 STORE_SUFFIX = ".store.sqlite3"
+RECENT_MAX_CELLS = 2000  # largest batch kept in a store's in-memory ring (16 batches at most)
 
 
 class BadStoreId(CrsyncError):
@@ -72,7 +73,7 @@ class StoreHandle:
     users: int = 0
     last_used: float = attrs.Factory(time.monotonic)
     changed: trio.Event = attrs.Factory(trio.Event)
-    recent: deque[tuple[int, int, list[Change]]] = attrs.Factory(lambda: deque(maxlen=32))
+    recent: deque[tuple[int, int, list[Change]]] = attrs.Factory(lambda: deque(maxlen=16))
     sessions: int = 0
 
     def wake(self) -> None:
@@ -232,9 +233,11 @@ class Hub:
             self.metrics.changes_merged.inc(wins)
             self.stats["pushes"] += 1
             if head != base:
-                if h.sessions > 1:  # someone else may want this batch: keep it in memory
+                # Someone else may want this batch: keep small ones in memory (bounded per
+                # store); big ones are served from disk, so memory never grows with batch size.
+                if h.sessions > 1 and wins <= RECENT_MAX_CELLS:
                     batch, upto_read, complete = await trio.to_thread.run_sync(
-                        h.writer.changes_since, base, None, 1_000_000
+                        h.writer.changes_since, base, None, RECENT_MAX_CELLS
                     )
                     if complete and upto_read == head:
                         h.recent.append((base, head, batch))

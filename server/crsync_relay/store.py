@@ -65,8 +65,8 @@ class RelayStore:
         self.conn.execute("PRAGMA busy_timeout = 30000")
         self.conn.execute("PRAGMA journal_mode = WAL")
         self.conn.execute("PRAGMA synchronous = FULL")
-        # Many stores may be open at once: keep each connection's page cache small (512 KiB).
-        self.conn.execute("PRAGMA cache_size = -512")
+        # Many stores may be open at once: keep each connection's page cache small (256 KiB).
+        self.conn.execute("PRAGMA cache_size = -256")
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             for stmt in _DDL:
