@@ -5,7 +5,16 @@ another device of the same store), relay memory (RSS) and open files; at the end
 every device of every store holds every row written (nothing lost) and counts errors (peers
 stopped, relay errors in its log). Figures go to ``bench/RESULTS-soak.md`` (or ``--output``).
 
-    python bench/soak.py                 # 200 peers, 50 stores, 10 minutes
+The peers are spread over several client processes (``--client-procs``, devices of one store
+land in different processes), so one Python process falling behind does not show up as relay
+latency. Every row carries the wall-clock time of its write; a device records, when the row is
+merged, that time subtracted from the clock (all processes run on one machine, one clock).
+The parent process runs the relay, samples it, and talks to the clients with JSON lines: a
+client gets its devices on stdin, says ``ready``, gets the start and end times, streams its
+writes and deliveries, reports what it wrote once everything is pushed, gets the totals of every
+store and reports what is missing.
+
+    python bench/soak.py                 # 200 peers, 50 stores, 10 minutes, 4 client processes
     python bench/soak.py --minutes 60    # longer
     python bench/soak.py --quick         # 20 peers, 5 stores, 20 seconds (smoke test)
 """
@@ -14,8 +23,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
+import json
 import os
 import platform
+import queue
 import random
 import re
 import secrets
@@ -28,6 +40,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -36,6 +49,13 @@ from crsync.peer import Peer, PeerState
 
 SCHEMA = "CREATE TABLE IF NOT EXISTS events (id TEXT PRIMARY KEY NOT NULL, t REAL, body TEXT)"
 ERROR_LINES = re.compile(r"relay\.(internal_error|store_write_failed|protocol_error|refused)")
+FLUSH_EVERY = 1.0  # seconds between a client's data lines
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Relay:
@@ -87,8 +107,7 @@ class Relay:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time the relay used so far."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(self.proc.pid)
 
     def fds(self) -> int:
         return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
@@ -119,6 +138,9 @@ def pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, round(q * (len(s) - 1)))]
 
 
+# ---------------------------------------------------------------------- client process
+
+
 class Device:
     """One device: its database, its peer, what it wrote and what it saw arrive."""
 
@@ -130,10 +152,10 @@ class Device:
         self.store = store
         self.written = 0
         self.last_rowid = 0
-        self.latencies: list[float] = []  # (write -> merged here), seconds, since last sample
         self.peer: Peer | None = None
 
-    def on_progress(self, _upto: int, _head: int) -> None:
+    def on_progress(self, deliveries: list[tuple[float, float]], _upto: int, _head: int) -> None:
+        """Record ``(arrival, latency)`` of the other devices' rows merged since last time."""
         now = time.time()
         rows = self.db.conn.execute(
             "SELECT rowid, t, id LIKE ? FROM events WHERE rowid > ? ORDER BY rowid",
@@ -142,146 +164,300 @@ class Device:
         for rowid, t, own in rows:
             self.last_rowid = max(self.last_rowid, rowid)
             if not own:  # the device's own writes have rowids too
-                self.latencies.append(now - t)
+                deliveries.append((now, now - t))
 
 
-async def soak(args: argparse.Namespace) -> dict[str, object]:
+def emit(obj: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+async def read_line() -> dict[str, Any]:
+    line = await trio.to_thread.run_sync(sys.stdin.readline)
+    if not line:
+        raise SystemExit("soak client: the parent went away")
+    msg: dict[str, Any] = json.loads(line)
+    return msg
+
+
+async def client() -> None:
+    """A client process: runs the devices the parent assigns, over JSON lines."""
+    cfg = await read_line()
+    work = Path(cfg["dir"])
+    devices = [Device(work / f"{name}.db", name, store) for name, store in cfg["devices"]]
+    writes: list[float] = []
+    deliveries: list[tuple[float, float]] = []
+    async with contextlib.AsyncExitStack() as stack:
+        for d in devices:
+            d.peer = await stack.enter_async_context(
+                Peer(
+                    d.db,
+                    cfg["url"],
+                    store=d.store,
+                    token=cfg["token"],
+                    watch_files=False,
+                    on_progress=functools.partial(d.on_progress, deliveries),
+                )
+            )
+        emit({"ready": True})
+        go = await read_line()
+        start, end = float(go["start"]), float(go["end"])
+        await trio.sleep(max(0.0, start - time.time()))  # the shared start time (a timer)
+
+        async def writer(d: Device) -> None:
+            rnd = random.Random(d.name)
+            while time.time() < end:
+                d.written += 1
+                t = time.time()
+                d.db.conn.execute(
+                    "INSERT INTO events VALUES (?, ?, ?)",
+                    (f"{d.name}-{d.written}", t, "x" * rnd.randrange(10, 200)),
+                )
+                writes.append(t)
+                assert d.peer is not None
+                d.peer.notify()
+                await trio.sleep(rnd.expovariate(cfg["rate"]))  # Poisson arrivals per device
+
+        def flush() -> None:
+            emit({"w": writes[:], "d": deliveries[:]})
+            writes.clear()
+            deliveries.clear()
+
+        async def flusher(stop: trio.Event) -> None:
+            while not stop.is_set():
+                with trio.move_on_after(FLUSH_EVERY):
+                    await stop.wait()
+                flush()
+
+        stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(flusher, stop)
+            async with trio.open_nursery() as writers:
+                for d in devices:
+                    writers.start_soon(writer, d)
+            with trio.fail_after(300):
+                for _ in range(2):
+                    for d in devices:
+                        assert d.peer is not None
+                        await d.peer.wait_synced()
+            written: dict[str, int] = {}
+            for d in devices:
+                written[d.store] = written.get(d.store, 0) + d.written
+            emit({"pushed": written})
+            # every client has pushed everything: catch up with the relay's final head
+            expected: dict[str, int] = (await read_line())["expected"]
+            with trio.fail_after(300):
+                for d in devices:
+                    assert d.peer is not None
+                    await d.peer.wait_synced()
+            stop.set()
+        lost = 0
+        for d in devices:
+            n = d.db.conn.execute("SELECT count(*) FROM events").fetchone()[0]
+            lost += expected[d.store] - n
+        peer_errors = sum(
+            1 for d in devices if d.peer is not None and d.peer.state is PeerState.ERROR
+        )
+        reconnects = sum(max(0, d.peer.stats.connects - 1) for d in devices if d.peer is not None)
+    for d in devices:
+        d.db.close()
+    emit({"done": {"lost": lost, "peer_errors": peer_errors, "reconnects": reconnects}})
+
+
+# ---------------------------------------------------------------------- parent process
+
+
+class Client:
+    """A client subprocess and the JSON lines it sent."""
+
+    def __init__(self, index: int, cfg: dict[str, Any]) -> None:
+        self.index = index
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--client"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self.writes: list[float] = []
+        self.deliveries: list[tuple[float, float]] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._read, daemon=True).start()
+        self.send(cfg)
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            msg = json.loads(line)
+            if "w" in msg:
+                with self.lock:
+                    self.writes += msg["w"]
+                    self.deliveries += [(a, b) for a, b in msg["d"]]
+            else:
+                self.lines.put(msg)
+        self.lines.put(None)
+
+    def send(self, msg: dict[str, Any]) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(msg) + "\n")
+        self.proc.stdin.flush()
+
+    def expect(self, key: str, timeout: float) -> Any:
+        try:
+            msg = self.lines.get(timeout=timeout)
+        except queue.Empty:
+            raise RuntimeError(f"client {self.index}: no {key!r} within {timeout} s") from None
+        if msg is None or key not in msg:
+            raise RuntimeError(f"client {self.index} ended or sent {msg!r}, expected {key!r}")
+        return msg[key]
+
+    def cpu_seconds(self) -> float:
+        try:
+            return cpu_seconds(self.proc.pid)
+        except (OSError, IndexError):
+            return 0.0
+
+    def close(self) -> None:
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def soak(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="crsync-soak-") as tmp:
         work = Path(tmp)
         with running_relay(work) as (relay, secret):
             from crsync_relay.auth import issue_token
 
             token = issue_token(secret, ["*"], 86400, "soak")
-            devices = [
-                Device(work / f"d{i}.db", f"d{i}", f"store{i % args.stores}")
-                for i in range(args.peers)
+            nprocs = max(1, min(args.client_procs, args.peers))
+            assigned: list[list[tuple[str, str]]] = [[] for _ in range(nprocs)]
+            for i in range(args.peers):
+                assigned[i % nprocs].append((f"d{i}", f"store{i % args.stores}"))
+            clients = [
+                Client(
+                    k,
+                    {
+                        "dir": str(work),
+                        "url": relay.url,
+                        "token": token,
+                        "rate": args.rate,
+                        "devices": assigned[k],
+                    },
+                )
+                for k in range(nprocs)
             ]
-            samples: list[dict[str, float]] = []
-            end = trio.current_time() + args.seconds
-            stopped = trio.Event()
-
-            async def writer(d: Device) -> None:
-                rnd = random.Random(d.name)
-                while trio.current_time() < end:
-                    d.written += 1
-                    d.db.conn.execute(
-                        "INSERT INTO events VALUES (?, ?, ?)",
-                        (f"{d.name}-{d.written}", time.time(), "x" * rnd.randrange(10, 200)),
-                    )
-                    assert d.peer is not None
-                    d.peer.notify()
-                    await trio.sleep(rnd.expovariate(args.rate))  # Poisson arrivals per device
-
-            async def sampler() -> None:
-                t0 = trio.current_time()
-                last_written = 0
-                last_t = t0
-                last_cpu = relay.cpu_seconds()
-                while not stopped.is_set():
-                    with trio.move_on_after(args.sample_every):
-                        await stopped.wait()
-                    now = trio.current_time()
-                    lat = [x for d in devices for x in d.latencies]
-                    for d in devices:
-                        d.latencies = []
-                    written = sum(d.written for d in devices)
+            try:
+                for c in clients:
+                    c.expect("ready", 300)
+                t0 = time.time() + 0.5
+                end = t0 + args.seconds
+                for c in clients:
+                    c.send({"start": t0, "end": end})
+                started = time.perf_counter()
+                # sample the relay and the clients at window boundaries until everything is
+                # pushed (a client says so once all its devices' writes are acknowledged)
+                relay_samples: list[dict[str, float]] = []
+                last_cpu, last_ccpu = relay.cpu_seconds(), sum(c.cpu_seconds() for c in clients)
+                last_t = time.time()
+                pushed: dict[int, dict[str, int]] = {}
+                k = 1
+                while len(pushed) < nprocs:
+                    boundary = t0 + k * args.sample_every
+                    while len(pushed) < nprocs and time.time() < boundary:
+                        for c in clients:
+                            if c.index not in pushed and not c.lines.empty():
+                                pushed[c.index] = c.expect("pushed", 1)
+                        time.sleep(min(0.1, max(0.0, boundary - time.time())))  # polling timer
+                    now = time.time()
                     cpu = relay.cpu_seconds()
-                    samples.append(
+                    ccpu = sum(c.cpu_seconds() for c in clients)
+                    relay_samples.append(
                         {
-                            "t": now - t0,
-                            "writes_s": (written - last_written) / max(now - last_t, 1e-9),
-                            "deliveries": len(lat),
-                            "p50_ms": pct(lat, 0.5) * 1000,
-                            "p99_ms": pct(lat, 0.99) * 1000,
+                            "end": now,
                             "rss_mb": relay.rss_mb(),
                             "fds": relay.fds(),
                             "relay_cpu": 100 * (cpu - last_cpu) / max(now - last_t, 1e-9),
+                            "client_cpu": 100 * (ccpu - last_ccpu) / max(now - last_t, 1e-9),
                         }
                     )
-                    last_written, last_t, last_cpu = written, now, cpu
-
-            started = time.perf_counter()
-            async with contextlib.AsyncExitStack() as stack:
-                for d in devices:
-                    d.peer = await stack.enter_async_context(
-                        Peer(
-                            d.db,
-                            relay.url,
-                            store=d.store,
-                            token=token,
-                            watch_files=False,
-                            on_progress=d.on_progress,
-                        )
-                    )
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(sampler)
-                    async with trio.open_nursery() as writers:
-                        for d in devices:
-                            writers.start_soon(writer, d)
-                    with trio.fail_after(300):
-                        for _ in range(2):
-                            for d in devices:
-                                assert d.peer is not None
-                                await d.peer.wait_synced()
-                    stopped.set()
+                    last_cpu, last_ccpu, last_t = cpu, ccpu, now
+                    k += 1
+                expected: dict[str, int] = {}
+                for written in pushed.values():
+                    for store, n in written.items():
+                        expected[store] = expected.get(store, 0) + n
+                for c in clients:
+                    c.send({"expected": expected})
+                done = [c.expect("done", 600) for c in clients]
                 elapsed = time.perf_counter() - started
-                peer_errors = sum(
-                    1 for d in devices if d.peer is not None and d.peer.state is PeerState.ERROR
+            finally:
+                for c in clients:
+                    c.close()
+            writes = sorted(t for c in clients for t in c.writes)
+            deliveries = [x for c in clients for x in c.deliveries]
+            samples: list[dict[str, float]] = []
+            start = t0
+            for s in relay_samples:
+                lat = [lat for arrival, lat in deliveries if start <= arrival < s["end"]]
+                n_writes = sum(1 for t in writes if start <= t < s["end"])
+                samples.append(
+                    {
+                        "t": s["end"] - t0,
+                        "writes_s": n_writes / max(s["end"] - start, 1e-9),
+                        "deliveries": len(lat),
+                        "p50_ms": pct(lat, 0.5) * 1000,
+                        "p99_ms": pct(lat, 0.99) * 1000,
+                        "rss_mb": s["rss_mb"],
+                        "fds": s["fds"],
+                        "relay_cpu": s["relay_cpu"],
+                        "client_cpu": s["client_cpu"],
+                    }
                 )
-                reconnects = sum(
-                    max(0, d.peer.stats.connects - 1) for d in devices if d.peer is not None
-                )
-            # nothing lost: every device holds every row written to its store
-            expected: dict[str, int] = {}
-            for d in devices:
-                expected[d.store] = expected.get(d.store, 0) + d.written
-            lost = 0
-            for d in devices:
-                n = d.db.conn.execute("SELECT count(*) FROM events").fetchone()[0]
-                lost += expected[d.store] - n
-                d.db.close()
-            total = sum(expected.values())
+                start = s["end"]
             return {
                 "peers": args.peers,
                 "stores": args.stores,
+                "client_procs": nprocs,
                 "seconds": args.seconds,
                 "elapsed": elapsed,
-                "writes": total,
+                "writes": sum(expected.values()),
                 "samples": samples,
-                "lost": lost,
-                "peer_errors": peer_errors,
-                "reconnects": reconnects,
+                "lost": sum(d["lost"] for d in done),
+                "peer_errors": sum(d["peer_errors"] for d in done),
+                "reconnects": sum(d["reconnects"] for d in done),
                 "relay_errors": list(relay.errors),
                 "sqlite": sqlite3.sqlite_version,
             }
 
 
-def write_report(path: Path, r: dict[str, object], quick: bool) -> None:
-    samples = r["samples"]
-    assert isinstance(samples, list)
-    samples = [s for s in samples if s["deliveries"]]
+def write_report(path: Path, r: dict[str, Any], quick: bool) -> None:
+    samples = [s for s in r["samples"] if s["deliveries"]]
     steady = samples[1:-1] or samples  # the first and last windows are partial
     lines = [
         "# Soak run" + (" (--quick)" if quick else ""),
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()},"
-        f" SQLite {r['sqlite']}. Relay in its own process; peers in one process (trio).",
+        f" SQLite {r['sqlite']}. Relay in its own process; peers in {r['client_procs']} client"
+        " processes (trio), devices of a store in different processes; propagation measured"
+        " from the write's timestamp in the row to its merge on another device (one clock).",
         "",
         f"{r['peers']} peers across {r['stores']} stores, writing for {r['seconds']:.0f} s "
         f"(then catching up): {r['writes']} rows written, **{r['lost']} lost**, "
         f"{r['peer_errors']} peers stopped on an error, {r['reconnects']} reconnections, "
-        f"{len(r['relay_errors'])} error lines in the relay log.",  # type: ignore[arg-type]
+        f"{len(r['relay_errors'])} error lines in the relay log.",
         "",
         "| t (s) | writes/s | deliveries | p50 propagation (ms) | p99 propagation (ms) | "
-        "relay RSS (MB) | relay open fds | relay CPU (%) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "relay RSS (MB) | relay open fds | relay CPU (%) | clients CPU (%) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in samples:
-        if not s["deliveries"]:
-            continue
         lines.append(
             f"| {s['t']:.0f} | {s['writes_s']:.0f} | {s['deliveries']} | {s['p50_ms']:.1f} | "
-            f"{s['p99_ms']:.1f} | {s['rss_mb']:.1f} | {s['fds']} | {s['relay_cpu']:.0f} |"
+            f"{s['p99_ms']:.1f} | {s['rss_mb']:.1f} | {s['fds']} | {s['relay_cpu']:.0f} | "
+            f"{s['client_cpu']:.0f} |"
         )
     if steady:
         w = [s["writes_s"] for s in steady]
@@ -295,7 +471,6 @@ def write_report(path: Path, r: dict[str, object], quick: bool) -> None:
             f"open fds {fds[0]} -> {fds[-1]}.",
         ]
     errors = r["relay_errors"]
-    assert isinstance(errors, list)
     if errors:
         lines += ["", "Relay error lines (first 10):", "", "```", *errors[:10], "```"]
     path.write_text("\n".join(lines) + "\n")
@@ -306,15 +481,20 @@ def main() -> int:
     ap.add_argument("--minutes", type=float, default=10.0, help="how long peers write")
     ap.add_argument("--peers", type=int, default=200)
     ap.add_argument("--stores", type=int, default=50)
+    ap.add_argument("--client-procs", type=int, default=4, help="processes the peers run in")
     ap.add_argument("--rate", type=float, default=2.0, help="writes per second per peer")
     ap.add_argument("--sample-every", type=float, default=10.0, help="seconds per window")
     ap.add_argument("--quick", action="store_true", help="20 peers, 5 stores, 20 s")
     ap.add_argument("--output", type=Path, default=Path(__file__).with_name("RESULTS-soak.md"))
+    ap.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.client:
+        trio.run(client)
+        return 0
     args.seconds = args.minutes * 60
     if args.quick:
         args.peers, args.stores, args.seconds, args.sample_every = 20, 5, 20.0, 4.0
-    r = trio.run(soak, args)
+    r = soak(args)
     write_report(args.output, r, args.quick)
     print(args.output.read_text())
     return 0 if r["lost"] == 0 and r["peer_errors"] == 0 else 1

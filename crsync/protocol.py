@@ -51,6 +51,7 @@ class ErrorCode(enum.StrEnum):
     INTERNAL = "internal"
     SHUTTING_DOWN = "shutting_down"
     OVERLOADED = "overloaded"
+    QUOTA_EXCEEDED = "quota_exceeded"  # the store is over its size quota: pushes refused
 
 
 RETRYABLE = frozenset({ErrorCode.INTERNAL, ErrorCode.SHUTTING_DOWN, ErrorCode.OVERLOADED})

@@ -79,6 +79,20 @@ def main() -> None:
     help="Cap on open connections to one store (default 1000); more are refused as overloaded.",
 )
 @click.option(
+    "--max-store-bytes",
+    type=int,
+    default=None,
+    help="Quota per store, database + WAL in bytes (default 0: none); a store over it refuses "
+    "pushes with quota_exceeded (pulls still work).",
+)
+@click.option(
+    "--max-push-cells-per-second",
+    type=float,
+    default=None,
+    help="Push rate per store in changed cells per second (default 0: none); faster pushes "
+    "wait for their acknowledgement, other stores are unaffected.",
+)
+@click.option(
     "--metrics-port",
     type=int,
     default=None,
@@ -146,6 +160,8 @@ def serve(**opts: Any) -> None:
         idle_seconds=float(pick("idle_seconds", 60.0, float)),
         max_connections=int(pick("max_connections", 10_000, int)),
         max_connections_per_store=int(pick("max_connections_per_store", 1_000, int)),
+        max_store_bytes=int(pick("max_store_bytes", 0, int)),
+        max_push_cells_per_second=float(pick("max_push_cells_per_second", 0.0, float)),
         tls_cert=Path(cert) if cert else None,
         tls_key=Path(key) if key else None,
         metrics_host=pick("metrics_host", "127.0.0.1"),

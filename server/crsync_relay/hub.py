@@ -9,6 +9,15 @@ Fan-out does not queue messages per peer: a merged batch advances the store's ``
 the store's sessions; each session sends what it lacks, from a small in-memory ring of recent
 batches when it is current, or from disk when it fell behind. A slow peer therefore costs no
 relay memory; it just reads from disk later.
+
+Per-store limits apply to what peers push (:meth:`Hub.push` with ``limited=True``), not to what
+a store reactor writes: a byte quota (``max_store_bytes``: a store whose database is larger
+refuses further pushes with :class:`QuotaExceeded`, checked under the store's write lock before
+anything is merged; the size is the database's as of its last commit, see
+:meth:`RelayStore.data_bytes`) and a push rate (``max_push_cells_per_second``: a token
+bucket per store holding one second of cells; a push waits for its cells before it is merged and
+acknowledged, so a tenant at its rate is slowed down, never refused, and other stores are not
+affected).
 """
 
 from __future__ import annotations
@@ -45,6 +54,10 @@ class Overloaded(CrsyncError):
     """Too many stores are in use to open another one."""
 
 
+class QuotaExceeded(CrsyncError):
+    """A store is over its byte quota; it accepts no more pushes."""
+
+
 def check_store_id(store: str) -> str:
     """Validate a store id: 1-128 of ``A-Z a-z 0-9 _ . -``, starting alphanumeric.
 
@@ -75,6 +88,8 @@ class StoreHandle:
     changed: trio.Event = attrs.Factory(trio.Event)
     recent: deque[tuple[int, int, list[Change]]] = attrs.Factory(lambda: deque(maxlen=16))
     sessions: int = 0
+    # push rate limit: the time (trio clock) at which the cells pushed so far are paid for
+    paid_until: float = 0.0
 
     def wake(self) -> None:
         """Wake every session waiting for a new head."""
@@ -92,12 +107,17 @@ class Hub:
         max_open: int = 256,
         idle_seconds: float = 60.0,
         metrics: RelayMetrics | None = None,
+        max_store_bytes: int = 0,
+        max_push_cells_per_second: float = 0,
     ) -> None:
-        """Serve the stores in ``data_dir`` (created if missing)."""
+        """Serve the stores in ``data_dir`` (created if missing). ``max_store_bytes`` and
+        ``max_push_cells_per_second``: per-store limits on pushes (0: unlimited)."""
         self.data_dir = data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
         self.max_open = max_open
         self.idle_seconds = idle_seconds
+        self.max_store_bytes = max_store_bytes
+        self.max_push_cells_per_second = max_push_cells_per_second
         self._open: OrderedDict[str, StoreHandle] = OrderedDict()
         self._opening: dict[str, trio.Event] = {}
         self.stats = {"stores_opened": 0, "stores_closed": 0, "merged": 0, "pushes": 0}
@@ -215,14 +235,24 @@ class Hub:
         upto: int,
         changes: Sequence[Change],
         meta: Mapping[str, Any] | None = None,
+        *,
+        limited: bool = False,
     ) -> tuple[int, int]:
         """Merge a peer's unit durably, then wake the store's other sessions and the
         ``push_listeners`` (a store reactor). ``meta``: see :meth:`RelayStore.merge_push`.
+        ``limited``: apply the store's push rate and byte quota (pushes from peers).
 
         Returns:
             ``(head, wins)``.
+
+        Raises:
+            QuotaExceeded: ``limited`` and the store is over its byte quota; nothing merged.
         """
+        if limited and changes:
+            await self._throttle(h, len(changes))
         async with h.write_lock:
+            if limited and changes:
+                await self._check_quota(h)
             base = h.head
             started = time.perf_counter()
             head, wins = await trio.to_thread.run_sync(
@@ -247,6 +277,37 @@ class Hub:
                 for listener in self.push_listeners:
                     listener(h)
         return head, wins
+
+    async def _throttle(self, h: StoreHandle, cells: int) -> None:
+        """Wait until the store's bucket has paid for ``cells`` (one second of burst)."""
+        rate = self.max_push_cells_per_second
+        if rate <= 0:
+            return
+        now = trio.current_time()
+        h.paid_until = max(h.paid_until, now) + cells / rate
+        wait = h.paid_until - now - 1.0
+        if wait > 0:
+            log.debug(
+                "relay.push_throttled store=%s cells=%d wait=%.3f",
+                h.store_id,
+                cells,
+                wait,
+                extra={"store": h.store_id},
+            )
+            await trio.sleep(wait)  # the rate limit itself (a timer, not a synchronisation)
+
+    async def _check_quota(self, h: StoreHandle) -> None:
+        """Raise :class:`QuotaExceeded` if the store is over its byte quota (write lock held)."""
+        limit = self.max_store_bytes
+        if limit <= 0:
+            return
+        size = await trio.to_thread.run_sync(h.writer.data_bytes)
+        if size > limit:
+            raise QuotaExceeded(
+                f"store {h.store_id!r} holds {size} bytes, over its quota of {limit} bytes "
+                "(--max-store-bytes): the relay accepts no more pushes to it until an operator "
+                "raises the quota; nothing of this push was stored, pulls still work"
+            )
 
     async def read(
         self, h: StoreHandle, cursor: int, exclude_site: bytes, max_cells: int

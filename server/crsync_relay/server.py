@@ -48,6 +48,8 @@ class RelayConfig:
     reactor_stores: str | None = None  # comma-separated glob patterns (None: every store)
     max_connections: int = 10_000  # open connections, whole process (refused: overloaded)
     max_connections_per_store: int = 1_000  # open connections per store (refused: overloaded)
+    max_store_bytes: int = 0  # per-store quota, database + WAL (0: none; refused: quota_exceeded)
+    max_push_cells_per_second: float = 0  # per-store push rate (0: none; over it: pushes wait)
 
     def reactor_handler(self) -> Any:
         """The loaded reactor handler (None without ``reactor``)."""
@@ -77,6 +79,10 @@ class RelayConfig:
             raise CrsyncError("--reactor-stores needs --reactor")
         if self.max_connections < 1 or self.max_connections_per_store < 1:
             raise CrsyncError("--max-connections and --max-connections-per-store must be >= 1")
+        if self.max_store_bytes < 0 or self.max_push_cells_per_second < 0:
+            raise CrsyncError(
+                "--max-store-bytes and --max-push-cells-per-second must be >= 0 (0: unlimited)"
+            )
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """Server TLS context, if a certificate is configured."""
@@ -145,6 +151,8 @@ async def run_relay(
         max_open=config.max_open_stores,
         idle_seconds=config.idle_seconds,
         metrics=metrics,
+        max_store_bytes=config.max_store_bytes,
+        max_push_cells_per_second=config.max_push_cells_per_second,
     )
     metrics_server: MetricsServer | None = None
     serving = False

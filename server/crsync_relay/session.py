@@ -17,7 +17,7 @@ from crsync.change import Change
 from crsync.errors import AuthError, InvalidChangeError, ProtocolError
 
 from .auth import verify_token
-from .hub import BadStoreId, Hub, Overloaded, StoreHandle, check_store_id
+from .hub import BadStoreId, Hub, Overloaded, QuotaExceeded, StoreHandle, check_store_id
 
 log = logging.getLogger(__name__)
 
@@ -144,9 +144,15 @@ class Session:
                     continue
                 unit, parts = parts, []
                 try:
-                    head, wins = await self.hub.push(self.handle, self.site, msg.upto, unit)
+                    # Under the store's push rate limit this waits (backpressure: the peer
+                    # waits for its ack) rather than refusing; over its byte quota it refuses.
+                    head, wins = await self.hub.push(
+                        self.handle, self.site, msg.upto, unit, limited=True
+                    )
                 except InvalidChangeError as exc:
                     raise _Closing(p.ErrorCode.INVALID_CHANGES.value, str(exc)) from None
+                except QuotaExceeded as exc:
+                    raise _Closing(p.ErrorCode.QUOTA_EXCEEDED.value, str(exc)) from None
                 self.log.debug(
                     "relay.push store=%s cells=%d wins=%d head=%d",
                     self.hello.store,

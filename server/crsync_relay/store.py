@@ -376,14 +376,31 @@ class RelayStore:
         out = [Change(*r) for r in rows if r[6] != exclude_site]
         return out, upto, complete
 
+    def size_bytes(self) -> int:
+        """Bytes the store's files occupy on disk: the database file plus its WAL."""
+        size = 0
+        for f in (self.path, Path(str(self.path) + "-wal")):
+            try:
+                size += f.stat().st_size
+            except FileNotFoundError:
+                pass
+        return size
+
+    def data_bytes(self) -> int:
+        """Size of the database as of its last commit (page count x page size), whether its
+        pages are in the main file yet or still in the WAL. The WAL file itself is not counted:
+        it holds recent versions of pages (a few MB at most between checkpoints, reused rather
+        than grown), so its size reflects write history, not what the store holds."""
+        pages = self.conn.execute("PRAGMA page_count").fetchone()[0]
+        page_size = self.conn.execute("PRAGMA page_size").fetchone()[0]
+        return int(pages) * int(page_size)
+
     def stats(self) -> dict[str, Any]:
         """Size and activity figures for operators."""
         cells = self.conn.execute("SELECT count(*) FROM relay_cells").fetchone()[0]
         last = self.conn.execute("SELECT max(last_seen) FROM relay_peers").fetchone()[0]
         npeers = self.conn.execute("SELECT count(*) FROM relay_peers").fetchone()[0]
-        size = sum(
-            p.stat().st_size for p in (self.path, Path(str(self.path) + "-wal")) if p.exists()
-        )
+        size = self.size_bytes()
         return {
             "epoch": self.epoch,
             "head": self.head,
