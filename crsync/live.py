@@ -117,12 +117,37 @@ def query_tables(conn: sqlite3.Connection, sql: str, params: Params = ()) -> fro
 
 
 class _Subscriber:
-    """Something the engine feeds: a live query or a change feed."""
+    """Something the engine feeds: a live query or a change feed.
+
+    Holds what both share: the event a reader waits on (replaced after each wake), the error
+    the engine hands over, and the closed flag.
+    """
 
     engine: _Engine | None = None
 
+    def __init__(self) -> None:
+        self._event = trio.Event()
+        self._closed = False
+        self._started = False
+        self._error: BaseException | None = None
+
+    def _wake(self) -> None:
+        self._event.set()
+        self._event = trio.Event()
+
     def _fail(self, exc: BaseException) -> None:
-        raise NotImplementedError
+        self._error = exc
+        self._wake()
+
+    def close(self) -> None:
+        """End the subscription (synchronous form)."""
+        self._closed = True
+        self._wake()
+        self._detach()
+
+    async def aclose(self) -> None:
+        """End the subscription; a pending or later ``__anext__`` stops the iteration."""
+        self.close()
 
     def _detach(self) -> None:
         eng, self.engine = self.engine, None
@@ -140,6 +165,7 @@ class LiveQuery(_Subscriber):
     """
 
     def __init__(self, db: Database, sql: str, params: Params = ()) -> None:
+        super().__init__()
         self._db = db
         self.sql = sql
         self.params = params
@@ -149,12 +175,8 @@ class LiveQuery(_Subscriber):
         """How many times the query ran (the first run included)."""
         self._last: Rows | None = None  # latest result (engine side)
         self._latest: Rows | None = None
-        self._error: BaseException | None = None
         self._version = 0
         self._delivered = 0
-        self._event = trio.Event()
-        self._closed = False
-        self._started = False
 
     def __aiter__(self) -> LiveQuery:
         return self
@@ -185,19 +207,7 @@ class LiveQuery(_Subscriber):
     def _publish(self, rows: Rows) -> None:
         self._latest = rows
         self._version += 1
-        self._event.set()
-        self._event = trio.Event()
-
-    def _fail(self, exc: BaseException) -> None:
-        self._error = exc
-        self._event.set()
-        self._event = trio.Event()
-
-    async def aclose(self) -> None:
-        """End the subscription; a pending or later ``__anext__`` stops the iteration."""
-        self._closed = True
-        self._event.set()
-        self._detach()
+        self._wake()
 
     async def __aenter__(self) -> LiveQuery:
         return self
@@ -227,14 +237,11 @@ class ChangeFeed(_Subscriber):
         tables: Sequence[str] | None = None,
         callback: Callable[[list[RowChange]], None] | None = None,
     ) -> None:
+        super().__init__()
         self._db = db
         self.tables = None if tables is None else frozenset(t.lower() for t in tables)
         self.callback = callback
         self._pending: dict[tuple[str, tuple[SqlValue, ...], bytes], RowChange] = {}
-        self._event = trio.Event()
-        self._closed = False
-        self._started = False
-        self._error: BaseException | None = None
 
     async def start(self) -> None:
         """Subscribe now (``__anext__`` does it on first use); changes after this are seen."""
@@ -274,25 +281,7 @@ class ChangeFeed(_Subscriber):
         for c in mine:
             self._pending.pop((c.table, c.pk, c.site_id), None)
             self._pending[(c.table, c.pk, c.site_id)] = c
-        self._event.set()
-        self._event = trio.Event()
-
-    def _fail(self, exc: BaseException) -> None:
-        self._error = exc
-        self._event.set()
-        self._event = trio.Event()
-
-    async def aclose(self) -> None:
-        """End the subscription."""
-        self._closed = True
-        self._event.set()
-        self._detach()
-
-    def close(self) -> None:
-        """End the subscription (synchronous form, for :meth:`Database.on_change` handles)."""
-        self._closed = True
-        self._event.set()
-        self._detach()
+        self._wake()
 
     async def __aenter__(self) -> ChangeFeed:
         await self.start()

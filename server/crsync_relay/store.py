@@ -312,26 +312,6 @@ class RelayStore:
         st.values = values
         return st
 
-    def _load(self, table: str, pk: bytes) -> RowState:
-        rows = self.conn.execute(
-            "SELECT cid, val, col_version, site_id, cl, seq, version FROM relay_cells "
-            "WHERE tbl = ? AND pk = ?",
-            (table, pk),
-        ).fetchall()
-        if not rows:
-            return RowState()
-        cl = rows[0][4]
-        st = RowState(cl, cl % 2 == 1)
-        values: dict[str, SqlValue] = {}
-        for cid, val, cv, site, _cl, seq, version in rows:
-            if cid == SENTINEL:
-                st.sentinel = (cv, version, site, seq)
-            else:
-                st.cells[cid] = (cv, version, site, seq)
-                values[cid] = val
-        st.values = values
-        return st
-
     # ------------------------------------------------------------------ reads
 
     def changes_since(
