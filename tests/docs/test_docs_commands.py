@@ -208,3 +208,37 @@ def test_mkdocs_build_is_strict_clean(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "index.html").is_file()
+
+
+CLI_REFERENCE = DOCS / "reference" / "cli.md"
+
+
+def undocumented_in_reference(text: str) -> list[str]:
+    """Subcommands without a ``### prog sub`` heading and long options missing from their
+    section of the CLI reference."""
+    missing = []
+    for prog, group in PROGRAMS.items():
+        for name, command in sorted(group.commands.items()):
+            heading = re.search(
+                rf"^### {re.escape(prog)} {re.escape(name)}\b.*?(?=^#{{2,3}} |\Z)",
+                text,
+                re.DOTALL | re.MULTILINE,
+            )
+            if heading is None:
+                missing.append(f"{prog} {name}")
+                continue
+            section = heading.group(0)
+            for param in command.params:
+                for opt in param.opts:
+                    if opt.startswith("--") and f"`{opt}" not in section:
+                        missing.append(f"{prog} {name} {opt}")
+    return missing
+
+
+def test_cli_reference_documents_every_command_and_option() -> None:
+    assert undocumented_in_reference(CLI_REFERENCE.read_text(encoding="utf-8")) == []
+
+
+def test_reference_checker_flags_a_missing_option() -> None:
+    text = CLI_REFERENCE.read_text(encoding="utf-8").replace("`--ttl", "`--tt1")
+    assert "crsync-relay token --ttl" in undocumented_in_reference(text)
