@@ -32,6 +32,23 @@ from .errors import CrsyncError, InvalidChangeError, ProtocolError
 
 PROTOCOL_VERSION = 1
 DEFAULT_MAX_FRAME = 64 * 1024 * 1024
+MAX_HELLO_BYTES = 256 * 1024
+"""Largest ``hello`` frame a relay reads. A hello comes before authentication, so it is capped
+small (a schema of a few thousand column names fits); decoded msgpack takes at most about 64
+bytes of memory per byte of frame, so an unauthenticated frame costs at most ~16 MiB."""
+MAX_ECHO = 100
+"""Longest excerpt of a value received from the other side that errors and logs quote."""
+
+
+def quote(value: object, limit: int = MAX_ECHO) -> str:
+    """``repr(value)`` cut to ``limit`` characters: for error reasons and log lines that quote
+    what the other side sent (never an unbounded copy of an attacker's string)."""
+    if isinstance(value, (str, bytes)) and len(value) > limit:
+        value = value[: limit + 1]  # repr of a huge string would copy all of it first
+    text = repr(value)
+    if len(text) > limit:
+        return text[: limit - 3] + "..."
+    return text
 
 
 class ErrorCode(enum.StrEnum):
@@ -222,7 +239,7 @@ def _bad(reason: str) -> ProtocolError:
 
 def _get(body: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
     if key not in body:
-        raise _bad(f"{body.get('t')!r} message without {key!r}")
+        raise _bad(f"{quote(body.get('t'))} message without {key!r}")
     value = body[key]
     if isinstance(value, bool) and kind is int:
         raise _bad(f"{key!r} must be an integer")
@@ -258,9 +275,9 @@ def _schema(raw: Any) -> dict[str, TableSchema]:
             raise _bad("'schema' entries must map a table name to {pk, columns}")
         pk, cols = s.get("pk"), s.get("columns")
         if not (isinstance(pk, list) and pk and all(isinstance(x, str) for x in pk)):
-            raise _bad(f"schema of {table!r}: 'pk' must be a non-empty list of names")
+            raise _bad(f"schema of {quote(table)}: 'pk' must be a non-empty list of names")
         if not (isinstance(cols, list) and all(isinstance(x, str) for x in cols)):
-            raise _bad(f"schema of {table!r}: 'columns' must be a list of names")
+            raise _bad(f"schema of {quote(table)}: 'columns' must be a list of names")
         out[table] = TableSchema(tuple(pk), tuple(cols))
     return out
 
@@ -335,7 +352,7 @@ def decode(
         return Pong(_version(body, "id"), _version(body, "head"))
     if t == "error":
         return Error(_get(body, "code", str), _get(body, "reason", str))
-    raise ProtocolError(ErrorCode.UNKNOWN_TYPE.value, f"unknown message type {t!r}")
+    raise ProtocolError(ErrorCode.UNKNOWN_TYPE.value, f"unknown message type {quote(t)}")
 
 
 # ---------------------------------------------------------------------------- order rules
@@ -358,8 +375,14 @@ class RelayConnection:
         Raises:
             ProtocolError: the frame is malformed or out of order.
         """
-        msg = decode(data, self.max_frame)
         if self.hello is None:
+            # Before authentication: capped small, checked before any decoding.
+            if not isinstance(data, str) and len(data) > MAX_HELLO_BYTES:
+                raise ProtocolError(
+                    ErrorCode.FRAME_TOO_LARGE.value,
+                    f"the first frame (hello) of {len(data)} bytes exceeds {MAX_HELLO_BYTES}",
+                )
+            msg = decode(data, MAX_HELLO_BYTES)
             if not isinstance(msg, Hello):
                 raise ProtocolError(ErrorCode.UNEXPECTED.value, "the first message must be hello")
             if msg.version != PROTOCOL_VERSION:
@@ -370,6 +393,7 @@ class RelayConnection:
                 )
             self.hello = msg
             return msg
+        msg = decode(data, self.max_frame)
         if not isinstance(msg, _PEER_SENDS):
             raise ProtocolError(ErrorCode.UNEXPECTED.value, f"a peer may not send {msg.TYPE!r} now")
         return msg

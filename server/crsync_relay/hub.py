@@ -35,6 +35,7 @@ import trio
 
 from crsync.change import Change
 from crsync.errors import CrsyncError
+from crsync.protocol import quote
 
 from .metrics import RelayMetrics
 from .store import RelayStore
@@ -66,7 +67,7 @@ def check_store_id(store: str) -> str:
     """
     if not isinstance(store, str) or not STORE_ID_RE.fullmatch(store) or ".." in store:
         raise BadStoreId(
-            f"invalid store id {store!r}: use 1-128 characters from A-Z a-z 0-9 _ . - "
+            f"invalid store id {quote(store)}: use 1-128 characters from A-Z a-z 0-9 _ . - "
             "starting with a letter or digit"
         )
     return store

@@ -16,6 +16,7 @@ import trio
 from websockets.http11 import Request, Response
 from websockets.trio.server import Server, ServerConnection, serve
 
+from crsync import protocol as p
 from crsync.errors import CrsyncError
 
 from .hub import Hub
@@ -213,10 +214,15 @@ async def run_relay(
                         config.port,
                         host=config.host,
                         ssl=config.ssl_context(),
-                        # Frames up to twice the limit are read, so that the protocol can refuse
-                        # an oversized frame with an error frame (frame_too_large); larger ones are
-                        # refused by websockets itself (close code 1009).
-                        max_size=2 * config.max_frame,
+                        # Before authentication only a hello is read: frames over twice its cap
+                        # are refused by websockets itself (close code 1009), smaller oversized
+                        # ones by the protocol (frame_too_large). A session raises the limit to
+                        # twice --max-frame-bytes once its token is checked.
+                        max_size=2 * p.MAX_HELLO_BYTES,
+                        # A --dev relay has no authentication: refuse every browser (web
+                        # pages always send Origin; programs do not), so that a page the
+                        # developer visits cannot read or write local stores.
+                        origins=[None] if config.dev else None,
                         process_request=functools.partial(_health, hub),
                         compression=None,
                     )

@@ -21,6 +21,9 @@ from .hub import BadStoreId, Hub, Overloaded, QuotaExceeded, StoreHandle, check_
 
 log = logging.getLogger(__name__)
 
+OFFLOAD_DECODE_BYTES = 256 * 1024
+"""Frames larger than this are decoded in a worker thread, off the event loop."""
+
 
 @attrs.define
 class ConnectionLimits:
@@ -74,6 +77,8 @@ class RelaySettings:
     batch_cells: int = 5000
     max_unit_cells: int = 2_000_000  # cap on a multi-part push held in memory
     limits: ConnectionLimits = attrs.Factory(ConnectionLimits)
+    # Worker threads decoding large frames at once, for the whole relay.
+    decode_limiter: trio.CapacityLimiter = attrs.Factory(lambda: trio.CapacityLimiter(2))
 
 
 class _Closing(Exception):
@@ -132,7 +137,14 @@ class Session:
         """Handle what the peer sends until it closes."""
         parts: list[Change] = []
         async for raw in self.ws:
-            msg = proto.receive(raw)
+            if len(raw) > OFFLOAD_DECODE_BYTES:
+                # Decoding and validating a large push takes long: do it in a worker thread
+                # so other connections are served meanwhile (a few at a time).
+                msg = await trio.to_thread.run_sync(
+                    proto.receive, raw, limiter=self.settings.decode_limiter
+                )
+            else:
+                msg = proto.receive(raw)
             if isinstance(msg, p.Push):
                 parts.extend(msg.changes)
                 if len(parts) > self.settings.max_unit_cells:
@@ -205,6 +217,10 @@ async def handle_connection(ws: ServerConnection, hub: Hub, settings: RelaySetti
                     p.ErrorCode.FORBIDDEN.value,
                     f"the token does not grant access to store {hello.store!r}",
                 )
+        # Authenticated: from now on frames up to twice the limit are read (so that the protocol
+        # can refuse an oversized one with frame_too_large); before, the server's small
+        # handshake limit applies.
+        ws.protocol.max_message_size = 2 * settings.max_frame
         limits.enter_store(hello.store)
         counted_store = True
         try:
@@ -241,11 +257,13 @@ async def handle_connection(ws: ServerConnection, hub: Hub, settings: RelaySetti
             handle.sessions -= 1
             hub.metrics.connections_active.dec()
     except _Closing as exc:
-        log.warning("relay.refused peer=%s code=%s reason=%s", peer, exc.code, exc.reason)
-        await _send_error(ws, exc.code, exc.reason, hub)
+        reason = _cap(exc.reason)
+        log.warning("relay.refused peer=%s code=%s reason=%s", peer, exc.code, reason)
+        await _send_error(ws, exc.code, reason, hub)
     except ProtocolError as exc:
-        log.warning("relay.protocol_error peer=%s code=%s reason=%s", peer, exc.code, exc.reason)
-        await _send_error(ws, exc.code, exc.reason, hub)
+        reason = _cap(exc.reason)
+        log.warning("relay.protocol_error peer=%s code=%s reason=%s", peer, exc.code, reason)
+        await _send_error(ws, exc.code, reason, hub)
     except TooSlow:
         await _send_error(
             ws, p.ErrorCode.BAD_FRAME.value, "no hello within the handshake timeout", hub
@@ -280,6 +298,13 @@ async def handle_connection(ws: ServerConnection, hub: Hub, settings: RelaySetti
 
 
 TooSlow = trio.TooSlowError
+MAX_REASON = 500
+
+
+def _cap(reason: str) -> str:
+    """An error reason cut to a bounded length for the log and the error frame (reasons quote
+    what peers sent; every quote is already bounded, this bounds their sum)."""
+    return reason if len(reason) <= MAX_REASON else reason[: MAX_REASON - 3] + "..."
 
 
 def describe(handle: StoreHandle) -> dict[str, Any]:

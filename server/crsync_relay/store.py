@@ -26,7 +26,7 @@ from crsync.change import SENTINEL, Change
 from crsync.errors import CrsyncError, InvalidChangeError, PackError
 from crsync.merge_rules import MERGE_VERSION, RowState, apply_change
 from crsync.pack import SqlValue, unpack_pk
-from crsync.protocol import TableSchema
+from crsync.protocol import TableSchema, quote
 
 _DDL = [
     "CREATE TABLE IF NOT EXISTS relay_meta (key TEXT PRIMARY KEY, value)",
@@ -125,7 +125,7 @@ class RelayStore:
                 if pk != list(s.pk):
                     conn.execute("ROLLBACK")
                     return (
-                        f"table {table!r}: primary key is {pk} in this store but {list(s.pk)} "
+                        f"table {quote(table)}: primary key is {pk} in this store but {list(s.pk)} "
                         "on this device; the schemas are incompatible"
                     )
                 cols = set(json.loads(row[1]))
@@ -209,14 +209,16 @@ class RelayStore:
             try:
                 key = unpack_pk(pk)
             except PackError as exc:
-                raise InvalidChangeError(f"table {table!r}: {exc}") from None
+                raise InvalidChangeError(f"table {quote(table)}: {exc}") from None
             if not key or None in key:
-                raise InvalidChangeError(f"table {table!r}: pk {pk.hex()} is empty or has NULL")
+                raise InvalidChangeError(
+                    f"table {quote(table)}: pk {pk.hex()[:64]} is empty or has NULL"
+                )
             # A key devices cannot apply would stop every device of the store on merge.
             n = arity.get(table)
             if n is not None and len(key) != n:
                 raise InvalidChangeError(
-                    f"table {table!r}: pk {pk.hex()} has {len(key)} values, the table's "
+                    f"table {quote(table)}: pk {pk.hex()[:64]} has {len(key)} values, the table's "
                     f"primary key has {n} columns"
                 )
         conn = self.conn
