@@ -29,10 +29,34 @@ class TokenClaims:
     expires: int
 
     def allows(self, store: str) -> bool:
-        """True if the token's scope covers a store id."""
-        return any(
-            s == store or (s.endswith("*") and store.startswith(s[:-1])) for s in self.stores
-        )
+        """True if the token's scope covers a store id (see :func:`scope_allows`)."""
+        return any(scope_allows(s, store) for s in self.stores)
+
+
+SEGMENT_SEPARATOR = "."
+"""Separates the segments of a store id for prefix scopes: ``alice*`` grants ``alice`` and
+``alice.notes``, never ``alice2``, ``alicebob`` or ``alice-evil``."""
+
+
+def scope_allows(scope: str, store: str) -> bool:
+    """Whether one scope of a token grants a store id.
+
+    * ``alice``: exactly ``alice``.
+    * ``*``: every store.
+    * ``alice*`` (the prefix ends with a letter or digit): ``alice`` and the stores under it,
+      ``alice.<anything>``; a prefix never grants a longer name (``alicebob``, ``alice2``,
+      ``alice-evil``), so minting ``user + "*"`` gives each user only their own stores.
+    * ``team-*`` (the prefix ends with ``-``, ``_`` or ``.``): every id that starts with the
+      prefix, as the operator spelled it.
+    """
+    if not scope.endswith("*"):
+        return scope == store
+    prefix = scope[:-1]
+    if not prefix:
+        return True
+    if prefix[-1] in "-_.":
+        return len(store) > len(prefix) and store.startswith(prefix)
+    return store == prefix or store.startswith(prefix + SEGMENT_SEPARATOR)
 
 
 def load_secret(

@@ -188,7 +188,8 @@ def serve(**opts: Any) -> None:
     "stores",
     multiple=True,
     required=True,
-    help="Store id the token grants (repeat; a trailing * matches a prefix).",
+    help="Store id the token grants (repeat; alice* grants alice and alice.<name>; "
+    "team-* every id starting with team-).",
 )
 @click.option("--ttl", type=int, default=86400, show_default=True, help="Validity in seconds.")
 @click.option("--subject", default="", help="Who the token is for (recorded in the token).")

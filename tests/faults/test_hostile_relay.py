@@ -353,3 +353,34 @@ async def _exchange_until_ack(url: str, frames: list[bytes]) -> p.Message:
                 m = p.decode(await ws.recv())
                 if not isinstance(m, p.Welcome):
                     return m
+
+
+PREFIX_SCOPES = [
+    ("alice*", "alice", True),
+    ("alice*", "alice.notes", True),
+    ("alice*", "alice.photos.2026", True),
+    ("alice*", "alice2", False),
+    ("alice*", "alicebob", False),
+    ("alice*", "alice-evil", False),
+    ("alice*", "alice_x", False),
+    ("team-*", "team-red", True),
+    ("team-*", "team", False),
+    ("team-*", "teamx", False),
+    ("*", "anyone", True),
+]
+
+
+async def test_prefix_scopes_grant_whole_segments_only(relay: RelayProcess) -> None:
+    """Security review L4: a token for ``alice*`` must not open (or create) ``alicebob``."""
+    outcomes = {}
+    for scope, store, _ in PREFIX_SCOPES:
+        hello = p.encode(p.Hello(1, store, os.urandom(16), SCHEMA, 0, "", relay.token(scope)))
+        async with ws_connect(relay.url, proxy=None, compression=None) as ws:
+            await ws.send(hello)
+            with trio.fail_after(10):
+                msg = p.decode(await ws.recv())
+        outcomes[(scope, store)] = isinstance(msg, p.Welcome)
+        if not outcomes[(scope, store)]:
+            assert isinstance(msg, p.Error) and msg.code == "forbidden", msg
+            assert not relay.store_path(store).exists()
+    assert outcomes == {(scope, store): ok for scope, store, ok in PREFIX_SCOPES}
