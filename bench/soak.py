@@ -124,6 +124,7 @@ class Relay:
 def running_relay(work: Path) -> Iterator[tuple[Relay, bytes]]:
     secret = work / "secret"
     secret.write_text(secrets.token_urlsafe(48))
+    secret.chmod(0o600)  # the relay refuses a secret others can read
     r = Relay(work / "relay", secret)
     try:
         yield r, secret.read_bytes().strip()

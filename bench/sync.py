@@ -246,6 +246,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="crsync-bench-sync-"))
     secret = secrets.token_urlsafe(48).encode()
     (work / "secret").write_bytes(secret)
+    (work / "secret").chmod(0o600)  # the relay refuses a secret others can read
     from crsync_relay.auth import issue_token
 
     token = issue_token(secret, ["*"], 7200)

@@ -61,6 +61,7 @@ async def sync_once(db: crsync.Database, url: str, token: str, name: str) -> Non
 async def run(workdir: Path) -> bool:
     secret_file = workdir / "relay.secret"
     secret_file.write_text(secrets.token_urlsafe(48))
+    secret_file.chmod(0o600)  # the relay refuses a secret others can read
     os.chmod(secret_file, 0o600)
     from crsync_relay.auth import issue_token
 

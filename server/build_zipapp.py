@@ -53,6 +53,7 @@ RELAY_REQUIREMENTS = (
     "click",
     "pyjwt",
     "prometheus-client",
+    "filelock",
 )
 # Never shipped: only crsync.peer (the device side) imports them.
 EXCLUDED = {"watchfiles", "anyio"}

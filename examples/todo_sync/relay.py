@@ -38,6 +38,7 @@ def local_relay(workdir: Path, store: str = "todos") -> Iterator[LocalRelay]:
     workdir.mkdir(parents=True, exist_ok=True)
     secret_file = workdir / "relay.secret"
     secret_file.write_text(secrets.token_urlsafe(48))
+    secret_file.chmod(0o600)  # the relay refuses a secret others can read
     os.chmod(secret_file, 0o600)
     token = issue_token(secret_file.read_bytes().strip(), [store], 86400, "todo_sync")
     with relay_process(

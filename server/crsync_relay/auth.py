@@ -1,13 +1,15 @@
 """Relay access tokens: HS256 JWTs scoped to store ids, with an expiry.
 
-Claims: ``sub`` (who the token is for, free text), ``stores`` (list of store ids; an entry
-ending in ``*`` matches every store id with that prefix, ``"*"`` alone matches all), ``iat``,
+Claims: ``sub`` (who the token is for, free text), ``stores`` (list of store ids and prefix
+scopes, see :func:`scope_allows`), ``iat``,
 ``exp`` (required). Signed with the relay's secret (at least 32 bytes).
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import stat
 import time
 from pathlib import Path
 
@@ -18,6 +20,8 @@ from crsync.errors import AuthError, CrsyncError
 
 ALGORITHM = "HS256"
 MIN_SECRET_BYTES = 32
+
+log = logging.getLogger(__name__)
 
 
 @attrs.frozen
@@ -59,6 +63,21 @@ def scope_allows(scope: str, store: str) -> bool:
     return store == prefix or store.startswith(prefix + SEGMENT_SEPARATOR)
 
 
+def _check_secret_mode(path: Path) -> None:
+    """Refuse a secret file other users can read (anyone who reads it can mint tokens for every
+    store); warn when its group can. POSIX only: Windows has no such mode bits."""
+    if os.name != "posix":
+        return
+    mode = path.stat().st_mode
+    if mode & stat.S_IROTH:
+        raise CrsyncError(
+            f"the secret file {path} is readable by every user of this machine (mode "
+            f"{stat.S_IMODE(mode):o}), so anyone could mint tokens; run: chmod 600 {path}"
+        )
+    if mode & stat.S_IRGRP:
+        log.warning("relay.secret_file_group_readable path=%s mode=%o", path, stat.S_IMODE(mode))
+
+
 def load_secret(
     secret_file: str | os.PathLike[str] | None, env: dict[str, str] | None = None
 ) -> bytes:
@@ -70,6 +89,7 @@ def load_secret(
     env = dict(os.environ) if env is None else env
     if secret_file is not None:
         try:
+            _check_secret_mode(Path(secret_file))
             secret = Path(secret_file).read_bytes().strip()
         except OSError as exc:
             raise CrsyncError(f"cannot read secret file {secret_file}: {exc.strerror}") from None

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import filelock
 import trio
 
 from crsync.change import Change
@@ -44,6 +45,14 @@ log = logging.getLogger(__name__)
 
 STORE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 STORE_SUFFIX = ".store.sqlite3"
+RELAY_LOCK = ".crsync-relay.lock"
+"""File in the data directory a serving relay holds an OS lock on (one relay per directory;
+``restore`` refuses while it is held)."""
+
+
+def relay_lock(data_dir: Path) -> filelock.BaseFileLock:
+    """The data directory's relay lock (not yet acquired)."""
+    return filelock.FileLock(data_dir / RELAY_LOCK, mode=0o600)
 RECENT_MAX_CELLS = 2000  # largest batch kept in a store's in-memory ring (16 batches at most)
 
 
@@ -114,7 +123,7 @@ class Hub:
         """Serve the stores in ``data_dir`` (created if missing). ``max_store_bytes`` and
         ``max_push_cells_per_second``: per-store limits on pushes (0: unlimited)."""
         self.data_dir = data_dir
-        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # owner-only
         self.max_open = max_open
         self.idle_seconds = idle_seconds
         self.max_store_bytes = max_store_bytes

@@ -59,6 +59,37 @@ class RelayMetrics:
         return generate_latest(self.registry)
 
 
+REQUEST_TIMEOUT = 5.0
+MAX_REQUEST_THREADS = 16
+
+
+class _BoundedHTTPServer(ThreadingHTTPServer):
+    """A threading HTTP server that serves at most ``MAX_REQUEST_THREADS`` requests at once and
+    closes connections beyond that at once (a scrape endpoint needs few)."""
+
+    daemon_threads = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._slots = threading.BoundedSemaphore(MAX_REQUEST_THREADS)
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
 class MetricsServer:
     """``/metrics`` and ``/healthz`` on their own port, in a daemon thread."""
 
@@ -84,12 +115,16 @@ class MetricsServer:
                 self.end_headers()
                 self.wfile.write(body)
 
+            # An idle or trickling client is dropped after this many seconds (it holds a
+            # thread meanwhile).
+            timeout = REQUEST_TIMEOUT
+
             def log_message(self, format: str, *args: Any) -> None:
                 return
 
         self.metrics = metrics
         self.healthy = healthy
-        self.httpd = ThreadingHTTPServer((host, port), Handler)
+        self.httpd = _BoundedHTTPServer((host, port), Handler)
         self.httpd.daemon_threads = True
         self.port: int = self.httpd.server_address[1]
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)

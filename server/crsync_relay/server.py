@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import filelock
 import trio
 from websockets.http11 import Request, Response
 from websockets.trio.server import Server, ServerConnection, serve
@@ -19,7 +20,7 @@ from websockets.trio.server import Server, ServerConnection, serve
 from crsync import protocol as p
 from crsync.errors import CrsyncError
 
-from .hub import Hub
+from .hub import Hub, relay_lock
 from .metrics import MetricsServer, RelayMetrics
 from .session import ConnectionLimits, RelaySettings, handle_connection
 
@@ -68,6 +69,11 @@ class RelayConfig:
             if self.host not in LOOPBACK:
                 raise CrsyncError(
                     f"--dev disables authentication and binds only to loopback, not {self.host}"
+                )
+            if self.metrics_port is not None and self.metrics_host not in LOOPBACK:
+                raise CrsyncError(
+                    "--dev serves metrics only on loopback, not --metrics-host "
+                    f"{self.metrics_host}"
                 )
         elif self.secret is None:
             raise CrsyncError(
@@ -146,6 +152,32 @@ async def run_relay(
     config.check()
     reactor_handler = config.reactor_handler()
     config.max_open_stores = fit_open_files(config.max_open_stores)
+    try:
+        config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # owner-only
+    except OSError as exc:
+        raise CrsyncError(f"cannot create data directory {config.data_dir}: {exc}") from None
+    # One relay per data directory: two processes would each keep their own head, epoch and
+    # ring for the same store files.
+    dir_lock = relay_lock(config.data_dir)
+    try:
+        dir_lock.acquire(timeout=0)
+    except filelock.Timeout:
+        raise CrsyncError(
+            f"another relay serves {config.data_dir} (it holds {dir_lock.lock_file}); "
+            "stop it first, or give this relay its own --data-dir"
+        ) from None
+    try:
+        await _serve(config, reactor_handler, task_status, handle_signals)
+    finally:
+        dir_lock.release()
+
+
+async def _serve(
+    config: RelayConfig,
+    reactor_handler: Any,
+    task_status: trio.TaskStatus[tuple[Server, Hub]],
+    handle_signals: bool,
+) -> None:
     metrics = RelayMetrics()
     hub = Hub(
         config.data_dir,

@@ -13,6 +13,7 @@ per connection object.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 import uuid
@@ -61,6 +62,13 @@ class RelayStore:
         if not create and not path.exists():
             raise CrsyncError(f"no store at {path}")
         self.path = path
+        if create and not path.exists():
+            # Owner-only: stores hold every user's data. SQLite gives its -wal and -shm files
+            # the mode of the database file.
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            except FileExistsError:
+                pass
         self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.conn.execute("PRAGMA busy_timeout = 30000")
         self.conn.execute("PRAGMA journal_mode = WAL")

@@ -43,6 +43,7 @@ def relay_factory(tmp_path: Path) -> Iterator[RelayFactory]:
         if not dev:
             secret_file = tmp_path / f"{name}.secret"
             secret_file.write_text(secrets.token_urlsafe(48))
+            secret_file.chmod(0o600)  # the relay refuses a secret others can read
         r = RelayProcess(data_dir or tmp_path / f"{name}-data", secret_file, tuple(extra_args))
         started.append(r)
         r.start()

@@ -147,6 +147,7 @@ def test_example_config_starts_a_relay_as_written(tmp_path: Path) -> None:
     relay = _relay_table()
     secret = tmp_path / "secret"
     secret.write_text(secrets.token_urlsafe(48))
+    secret.chmod(0o600)
     data_dir = tmp_path / "data"
     args = [sys.executable, "-m", "crsync_relay.cli", "serve", "--config", str(EXAMPLE)]
     args += ["--data-dir", str(data_dir), "--port", "0", "--secret-file", str(secret)]
@@ -167,6 +168,7 @@ def test_example_config_tls_keys_serve_wss_when_uncommented(tmp_path: Path) -> N
     cert.private_key_pem.write_to_path(str(key_path))
     secret = tmp_path / "secret"
     secret.write_text(secrets.token_urlsafe(48))
+    secret.chmod(0o600)
     data_dir = tmp_path / "data"
     # The operator's edit for recipe 2: uncomment the TLS lines and point them at real files;
     # data_dir, port and secret_file are set in the file too (no command-line overrides).
