@@ -14,6 +14,12 @@ SENTINEL = "-1"
 
 I64_MIN = -(1 << 63)
 I64_MAX = (1 << 63) - 1
+MAX_CLOCK = (1 << 53) - 1
+"""Largest ``col_version``, ``cl`` and ``db_version`` crsync accepts in a change (JavaScript's
+``Number.MAX_SAFE_INTEGER``, so browser peers read every clock exactly). Legitimate histories
+never come near it (a cell edited a million times a second for 285 years); a clock above it can
+only come from a bug or an attacker, and would freeze the cell or row for every device, so it
+is refused wherever changes enter: the relay, devices' merges, the decoder."""
 
 
 @attrs.frozen(slots=True)
@@ -57,13 +63,15 @@ class Change:
         )
 
 
-def _check_int(name: str, v: object, minimum: int, index: int) -> int:
+def _check_int(name: str, v: object, minimum: int, index: int, maximum: int = I64_MAX) -> int:
     if type(v) is not int:
         raise InvalidChangeError(
             f"change #{index}: {name} must be an integer, got {type(v).__name__}"
         )
-    if not minimum <= v <= I64_MAX:
-        raise InvalidChangeError(f"change #{index}: {name} = {v} is out of range")
+    if not minimum <= v <= maximum:
+        raise InvalidChangeError(
+            f"change #{index}: {name} = {v} is out of range ({minimum}..{maximum})"
+        )
     return v
 
 
@@ -104,9 +112,9 @@ def validate_change(c: object, index: int = 0) -> Change:
         raise InvalidChangeError(f"change #{index}: integer val does not fit in 64 bits")
     if isinstance(val, float) and val != val:
         raise InvalidChangeError(f"change #{index}: val is NaN, which SQLite cannot store")
-    _check_int("col_version", col_version, 0, index)
-    _check_int("db_version", db_version, 0, index)
-    _check_int("cl", cl, 1, index)
+    _check_int("col_version", col_version, 0, index, MAX_CLOCK)
+    _check_int("db_version", db_version, 0, index, MAX_CLOCK)
+    _check_int("cl", cl, 1, index, MAX_CLOCK)
     _check_int("seq", seq, 0, index)
     if isinstance(site_id, bytearray | memoryview):
         site_id = bytes(site_id)
@@ -131,9 +139,9 @@ def _well_formed(c: Change) -> bool:
         and type(c.db_version) is int
         and type(c.cl) is int
         and type(c.seq) is int
-        and 0 <= c.col_version <= I64_MAX
-        and 0 <= c.db_version <= I64_MAX
-        and 1 <= c.cl <= I64_MAX
+        and 0 <= c.col_version <= MAX_CLOCK
+        and 0 <= c.db_version <= MAX_CLOCK
+        and 1 <= c.cl <= MAX_CLOCK
         and 0 <= c.seq <= I64_MAX
         and c.table != ""
         and c.cid != ""

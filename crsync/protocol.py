@@ -377,12 +377,13 @@ class RelayConnection:
         """
         if self.hello is None:
             # Before authentication: capped small, checked before any decoding.
-            if not isinstance(data, str) and len(data) > MAX_HELLO_BYTES:
+            cap = min(MAX_HELLO_BYTES, self.max_frame)
+            if not isinstance(data, str) and len(data) > cap:
                 raise ProtocolError(
                     ErrorCode.FRAME_TOO_LARGE.value,
-                    f"the first frame (hello) of {len(data)} bytes exceeds {MAX_HELLO_BYTES}",
+                    f"the first frame (hello) of {len(data)} bytes exceeds {cap}",
                 )
-            msg = decode(data, MAX_HELLO_BYTES)
+            msg = decode(data, cap)
             if not isinstance(msg, Hello):
                 raise ProtocolError(ErrorCode.UNEXPECTED.value, "the first message must be hello")
             if msg.version != PROTOCOL_VERSION:

@@ -38,7 +38,7 @@ from typing import Any
 import attrs
 import trio
 
-from crsync.change import SENTINEL, Change, validate_changes
+from crsync.change import MAX_CLOCK, SENTINEL, Change, validate_changes
 from crsync.errors import CrsyncError
 from crsync.pack import SqlValue, pack_pk, unpack_pk
 
@@ -120,6 +120,15 @@ class StoreRow:
         return self.cl % 2 == 1
 
 
+def _next_cl(table: str, key: tuple[SqlValue, ...], cl: int) -> int:
+    if cl + 1 > MAX_CLOCK:
+        raise CrsyncError(
+            f"table {table!r}, key {key!r}: the row's causal length is at the clock bound "
+            f"{MAX_CLOCK}; it cannot be deleted or re-created"
+        )
+    return cl + 1
+
+
 class ReactorBatch:
     """What a reactor handler gets: the new changes of one store and a way to answer them."""
 
@@ -181,12 +190,14 @@ class ReactorBatch:
         if cur is None:
             cur = StoreRow(table, key, 1, {}, {})
         elif not cur.alive:
-            cur = StoreRow(table, key, cur.cl + 1, {}, {})
+            cur = StoreRow(table, key, _next_cl(table, key, cur.cl), {}, {})
             self._add(table, blob, SENTINEL, None, cur.cl, cur.cl)
         for col, val in values.items():
             if col == SENTINEL:
                 raise CrsyncError("column name '-1' is reserved")
-            cv = cur.versions.get(col, 0) + 1
+            # Saturates at the clock bound (a clock there can only have been forged): the
+            # reactor's write then ties and the value decides, instead of an unsendable clock.
+            cv = min(cur.versions.get(col, 0) + 1, MAX_CLOCK)
             cur.versions[col] = cv
             cur.values[col] = val
             self._add(table, blob, col, val, cv, cur.cl)
@@ -199,7 +210,7 @@ class ReactorBatch:
         cur = await self.row(table, key)
         if cur is None or not cur.alive:
             return
-        cl = cur.cl + 1
+        cl = _next_cl(table, key, cur.cl)
         self._add(table, blob, SENTINEL, None, cl, cl)
         self._own[(table, blob)] = StoreRow(table, key, cl, {}, {})
 

@@ -250,7 +250,7 @@ async def _serve(
                         # are refused by websockets itself (close code 1009), smaller oversized
                         # ones by the protocol (frame_too_large). A session raises the limit to
                         # twice --max-frame-bytes once its token is checked.
-                        max_size=2 * p.MAX_HELLO_BYTES,
+                        max_size=2 * min(p.MAX_HELLO_BYTES, config.max_frame),
                         # A --dev relay has no authentication: refuse every browser (web
                         # pages always send Origin; programs do not), so that a page the
                         # developer visits cannot read or write local stores.

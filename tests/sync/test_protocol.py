@@ -6,6 +6,7 @@ import math
 import struct
 from typing import Any
 
+import attrs
 import msgpack
 import pytest
 from hypothesis import given, settings
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 
 from crsync import Change, ProtocolError, pack_pk
 from crsync import protocol as p
+from crsync.change import MAX_CLOCK
 from crsync.errors import AuthError, SchemaMismatchError
 
 SITE = bytes(range(16))
@@ -114,10 +116,24 @@ def test_change_values_keep_type_and_bits(val: Any) -> None:
 
 
 def test_int64_extremes_in_every_integer_field_round_trip() -> None:
-    c = Change("t", pack_pk([I64_MIN, I64_MAX]), "c", I64_MIN, I64_MAX, I64_MAX, SITE, I64_MAX, 0)
+    c = Change(
+        "t", pack_pk([I64_MIN, I64_MAX]), "c", I64_MIN, MAX_CLOCK, MAX_CLOCK, SITE, MAX_CLOCK,
+        I64_MAX,
+    )
     out = p.decode(p.encode(p.Changes(0, I64_MAX, [c])))
     assert isinstance(out, p.Changes)
     assert out.changes == [c]
+
+
+@pytest.mark.parametrize("field", ["col_version", "db_version", "cl"])
+def test_clocks_above_the_bound_are_invalid_changes(field: str) -> None:
+    """Security review H3: a clock of 2^63-1 would freeze a cell or row for every device."""
+    good = Change("t", pack_pk(["k"]), "c", 1, 1, 1, SITE, 1, 0)
+    for bad in (MAX_CLOCK + 1, MAX_CLOCK + 2, I64_MAX):
+        forged = attrs.evolve(good, **{field: bad})
+        with pytest.raises(ProtocolError) as info:
+            p.decode(p.encode(p.Push(1, 0, 1, [forged])))
+        assert info.value.code == "invalid_changes" and field in str(info.value)
 
 
 @given(
@@ -260,6 +276,8 @@ GOOD_ROW: list[Any] = ["t", pack_pk([1]), "c", 1, 1, 1, SITE, 1, 0]
         [*GOOD_ROW[:3], math.nan, *GOOD_ROW[4:]],
         [*GOOD_ROW[:3], msgpack.ExtType(5, b"x"), *GOOD_ROW[4:]],
         [*GOOD_ROW[:3], 1 << 63, *GOOD_ROW[4:]],
+        [*GOOD_ROW[:4], 1 << 53, *GOOD_ROW[5:]],
+        [*GOOD_ROW[:7], 1 << 53, GOOD_ROW[8]],
     ],
     ids=repr,
 )
