@@ -22,6 +22,7 @@ affected).
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
@@ -250,7 +251,8 @@ class Hub:
     ) -> tuple[int, int]:
         """Merge a peer's unit durably, then wake the store's other sessions and the
         ``push_listeners`` (a store reactor). ``meta``: see :meth:`RelayStore.merge_push`.
-        ``limited``: apply the store's push rate and byte quota (pushes from peers).
+        ``limited``: a push from a peer: apply the store's push rate and byte quota, and accept
+        only changes of tables and columns announced in a hello.
 
         Returns:
             ``(head, wins)``.
@@ -266,7 +268,9 @@ class Hub:
             base = h.head
             started = time.perf_counter()
             head, wins = await trio.to_thread.run_sync(
-                h.writer.merge_push, site, upto, changes, meta
+                functools.partial(
+                    h.writer.merge_push, site, upto, changes, meta, announced_only=limited
+                )
             )
             self.metrics.merge_seconds.observe(time.perf_counter() - started)
             self.metrics.changes_received.inc(len(changes))

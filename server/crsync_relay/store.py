@@ -194,10 +194,19 @@ class RelayStore:
         upto: int,
         changes: Sequence[Change],
         meta: Mapping[str, Any] | None = None,
+        *,
+        announced_only: bool = False,
     ) -> tuple[int, int]:
         """Merge a pushed unit (whole transactions) and record the peer's pushed position.
 
         ``meta``: ``relay_meta`` entries to set in the same transaction (a reactor's cursor).
+        ``announced_only``: refuse changes of tables or columns no hello announced (pushes
+        from peers: an honest device announces every table it pushes).
+
+        Every key is checked the way devices will apply it: no NULL, no NaN, text that is
+        valid UTF-8 (no lone surrogates), and the arity of the table's announced key. A change
+        that fails is refused with the whole unit (nothing stored): what the relay accepts,
+        devices can apply.
 
         Durable when it returns (WAL, synchronous=FULL).
 
@@ -212,7 +221,21 @@ class RelayStore:
             if len(c.table.encode()) > MAX_NAME or len(c.cid.encode()) > MAX_NAME:
                 raise InvalidChangeError(f"change #{i}: name longer than {MAX_NAME} bytes")
             groups.setdefault((c.table, c.pk), []).append(c)
-        arity = {t: len(s.pk) for t, s in self.schema().items()}
+        schema = self.schema()
+        arity = {t: len(s.pk) for t, s in schema.items()}
+        if announced_only:
+            for i, c in enumerate(changes):
+                ts = schema.get(c.table)
+                if ts is None:
+                    raise InvalidChangeError(
+                        f"change #{i}: table {quote(c.table)} was not announced in a hello; "
+                        "a device announces every table it pushes"
+                    )
+                if c.cid != SENTINEL and c.cid not in ts.columns:
+                    raise InvalidChangeError(
+                        f"change #{i}: table {quote(c.table)} has no announced column "
+                        f"{quote(c.cid)}"
+                    )
         for table, pk in groups:
             try:
                 key = unpack_pk(pk)
@@ -222,6 +245,20 @@ class RelayStore:
                 raise InvalidChangeError(
                     f"table {quote(table)}: pk {pk.hex()[:64]} is empty or has NULL"
                 )
+            for v in key:
+                if isinstance(v, float) and v != v:
+                    raise InvalidChangeError(
+                        f"table {quote(table)}: pk {pk.hex()[:64]} holds NaN, which SQLite "
+                        "stores as NULL"
+                    )
+                if isinstance(v, str):
+                    try:
+                        v.encode("utf-8")
+                    except UnicodeEncodeError:
+                        raise InvalidChangeError(
+                            f"table {quote(table)}: pk {pk.hex()[:64]} holds text that is not "
+                            "valid UTF-8"
+                        ) from None
             # A key devices cannot apply would stop every device of the store on merge.
             n = arity.get(table)
             if n is not None and len(key) != n:

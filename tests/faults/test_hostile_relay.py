@@ -7,6 +7,7 @@ every store file intact, and never let a client read or write a store its token 
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import sqlite3
@@ -322,8 +323,9 @@ async def test_no_message_type_reads_or_writes_a_store_without_a_valid_token_for
 async def test_names_crafted_for_sql_injection_are_only_data(
     relay: RelayProcess, tmp_path: Path
 ) -> None:
-    """A client pushes changes whose table and column names are SQL: the relay stores them as
-    data, devices keep them aside (unknown table/column) and execute nothing."""
+    """A client pushes changes whose table and column names are SQL. Names that no hello
+    announced are refused at push (nothing stored); names announced in a hello are stored as
+    data and devices keep them aside (unknown table/column), executing nothing."""
     token = relay.token("inj")
     site = os.urandom(16)
     evil = [
@@ -332,6 +334,18 @@ async def test_names_crafted_for_sql_injection_are_only_data(
         Change("sqlite_master", pack_pk(["1"]), "sql", "x", 1, 1, site, 1, 0),
     ]
     hello = p.encode(p.Hello(1, "inj", site, SCHEMA, 0, "", token))
+    for change in evil:
+        got = await _exchange_until_ack(relay.url, [hello, p.encode(p.Push(1, 0, 1, [change]))])
+        assert isinstance(got, p.Error) and got.code == "invalid_changes", got
+        assert "announced" in got.reason
+    announced = {
+        'todos"; DROP TABLE todos; --': p.TableSchema(("id",), ("title",)),
+        "todos": p.TableSchema(
+            ("id",), ("data", "done", "title", 'title" = 1; DROP TABLE todos; --')
+        ),
+        "sqlite_master": p.TableSchema(("id",), ("sql",)),
+    }
+    hello = p.encode(p.Hello(1, "inj", site, announced, 0, "", token))
     got = await _exchange_until_ack(relay.url, [hello, p.encode(p.Push(1, 0, 1, evil))])
     assert isinstance(got, p.Ack)
     d = open_db(tmp_path / "d.db")
@@ -342,6 +356,36 @@ async def test_names_crafted_for_sql_injection_are_only_data(
             assert pd.state is not PeerState.ERROR
     assert rows(d) == [("1", "mine", 0, None)]
     assert d.pending_count() == 3
+
+
+POISON_KEYS = {
+    "nan-key": ("todos", pack_pk([math.nan])),
+    "lone-surrogate-key": ("todos", b"\x01\x0b\x03\xed\xa0\x80"),
+    "wrong-arity": ("todos", pack_pk(["a", "b"])),
+    "unannounced-table": ("ghost", pack_pk(["a"])),
+}
+
+
+@pytest.mark.parametrize("case", sorted(POISON_KEYS))
+async def test_keys_no_device_can_apply_are_refused_at_push(
+    relay: RelayProcess, tmp_path: Path, case: str
+) -> None:
+    """Security review H2: the relay acknowledged keys no device could merge, stopping every
+    device of the store. They are refused at push, nothing is stored, devices keep syncing."""
+    table, pk = POISON_KEYS[case]
+    token = relay.token("pills")
+    site = os.urandom(16)
+    hello = p.encode(p.Hello(1, "pills", site, SCHEMA, 0, "", token))
+    poison = Change(table, pk, "title", "x", 1, 1, site, 1, 0)
+    got = await _exchange_until_ack(relay.url, [hello, p.encode(p.Push(1, 0, 1, [poison]))])
+    assert isinstance(got, p.Error) and got.code == "invalid_changes", got
+    d = open_db(tmp_path / "d.db")
+    d.conn.execute("INSERT INTO todos (id, title) VALUES ('1', 'mine')")
+    with trio.fail_after(30):
+        async with Peer(d, relay.url, store="pills", token=token, **OPTS) as pd:
+            await pd.wait_synced()
+            assert pd.state is not PeerState.ERROR
+            assert pd.relay_head == 1  # only the device's own row is in the store
 
 
 async def _exchange_until_ack(url: str, frames: list[bytes]) -> p.Message:
