@@ -69,6 +69,7 @@ class ErrorCode(enum.StrEnum):
     SHUTTING_DOWN = "shutting_down"
     OVERLOADED = "overloaded"
     QUOTA_EXCEEDED = "quota_exceeded"  # the store is over its size quota: pushes refused
+    SITE_FORBIDDEN = "site_forbidden"  # the site id is bound to another device's site key
 
 
 RETRYABLE = frozenset({ErrorCode.INTERNAL, ErrorCode.SHUTTING_DOWN, ErrorCode.OVERLOADED})
@@ -96,6 +97,9 @@ class Hello:
     cursor: int  # last relay version merged (under ``epoch``), 0 for none
     epoch: str  # relay store epoch the cursor belongs to, "" for none
     token: str | None
+    # A secret the device keeps beside its site id: the relay binds the site id to it on first
+    # use, so no other client can speak for this site (None: an older client, not bound).
+    site_key: bytes | None = None
 
 
 @attrs.frozen
@@ -200,6 +204,8 @@ def encode(msg: Message) -> bytes:
             epoch=msg.epoch,
             token=msg.token,
         )
+        if msg.site_key is not None:
+            body["site_key"] = msg.site_key
     elif isinstance(msg, Welcome):
         body.update(v=msg.version, epoch=msg.epoch, head=msg.head, acked=msg.acked)
     elif isinstance(msg, Push):
@@ -311,6 +317,11 @@ def decode(
         site = _get(body, "site", bytes)
         if len(site) != 16:
             raise _bad("'site' must be 16 bytes")
+        site_key = body.get("site_key")
+        if site_key is not None and (
+            not isinstance(site_key, bytes) or not 16 <= len(site_key) <= 64
+        ):
+            raise _bad("'site_key' must be 16 to 64 bytes")
         return Hello(
             version=_version(body, "v"),
             store=_get(body, "store", str),
@@ -319,6 +330,7 @@ def decode(
             cursor=_version(body, "cursor"),
             epoch=_get(body, "epoch", str),
             token=token,
+            site_key=site_key,
         )
     if t == "welcome":
         return Welcome(

@@ -97,7 +97,10 @@ class StoreHandle:
     users: int = 0
     last_used: float = attrs.Factory(time.monotonic)
     changed: trio.Event = attrs.Factory(trio.Event)
-    recent: deque[tuple[int, int, list[Change]]] = attrs.Factory(lambda: deque(maxlen=16))
+    # (base, head, changes, pushing site): one push each
+    recent: deque[tuple[int, int, list[Change], bytes]] = attrs.Factory(
+        lambda: deque(maxlen=16)
+    )
     sessions: int = 0
     # push rate limit: the time (trio clock) at which the cells pushed so far are paid for
     paid_until: float = 0.0
@@ -284,7 +287,7 @@ class Hub:
                         h.writer.changes_since, base, None, RECENT_MAX_CELLS
                     )
                     if complete and upto_read == head:
-                        h.recent.append((base, head, batch))
+                        h.recent.append((base, head, batch, site))
                 h.head = head
                 self.stats["merged"] += wins
                 h.wake()
@@ -327,9 +330,10 @@ class Hub:
         self, h: StoreHandle, cursor: int, exclude_site: bytes, max_cells: int
     ) -> tuple[list[Change], int, bool]:
         """What a session at ``cursor`` lacks: from the recent ring if possible, else disk."""
-        for base, upto, batch in h.recent:
+        for base, upto, batch, via in h.recent:
             if base == cursor:
-                return [c for c in batch if c.site_id != exclude_site], upto, upto >= h.head
+                # One push: every cell came through one connection.
+                return ([] if via == exclude_site else batch), upto, upto >= h.head
         async with h.read_lock:
             return await trio.to_thread.run_sync(
                 h.reader.changes_since, cursor, exclude_site, max_cells

@@ -228,6 +228,16 @@ async def handle_connection(ws: ServerConnection, hub: Hub, settings: RelaySetti
         except Overloaded as exc:
             raise _Closing(p.ErrorCode.OVERLOADED.value, str(exc)) from None
         async with handle.write_lock:
+            if hello.site == await trio.to_thread.run_sync(handle.writer.relay_site):
+                raise _Closing(
+                    p.ErrorCode.FORBIDDEN.value,
+                    "this site id is the relay's own (its reactor's); a device cannot use it",
+                )
+            claim = await trio.to_thread.run_sync(
+                handle.writer.bind_site, hello.site, hello.site_key
+            )
+            if claim is not None:
+                raise _Closing(p.ErrorCode.SITE_FORBIDDEN.value, claim)
             problem = await trio.to_thread.run_sync(handle.writer.check_schema, dict(hello.schema))
             position = await trio.to_thread.run_sync(handle.writer.peer, hello.site)
         if problem is not None:

@@ -12,6 +12,8 @@ per connection object.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import sqlite3
@@ -33,15 +35,24 @@ _DDL = [
     "CREATE TABLE IF NOT EXISTS relay_meta (key TEXT PRIMARY KEY, value)",
     "CREATE TABLE IF NOT EXISTS relay_cells (tbl TEXT NOT NULL, pk BLOB NOT NULL, "
     "cid TEXT NOT NULL, val, col_version INTEGER NOT NULL, site_id BLOB NOT NULL, "
-    "cl INTEGER NOT NULL, seq INTEGER NOT NULL, version INTEGER NOT NULL, "
+    "cl INTEGER NOT NULL, seq INTEGER NOT NULL, version INTEGER NOT NULL, via BLOB, "
     "PRIMARY KEY (tbl, pk, cid)) WITHOUT ROWID",
     "CREATE INDEX IF NOT EXISTS relay_cells_version ON relay_cells (version)",
     "CREATE TABLE IF NOT EXISTS relay_peers (site_id BLOB PRIMARY KEY, pushed_upto INTEGER "
-    "NOT NULL DEFAULT 0, received_upto INTEGER NOT NULL DEFAULT 0, last_seen REAL)",
+    "NOT NULL DEFAULT 0, received_upto INTEGER NOT NULL DEFAULT 0, last_seen REAL, "
+    "key_hash BLOB)",
     "CREATE TABLE IF NOT EXISTS relay_schema (tbl TEXT PRIMARY KEY, pk TEXT NOT NULL, "
     "columns TEXT NOT NULL)",
 ]
 MAX_NAME = 2048
+# Columns added after the first release: (table, column, declaration), added to older files.
+_ADDED_COLUMNS = [
+    # The site of the connection that pushed the cell (the author field is only a claim):
+    # broadcasts skip a cell for the connection that pushed it, never for its claimed author.
+    ("relay_cells", "via", "BLOB"),
+    # sha256 of the site key a site id is bound to (None: not bound, an older client).
+    ("relay_peers", "key_hash", "BLOB"),
+]
 
 
 @attrs.frozen
@@ -79,6 +90,10 @@ class RelayStore:
         try:
             for stmt in _DDL:
                 self.conn.execute(stmt)
+            for table, column, decl in _ADDED_COLUMNS:
+                have = {r[1] for r in self.conn.execute(f"PRAGMA table_info({table})")}
+                if column not in have:
+                    self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
             self.conn.execute(
                 "INSERT OR IGNORE INTO relay_meta VALUES ('epoch', ?)", (uuid.uuid4().hex,)
             )
@@ -168,6 +183,53 @@ class RelayStore:
             return PeerPosition(site_id, 0, 0, None)
         return PeerPosition(site_id, row[0], row[1], row[2])
 
+    def relay_site(self) -> bytes | None:
+        """The site id this store's reactor writes under (None until a reactor ran)."""
+        site = self._meta("relay_site")
+        return None if site is None else bytes(site)
+
+    def bind_site(self, site_id: bytes, site_key: bytes | None) -> str | None:
+        """Check a hello's claim to speak for ``site_id``; bind the site to its key on first use.
+
+        Returns:
+            None if the claim holds (or the site is not bound and no key is given: an older
+            client), else why it does not.
+        """
+        digest = None if site_key is None else hashlib.sha256(site_key).digest()
+        conn = self.conn
+        row = conn.execute(
+            "SELECT key_hash FROM relay_peers WHERE site_id = ?", (site_id,)
+        ).fetchone()
+        bound = None if row is None else row[0]
+        if bound is not None:
+            if digest is None or not hmac.compare_digest(bound, digest):
+                return (
+                    f"site id {site_id.hex()} is bound to another device's key; a device "
+                    "speaks only for its own site (a copied database gets a new site id: "
+                    "crsync reset-site)"
+                )
+            return None
+        if digest is not None:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute(
+                    "INSERT INTO relay_peers (site_id, key_hash) VALUES (?, ?) ON CONFLICT "
+                    "(site_id) DO UPDATE SET key_hash = excluded.key_hash "
+                    "WHERE key_hash IS NULL",
+                    (site_id, digest),
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            again = conn.execute(
+                "SELECT key_hash FROM relay_peers WHERE site_id = ?", (site_id,)
+            ).fetchone()[0]
+            if not hmac.compare_digest(again, digest):  # another connection bound it first
+                return f"site id {site_id.hex()} is bound to another device's key"
+        return None
+
     def peers(self) -> list[PeerPosition]:
         """Every peer the store has seen."""
         return [
@@ -224,7 +286,13 @@ class RelayStore:
         schema = self.schema()
         arity = {t: len(s.pk) for t, s in schema.items()}
         if announced_only:
+            reserved = self._meta("relay_site")
             for i, c in enumerate(changes):
+                if reserved is not None and c.site_id == reserved:
+                    raise InvalidChangeError(
+                        f"change #{i}: site id {c.site_id.hex()} is the relay's own (its "
+                        "reactor's); a device cannot write under it"
+                    )
                 ts = schema.get(c.table)
                 if ts is None:
                     raise InvalidChangeError(
@@ -274,7 +342,7 @@ class RelayStore:
             wins = 0
             rows_out: list[tuple[Any, ...]] = []
             dead: list[tuple[str, bytes]] = []
-            states = self._load_many(list(groups))
+            states, via_of = self._load_many(list(groups))
             for (table, pk), group in groups.items():
                 st = states.get((table, pk)) or RowState()
                 for c in group:
@@ -298,17 +366,21 @@ class RelayStore:
                             st.cl,
                             clock[3],
                             dbv,
+                            site_id if dbv == version else via_of.get((table, pk, cid)),
                         )
                     )
                 if st.sentinel is not None:
                     s = st.sentinel
                     dbv = version if s[1] == MERGE_VERSION else s[1]
-                    rows_out.append((table, pk, SENTINEL, None, st.cl, s[2], st.cl, s[3], dbv))
+                    via = site_id if dbv == version else via_of.get((table, pk, SENTINEL))
+                    rows_out.append(
+                        (table, pk, SENTINEL, None, st.cl, s[2], st.cl, s[3], dbv, via)
+                    )
             if dead:
                 conn.executemany("DELETE FROM relay_cells WHERE tbl = ? AND pk = ?", dead)
                 conn.executemany(
                     "INSERT INTO relay_cells (tbl, pk, cid, val, col_version, site_id, cl, seq, "
-                    "version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "version, via) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     rows_out,
                 )
                 conn.execute("UPDATE relay_meta SET value = ? WHERE key = 'head'", (version,))
@@ -328,8 +400,12 @@ class RelayStore:
                 conn.execute("ROLLBACK")
             raise
 
-    def _load_many(self, keys: list[tuple[str, bytes]]) -> dict[tuple[str, bytes], RowState]:
-        """Current state of many rows, read in chunks (one query per 400 rows of a table)."""
+    def _load_many(
+        self, keys: list[tuple[str, bytes]]
+    ) -> tuple[dict[tuple[str, bytes], RowState], dict[tuple[str, bytes, str], bytes | None]]:
+        """Current state of many rows, read in chunks (one query per 400 rows of a table),
+        and the pushing site of each of their cells."""
+        via_of: dict[tuple[str, bytes, str], bytes | None] = {}
         by_table: dict[str, list[bytes]] = {}
         for table, pk in keys:
             by_table.setdefault(table, []).append(pk)
@@ -338,12 +414,13 @@ class RelayStore:
             for i in range(0, len(pks), 400):
                 chunk = pks[i : i + 400]
                 for row in self.conn.execute(
-                    "SELECT pk, cid, val, col_version, site_id, cl, seq, version FROM relay_cells "
-                    f"WHERE tbl = ? AND pk IN ({', '.join('?' * len(chunk))})",
+                    "SELECT pk, cid, val, col_version, site_id, cl, seq, version, via "
+                    f"FROM relay_cells WHERE tbl = ? AND pk IN ({', '.join('?' * len(chunk))})",
                     (table, *chunk),
                 ):
-                    rows_of.setdefault((table, row[0]), []).append(row[1:])
-        return {key: self._state(rows) for key, rows in rows_of.items()}
+                    rows_of.setdefault((table, row[0]), []).append(row[1:8])
+                    via_of[(table, row[0], row[1])] = row[8]
+        return {key: self._state(rows) for key, rows in rows_of.items()}, via_of
 
     @staticmethod
     def _state(rows: list[tuple[Any, ...]]) -> RowState:
@@ -364,7 +441,9 @@ class RelayStore:
     def changes_since(
         self, cursor: int, exclude_site: bytes | None, max_cells: int = 5000
     ) -> tuple[list[Change], int, bool]:
-        """Changes of relay versions after ``cursor``, whole versions at a time.
+        """Changes of relay versions after ``cursor``, whole versions at a time, leaving out
+        the cells ``exclude_site``'s connections pushed (whatever author they claim; cells
+        stored before the pushing site was recorded fall back to their author).
 
         Returns:
             ``(changes, upto, complete)``: ``upto`` is the last version fully included;
@@ -377,9 +456,9 @@ class RelayStore:
             if cursor >= head:
                 return [], head, True
             rows = conn.execute(
-                "SELECT tbl, pk, cid, val, col_version, version, site_id, cl, seq "
-                "FROM relay_cells WHERE version > ? AND version <= ? ORDER BY version, seq "
-                "LIMIT ?",
+                "SELECT tbl, pk, cid, val, col_version, version, site_id, cl, seq, "
+                "coalesce(via, site_id) FROM relay_cells WHERE version > ? AND version <= ? "
+                "ORDER BY version, seq LIMIT ?",
                 (cursor, head, max_cells + 1),
             ).fetchall()
             if len(rows) > max_cells:
@@ -391,8 +470,8 @@ class RelayStore:
                     rows, upto, complete = keep, keep[-1][5], False
                 else:
                     rows = conn.execute(
-                        "SELECT tbl, pk, cid, val, col_version, version, site_id, cl, seq "
-                        "FROM relay_cells WHERE version = ? ORDER BY seq",
+                        "SELECT tbl, pk, cid, val, col_version, version, site_id, cl, seq, "
+                        "coalesce(via, site_id) FROM relay_cells WHERE version = ? ORDER BY seq",
                         (last,),
                     ).fetchall()
                     upto, complete = last, last == head
@@ -400,7 +479,7 @@ class RelayStore:
                 upto, complete = head, True
         finally:
             conn.execute("COMMIT")
-        out = [Change(*r) for r in rows if r[6] != exclude_site]
+        out = [Change(*r[:9]) for r in rows if r[9] != exclude_site]
         return out, upto, complete
 
     def size_bytes(self) -> int:

@@ -157,3 +157,42 @@ def test_reactor_option_errors_are_clear(tmp_path: Path) -> None:
     assert r.exit_code == 2 and "must be an async function" in r.output
     with pytest.raises(crsync.CrsyncError, match="module:object"):
         RelayConfig(data_dir=tmp_path, dev=True, reactor="nocolon").reactor_handler()
+
+
+async def test_devices_cannot_write_or_connect_as_the_reactors_site(tmp_path: Path) -> None:
+    """Security review M1: a peer claiming the relay's own site id could hide rows from the
+    reactor and forge "server-computed" answers. Both the hello and the changes are refused."""
+    import os
+
+    from websockets.trio.client import connect as ws_connect
+
+    from crsync import Change, pack_pk
+    from crsync import protocol as p
+
+    a = device(tmp_path / "a.db")
+    schema = {"requests": p.TableSchema(("id",), ("answer", "question"))}
+    with trio.fail_after(LIMIT):
+        async with relay(tmp_path / "relay", answer_questions) as (url, _hub):
+            async with peer(a, url, "s"):
+                a.conn.execute("INSERT INTO requests (id, question) VALUES ('r1', 'hi')")
+                assert await answered(a, "r1") == "ih"
+            relay_site = store_meta(tmp_path / "relay", "s")["relay_site"]
+
+            async def exchange(hello_site: bytes, changes: list[Change]) -> p.Message:
+                async with ws_connect(url, compression=None) as ws:
+                    await ws.send(p.encode(p.Hello(1, "s", hello_site, schema, 0, "", None)))
+                    msg = p.decode(await ws.recv())
+                    if isinstance(msg, p.Error) or not changes:
+                        return msg
+                    await ws.send(p.encode(p.Push(1, 0, 1, changes)))
+                    while True:
+                        msg = p.decode(await ws.recv())
+                        if isinstance(msg, p.Ack | p.Error):
+                            return msg
+
+            refused = await exchange(relay_site, [])
+            assert isinstance(refused, p.Error) and refused.code == "forbidden"
+            forged = Change("requests", pack_pk(["r2"]), "answer", "yes", 1, 1, relay_site, 1, 0)
+            refused = await exchange(os.urandom(16), [forged])
+            assert isinstance(refused, p.Error) and refused.code == "invalid_changes"
+            assert "relay's own" in refused.reason
