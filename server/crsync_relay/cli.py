@@ -268,5 +268,54 @@ def restore(data_dir: str, store: str, src: str, force: bool) -> None:
     click.echo(f"restored store {store} from {src}; new epoch {epoch}")
 
 
+@main.command()
+@click.option("--data-dir", required=True, help="The relay's data directory.")
+@click.option("--store", required=True, help="Store id to repair.")
+@click.option("--table", required=True, help="Table of the cell or row.")
+@click.option("--key", "key_json", default=None, help='Primary key as a JSON array: ["t1"].')
+@click.option("--pk-hex", default=None, help="Packed primary key in hex (as errors print it).")
+@click.option("--column", default=None, help="Remove only this column's cell (default: the row).")
+def remove(
+    data_dir: str,
+    store: str,
+    table: str,
+    key_json: str | None,
+    pk_hex: str | None,
+    column: str | None,
+) -> None:
+    """Remove a poisoned cell or row from a store (stop the relay first). Devices that
+    merged it keep it; devices catching up later never receive it.
+
+    Example: crsync-relay remove --data-dir DIR --store alice --table todos --key '["t1"]'
+    """
+    from .repair import parse_key
+    from .repair import remove as remove_cells
+
+    try:
+        n = remove_cells(Path(data_dir), store, table, parse_key(key_json, pk_hex), column)
+    except CrsyncError as exc:
+        _fail(str(exc))
+    click.echo(f"removed {n} cell(s) from store {store}")
+
+
+@main.command("forget-table")
+@click.option("--data-dir", required=True, help="The relay's data directory.")
+@click.option("--store", required=True, help="Store id to repair.")
+@click.option("--table", required=True, help="Table to forget.")
+def forget_table(data_dir: str, store: str, table: str) -> None:
+    """Forget a table's announced schema and its cells in a store (stop the relay first), for
+    a table announced with a wrong primary key: the next device announces it afresh.
+
+    Example: crsync-relay forget-table --data-dir /var/lib/crsync --store alice --table invoices
+    """
+    from .repair import forget_table as forget
+
+    try:
+        n = forget(Path(data_dir), store, table)
+    except CrsyncError as exc:
+        _fail(str(exc))
+    click.echo(f"forgot table {table} of store {store} ({n} cells removed)")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -263,8 +263,9 @@ class Hub:
         Raises:
             QuotaExceeded: ``limited`` and the store is over its byte quota; nothing merged.
         """
-        if limited and changes:
-            await self._throttle(h, len(changes))
+        if limited:
+            # Every push costs at least one cell of the store's rate: empty pushes too.
+            await self._throttle(h, max(1, len(changes)))
         async with h.write_lock:
             if limited and changes:
                 await self._check_quota(h)
@@ -340,9 +341,15 @@ class Hub:
             )
 
     async def record_received(self, h: StoreHandle, site: bytes, upto: int) -> None:
-        """Record a peer's acknowledged relay version in the store's peer-tracking table."""
+        """Record a peer's acknowledged relay version in the store's peer-tracking table
+        (costs one cell of the store's push rate; never beyond the store's head)."""
+        await self._throttle(h, 1)
         async with h.write_lock:
-            await trio.to_thread.run_sync(h.writer.record_received, site, upto)
+            await trio.to_thread.run_sync(h.writer.record_received, site, min(upto, h.head))
+
+    async def charge(self, h: StoreHandle, cells: int = 1) -> None:
+        """Charge a message that costs the store work (a hello) to its push rate."""
+        await self._throttle(h, cells)
 
     def list_stores(self) -> list[str]:
         """Ids of every store in the data directory."""

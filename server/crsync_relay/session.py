@@ -227,6 +227,7 @@ async def handle_connection(ws: ServerConnection, hub: Hub, settings: RelaySetti
             handle = await hub.acquire(hello.store)
         except Overloaded as exc:
             raise _Closing(p.ErrorCode.OVERLOADED.value, str(exc)) from None
+        await hub.charge(handle)
         async with handle.write_lock:
             if hello.site == await trio.to_thread.run_sync(handle.writer.relay_site):
                 raise _Closing(

@@ -45,6 +45,8 @@ _DDL = [
     "columns TEXT NOT NULL)",
 ]
 MAX_NAME = 2048
+MAX_TABLES = 10_000  # announced tables per store
+MAX_COLUMNS = 2_000  # announced columns per table (SQLite's own default limit)
 # Columns added after the first release: (table, column, declaration), added to older files.
 _ADDED_COLUMNS = [
     # The site of the connection that pushed the cell (the author field is only a claim):
@@ -73,6 +75,7 @@ class RelayStore:
         if not create and not path.exists():
             raise CrsyncError(f"no store at {path}")
         self.path = path
+        self._schema: dict[str, TableSchema] | None = None
         if create and not path.exists():
             # Owner-only: stores hold every user's data. SQLite gives its -wal and -shm files
             # the mode of the database file.
@@ -125,51 +128,123 @@ class RelayStore:
     def check_schema(self, schema: dict[str, TableSchema]) -> str | None:
         """Compare a peer's replicated schema with the store's; record additive differences.
 
+        Writes (one transaction) only when the peer announces something new. Bounded: at most
+        ``MAX_TABLES`` tables per store and ``MAX_COLUMNS`` columns per table, names of at most
+        ``MAX_NAME`` bytes.
+
         Returns:
             None if compatible, else a message naming the table and the difference.
         """
+        known = self.schema()
+        new: dict[str, TableSchema] = {}
+        for table, s in schema.items():
+            if len(table.encode()) > MAX_NAME or any(
+                len(c.encode()) > MAX_NAME for c in (*s.pk, *s.columns)
+            ):
+                return f"a table or column name is longer than {MAX_NAME} bytes"
+            have = known.get(table)
+            if have is None:
+                if len(s.columns) > MAX_COLUMNS:
+                    return f"table {quote(table)} announces more than {MAX_COLUMNS} columns"
+                new[table] = TableSchema(s.pk, tuple(sorted(set(s.columns))))
+                continue
+            if list(have.pk) != list(s.pk):
+                return (
+                    f"table {quote(table)}: primary key is {list(have.pk)} in this store but "
+                    f"{list(s.pk)} on this device; the schemas are incompatible"
+                )
+            if not set(s.columns) <= set(have.columns):
+                cols = set(have.columns) | set(s.columns)
+                if len(cols) > MAX_COLUMNS:
+                    return f"table {quote(table)} would have more than {MAX_COLUMNS} columns"
+                new[table] = TableSchema(have.pk, tuple(sorted(cols)))
+        if not new:
+            return None  # nothing to record: no write, no commit
+        if len(set(known) | set(new)) > MAX_TABLES:
+            return f"this store would have more than {MAX_TABLES} tables"
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for table, s in schema.items():
-                if len(table.encode()) > MAX_NAME:
-                    conn.execute("ROLLBACK")
-                    return f"table name longer than {MAX_NAME} bytes"
-                row = conn.execute(
-                    "SELECT pk, columns FROM relay_schema WHERE tbl = ?", (table,)
-                ).fetchone()
-                if row is None:
-                    conn.execute(
-                        "INSERT INTO relay_schema VALUES (?, ?, ?)",
-                        (table, json.dumps(list(s.pk)), json.dumps(sorted(s.columns))),
-                    )
-                    continue
-                pk = json.loads(row[0])
-                if pk != list(s.pk):
-                    conn.execute("ROLLBACK")
-                    return (
-                        f"table {quote(table)}: primary key is {pk} in this store but {list(s.pk)} "
-                        "on this device; the schemas are incompatible"
-                    )
-                cols = set(json.loads(row[1]))
-                if not set(s.columns) <= cols:
-                    conn.execute(
-                        "UPDATE relay_schema SET columns = ? WHERE tbl = ?",
-                        (json.dumps(sorted(cols | set(s.columns))), table),
-                    )
+            conn.executemany(
+                "INSERT OR REPLACE INTO relay_schema VALUES (?, ?, ?)",
+                [
+                    (t, json.dumps(list(s.pk)), json.dumps(list(s.columns)))
+                    for t, s in new.items()
+                ],
+            )
             conn.execute("COMMIT")
-            return None
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+        finally:
+            self._schema = None
+        return None
 
     def schema(self) -> dict[str, TableSchema]:
-        """The union of the replicated schemas peers announced."""
-        return {
-            t: TableSchema(tuple(json.loads(pk)), tuple(json.loads(cols)))
-            for t, pk, cols in self.conn.execute("SELECT tbl, pk, columns FROM relay_schema")
-        }
+        """The union of the replicated schemas peers announced (parsed once, then cached)."""
+        if self._schema is None:
+            self._schema = {
+                t: TableSchema(tuple(json.loads(pk)), tuple(json.loads(cols)))
+                for t, pk, cols in self.conn.execute("SELECT tbl, pk, columns FROM relay_schema")
+            }
+        return dict(self._schema)
+
+    def forget_table(self, table: str) -> int:
+        """Remove a table's announced schema and every cell of it, and give the store a new
+        epoch (an operator's repair, relay stopped): a squatted or wrongly announced table is
+        announced afresh, and devices re-push what they hold.
+
+        Returns:
+            How many cells were removed.
+        """
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            n = conn.execute("DELETE FROM relay_cells WHERE tbl = ?", (table,)).rowcount
+            gone = conn.execute("DELETE FROM relay_schema WHERE tbl = ?", (table,)).rowcount
+            # A new epoch: every device re-pushes what it holds, so the table's rows come back
+            # under the key devices announce now.
+            conn.execute(
+                "UPDATE relay_meta SET value = ? WHERE key = 'epoch'", (uuid.uuid4().hex,)
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        finally:
+            self._schema = None
+        if not gone and not n:
+            raise CrsyncError(f"store has no table {quote(table)}")
+        return int(n)
+
+    def remove_cells(self, table: str, pk: bytes, cid: str | None) -> int:
+        """Remove one cell (``cid``) or a whole row (``cid`` None) from the store: an
+        operator's repair of a poisoned cell (relay stopped). Devices that merged it keep it;
+        devices that catch up later never receive it.
+
+        Returns:
+            How many cells were removed.
+        """
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if cid is None:
+                cur = conn.execute(
+                    "DELETE FROM relay_cells WHERE tbl = ? AND pk = ?", (table, pk)
+                )
+            else:
+                cur = conn.execute(
+                    "DELETE FROM relay_cells WHERE tbl = ? AND pk = ? AND cid = ?",
+                    (table, pk, cid),
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return int(cur.rowcount)
 
     # ------------------------------------------------------------------ peers
 
@@ -240,7 +315,13 @@ class RelayStore:
         ]
 
     def record_received(self, site_id: bytes, upto: int) -> None:
-        """Record that a peer merged everything up to relay version ``upto``."""
+        """Record that a peer merged everything up to relay version ``upto`` (no write when
+        that is not news)."""
+        row = self.conn.execute(
+            "SELECT received_upto FROM relay_peers WHERE site_id = ?", (site_id,)
+        ).fetchone()
+        if row is not None and row[0] >= upto:
+            return
         self.conn.execute(
             "INSERT INTO relay_peers (site_id, received_upto, last_seen) VALUES (?, ?, ?) "
             "ON CONFLICT (site_id) DO UPDATE SET received_upto = "
@@ -278,6 +359,8 @@ class RelayStore:
         Raises:
             InvalidChangeError: a change is unacceptable; nothing was stored.
         """
+        if not changes and not meta and self.peer(site_id).pushed_upto >= upto:
+            return self.head, 0  # an empty push that tells nothing new: no write
         groups: dict[tuple[str, bytes], list[Change]] = {}
         for i, c in enumerate(changes):
             if len(c.table.encode()) > MAX_NAME or len(c.cid.encode()) > MAX_NAME:
