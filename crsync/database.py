@@ -554,7 +554,9 @@ class Database:
         Inside the block the table's capture triggers are removed, so ``ALTER TABLE`` works
         (SQLite refuses to drop or rename a column a trigger uses); on exit the table is
         tracked again with its new columns, in the same transaction. Existing clocks are kept
-        (never reset), and changes kept aside for the new columns are applied.
+        (never reset), and changes kept aside for the new columns are applied. Rows deleted
+        or re-keyed inside the block become delete records other devices receive; rows that
+        appear get clocks as new rows.
 
         Example::
 
@@ -642,7 +644,8 @@ class Database:
         """
         self._cell_sql.clear()
         conn.create_function("crsync_cell", -1, _cell_reader(self))
-        conn.execute("DROP VIEW IF EXISTS temp.crdt_changes")
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("DROP VIEW IF EXISTS temp.crdt_changes")
         q = quote_ident
         tables = {n for (n,) in conn.execute("SELECT name FROM sqlite_schema WHERE type='table'")}
         site = "(SELECT site_id FROM main.crsync_sites WHERE ordinal = {})"
@@ -680,7 +683,10 @@ class Database:
                 "NULL AS col_version, NULL AS db_version, NULL AS site_id, NULL AS cl, "
                 "NULL AS seq WHERE 0"
             )
-        conn.execute("CREATE TEMP VIEW crdt_changes AS " + " UNION ALL ".join(parts))
+        try:
+            conn.execute("CREATE TEMP VIEW crdt_changes AS " + " UNION ALL ".join(parts))
+        except sqlite3.Error as exc:  # e.g. PRAGMA query_only: the feed API still works
+            log.warning("crsync.feed_view.unavailable reason=%s", exc)
 
     def _read_cell(self, table: str, column: str, key: tuple[SqlValue, ...]) -> SqlValue:
         """Current value of one cell of a tracked table (NULL if the row or table is gone)."""

@@ -20,8 +20,7 @@ from crsync import SchemaError, unpack_pk
 from crsync.change import SENTINEL
 
 TODOS = (
-    "CREATE TABLE todos (id TEXT PRIMARY KEY NOT NULL, title TEXT, "
-    "done INTEGER NOT NULL DEFAULT 0)"
+    "CREATE TABLE todos (id TEXT PRIMARY KEY NOT NULL, title TEXT, done INTEGER NOT NULL DEFAULT 0)"
 )
 
 
@@ -214,7 +213,11 @@ def test_dropped_table_created_again_is_readopted(tmp_path: Path) -> None:
     a.conn.execute(TODOS)
     a.conn.execute("INSERT INTO todos (id, title) VALUES ('r2', 'two')")
     b.merge(a.changes())
-    assert rows(b.conn, "todos") == rows(a.conn, "todos") == [(("str", "r2"), ("str", "two"), ("int", 0))]
+    assert (
+        rows(b.conn, "todos")
+        == rows(a.conn, "todos")
+        == [(("str", "r2"), ("str", "two"), ("int", 0))]
+    )
 
 
 @pytest.mark.parametrize("legacy", [True, False], ids=["legacy-on", "legacy-off"])
@@ -374,7 +377,15 @@ def test_crdt_changes_exists_with_no_tracked_table() -> None:
     db = open_db()
     assert db.conn.execute("SELECT * FROM crdt_changes").fetchall() == []
     assert [d[0] for d in db.conn.execute("SELECT * FROM crdt_changes").description] == [
-        "table", "pk", "cid", "val", "col_version", "db_version", "site_id", "cl", "seq",
+        "table",
+        "pk",
+        "cid",
+        "val",
+        "col_version",
+        "db_version",
+        "site_id",
+        "cl",
+        "seq",
     ]
 
 
