@@ -230,9 +230,8 @@ class Database:
         sv = conn.execute("PRAGMA schema_version").fetchone()[0]
         if sv != self._schema_version:
             findings = adoption.inspect(conn)
-            readopted: list[str] = []
             if any(f.kind in (adoption.ALTERED, adoption.REBUILT) for f in findings):
-                readopted, broken = self._readopt()
+                broken = self._readopt()
                 sv = conn.execute("PRAGMA schema_version").fetchone()[0]
             else:
                 broken = {
@@ -244,9 +243,6 @@ class Database:
             self._create_feed_view(conn)
             self._broken = broken
             self._schema_version = sv
-            if not conn.in_transaction:
-                for name in readopted:  # changes kept aside for columns the table gained
-                    self._apply_pending(name)
         if self._broken:
             raise next(iter(self._broken.values()))
 
@@ -263,11 +259,12 @@ class Database:
             tracked[name] = self._prepare(info, slot_names)
         self._tracked = tracked
 
-    def _readopt(self) -> tuple[list[str], dict[str, SchemaError]]:
-        """Re-adopt tracked tables whose capture triggers are gone or whose shape changed.
+    def _readopt(self) -> dict[str, SchemaError]:
+        """Re-adopt tracked tables whose capture triggers are gone or whose shape changed,
+        and merge the changes kept aside for columns they gained.
 
         Runs in a write transaction of its own, or in a savepoint of the caller's (a merge).
-        Returns the tables re-adopted and the errors of those that cannot be.
+        Returns the errors of the tables that cannot be re-adopted.
         """
         conn = self.conn
         outer = conn.in_transaction
@@ -311,6 +308,10 @@ class Database:
                         ),
                     )
                 conn.execute("RELEASE crsync_readopt_one")
+            if readopted:
+                self._load_registry()
+                for name in readopted:
+                    self._merge_pending_locked(conn, name)
         except BaseException as exc:
             if outer:
                 conn.execute("ROLLBACK TO crsync_readopt")
@@ -321,7 +322,22 @@ class Database:
                 raise CrsyncError(f"SQLite error while re-adopting tables: {exc}") from exc
             raise
         conn.execute("RELEASE crsync_readopt" if outer else "COMMIT")
-        return readopted, broken
+        return broken
+
+    def _merge_pending_locked(self, conn: sqlite3.Connection, table: str) -> int:
+        """Merge the changes kept aside for a table, inside the caller's write transaction
+        (those that still do not fit are kept aside again)."""
+        rows = conn.execute(
+            "SELECT tbl, pk, cid, val, col_version, db_version, site_id, cl, seq "
+            "FROM crsync_pending WHERE tbl = ?",
+            (table,),
+        ).fetchall()
+        if not rows:
+            return 0
+        conn.execute("DELETE FROM crsync_pending WHERE tbl = ?", (table,))
+        n = self._merge_locked(conn, self._applicable(table, validate_changes(rows)))
+        log.info("crsync.pending.applied table=%s changes=%d won=%d", table, len(rows), n)
+        return n
 
     def _adopt_locked(
         self, conn: sqlite3.Connection, info: TableInfo, how: str
@@ -349,7 +365,13 @@ class Database:
         if how != adoption.REBUILT:
             self._backfill(info, slots, nslots, new_from=existing)
         if how != adoption.ALTERED:
-            metas = [meta_table_name(n) for (n,) in conn.execute("SELECT name FROM crsync_tables")]
+            metas = [
+                meta_table_name(n)
+                for (n,) in conn.execute(
+                    "SELECT name FROM crsync_tables WHERE name || '__crsync' IN "
+                    "(SELECT name FROM sqlite_schema WHERE type = 'table')"
+                )
+            ]
             version = adoption.fresh_version(conn, metas)
             defaults = {c.name: self._eval_default(c.default) for c in info.columns}
             done, _ = adoption.reconcile(

@@ -60,9 +60,10 @@ def sqlite_utils_transform(db: crsync.Database, path: Path, legacy: bool) -> Non
     db.conn.execute("ALTER TABLE todos ADD COLUMN due TEXT")
 
 
-def twelve_step(conn: sqlite3.Connection) -> None:
+def twelve_step(conn: sqlite3.Connection, *, own_transaction: bool = True) -> None:
     """https://sqlite.org/lang_altertable.html#otheralter, steps 4 to 10."""
-    conn.execute("BEGIN")
+    if own_transaction:
+        conn.execute("BEGIN")
     conn.execute(
         "CREATE TABLE new_todos (id TEXT PRIMARY KEY NOT NULL, title TEXT, "
         "done INTEGER NOT NULL DEFAULT 0, due TEXT)"
@@ -71,7 +72,8 @@ def twelve_step(conn: sqlite3.Connection) -> None:
     conn.execute("DROP TABLE todos")
     conn.execute("ALTER TABLE new_todos RENAME TO todos")
     conn.execute("PRAGMA foreign_key_check")
-    conn.execute("COMMIT")
+    if own_transaction:
+        conn.execute("COMMIT")
 
 
 def twelve_step_other_program(db: crsync.Database, path: Path, legacy: bool) -> None:
@@ -172,6 +174,22 @@ def test_rebuild_is_detected_by_a_merge_before_it_writes(tmp_path: Path) -> None
     assert rows(b.conn, "todos") == rows(a.conn, "todos")
 
 
+def test_changes_kept_aside_for_a_column_a_rebuild_adds_are_applied(tmp_path: Path) -> None:
+    a, b = two_devices(tmp_path)
+    with a.migrate("todos") as conn:
+        conn.execute("ALTER TABLE todos ADD COLUMN due TEXT")
+    a.conn.execute("INSERT INTO todos (id, title, due) VALUES ('r1', 'one', 'monday')")
+    b.merge(a.changes())
+    assert b.pending_count() == 1  # B has no column "due" yet
+    alembic_batch(b, tmp_path / "b.db", legacy=False)  # B's app update, made by Alembic
+    b.merge([])  # nothing new: no merge
+    assert b.pending_count() == 1
+    a.conn.execute("INSERT INTO todos (id, title) VALUES ('r2', 'two')")
+    b.merge(a.changes())  # re-adopts inside the merge, then applies what was kept aside
+    assert b.pending_count() == 0
+    assert rows(b.conn, "todos") == rows(a.conn, "todos")
+
+
 def test_readopted_cells_are_local_writes_one_col_version_up(tmp_path: Path) -> None:
     """The documented cost: every live cell is re-sent once, as this device's write."""
     a, _ = two_devices(tmp_path)
@@ -188,6 +206,16 @@ def test_readopted_cells_are_local_writes_one_col_version_up(tmp_path: Path) -> 
     assert {c.site_id for c in after} == {SITE_A}
     assert len({c.db_version for c in after}) == 1
     assert len({c.seq for c in after}) == len(after)
+
+
+def test_rebuild_inside_migrate_keeps_clocks(tmp_path: Path) -> None:
+    a, _ = two_devices(tmp_path)
+    a.conn.execute("INSERT INTO todos (id, title) VALUES ('r1', 'one')")
+    before = {(c.cid, c.col_version, c.db_version) for c in a.changes()}
+    with a.migrate("todos") as conn:
+        twelve_step(conn, own_transaction=False)
+    after = {(c.cid, c.col_version, c.db_version) for c in a.changes()}
+    assert after == before
 
 
 def test_drop_table_is_an_error_naming_the_table_and_the_fix(tmp_path: Path) -> None:
