@@ -31,6 +31,7 @@ ALTERED = "altered"  # capture triggers in place, shape changed (ALTER TABLE ...
 REBUILT = "rebuilt"  # the table exists but its capture triggers are gone
 RENAMED = "renamed"
 DROPPED = "dropped"
+MIGRATE = "migrate"  # not found by inspect(): db.migrate() removed the triggers itself
 
 
 @attrs.frozen

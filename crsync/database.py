@@ -347,7 +347,7 @@ class Database:
 
         ``how``: ``adoption.ALTERED`` (the triggers stayed in place: only cells of new columns
         need clocks), ``adoption.REBUILT`` (the triggers were gone: rows are reconciled and
-        every live cell re-stamped, see :func:`crsync.adoption.reconcile`) or ``"migrate"``
+        every live cell re-stamped, see :func:`crsync.adoption.reconcile`) or ``adoption.MIGRATE``
         (crsync removed the triggers itself: rows gone become deletes, rows back are
         re-created, clocks of the others are kept).
 
@@ -597,7 +597,7 @@ class Database:
             conn.execute("UPDATE crsync_tables SET fingerprint = '' WHERE name = ?", (row[0],))
             yield conn
             info = validate_table(conn, row[0])
-            self._adopt_locked(conn, info, "migrate")
+            self._adopt_locked(conn, info, adoption.MIGRATE)
             self._create_feed_view(conn)
         self._schema_version = -1
         self._apply_pending(row[0])
