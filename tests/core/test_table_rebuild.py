@@ -13,7 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from core_helpers import SITE_A, SITE_B, open_db, rows
+from core_helpers import SITE_A, SITE_B, SITE_C, open_db, rows
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import crsync
 from crsync import SchemaError, unpack_pk
@@ -473,3 +475,61 @@ def test_rows_deleted_or_rekeyed_inside_migrate_become_deletes_peers_receive() -
     b.conn.execute("UPDATE todos SET title = 'x' WHERE id = 'r3'")
     a.merge(b.changes())
     assert rows(b.conn, "todos") == rows(a.conn, "todos")
+
+
+# ---------------------------------------------------------------- any history
+
+
+_op = st.tuples(
+    st.sampled_from(["insert", "update", "delete"]),
+    st.sampled_from(["k1", "k2", "k3", "k4"]),
+    st.one_of(st.none(), st.integers(-3, 3), st.sampled_from(["a", "b"])),
+)
+
+
+def _apply(conn: sqlite3.Connection, ops: list[tuple[str, str, object]]) -> None:
+    for kind, key, val in ops:
+        if kind == "insert":
+            conn.execute("INSERT OR IGNORE INTO todos (id, title) VALUES (?, ?)", (key, val))
+        elif kind == "update":
+            conn.execute("UPDATE todos SET title = ?, done = done + 1 WHERE id = ?", (val, key))
+        else:
+            conn.execute("DELETE FROM todos WHERE id = ?", (key,))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    before=st.lists(_op, max_size=8),
+    window=st.lists(_op, max_size=8),
+    on_b=st.lists(_op, max_size=4),
+    after=st.lists(_op, max_size=4),
+)
+def test_any_history_around_a_rebuild_converges(
+    before: list[tuple[str, str, object]],
+    window: list[tuple[str, str, object]],
+    on_b: list[tuple[str, str, object]],
+    after: list[tuple[str, str, object]],
+) -> None:
+    a, b, c = open_db(site=SITE_A), open_db(site=SITE_B), open_db(site=SITE_C)
+    for db in (a, b, c):
+        db.conn.execute(TODOS)
+        db.track("todos")
+    _apply(a.conn, before)
+    b.merge(a.changes())
+    c.merge(a.changes())
+    twelve_step(a.conn)
+    _apply(a.conn, window)  # no trigger: crsync has not looked yet
+    window_rows = rows(a.conn, "todos")
+    for db in (b, c):
+        with db.migrate("todos") as conn:
+            conn.execute("ALTER TABLE todos ADD COLUMN due TEXT")
+    _apply(b.conn, on_b)  # edits on B, concurrent with the window and the re-adoption
+    c.merge(a.changes())  # C made no edit: it gets exactly A's table
+    assert rows(c.conn, "todos") == window_rows
+    a.merge(b.changes())
+    b.merge(a.changes())
+    _apply(a.conn, after)
+    for _ in range(2):
+        for x, y in ((a, b), (b, c), (c, a)):
+            y.merge(x.changes())
+    assert rows(a.conn, "todos") == rows(b.conn, "todos") == rows(c.conn, "todos")
