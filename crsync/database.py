@@ -461,7 +461,14 @@ class Database:
     # ------------------------------------------------------------------ tracking
 
     def tracked_tables(self) -> list[str]:
-        """Names of the replicated tables."""
+        """Names of the replicated tables.
+
+        Like every read and merge, first re-adopts tables rebuilt or altered outside
+        :meth:`migrate` (see docs/guides/migrate-schema.md).
+
+        Raises:
+            SchemaError: a tracked table was dropped or renamed, or cannot be re-adopted.
+        """
         self._refresh()
         return sorted(self._tracked)
 
