@@ -20,12 +20,14 @@ import operator
 import os
 import sqlite3
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from . import adoption
 from .change import SENTINEL, Change, validate_changes
 from .errors import CrsyncError, InvalidChangeError, NotTrackedError, PackError, SchemaError
 from .merge_rules import MERGE_VERSION, Clock, RowState, apply_change
@@ -54,6 +56,9 @@ _METADATA_DDL = [
     "CREATE TABLE IF NOT EXISTS crsync_clock (id INTEGER PRIMARY KEY CHECK (id = 0), "
     "db_version INTEGER NOT NULL, merging INTEGER NOT NULL)",
     "INSERT OR IGNORE INTO crsync_clock VALUES (0, 1, 0)",
+    # Earlier crsync versions kept the feed view in the file, where it made ALTER TABLE fail; it is
+    # now a TEMP view of each crsync connection (Database._create_feed_view).
+    "DROP VIEW IF EXISTS main.crdt_changes",
     "CREATE TABLE IF NOT EXISTS crsync_tables (name TEXT PRIMARY KEY, slots TEXT NOT NULL, "
     "pk TEXT NOT NULL, fingerprint TEXT NOT NULL)",
     # Changes for tables or columns this database does not have (yet): kept, never executed,
@@ -114,6 +119,8 @@ class Database:
         self._schema_version = -1
         self._site_ord: dict[bytes, int] = {}
         self._site_blob: dict[int, bytes] = {}
+        self._broken: dict[str, SchemaError] = {}  # tracked tables crsync cannot re-adopt
+        self._cell_sql: dict[tuple[str, str], str] = {}  # crdt_changes value lookups
         conn.create_function("crsync_pack_pk", -1, _sql_pack_pk, deterministic=True)
         with self._write():
             for stmt in _METADATA_DDL:
@@ -135,6 +142,7 @@ class Database:
                     (uuid.uuid4().bytes,),
                 )
         self._local_site: bytes = self.site_id
+        self._create_feed_view(conn)
 
     @property
     def site_id(self) -> bytes:
@@ -208,22 +216,174 @@ class Database:
                 conn.execute("COMMIT")
 
     def _refresh(self) -> None:
-        """Reload the tracked-table registry if the schema changed."""
-        sv = self.conn.execute("PRAGMA schema_version").fetchone()[0]
-        if sv == self._schema_version and self._tracked is not None:
-            return
+        """Reload the tracked-table registry if the schema changed, re-adopting tracked tables
+        that were rebuilt or altered behind crsync's back (see :mod:`crsync.adoption`).
+
+        Costs one ``PRAGMA schema_version`` read when the schema did not change.
+
+        Raises:
+            SchemaError: a tracked table was dropped or renamed, or was changed in a way crsync
+                cannot re-adopt (the message names the table and the fix). Raised again on
+                every call until the table is fixed or untracked.
+        """
+        conn = self.conn
+        sv = conn.execute("PRAGMA schema_version").fetchone()[0]
+        if sv != self._schema_version:
+            findings = adoption.inspect(conn)
+            if any(f.kind in (adoption.ALTERED, adoption.REBUILT) for f in findings):
+                broken = self._readopt()
+                sv = conn.execute("PRAGMA schema_version").fetchone()[0]
+            else:
+                broken = {
+                    f.name: f.error()
+                    for f in findings
+                    if f.kind in (adoption.RENAMED, adoption.DROPPED)
+                }
+            self._load_registry()
+            self._create_feed_view(conn)
+            self._broken = broken
+            self._schema_version = sv
+        if self._broken:
+            raise next(iter(self._broken.values()))
+
+    def _load_registry(self) -> None:
         tracked: dict[str, _Tracked] = {}
-        for name, slots_json, _pk_json, _fp in self.conn.execute(
-            "SELECT name, slots, pk, fingerprint FROM crsync_tables"
+        for name, slots_json in self.conn.execute(
+            "SELECT name, slots FROM crsync_tables"
         ).fetchall():
             slot_names: list[str] = json.loads(slots_json)
             try:
                 info = table_info(self.conn, name)
             except SchemaError:
-                continue  # table dropped behind our back; its metadata stays
+                continue  # dropped or renamed: reported by _refresh
             tracked[name] = self._prepare(info, slot_names)
         self._tracked = tracked
-        self._schema_version = sv
+
+    def _readopt(self) -> dict[str, SchemaError]:
+        """Re-adopt tracked tables whose capture triggers are gone or whose shape changed,
+        and merge the changes kept aside for columns they gained.
+
+        Runs in a write transaction of its own, or in a savepoint of the caller's (a merge).
+        Returns the errors of the tables that cannot be re-adopted.
+        """
+        conn = self.conn
+        outer = conn.in_transaction
+        readopted: list[str] = []
+        broken: dict[str, SchemaError] = {}
+        try:
+            conn.execute("SAVEPOINT crsync_readopt" if outer else "BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise CrsyncError(f"cannot start a write transaction: {exc}") from exc
+        try:
+            for f in adoption.inspect(conn):  # again, now that this connection may write
+                if f.kind in (adoption.RENAMED, adoption.DROPPED):
+                    broken[f.name] = f.error()
+                    continue
+                if f.kind == adoption.OK:
+                    continue
+                conn.execute("SAVEPOINT crsync_readopt_one")
+                try:
+                    info = validate_table(conn, f.name)
+                    done = self._adopt_locked(conn, info, f.kind)
+                except SchemaError as exc:
+                    conn.execute("ROLLBACK TO crsync_readopt_one")
+                    broken[f.name] = SchemaError(
+                        f.name,
+                        f"was changed outside db.migrate() and cannot be re-adopted, so its "
+                        f"writes are not captured: {exc.problem}. Undo the change, or stop "
+                        f"replicating it with db.untrack({f.name!r})",
+                    )
+                    log.error("crsync.table.broken table=%s reason=%s", f.name, exc.problem)
+                else:
+                    readopted.append(f.name)
+                    log.warning(
+                        "crsync.table.readopted table=%s how=%s deleted=%d recreated=%d "
+                        "restamped=%d new=%d",
+                        f.name,
+                        f.kind,
+                        *(
+                            (done.deleted, done.recreated, done.restamped, done.new)
+                            if done
+                            else (0, 0, 0, 0)
+                        ),
+                    )
+                conn.execute("RELEASE crsync_readopt_one")
+            if readopted:
+                self._load_registry()
+                for name in readopted:
+                    self._merge_pending_locked(conn, name)
+        except BaseException as exc:
+            if outer:
+                conn.execute("ROLLBACK TO crsync_readopt")
+                conn.execute("RELEASE crsync_readopt")
+            elif conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise CrsyncError(f"SQLite error while re-adopting tables: {exc}") from exc
+            raise
+        conn.execute("RELEASE crsync_readopt" if outer else "COMMIT")
+        return broken
+
+    def _merge_pending_locked(self, conn: sqlite3.Connection, table: str) -> int:
+        """Merge the changes kept aside for a table, inside the caller's write transaction
+        (those that still do not fit are kept aside again)."""
+        rows = conn.execute(
+            "SELECT tbl, pk, cid, val, col_version, db_version, site_id, cl, seq "
+            "FROM crsync_pending WHERE tbl = ?",
+            (table,),
+        ).fetchall()
+        if not rows:
+            return 0
+        conn.execute("DELETE FROM crsync_pending WHERE tbl = ?", (table,))
+        n = self._merge_locked(conn, self._applicable(table, validate_changes(rows)))
+        log.info("crsync.pending.applied table=%s changes=%d won=%d", table, len(rows), n)
+        return n
+
+    def _adopt_locked(
+        self, conn: sqlite3.Connection, info: TableInfo, how: str
+    ) -> adoption.Reconciled | None:
+        """(Re)install the capture of an already tracked table and bring its metadata up to
+        date with its rows, inside the caller's write transaction.
+
+        ``how``: ``adoption.ALTERED`` (the triggers stayed in place: only cells of new columns
+        need clocks), ``adoption.REBUILT`` (the triggers were gone: rows are reconciled and
+        every live cell re-stamped, see :func:`crsync.adoption.reconcile`) or ``adoption.MIGRATE``
+        (crsync removed the triggers itself: rows gone become deletes, rows back are
+        re-created, clocks of the others are kept).
+
+        Raises:
+            SchemaError: the primary key changed.
+        """
+        slot_names, existing = self._slots_for(info)
+        slots = self._slot_map(info, slot_names)
+        nslots = len(slot_names)
+        cap = generate(info, slots, nslots, existing)
+        add = adoption.missing_slot_columns(conn, info.name, nslots)
+        for stmt in cap.meta_table + add + cap.drop_triggers + cap.create_triggers:
+            conn.execute(stmt)
+        done = None
+        if how != adoption.REBUILT:
+            self._backfill(info, slots, nslots, new_from=existing)
+        if how != adoption.ALTERED:
+            metas = [
+                meta_table_name(n)
+                for (n,) in conn.execute(
+                    "SELECT name FROM crsync_tables WHERE name || '__crsync' IN "
+                    "(SELECT name FROM sqlite_schema WHERE type = 'table')"
+                )
+            ]
+            version = adoption.fresh_version(conn, metas)
+            defaults = {c.name: self._eval_default(c.default) for c in info.columns}
+            done, _ = adoption.reconcile(
+                conn, info, slots, nslots, defaults, version, 0, restamp=how == adoption.REBUILT
+            )
+            if done.total:
+                adoption.seal_after(conn, version)
+        conn.execute(
+            "UPDATE crsync_tables SET slots = ?, fingerprint = ? WHERE name = ?",
+            (json.dumps(slot_names), fingerprint_of(info), info.name),
+        )
+        return done
 
     def _prepare(self, info: TableInfo, slot_names: list[str]) -> _Tracked:
         q = quote_ident
@@ -301,7 +461,14 @@ class Database:
     # ------------------------------------------------------------------ tracking
 
     def tracked_tables(self) -> list[str]:
-        """Names of the replicated tables."""
+        """Names of the replicated tables.
+
+        Like every read and merge, first re-adopts tables rebuilt or altered outside
+        :meth:`migrate` (see docs/guides/migrate-schema.md).
+
+        Raises:
+            SchemaError: a tracked table was dropped or renamed, or cannot be re-adopted.
+        """
         self._refresh()
         return sorted(self._tracked)
 
@@ -357,15 +524,24 @@ class Database:
                     (info.name,),
                 )
             }
-            up_to_date = row is not None and row[0] == fp and set(trigger_names(info.name)) <= have
-            if not up_to_date:
+            up_to_date = (
+                row is not None and row[0] == fp and adoption.expected_triggers(info) <= have
+            )
+            if not up_to_date and row is not None:
+                # Tracked already: altered (ADD COLUMN) or rebuilt (triggers gone) outside
+                # db.migrate(); re-adopt it as _refresh would.
+                rebuilt = adoption.triggers_gone(info.name, have)
+                self._adopt_locked(conn, info, adoption.REBUILT if rebuilt else adoption.ALTERED)
+                self._create_feed_view(conn)
+                log.info("crsync.track.readopt table=%s rebuilt=%s", info.name, rebuilt)
+            elif not up_to_date:
                 slot_names, existing = self._slots_for(info)
                 slots = self._slot_map(info, slot_names)
                 cap = generate(info, slots, len(slot_names), existing)
                 stmts = cap.meta_table + cap.add_slots + cap.drop_triggers + cap.create_triggers
                 for stmt in stmts:
                     conn.execute(stmt)
-                self._backfill(info, slots, len(slot_names), new_from=existing if row else None)
+                self._backfill(info, slots, len(slot_names), new_from=None)
                 conn.execute(
                     "INSERT OR REPLACE INTO crsync_tables (name, slots, pk, fingerprint) "
                     "VALUES (?, ?, ?, ?)",
@@ -407,7 +583,9 @@ class Database:
         Inside the block the table's capture triggers are removed, so ``ALTER TABLE`` works
         (SQLite refuses to drop or rename a column a trigger uses); on exit the table is
         tracked again with its new columns, in the same transaction. Existing clocks are kept
-        (never reset), and changes kept aside for the new columns are applied.
+        (never reset), and changes kept aside for the new columns are applied. Rows deleted
+        or re-keyed inside the block become delete records other devices receive; rows that
+        appear get clocks as new rows.
 
         Example::
 
@@ -424,21 +602,9 @@ class Database:
             for n in trigger_names(row[0]):
                 conn.execute(f"DROP TRIGGER IF EXISTS {quote_ident(n)}")
             conn.execute("UPDATE crsync_tables SET fingerprint = '' WHERE name = ?", (row[0],))
-            # The feed view names every column: SQLite would refuse DROP COLUMN while it
-            # exists. It is recreated below (or restored by the rollback).
-            conn.execute("DROP VIEW IF EXISTS crdt_changes")
             yield conn
             info = validate_table(conn, row[0])
-            slot_names, existing = self._slots_for(info)
-            slots = self._slot_map(info, slot_names)
-            cap = generate(info, slots, len(slot_names), existing)
-            for stmt in cap.add_slots + cap.create_triggers:
-                conn.execute(stmt)
-            self._backfill(info, slots, len(slot_names), new_from=existing)
-            conn.execute(
-                "UPDATE crsync_tables SET slots = ?, fingerprint = ? WHERE name = ?",
-                (json.dumps(slot_names), fingerprint_of(info), info.name),
-            )
+            self._adopt_locked(conn, info, adoption.MIGRATE)
             self._create_feed_view(conn)
         self._schema_version = -1
         self._apply_pending(row[0])
@@ -497,42 +663,78 @@ class Database:
         return value
 
     def _create_feed_view(self, conn: sqlite3.Connection) -> None:
-        """(Re)create the ``crdt_changes`` view: the change feed, queryable in SQL.
+        """(Re)create ``crdt_changes``: the change feed, queryable in SQL on this connection.
 
-        Its ``pk`` column uses the ``crsync_pack_pk`` function, registered on connections made
-        by crsync; the triggers themselves never need it.
+        A TEMP view of crsync's connection that reads only crsync's own tables. A view naming
+        the app's tables, even a TEMP one, makes SQLite refuse the app's ALTER TABLE on this
+        connection (RENAME and DROP COLUMN check every view), and a view kept in the file makes
+        every tool's migration fail. Cell values come from ``crsync_cell(table, column,
+        pk...)``, ``pk`` from ``crsync_pack_pk``: both are registered on crsync's connections.
         """
-        conn.execute("DROP VIEW IF EXISTS crdt_changes")
+        self._cell_sql.clear()
+        conn.create_function("crsync_cell", -1, _cell_reader(self))
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("DROP VIEW IF EXISTS temp.crdt_changes")
+        q = quote_ident
+        tables = {n for (n,) in conn.execute("SELECT name FROM sqlite_schema WHERE type='table'")}
+        site = "(SELECT site_id FROM main.crsync_sites WHERE ordinal = {})"
         parts = []
-        for name, slots_json in conn.execute("SELECT name, slots FROM crsync_tables"):
+        for name, slots_json in conn.execute("SELECT name, slots FROM crsync_tables").fetchall():
+            if meta_table_name(name) not in tables:
+                continue
             try:
                 info = table_info(conn, name)
             except SchemaError:
-                continue
+                continue  # dropped or renamed: reported by _refresh
             slot_names = json.loads(slots_json)
-            q = quote_ident
-            m = q(meta_table_name(name))
-            lit = "'" + name.replace("'", "''") + "'"
-            pk = "crsync_pack_pk(" + ", ".join(f"m.p{j}" for j in range(len(info.pk))) + ")"
-            site = "(SELECT site_id FROM crsync_sites WHERE ordinal = {})"
+            m = "main." + q(meta_table_name(name))
+            lit = _sql_text(name)
+            keys = ", ".join(f"m.p{j}" for j in range(len(info.pk)))
+            pk = f"crsync_pack_pk({keys})"
             parts.append(
                 f"SELECT {lit} AS \"table\", {pk} AS pk, '-1' AS cid, NULL AS val, "
                 f"m.cl AS col_version, m.sd AS db_version, {site.format('m.ss')} AS site_id, "
                 f"m.cl AS cl, m.sq AS seq FROM {m} AS m WHERE m.sd IS NOT NULL"
             )
-            join = " AND ".join(f"b.{q(c.name)} = m.p{j}" for j, c in enumerate(info.pk))
             for c in info.columns:
                 if c.name not in slot_names:
                     continue
                 v, d, s, qq = cell_columns(slot_names.index(c.name))
-                clit = "'" + c.name.replace("'", "''") + "'"
+                clit = _sql_text(c.name)
                 parts.append(
-                    f"SELECT {lit}, {pk}, {clit}, b.{q(c.name)}, m.{v}, m.{d}, "
-                    f"{site.format('m.' + s)}, m.cl, m.{qq} FROM {m} AS m "
-                    f"LEFT JOIN {q(name)} AS b ON {join} WHERE m.{d} IS NOT NULL"
+                    f"SELECT {lit}, {pk}, {clit}, crsync_cell({lit}, {clit}, {keys}), m.{v}, "
+                    f"m.{d}, {site.format('m.' + s)}, m.cl, m.{qq} FROM {m} AS m "
+                    f"WHERE m.{d} IS NOT NULL"
                 )
-        if parts:
-            conn.execute("CREATE VIEW crdt_changes AS " + " UNION ALL ".join(parts))
+        if not parts:
+            parts.append(
+                'SELECT NULL AS "table", NULL AS pk, NULL AS cid, NULL AS val, '
+                "NULL AS col_version, NULL AS db_version, NULL AS site_id, NULL AS cl, "
+                "NULL AS seq WHERE 0"
+            )
+        try:
+            conn.execute("CREATE TEMP VIEW crdt_changes AS " + " UNION ALL ".join(parts))
+        except sqlite3.Error as exc:  # e.g. PRAGMA query_only: the feed API still works
+            log.warning("crsync.feed_view.unavailable reason=%s", exc)
+
+    def _read_cell(self, table: str, column: str, key: tuple[SqlValue, ...]) -> SqlValue:
+        """Current value of one cell of a tracked table (NULL if the row or table is gone)."""
+        sql = self._cell_sql.get((table, column))
+        q = quote_ident
+        try:
+            if sql is None:
+                row = self.conn.execute(
+                    "SELECT pk FROM crsync_tables WHERE name = ?", (table,)
+                ).fetchone()
+                if row is None:
+                    return None
+                where = " AND ".join(f"{q(c)} = ?" for c in json.loads(row[0]))
+                sql = f"SELECT {q(column)} FROM main.{q(table)} WHERE {where}"
+                self._cell_sql[(table, column)] = sql
+            found = self.conn.execute(sql, key).fetchone()
+        except sqlite3.Error:
+            return None
+        return None if found is None else found[0]
 
     def schema_fingerprints(self) -> dict[str, str]:
         """Fingerprint of every tracked table (see :func:`crsync.schema_fingerprint`)."""
@@ -1035,6 +1237,22 @@ def _gc_paused() -> Iterator[None]:
 
 def _sql_pack_pk(*values: SqlValue) -> bytes:
     return pack_pk(values)
+
+
+def _sql_text(text: str) -> str:
+    """An SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _cell_reader(db: Database) -> Callable[..., SqlValue]:
+    """The ``crsync_cell(table, column, pk...)`` SQL function of a Database's connection."""
+    ref = weakref.ref(db)
+
+    def crsync_cell(table: str, column: str, *key: SqlValue) -> SqlValue:
+        d = ref()
+        return None if d is None else d._read_cell(table, column, key)
+
+    return crsync_cell
 
 
 def connect(
