@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from . import identity
 from .change import SENTINEL, Change, validate_changes
 from .errors import CrsyncError, InvalidChangeError, NotTrackedError, PackError, SchemaError
 from .merge_rules import MERGE_VERSION, Clock, RowState, apply_change
@@ -135,6 +136,50 @@ class Database:
                     (uuid.uuid4().bytes,),
                 )
         self._local_site: bytes = self.site_id
+        self._check_file_identity()
+
+    def _check_file_identity(self) -> None:
+        """Move a copied file to a new site id (see :mod:`crsync.identity`).
+
+        Only reads when the file is the one recorded; writes (record, or reset) in one
+        write transaction that checks again, so connections opening a copy together reset it
+        once. A read-only connection never writes: it logs and leaves it to the next writer.
+        """
+        path = self.path
+        here = identity.of_file(path) if path else None
+        if here is None:
+            return  # in memory, temporary, or a file system without file ids
+        known = identity.stored(self.conn)
+        if known == here:
+            return
+        if known is not None and known.same_file(here):
+            log.info("crsync.file.moved old=%s new=%s", known.path, here.path)
+        try:
+            with self._write() as conn:
+                known = identity.stored(conn)
+                copied = known is not None and not known.same_file(here)
+                if copied:
+                    old, new = self._reset_site_locked(conn)
+                identity.record(conn, here)
+        except CrsyncError as exc:
+            if "readonly" not in str(exc) and "read-only" not in str(exc):
+                raise
+            log.warning(
+                "crsync.file.identity_unchecked path=%s reason=read-only (a copied file keeps "
+                "its site id until opened for writing)",
+                path,
+            )
+            return
+        if copied:
+            self._after_reset()
+            assert known is not None
+            log.warning(
+                "crsync.site.reset reason=file-copied old_path=%s path=%s old=%s new=%s",
+                known.path,
+                here.path,
+                old.hex(),
+                new.hex(),
+            )
 
     @property
     def site_id(self) -> bytes:
@@ -935,24 +980,35 @@ class Database:
             The new site id.
         """
         self._no_txn("reset the site id")
-        new = uuid.uuid4().bytes
         with self._write() as conn:
-            self._refresh()
-            old = self.site_id
-            conn.execute("UPDATE crsync_sites SET site_id = ? WHERE ordinal = 0", (new,))
-            ordinal = conn.execute(
-                "INSERT INTO crsync_sites (site_id) VALUES (?) RETURNING ordinal", (old,)
-            ).fetchone()[0]
-            for tr in self._tracked.values():
-                conn.execute(f"UPDATE {tr.meta} SET ss = ? WHERE ss = 0", (ordinal,))
-                for i in range(tr.nslots):
-                    s = cell_columns(i)[2]
-                    conn.execute(f"UPDATE {tr.meta} SET {s} = ? WHERE {s} = 0", (ordinal,))
-        self._local_site = new
-        self._site_ord.clear()
-        self._site_blob.clear()
+            old, new = self._reset_site_locked(conn)
+        self._after_reset()
         log.warning("crsync.site.reset old=%s new=%s", old.hex(), new.hex())
         return new
+
+    def _reset_site_locked(self, conn: sqlite3.Connection) -> tuple[bytes, bytes]:
+        """Inside a write transaction: attribute the local changes to the old site id under a
+        new ordinal, take a new site id, and ask the next Peer session for a full push (the
+        changes of the old id not yet pushed are pushed too). Returns (old, new)."""
+        new = uuid.uuid4().bytes
+        self._refresh()
+        old = self.site_id
+        conn.execute("UPDATE crsync_sites SET site_id = ? WHERE ordinal = 0", (new,))
+        ordinal = conn.execute(
+            "INSERT INTO crsync_sites (site_id) VALUES (?) RETURNING ordinal", (old,)
+        ).fetchone()[0]
+        for tr in self._tracked.values():
+            conn.execute(f"UPDATE {tr.meta} SET ss = ? WHERE ss = 0", (ordinal,))
+            for i in range(tr.nslots):
+                s = cell_columns(i)[2]
+                conn.execute(f"UPDATE {tr.meta} SET {s} = ? WHERE {s} = 0", (ordinal,))
+        identity.mark_full_push(conn)
+        return old, new
+
+    def _after_reset(self) -> None:
+        self._local_site = self.site_id
+        self._site_ord.clear()
+        self._site_blob.clear()
 
     def pending_count(self) -> int:
         """Number of changes kept aside for tables or columns this database does not have."""
