@@ -36,6 +36,7 @@ from .schema import (
     affinity,
     fingerprint_of,
     quote_ident,
+    record_integer_keys,
     table_info,
     validate_table,
 )
@@ -350,9 +351,9 @@ class Database:
         self._refresh()
         return sorted(self._tracked)
 
-    def capture_sql(self, table: str) -> str:
+    def capture_sql(self, table: str, *, integer_keys: str | None = None) -> str:
         """The SQL :meth:`track` would install for a table (executes nothing)."""
-        info = validate_table(self.conn, table)
+        info = validate_table(self.conn, table, integer_keys=integer_keys)
         slot_names, existing = self._slots_for(info)
         return generate(info, self._slot_map(info, slot_names), len(slot_names), existing).script()
 
@@ -378,19 +379,27 @@ class Database:
     def _slot_map(info: TableInfo, slot_names: list[str]) -> dict[str, int]:
         return {c: slot_names.index(c) for c in info.column_names}
 
-    def track(self, table: str) -> None:
+    def track(self, table: str, *, integer_keys: str | None = None) -> None:
         """Make a table replicated: validate it, install capture triggers, record existing rows.
 
         Idempotent. After a migration of the table (for instance ``ALTER TABLE ... ADD
         COLUMN``), calling it again adopts the new columns and applies changes that were kept
         aside because this database did not have those columns yet.
 
+        Args:
+            integer_keys: ``"app-assigned"`` to replicate a table keyed by its rowid (an
+                ``INTEGER PRIMARY KEY``): a promise that the app gives every new row an id
+                unique across devices (:func:`crsync.new_id`), never lets SQLite pick one.
+                Recorded with the table, so later ``track`` and ``migrate`` calls accept it.
+
         Raises:
-            SchemaError: the table cannot converge as declared (the message says why).
+            SchemaError: the table cannot converge as declared (the message lists every
+                problem; ``.problems`` has them one by one).
         """
         self._no_txn("track a table")
         with self._write() as conn:
-            info = validate_table(conn, table)
+            info = validate_table(conn, table, integer_keys=integer_keys)
+            record_integer_keys(conn, info.name, integer_keys)
             fp = fingerprint_of(info)
             row = conn.execute(
                 "SELECT fingerprint FROM crsync_tables WHERE name = ?", (info.name,)

@@ -24,7 +24,7 @@ from crsync import SENTINEL, Change, pack_pk
 def db() -> crsync.Database:
     d = open_db(site=SITE_A)
     d.conn.execute("CREATE TABLE t(id TEXT PRIMARY KEY NOT NULL, a, b)")
-    d.track("t")
+    d.track("t", integer_keys="app-assigned")
     return d
 
 
@@ -89,7 +89,7 @@ def test_several_statements_and_tables_in_one_transaction_share_one_version(
     db: crsync.Database,
 ) -> None:
     db.conn.execute("CREATE TABLE u(k INTEGER PRIMARY KEY NOT NULL, v)")
-    db.track("u")
+    db.track("u", integer_keys="app-assigned")
     db.conn.execute("INSERT INTO t VALUES('r0', 0, 0)")
     v0 = db.db_version
     db.conn.execute("BEGIN")
@@ -157,7 +157,7 @@ def test_insert_delete_insert_delete_in_one_transaction_is_one_sentinel_cl_4(
 def test_pk_only_table_records_a_sentinel() -> None:
     db = open_db(site=SITE_A)
     db.conn.execute("CREATE TABLE u(a INTEGER PRIMARY KEY NOT NULL)")
-    db.track("u")
+    db.track("u", integer_keys="app-assigned")
     db.conn.execute("INSERT INTO u VALUES(1)")
     assert brief(db.changes()) == [(bytes.fromhex("010901"), SENTINEL, None, 1, 1, SITE_A, 1)]
     db.conn.execute("INSERT OR IGNORE INTO u VALUES(1)")
@@ -171,7 +171,7 @@ def test_pk_only_table_records_a_sentinel() -> None:
 def test_pk_change_is_delete_of_old_key_and_create_of_new_key() -> None:
     db = open_db(site=SITE_A)
     db.conn.execute("CREATE TABLE t2(a INTEGER PRIMARY KEY NOT NULL, b INTEGER)")
-    db.track("t2")
+    db.track("t2", integer_keys="app-assigned")
     db.conn.execute("BEGIN")
     db.conn.execute("INSERT INTO t2 VALUES(1, 2)")
     db.conn.execute("UPDATE t2 SET a = 2 WHERE a = 1")
@@ -184,7 +184,7 @@ def test_pk_change_is_delete_of_old_key_and_create_of_new_key() -> None:
 def test_pk_change_in_later_transaction_restamps_moved_cells() -> None:
     db = open_db(site=SITE_A)
     db.conn.execute("CREATE TABLE t2(a INTEGER PRIMARY KEY NOT NULL, b)")
-    db.track("t2")
+    db.track("t2", integer_keys="app-assigned")
     db.conn.execute("INSERT INTO t2 VALUES(1, 'v')")
     v = db.db_version
     db.conn.execute("UPDATE t2 SET a = 2 WHERE a = 1")
@@ -200,7 +200,7 @@ def test_pk_change_in_later_transaction_restamps_moved_cells() -> None:
 def test_pk_change_onto_deleted_key_and_away_from_cl_5() -> None:
     db = open_db(site=SITE_A)
     db.conn.execute("CREATE TABLE t2(a INTEGER PRIMARY KEY NOT NULL, b)")
-    db.track("t2")
+    db.track("t2", integer_keys="app-assigned")
     c = db.conn
     c.execute("INSERT INTO t2 VALUES(2, 'gone')")
     c.execute("DELETE FROM t2 WHERE a = 2")  # pk 2 at cl 2
@@ -267,7 +267,7 @@ def test_upsert_do_update_same_value_and_insert_or_ignore_record_nothing(
 def test_what_counts_as_a_change(old: str, new: str, is_change: bool) -> None:
     db = open_db()
     db.conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY NOT NULL, a)")
-    db.track("t")
+    db.track("t", integer_keys="app-assigned")
     db.conn.execute(f"INSERT INTO t VALUES(1, {old})")
     v = db.db_version
     db.conn.execute(f"UPDATE t SET a = {new}")
@@ -286,7 +286,7 @@ def test_what_counts_as_a_change(old: str, new: str, is_change: bool) -> None:
 def test_composite_pk_is_packed_in_pk_order() -> None:
     db = open_db()
     db.conn.execute("CREATE TABLE c(x TEXT NOT NULL, y INTEGER NOT NULL, v, PRIMARY KEY (y, x))")
-    db.track("c")
+    db.track("c", integer_keys="app-assigned")
     db.conn.execute("INSERT INTO c VALUES('k', 7, 'v')")
     db.conn.execute("UPDATE c SET v = 'w' WHERE x = 'k' AND y = 7")
     (ch,) = db.changes()
@@ -315,7 +315,7 @@ def test_odd_identifiers_are_captured_and_merged(table: str, c1: str, c2: str) -
             f"CREATE TABLE {q(table)} ({q('k ey')} TEXT PRIMARY KEY NOT NULL, "
             f"{q(c1)}, {q(c2)} DEFAULT 'd')"
         )
-        d.track(table)
+        d.track(table, integer_keys="app-assigned")
     a.conn.execute(f"INSERT INTO {q(table)} VALUES ('r', 1, 2)")
     a.conn.execute(f"UPDATE {q(table)} SET {q(c2)} = 3")
     a.conn.execute(f"INSERT INTO {q(table)} VALUES ('s', 1, 2)")
@@ -338,7 +338,7 @@ def test_writes_from_a_plain_sqlite3_connection_are_captured(tmp_path: Path) -> 
     path = tmp_path / "a.db"
     db = open_db(path)
     db.conn.execute("CREATE TABLE t(id TEXT PRIMARY KEY NOT NULL, a, b)")
-    db.track("t")
+    db.track("t", integer_keys="app-assigned")
     v = db.db_version
     plain = sqlite3.connect(path, isolation_level=None)
     plain.execute("INSERT INTO t VALUES('r1', 1, 'x')")
@@ -354,7 +354,7 @@ def test_writes_from_another_process_without_crsync_are_captured(tmp_path: Path)
     path = tmp_path / "a.db"
     db = open_db(path)
     db.conn.execute("CREATE TABLE t(id TEXT PRIMARY KEY NOT NULL, a, b)")
-    db.track("t")
+    db.track("t", integer_keys="app-assigned")
     db.conn.execute("INSERT INTO t VALUES('r0', 0, 0)")
     v = db.db_version
     script = (
@@ -383,7 +383,7 @@ def test_changes_since_db_version_returns_exactly_the_later_write(tmp_path: Path
     path = tmp_path / "a.db"
     db = open_db(path)
     db.conn.execute("CREATE TABLE t(id TEXT PRIMARY KEY NOT NULL, a, b)")
-    db.track("t")
+    db.track("t", integer_keys="app-assigned")
     db.conn.execute("INSERT INTO t VALUES('r1', 1, 'x')")
     for i in range(3):
         v = db.db_version
@@ -401,7 +401,7 @@ def test_changes_since_db_version_returns_exactly_the_later_write(tmp_path: Path
 def test_changes_since_cursor_never_repeats_or_misses() -> None:
     db = open_db()
     db.conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY NOT NULL, a)")
-    db.track("t")
+    db.track("t", integer_keys="app-assigned")
     cursor, seen = 0, []
     for i in range(10):
         db.conn.execute("INSERT INTO t VALUES(?, ?)", (i, i))
@@ -420,8 +420,8 @@ def test_track_is_idempotent(db: crsync.Database) -> None:
     db.conn.execute("INSERT INTO t VALUES('r1', 1, 'x')")
     before, v = cells(db), db.db_version
     schema = db.conn.execute("SELECT name, sql FROM sqlite_schema ORDER BY name").fetchall()
-    db.track("t")
-    db.track("T")
+    db.track("t", integer_keys="app-assigned")
+    db.track("T", integer_keys="app-assigned")
     assert db.conn.execute("SELECT name, sql FROM sqlite_schema ORDER BY name").fetchall() == schema
     assert cells(db) == before
     assert db.db_version == v
@@ -432,7 +432,7 @@ def test_track_backfills_existing_rows() -> None:
     db = open_db(site=SITE_A)
     db.conn.execute("CREATE TABLE t(id TEXT PRIMARY KEY NOT NULL, a, b)")
     db.conn.executemany("INSERT INTO t VALUES(?, ?, ?)", [("r1", 1, None), ("r2", "x", b"y")])
-    db.track("t")
+    db.track("t", integer_keys="app-assigned")
     ch = db.changes()
     assert {(crsync.unpack_pk(c.pk)[0], c.cid, c.val, c.col_version, c.cl) for c in ch} == {
         ("r1", "a", 1, 1, 1),
@@ -449,7 +449,7 @@ def test_backfill_of_pk_only_table_records_sentinels() -> None:
     db = open_db()
     db.conn.execute("CREATE TABLE u(a TEXT PRIMARY KEY NOT NULL)")
     db.conn.executemany("INSERT INTO u VALUES(?)", [("x",), ("y",)])
-    db.track("u")
+    db.track("u", integer_keys="app-assigned")
     assert {(c.pk, c.cid, c.cl) for c in db.changes()} == {
         (pack_pk(["x"]), SENTINEL, 1),
         (pack_pk(["y"]), SENTINEL, 1),
@@ -467,7 +467,7 @@ def test_untrack_removes_capture_and_metadata(db: crsync.Database) -> None:
     assert rows(db.conn, "t") == rows(db.conn, "t") and len(rows(db.conn, "t")) == 2
     with pytest.raises(crsync.NotTrackedError):
         db.untrack("t")
-    db.track("t")  # tracking again backfills both rows
+    db.track("t", integer_keys="app-assigned")  # tracking again backfills both rows
     assert {crsync.unpack_pk(c.pk)[0] for c in db.changes()} == {"r1", "r2"}
 
 
@@ -523,7 +523,7 @@ def _trigger_statements(conn: sqlite3.Connection, table: str) -> list[str]:
 def test_trigger_statements_never_scan_the_metadata_table(ddl: str) -> None:
     db = open_db()
     db.conn.execute(ddl)
-    db.track("p")
+    db.track("p", integer_keys="app-assigned")
     stmts = _trigger_statements(db.conn, "p")
     assert len(stmts) >= 4
     for stmt in stmts:
@@ -538,11 +538,11 @@ def test_trigger_statements_never_scan_the_metadata_table(ddl: str) -> None:
 def test_feed_and_merge_queries_use_indexes() -> None:
     db = open_db()
     db.conn.execute("CREATE TABLE p(id TEXT PRIMARY KEY NOT NULL, a, b)")
-    db.track("p")
+    db.track("p", integer_keys="app-assigned")
     db.conn.executemany("INSERT INTO p VALUES(?, 1, 2)", [(str(i),) for i in range(50)])
     other = open_db()
     other.conn.execute("CREATE TABLE p(id TEXT PRIMARY KEY NOT NULL, a, b)")
-    other.track("p")
+    other.track("p", integer_keys="app-assigned")
     other.conn.execute("INSERT INTO p VALUES('0', 5, 5)")
     seen: list[str] = []
     other.conn.set_trace_callback(seen.append)
