@@ -163,7 +163,7 @@ class Database:
                     old, new = self._reset_site_locked(conn)
                 identity.record(conn, here)
         except CrsyncError as exc:
-            if "readonly" not in str(exc) and "read-only" not in str(exc):
+            if not _read_only_error(exc):
                 raise
             log.warning(
                 "crsync.file.identity_unchecked path=%s reason=read-only (a copied file keeps "
@@ -184,7 +184,8 @@ class Database:
 
     @property
     def site_id(self) -> bytes:
-        """16-byte id of this database (UUIDv4 layout), persisted in the file.
+        """16-byte id of this database (UUIDv4 layout), persisted in the file; a copy of the
+        file takes a new one when opened (:mod:`crsync.identity`).
 
         Read from the file each time: another connection may have reset it
         (:meth:`reset_site`).
@@ -981,9 +982,11 @@ class Database:
         Needed when a file is restored from a backup or copied to a second device: two live
         replicas must never share a site id, and a restored file has forgotten writes its old
         identity made after the backup. Existing changes stay attributed to the old id (they
-        were made by it); new local writes are attributed to the new one. A :class:`Peer`
+        were made by it); new local writes are attributed to the new one. The next
+        :class:`Peer` session pushes the changes of every site once (the request is stored
+        in the file), so writes the old id had not pushed yet are not left behind. A Peer
         calls this by itself when the relay has acknowledged more of this site's changes than
-        the file holds.
+        the file holds, and opening a copied file does it too (:mod:`crsync.identity`).
 
         Returns:
             The new site id.
@@ -1096,6 +1099,15 @@ def _gc_paused() -> Iterator[None]:
     finally:
         if was:
             gc.enable()
+
+
+def _read_only_error(exc: BaseException) -> bool:
+    """True if a write failed because the connection or file is read-only."""
+    cause = exc.__cause__
+    code = getattr(cause, "sqlite_errorcode", None)
+    if isinstance(code, int) and code & 0xFF == 8:  # SQLITE_READONLY and its extended codes
+        return True
+    return "readonly" in str(exc) or "read-only" in str(exc)
 
 
 def _sql_pack_pk(*values: SqlValue) -> bytes:
