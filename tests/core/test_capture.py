@@ -24,7 +24,7 @@ from crsync import SENTINEL, Change, pack_pk
 def db() -> crsync.Database:
     d = open_db(site=SITE_A)
     d.conn.execute("CREATE TABLE t(id TEXT PRIMARY KEY NOT NULL, a, b)")
-    d.track("t", integer_keys="app-assigned")
+    d.track("t")
     return d
 
 
@@ -286,7 +286,7 @@ def test_what_counts_as_a_change(old: str, new: str, is_change: bool) -> None:
 def test_composite_pk_is_packed_in_pk_order() -> None:
     db = open_db()
     db.conn.execute("CREATE TABLE c(x TEXT NOT NULL, y INTEGER NOT NULL, v, PRIMARY KEY (y, x))")
-    db.track("c", integer_keys="app-assigned")
+    db.track("c")
     db.conn.execute("INSERT INTO c VALUES('k', 7, 'v')")
     db.conn.execute("UPDATE c SET v = 'w' WHERE x = 'k' AND y = 7")
     (ch,) = db.changes()
@@ -315,7 +315,7 @@ def test_odd_identifiers_are_captured_and_merged(table: str, c1: str, c2: str) -
             f"CREATE TABLE {q(table)} ({q('k ey')} TEXT PRIMARY KEY NOT NULL, "
             f"{q(c1)}, {q(c2)} DEFAULT 'd')"
         )
-        d.track(table, integer_keys="app-assigned")
+        d.track(table)
     a.conn.execute(f"INSERT INTO {q(table)} VALUES ('r', 1, 2)")
     a.conn.execute(f"UPDATE {q(table)} SET {q(c2)} = 3")
     a.conn.execute(f"INSERT INTO {q(table)} VALUES ('s', 1, 2)")
@@ -338,7 +338,7 @@ def test_writes_from_a_plain_sqlite3_connection_are_captured(tmp_path: Path) -> 
     path = tmp_path / "a.db"
     db = open_db(path)
     db.conn.execute("CREATE TABLE t(id TEXT PRIMARY KEY NOT NULL, a, b)")
-    db.track("t", integer_keys="app-assigned")
+    db.track("t")
     v = db.db_version
     plain = sqlite3.connect(path, isolation_level=None)
     plain.execute("INSERT INTO t VALUES('r1', 1, 'x')")
@@ -354,7 +354,7 @@ def test_writes_from_another_process_without_crsync_are_captured(tmp_path: Path)
     path = tmp_path / "a.db"
     db = open_db(path)
     db.conn.execute("CREATE TABLE t(id TEXT PRIMARY KEY NOT NULL, a, b)")
-    db.track("t", integer_keys="app-assigned")
+    db.track("t")
     db.conn.execute("INSERT INTO t VALUES('r0', 0, 0)")
     v = db.db_version
     script = (
@@ -383,7 +383,7 @@ def test_changes_since_db_version_returns_exactly_the_later_write(tmp_path: Path
     path = tmp_path / "a.db"
     db = open_db(path)
     db.conn.execute("CREATE TABLE t(id TEXT PRIMARY KEY NOT NULL, a, b)")
-    db.track("t", integer_keys="app-assigned")
+    db.track("t")
     db.conn.execute("INSERT INTO t VALUES('r1', 1, 'x')")
     for i in range(3):
         v = db.db_version
@@ -420,8 +420,8 @@ def test_track_is_idempotent(db: crsync.Database) -> None:
     db.conn.execute("INSERT INTO t VALUES('r1', 1, 'x')")
     before, v = cells(db), db.db_version
     schema = db.conn.execute("SELECT name, sql FROM sqlite_schema ORDER BY name").fetchall()
-    db.track("t", integer_keys="app-assigned")
-    db.track("T", integer_keys="app-assigned")
+    db.track("t")
+    db.track("T")
     assert db.conn.execute("SELECT name, sql FROM sqlite_schema ORDER BY name").fetchall() == schema
     assert cells(db) == before
     assert db.db_version == v
@@ -432,7 +432,7 @@ def test_track_backfills_existing_rows() -> None:
     db = open_db(site=SITE_A)
     db.conn.execute("CREATE TABLE t(id TEXT PRIMARY KEY NOT NULL, a, b)")
     db.conn.executemany("INSERT INTO t VALUES(?, ?, ?)", [("r1", 1, None), ("r2", "x", b"y")])
-    db.track("t", integer_keys="app-assigned")
+    db.track("t")
     ch = db.changes()
     assert {(crsync.unpack_pk(c.pk)[0], c.cid, c.val, c.col_version, c.cl) for c in ch} == {
         ("r1", "a", 1, 1, 1),
@@ -449,7 +449,7 @@ def test_backfill_of_pk_only_table_records_sentinels() -> None:
     db = open_db()
     db.conn.execute("CREATE TABLE u(a TEXT PRIMARY KEY NOT NULL)")
     db.conn.executemany("INSERT INTO u VALUES(?)", [("x",), ("y",)])
-    db.track("u", integer_keys="app-assigned")
+    db.track("u")
     assert {(c.pk, c.cid, c.cl) for c in db.changes()} == {
         (pack_pk(["x"]), SENTINEL, 1),
         (pack_pk(["y"]), SENTINEL, 1),
@@ -467,7 +467,7 @@ def test_untrack_removes_capture_and_metadata(db: crsync.Database) -> None:
     assert rows(db.conn, "t") == rows(db.conn, "t") and len(rows(db.conn, "t")) == 2
     with pytest.raises(crsync.NotTrackedError):
         db.untrack("t")
-    db.track("t", integer_keys="app-assigned")  # tracking again backfills both rows
+    db.track("t")  # tracking again backfills both rows
     assert {crsync.unpack_pk(c.pk)[0] for c in db.changes()} == {"r1", "r2"}
 
 
@@ -538,11 +538,11 @@ def test_trigger_statements_never_scan_the_metadata_table(ddl: str) -> None:
 def test_feed_and_merge_queries_use_indexes() -> None:
     db = open_db()
     db.conn.execute("CREATE TABLE p(id TEXT PRIMARY KEY NOT NULL, a, b)")
-    db.track("p", integer_keys="app-assigned")
+    db.track("p")
     db.conn.executemany("INSERT INTO p VALUES(?, 1, 2)", [(str(i),) for i in range(50)])
     other = open_db()
     other.conn.execute("CREATE TABLE p(id TEXT PRIMARY KEY NOT NULL, a, b)")
-    other.track("p", integer_keys="app-assigned")
+    other.track("p")
     other.conn.execute("INSERT INTO p VALUES('0', 5, 5)")
     seen: list[str] = []
     other.conn.set_trace_callback(seen.append)

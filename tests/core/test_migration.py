@@ -14,14 +14,14 @@ OLD_T = "CREATE TABLE t(id TEXT PRIMARY KEY NOT NULL, a, b)"
 def old_db(site: bytes = SITE_B) -> crsync.Database:
     db = open_db(site=site)
     db.conn.execute(OLD_T)
-    db.track("t", integer_keys="app-assigned")
+    db.track("t")
     return db
 
 
 def new_db(site: bytes = SITE_A) -> crsync.Database:
     db = open_db(site=site)
     db.conn.execute(OLD_T)
-    db.track("t", integer_keys="app-assigned")
+    db.track("t")
     with db.migrate("t") as conn:
         conn.execute("ALTER TABLE t ADD COLUMN c TEXT")
     db.conn.execute("CREATE TABLE n(k INTEGER PRIMARY KEY NOT NULL, v)")
@@ -198,6 +198,6 @@ def test_track_again_applies_changes_kept_aside_that_have_become_applicable() ->
         "INSERT INTO crsync_pending VALUES ('t', ?, 'a', 'late', 1, 1, ?, 1, 0)",
         (pack_pk(["r9"]), SITE_A),
     )
-    b.track("t", integer_keys="app-assigned")
+    b.track("t")
     assert b.pending_count() == 0
     assert b.conn.execute("SELECT id, a FROM t").fetchall() == [("r9", "late")]
