@@ -8,6 +8,7 @@ from pathlib import Path
 import trio
 
 import crsync
+from crsync import identity
 from crsync.peer import Peer
 
 from .conftest import RelayProcess
@@ -73,4 +74,4 @@ async def test_a_file_moved_to_another_disk_pushes_what_it_had_not_pushed(
     await _sync(phone, relay, tok)
     assert [r[:2] for r in rows(phone)] == [("1", "synced"), ("2", "never pushed by the old file")]
     # the full push was done once: a later session pushes only the file's own changes
-    assert crsync.identity.full_push_pending(moved.conn) is None
+    assert identity.full_push_pending(moved.conn) is None
