@@ -27,8 +27,8 @@ def new_id() -> int:
     """A new 64-bit row id, unique across devices: a random positive signed 64-bit integer.
 
     63 random bits from the OS's secure generator (``secrets``), never 0. Two ids collide with
-    probability about n²/2⁶⁴ among n ids of one table: one in 37 million for a million rows, one
-    in 3,700 for a hundred million. Fully random rather than time-ordered on purpose: every
+    probability about n²/2⁶⁴ among n ids of one table: one in 18 million for a million rows, one
+    in 1,800 for a hundred million. Fully random rather than time-ordered on purpose: every
     bit spent on a timestamp doubles the collision odds of rows made in the same period (a bulk
     import on two devices at once), and SQLite's B-tree handles random integer keys as well as
     the random UUID text keys apps commonly use. Ids fit SQLite's INTEGER and JSON numbers up
