@@ -31,8 +31,8 @@ def new_id() -> int:
     in 1,800 for a hundred million. Fully random rather than time-ordered on purpose: every
     bit spent on a timestamp doubles the collision odds of rows made in the same period (a bulk
     import on two devices at once), and SQLite's B-tree handles random integer keys as well as
-    the random UUID text keys apps commonly use. Ids fit SQLite's INTEGER and JSON numbers up
-    to 2⁵³ do not: send them to JavaScript as strings.
+    the random UUID text keys apps commonly use. Ids fit SQLite's INTEGER; JavaScript numbers
+    hold integers only up to 2⁵³, so send ids to JavaScript as strings.
     """
     while True:
         v = secrets.randbits(ID_BITS)
