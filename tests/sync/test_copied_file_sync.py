@@ -12,7 +12,7 @@ from crsync import identity
 from crsync.peer import Peer
 
 from .conftest import RelayProcess
-from .helpers import open_db, rows
+from .helpers import eventually, open_db, rows
 
 
 async def _sync(db: crsync.Database, relay: RelayProcess, token: str) -> None:
@@ -75,3 +75,32 @@ async def test_a_file_moved_to_another_disk_pushes_what_it_had_not_pushed(
     assert [r[:2] for r in rows(phone)] == [("1", "synced"), ("2", "never pushed by the old file")]
     # the full push was done once: a later session pushes only the file's own changes
     assert identity.full_push_pending(moved.conn) is None
+
+
+async def test_a_copy_taken_while_the_app_syncs_converges_with_both_peers_running(
+    relay: RelayProcess, tmp_path: Path
+) -> None:
+    tok = relay.token("copied")
+    laptop = open_db(tmp_path / "laptop.db")
+    laptop.conn.execute("INSERT INTO todos (id, title) VALUES ('1', 'before the copy')")
+    with trio.fail_after(60):
+        async with Peer(laptop, relay.url, store="copied", token=tok) as pl:
+            await pl.wait_synced()
+            # copied with its WAL while the app has it open and syncing
+            for suffix in ("", "-wal"):
+                shutil.copy(
+                    str(tmp_path / "laptop.db") + suffix, str(tmp_path / "desk.db") + suffix
+                )
+            desktop = crsync.connect(tmp_path / "desk.db")
+            assert desktop.site_id != laptop.site_id
+            async with Peer(desktop, relay.url, store="copied", token=tok) as pd:
+                laptop.conn.execute("INSERT INTO todos (id, title) VALUES ('L', 'laptop')")
+                desktop.conn.execute("INSERT INTO todos (id, title) VALUES ('D', 'desktop')")
+                pl.notify()
+                pd.notify()
+                await eventually(lambda: len(rows(laptop)) == 3, "the desktop's row on the laptop")
+                await eventually(lambda: len(rows(desktop)) == 3, "the laptop's row on the desktop")
+                await pl.wait_synced()
+                await pd.wait_synced()
+    assert rows(laptop) == rows(desktop)
+    assert [r[0] for r in rows(laptop)] == ["1", "D", "L"]
