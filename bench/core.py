@@ -76,7 +76,7 @@ def plain_connect(path: Path) -> sqlite3.Connection:
 def tracked_db(path: Path) -> crsync.Database:
     db = crsync.connect(path)
     db.conn.execute(DDL)
-    db.track(TABLE)
+    db.track(TABLE, integer_keys="app-assigned")
     return db
 
 

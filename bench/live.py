@@ -40,8 +40,8 @@ def device(path: Path) -> crsync.Database:
     db = crsync.connect(path)
     for stmt in DDL:
         db.conn.execute(stmt)
-    db.track("pings")
-    db.track("other")
+    db.track("pings", integer_keys="app-assigned")
+    db.track("other", integer_keys="app-assigned")
     return db
 
 

@@ -59,7 +59,7 @@ def open_fds(pid: int) -> int:
 def device(path: Path) -> crsync.Database:
     db = crsync.connect(path)
     db.conn.execute(SCHEMA)
-    db.track("items")
+    db.track("items", integer_keys="app-assigned")
     return db
 
 

@@ -22,6 +22,7 @@ from .errors import (
     SchemaMismatchError,
     SyncError,
 )
+from .ids import new_id, rekey
 from .pack import pack_pk, unpack_pk
 from .schema import schema_fingerprint as _schema_fingerprint
 from .schema import validate_table
@@ -32,8 +33,10 @@ __version__ = "0.1.0"
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 
-def trigger_sql(conn: sqlite3.Connection, table: str) -> str:
+def trigger_sql(conn: sqlite3.Connection, table: str, *, integer_keys: str | None = None) -> str:
     """The SQL that tracking ``table`` installs (metadata table and triggers); executes nothing.
+
+    ``integer_keys`` is as for :meth:`Database.track`.
 
     Raises:
         SchemaError: the table cannot be replicated as declared.
@@ -43,7 +46,7 @@ def trigger_sql(conn: sqlite3.Connection, table: str) -> str:
         row = conn.execute("SELECT slots FROM crsync_tables WHERE name = ?", (table,)).fetchone()
     except sqlite3.OperationalError:
         row = None  # crsync never touched this database
-    info = validate_table(conn, table)
+    info = validate_table(conn, table, integer_keys=integer_keys)
     if row is None:
         names = list(info.column_names)
         existing = 0
@@ -89,7 +92,9 @@ __all__ = [
     "SchemaMismatchError",
     "SyncError",
     "connect",
+    "new_id",
     "pack_pk",
+    "rekey",
     "schema_fingerprint",
     "trigger_sql",
     "unpack_pk",

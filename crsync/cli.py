@@ -55,11 +55,21 @@ def cli() -> None:
     """crsync: multi-device sync for plain SQLite."""
 
 
+_INTEGER_KEYS = click.option(
+    "--integer-keys",
+    type=click.Choice(["app-assigned"]),
+    default=None,
+    help="Accept an INTEGER PRIMARY KEY (rowid) table: the app gives every new row an id "
+    "unique across devices (crsync.new_id()), never lets SQLite pick one.",
+)
+
+
 @cli.command()
 @click.argument("db")
 @click.argument("table")
+@_INTEGER_KEYS
 @_guard
-def triggers(db: str, table: str) -> None:
+def triggers(db: str, table: str, integer_keys: str | None) -> None:
     """Print the SQL that tracking TABLE would install (executes nothing).
 
     Example: crsync triggers app.db todos
@@ -70,7 +80,7 @@ def triggers(db: str, table: str) -> None:
     try:
         from . import trigger_sql
 
-        click.echo(trigger_sql(conn, table))
+        click.echo(trigger_sql(conn, table, integer_keys=integer_keys))
     finally:
         conn.close()
 
@@ -78,16 +88,51 @@ def triggers(db: str, table: str) -> None:
 @cli.command()
 @click.argument("db")
 @click.argument("tables", nargs=-1, required=True)
+@_INTEGER_KEYS
 @_guard
-def track(db: str, tables: Sequence[str]) -> None:
+def track(db: str, tables: Sequence[str], integer_keys: str | None) -> None:
     """Make TABLES replicated (validates them, installs triggers, records existing rows).
 
     Example: crsync track app.db todos lists
     """
     d = _open(db)
     for t in tables:
-        d.track(t)
+        d.track(t, integer_keys=integer_keys)
         click.echo(f"tracking {t}")
+
+
+@cli.command()
+@click.argument("db")
+@click.argument("table")
+@click.option(
+    "--ref",
+    "refs",
+    multiple=True,
+    metavar="TABLE.COLUMN",
+    help="A column holding TABLE's keys without a declared FOREIGN KEY (repeatable); "
+    "declared foreign keys are found by themselves.",
+)
+@_guard
+def rekey(db: str, table: str, refs: Sequence[str]) -> None:
+    """Give every row of TABLE a new integer key unique across devices (crsync.new_id()) and
+    rewrite the columns that refer to it, in one transaction. For tables keyed by INTEGER
+    PRIMARY KEY, before they are first tracked; then make the app insert crsync.new_id() keys
+    and track with --integer-keys app-assigned.
+
+    Example: crsync rekey app.db notes --ref attachments.note
+    """
+    from .ids import rekey as do_rekey
+
+    d = _open(db)
+    try:
+        result = do_rekey(d.conn, table, refs)
+    finally:
+        d.close()
+    click.echo(f"re-keyed {result.rows} rows of {result.table} ({result.key})")
+    for r in result.references:
+        how = "foreign key" if r.declared else "--ref"
+        click.echo(f"  rewrote {r} ({how})")
+    click.echo(f"{result.updated_references} referencing values rewritten")
 
 
 @cli.command()

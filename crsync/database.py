@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from . import adoption
+from . import adoption, identity
 from .change import SENTINEL, Change, validate_changes
 from .errors import CrsyncError, InvalidChangeError, NotTrackedError, PackError, SchemaError
 from .merge_rules import MERGE_VERSION, Clock, RowState, apply_change
@@ -37,6 +37,7 @@ from .schema import (
     affinity,
     fingerprint_of,
     quote_ident,
+    record_integer_keys,
     table_info,
     validate_table,
 )
@@ -143,10 +144,55 @@ class Database:
                 )
         self._local_site: bytes = self.site_id
         self._create_feed_view(conn)
+        self._check_file_identity()
+
+    def _check_file_identity(self) -> None:
+        """Move a copied file to a new site id (see :mod:`crsync.identity`).
+
+        Only reads when the file is the one recorded; writes (record, or reset) in one
+        write transaction that checks again, so connections opening a copy together reset it
+        once. A read-only connection never writes: it logs and leaves it to the next writer.
+        """
+        path = self.path
+        here = identity.of_file(path) if path else None
+        if here is None:
+            return  # in memory, temporary, or a file system without file ids
+        known = identity.stored(self.conn)
+        if known == here:
+            return
+        if known is not None and known.same_file(here):
+            log.info("crsync.file.moved old=%s new=%s", known.path, here.path)
+        try:
+            with self._write() as conn:
+                known = identity.stored(conn)
+                copied = known is not None and not known.same_file(here)
+                if copied:
+                    old, new = self._reset_site_locked(conn)
+                identity.record(conn, here)
+        except CrsyncError as exc:
+            if not _read_only_error(exc):
+                raise
+            log.warning(
+                "crsync.file.identity_unchecked path=%s reason=read-only (a copied file keeps "
+                "its site id until opened for writing)",
+                path,
+            )
+            return
+        if copied:
+            self._after_reset()
+            assert known is not None
+            log.warning(
+                "crsync.site.reset reason=file-copied old_path=%s path=%s old=%s new=%s",
+                known.path,
+                here.path,
+                old.hex(),
+                new.hex(),
+            )
 
     @property
     def site_id(self) -> bytes:
-        """16-byte id of this database (UUIDv4 layout), persisted in the file.
+        """16-byte id of this database (UUIDv4 layout), persisted in the file; a copy of the
+        file takes a new one when opened (:mod:`crsync.identity`).
 
         Read from the file each time: another connection may have reset it
         (:meth:`reset_site`).
@@ -472,9 +518,9 @@ class Database:
         self._refresh()
         return sorted(self._tracked)
 
-    def capture_sql(self, table: str) -> str:
+    def capture_sql(self, table: str, *, integer_keys: str | None = None) -> str:
         """The SQL :meth:`track` would install for a table (executes nothing)."""
-        info = validate_table(self.conn, table)
+        info = validate_table(self.conn, table, integer_keys=integer_keys)
         slot_names, existing = self._slots_for(info)
         return generate(info, self._slot_map(info, slot_names), len(slot_names), existing).script()
 
@@ -500,19 +546,27 @@ class Database:
     def _slot_map(info: TableInfo, slot_names: list[str]) -> dict[str, int]:
         return {c: slot_names.index(c) for c in info.column_names}
 
-    def track(self, table: str) -> None:
+    def track(self, table: str, *, integer_keys: str | None = None) -> None:
         """Make a table replicated: validate it, install capture triggers, record existing rows.
 
         Idempotent. After a migration of the table (for instance ``ALTER TABLE ... ADD
         COLUMN``), calling it again adopts the new columns and applies changes that were kept
         aside because this database did not have those columns yet.
 
+        Args:
+            integer_keys: ``"app-assigned"`` to replicate a table keyed by its rowid (an
+                ``INTEGER PRIMARY KEY``): a promise that the app gives every new row an id
+                unique across devices (:func:`crsync.new_id`), never lets SQLite pick one.
+                Recorded with the table, so later ``track`` and ``migrate`` calls accept it.
+
         Raises:
-            SchemaError: the table cannot converge as declared (the message says why).
+            SchemaError: the table cannot converge as declared (the message lists every
+                problem; ``.problems`` has them one by one).
         """
         self._no_txn("track a table")
         with self._write() as conn:
-            info = validate_table(conn, table)
+            info = validate_table(conn, table, integer_keys=integer_keys)
+            record_integer_keys(conn, info.name, integer_keys)
             fp = fingerprint_of(info)
             row = conn.execute(
                 "SELECT fingerprint FROM crsync_tables WHERE name = ?", (info.name,)
@@ -1129,32 +1183,45 @@ class Database:
         Needed when a file is restored from a backup or copied to a second device: two live
         replicas must never share a site id, and a restored file has forgotten writes its old
         identity made after the backup. Existing changes stay attributed to the old id (they
-        were made by it); new local writes are attributed to the new one. A :class:`Peer`
+        were made by it); new local writes are attributed to the new one. The next
+        :class:`Peer` session pushes the changes of every site once (the request is stored
+        in the file), so writes the old id had not pushed yet are not left behind. A Peer
         calls this by itself when the relay has acknowledged more of this site's changes than
-        the file holds.
+        the file holds, and opening a copied file does it too (:mod:`crsync.identity`).
 
         Returns:
             The new site id.
         """
         self._no_txn("reset the site id")
-        new = uuid.uuid4().bytes
         with self._write() as conn:
-            self._refresh()
-            old = self.site_id
-            conn.execute("UPDATE crsync_sites SET site_id = ? WHERE ordinal = 0", (new,))
-            ordinal = conn.execute(
-                "INSERT INTO crsync_sites (site_id) VALUES (?) RETURNING ordinal", (old,)
-            ).fetchone()[0]
-            for tr in self._tracked.values():
-                conn.execute(f"UPDATE {tr.meta} SET ss = ? WHERE ss = 0", (ordinal,))
-                for i in range(tr.nslots):
-                    s = cell_columns(i)[2]
-                    conn.execute(f"UPDATE {tr.meta} SET {s} = ? WHERE {s} = 0", (ordinal,))
-        self._local_site = new
-        self._site_ord.clear()
-        self._site_blob.clear()
+            old, new = self._reset_site_locked(conn)
+        self._after_reset()
         log.warning("crsync.site.reset old=%s new=%s", old.hex(), new.hex())
         return new
+
+    def _reset_site_locked(self, conn: sqlite3.Connection) -> tuple[bytes, bytes]:
+        """Inside a write transaction: attribute the local changes to the old site id under a
+        new ordinal, take a new site id, and ask the next Peer session for a full push (the
+        changes of the old id not yet pushed are pushed too). Returns (old, new)."""
+        new = uuid.uuid4().bytes
+        self._refresh()
+        old = self.site_id
+        conn.execute("UPDATE crsync_sites SET site_id = ? WHERE ordinal = 0", (new,))
+        ordinal = conn.execute(
+            "INSERT INTO crsync_sites (site_id) VALUES (?) RETURNING ordinal", (old,)
+        ).fetchone()[0]
+        for tr in self._tracked.values():
+            conn.execute(f"UPDATE {tr.meta} SET ss = ? WHERE ss = 0", (ordinal,))
+            for i in range(tr.nslots):
+                s = cell_columns(i)[2]
+                conn.execute(f"UPDATE {tr.meta} SET {s} = ? WHERE {s} = 0", (ordinal,))
+        identity.mark_full_push(conn)
+        return old, new
+
+    def _after_reset(self) -> None:
+        self._local_site = self.site_id
+        self._site_ord.clear()
+        self._site_blob.clear()
 
     def pending_count(self) -> int:
         """Number of changes kept aside for tables or columns this database does not have."""
@@ -1233,6 +1300,15 @@ def _gc_paused() -> Iterator[None]:
     finally:
         if was:
             gc.enable()
+
+
+def _read_only_error(exc: BaseException) -> bool:
+    """True if a write failed because the connection or file is read-only."""
+    cause = exc.__cause__
+    code = getattr(cause, "sqlite_errorcode", None)
+    if isinstance(code, int) and code & 0xFF == 8:  # SQLITE_READONLY and its extended codes
+        return True
+    return "readonly" in str(exc) or "read-only" in str(exc)
 
 
 def _sql_pack_pk(*values: SqlValue) -> bytes:

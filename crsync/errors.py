@@ -8,11 +8,16 @@ class CrsyncError(Exception):
 
 
 class SchemaError(CrsyncError):
-    """A table cannot be replicated as it is declared, or schemas of two replicas disagree."""
+    """A table cannot be replicated as it is declared, or schemas of two replicas disagree.
 
-    def __init__(self, table: str, problem: str) -> None:
+    ``problems`` lists every problem found (``track`` reports them all at once); ``problem``
+    is their text as one string.
+    """
+
+    def __init__(self, table: str, problem: str, problems: list[str] | None = None) -> None:
         self.table = table
         self.problem = problem
+        self.problems: list[str] = list(problems) if problems else [problem]
         super().__init__(f"table {table!r}: {problem}")
 
 

@@ -35,6 +35,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.trio.client import ClientConnection
 from websockets.trio.client import connect as ws_connect
 
+from . import identity
 from . import protocol as p
 from ._trio_util import open_nursery
 from .change import Change, validate_changes
@@ -107,6 +108,16 @@ def _record(conn: Any, key: str, event: str, epoch: str, version: int) -> None:
 def _record_tx(db: Database, key: str, event: str, epoch: str, version: int) -> None:
     with db._write() as conn:
         _record(conn, key, event, epoch, version)
+
+
+def _site_and_full_push(db: Database) -> tuple[bytes, str | None]:
+    with db._read() as conn:
+        return db.site_id, identity.full_push_pending(conn)
+
+
+def _clear_full_push(db: Database, token: str) -> None:
+    with db._write() as conn:
+        identity.clear_full_push(conn, token)
 
 
 def _reset(db: Database, key: str, epoch: str) -> None:
@@ -237,6 +248,8 @@ class Peer:
         self._nursery_cm: Any = None
         self._nursery: trio.Nursery | None = None
         self._full_push_next = False
+        self._full_push_token: str | None = None  # a site reset's full-push request
+        self._full_push_until = 0  # the local version that full push ends at
         self._hello_schema: dict[str, p.TableSchema] = {}
         self.sync_lock = sync_lock
         self._lock_fd: int | None = None
@@ -431,6 +444,11 @@ class Peer:
             raise _Fatal(CrsyncError(f"invalid relay URL {self.url!r}: {exc}")) from None
         async with cm as ws:
             epoch, push_upto, pull_upto = await self._call(_positions, self.key)
+            # The file may have moved to a new site id since this Peer was made (a copied
+            # file, reset when opened, or `crsync reset-site`): sync as that site, and push
+            # every site's changes once if the reset asked for it.
+            self.site_id, self._full_push_token = await self._call(_site_and_full_push)
+            self._full_push_until = 1 << 62
             schema = await self._call(_schema)
             self._hello_schema = schema
             hello = p.Hello(
@@ -502,7 +520,8 @@ class Peer:
                 "crsync.peer.connected store=%s head=%d cursor=%d", self.store, msg.head, pull_upto
             )
             async with open_nursery() as nursery:
-                nursery.start_soon(self._pusher, ws, full_push or self._full_push_next)
+                full_push = full_push or self._full_push_next or bool(self._full_push_token)
+                nursery.start_soon(self._pusher, ws, full_push)
                 await self._receiver(ws, proto)
                 nursery.cancel_scope.cancel()
         return True
@@ -538,6 +557,8 @@ class Peer:
             if not full_push:
                 changes = [c for c in changes if c.site_id == own]
             self.local_sealed = max(self.local_sealed, sealed)
+            if full_push:  # a reset's request is cleared when the relay acknowledges this
+                self._full_push_until = sealed
             if changes:
                 units = p.chunk_changes(changes, self.batch_cells, self.max_frame // 2)
                 base = self.push_upto
@@ -556,6 +577,9 @@ class Peer:
             elif sealed > self.push_upto:
                 await self._call(_record_tx, self.key, "push", self.epoch, sealed)
                 self.push_upto = sealed
+            if full_push and self._full_push_token and not changes:
+                await self._call(_clear_full_push, self._full_push_token)
+                self._full_push_token = None
             full_push = False
             self._full_push_next = False
             self._update_synced()
@@ -573,6 +597,9 @@ class Peer:
             if isinstance(msg, p.Ack):
                 if msg.upto > self.push_upto:
                     await self._call(_record_tx, self.key, "push", self.epoch, msg.upto)
+                    if self._full_push_token and msg.upto >= self._full_push_until:
+                        await self._call(_clear_full_push, self._full_push_token)
+                        self._full_push_token = None
                     self.push_upto = msg.upto
                 self.relay_head = max(self.relay_head, msg.head)
                 self._update_synced()

@@ -89,7 +89,7 @@ def test_several_statements_and_tables_in_one_transaction_share_one_version(
     db: crsync.Database,
 ) -> None:
     db.conn.execute("CREATE TABLE u(k INTEGER PRIMARY KEY NOT NULL, v)")
-    db.track("u")
+    db.track("u", integer_keys="app-assigned")
     db.conn.execute("INSERT INTO t VALUES('r0', 0, 0)")
     v0 = db.db_version
     db.conn.execute("BEGIN")
@@ -157,7 +157,7 @@ def test_insert_delete_insert_delete_in_one_transaction_is_one_sentinel_cl_4(
 def test_pk_only_table_records_a_sentinel() -> None:
     db = open_db(site=SITE_A)
     db.conn.execute("CREATE TABLE u(a INTEGER PRIMARY KEY NOT NULL)")
-    db.track("u")
+    db.track("u", integer_keys="app-assigned")
     db.conn.execute("INSERT INTO u VALUES(1)")
     assert brief(db.changes()) == [(bytes.fromhex("010901"), SENTINEL, None, 1, 1, SITE_A, 1)]
     db.conn.execute("INSERT OR IGNORE INTO u VALUES(1)")
@@ -171,7 +171,7 @@ def test_pk_only_table_records_a_sentinel() -> None:
 def test_pk_change_is_delete_of_old_key_and_create_of_new_key() -> None:
     db = open_db(site=SITE_A)
     db.conn.execute("CREATE TABLE t2(a INTEGER PRIMARY KEY NOT NULL, b INTEGER)")
-    db.track("t2")
+    db.track("t2", integer_keys="app-assigned")
     db.conn.execute("BEGIN")
     db.conn.execute("INSERT INTO t2 VALUES(1, 2)")
     db.conn.execute("UPDATE t2 SET a = 2 WHERE a = 1")
@@ -184,7 +184,7 @@ def test_pk_change_is_delete_of_old_key_and_create_of_new_key() -> None:
 def test_pk_change_in_later_transaction_restamps_moved_cells() -> None:
     db = open_db(site=SITE_A)
     db.conn.execute("CREATE TABLE t2(a INTEGER PRIMARY KEY NOT NULL, b)")
-    db.track("t2")
+    db.track("t2", integer_keys="app-assigned")
     db.conn.execute("INSERT INTO t2 VALUES(1, 'v')")
     v = db.db_version
     db.conn.execute("UPDATE t2 SET a = 2 WHERE a = 1")
@@ -200,7 +200,7 @@ def test_pk_change_in_later_transaction_restamps_moved_cells() -> None:
 def test_pk_change_onto_deleted_key_and_away_from_cl_5() -> None:
     db = open_db(site=SITE_A)
     db.conn.execute("CREATE TABLE t2(a INTEGER PRIMARY KEY NOT NULL, b)")
-    db.track("t2")
+    db.track("t2", integer_keys="app-assigned")
     c = db.conn
     c.execute("INSERT INTO t2 VALUES(2, 'gone')")
     c.execute("DELETE FROM t2 WHERE a = 2")  # pk 2 at cl 2
@@ -267,7 +267,7 @@ def test_upsert_do_update_same_value_and_insert_or_ignore_record_nothing(
 def test_what_counts_as_a_change(old: str, new: str, is_change: bool) -> None:
     db = open_db()
     db.conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY NOT NULL, a)")
-    db.track("t")
+    db.track("t", integer_keys="app-assigned")
     db.conn.execute(f"INSERT INTO t VALUES(1, {old})")
     v = db.db_version
     db.conn.execute(f"UPDATE t SET a = {new}")
@@ -401,7 +401,7 @@ def test_changes_since_db_version_returns_exactly_the_later_write(tmp_path: Path
 def test_changes_since_cursor_never_repeats_or_misses() -> None:
     db = open_db()
     db.conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY NOT NULL, a)")
-    db.track("t")
+    db.track("t", integer_keys="app-assigned")
     cursor, seen = 0, []
     for i in range(10):
         db.conn.execute("INSERT INTO t VALUES(?, ?)", (i, i))
@@ -523,7 +523,7 @@ def _trigger_statements(conn: sqlite3.Connection, table: str) -> list[str]:
 def test_trigger_statements_never_scan_the_metadata_table(ddl: str) -> None:
     db = open_db()
     db.conn.execute(ddl)
-    db.track("p")
+    db.track("p", integer_keys="app-assigned")
     stmts = _trigger_statements(db.conn, "p")
     assert len(stmts) >= 4
     for stmt in stmts:

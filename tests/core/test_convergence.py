@@ -97,7 +97,7 @@ class World:
                 "UPDATE crsync_sites SET site_id = ? WHERE ordinal = 0", (bytes([i + 1]) * 16,)
             )
             db.conn.execute(self.ddl)
-            db.track("t")
+            db.track("t", integer_keys="app-assigned")
             self.dbs.append(db)
             self.models.append(Replica(self.columns, self.defaults))
         self.cursors: dict[tuple[int, int], int] = {}
@@ -272,7 +272,7 @@ def _fresh(world: World, seed: bytes) -> crsync.Database:
     db = crsync.connect(":memory:")
     db.conn.execute("UPDATE crsync_sites SET site_id = ? WHERE ordinal = 0", (seed * 16,))
     db.conn.execute(world.ddl)
-    db.track("t")
+    db.track("t", integer_keys="app-assigned")
     return db
 
 

@@ -18,7 +18,7 @@ def node(site: bytes, ddl: str = T) -> crsync.Database:
     db = open_db(site=site)
     db.conn.execute(ddl)
     name = ddl.split("(")[0].split()[-1]
-    db.track(name)
+    db.track(name, integer_keys="app-assigned")
     return db
 
 

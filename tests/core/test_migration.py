@@ -25,7 +25,7 @@ def new_db(site: bytes = SITE_A) -> crsync.Database:
     with db.migrate("t") as conn:
         conn.execute("ALTER TABLE t ADD COLUMN c TEXT")
     db.conn.execute("CREATE TABLE n(k INTEGER PRIMARY KEY NOT NULL, v)")
-    db.track("n")
+    db.track("n", integer_keys="app-assigned")
     return db
 
 
@@ -54,7 +54,7 @@ def test_changes_for_unknown_column_and_table_wait_then_apply_after_migration() 
         conn.execute("ALTER TABLE t ADD COLUMN c TEXT")
     assert b.pending_count() == 1
     b.conn.execute("CREATE TABLE n(k INTEGER PRIMARY KEY NOT NULL, v)")
-    b.track("n")
+    b.track("n", integer_keys="app-assigned")
     assert b.pending_count() == 0
     for table in ("t", "n"):
         assert rows(a.conn, table) == rows(b.conn, table)
@@ -174,7 +174,7 @@ def test_kept_aside_change_with_wrong_pk_arity_is_dropped_when_table_appears() -
     b.merge([good, wrong])
     assert b.pending_count() == 2
     b.conn.execute("CREATE TABLE n(k INTEGER PRIMARY KEY NOT NULL, v)")
-    b.track("n")
+    b.track("n", integer_keys="app-assigned")
     assert b.pending_count() == 0
     assert b.conn.execute("SELECT * FROM n").fetchall() == [(1, "ok")]
 

@@ -42,7 +42,7 @@ def pair(decl: str = "") -> tuple[crsync.Database, crsync.Database]:
     for site in (SITE_A, SITE_B):
         db = open_db(site=site)
         db.conn.execute(f"CREATE TABLE v(id INTEGER PRIMARY KEY NOT NULL, x {decl})")
-        db.track("v")
+        db.track("v", integer_keys="app-assigned")
         out.append(db)
     return out[0], out[1]
 

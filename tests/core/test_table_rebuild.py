@@ -533,3 +533,21 @@ def test_any_history_around_a_rebuild_converges(
         for x, y in ((a, b), (b, c), (c, a)):
             y.merge(x.changes())
     assert rows(a.conn, "todos") == rows(b.conn, "todos") == rows(c.conn, "todos")
+
+
+def test_rebuilt_integer_key_table_keeps_its_opt_in_and_is_readopted(tmp_path: Path) -> None:
+    """A table tracked with integer_keys='app-assigned' and rebuilt by sqlite-utils is
+    re-adopted (the opt-in survives the rebuild), and edits around the rebuild reach a peer."""
+    import sqlite_utils
+
+    a = crsync.connect(tmp_path / "a.db")
+    b = crsync.connect(tmp_path / "b.db")
+    for d in (a, b):
+        d.conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT)")
+        d.track("items", integer_keys="app-assigned")
+    a.conn.execute("INSERT INTO items VALUES (?, 'before')", (crsync.new_id(),))
+    sqlite_utils.Database(str(tmp_path / "a.db"))["items"].transform(types={"name": str})
+    a.conn.execute("INSERT INTO items VALUES (?, 'after')", (crsync.new_id(),))
+    b.merge(a.changes())
+    assert a.tracked_tables() == ["items"]
+    assert sorted(r[0] for r in b.conn.execute("SELECT name FROM items")) == ["after", "before"]

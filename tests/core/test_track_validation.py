@@ -98,7 +98,7 @@ def test_crsync_internal_tables_are_refused(name: str) -> None:
 @pytest.mark.parametrize(
     "ddl",
     [
-        "CREATE TABLE x(id INTEGER PRIMARY KEY, a)",  # rowid alias: never NULL
+        "CREATE TABLE x(id INTEGER PRIMARY KEY NOT NULL, a) WITHOUT ROWID",  # no rowid
         "CREATE TABLE x(id TEXT PRIMARY KEY NOT NULL, a NOT NULL DEFAULT 0, b CHECK (b > 0))",
         "CREATE TABLE x(a TEXT NOT NULL, b INTEGER NOT NULL, PRIMARY KEY (a, b)) WITHOUT ROWID",
         "CREATE TABLE x(id BLOB PRIMARY KEY NOT NULL)",
@@ -114,3 +114,94 @@ def test_convergent_tables_are_accepted(ddl: str) -> None:
 
 def test_schema_error_is_a_crsync_error() -> None:
     assert issubclass(SchemaError, crsync.CrsyncError)
+
+
+def test_every_problem_of_a_table_is_reported_at_once() -> None:
+    db = open_db()
+    db.conn.executescript(
+        "CREATE TABLE parent(id TEXT PRIMARY KEY NOT NULL);"
+        "CREATE TABLE x(id TEXT PRIMARY KEY, a UNIQUE, b NOT NULL, "
+        "p REFERENCES parent(id), c, d, UNIQUE (c, d));"
+        "CREATE UNIQUE INDEX x_by_b ON x(b)"
+    )
+    with pytest.raises(SchemaError) as err:
+        db.track("x")
+    problems = err.value.problems
+    assert len(problems) == 6, problems
+    text = str(err.value)
+    assert "6 problems" in text
+    for expected in (
+        "primary key column 'id' is nullable",
+        "UNIQUE constraint on (a)",
+        "UNIQUE constraint on (c, d)",
+        "UNIQUE index x_by_b on (b)",
+        "column 'b' is NOT NULL without a DEFAULT",
+        "FOREIGN KEY (p) REFERENCES 'parent'(id)",
+    ):
+        assert sum(expected in p for p in problems) == 1, expected
+        assert expected in text
+    assert "sqlite_autoindex" not in text
+    assert "track-existing-app" in text
+
+
+def test_a_single_problem_keeps_a_one_item_problem_list() -> None:
+    db = open_db()
+    db.conn.execute("CREATE TABLE x(a, b)")
+    with pytest.raises(SchemaError) as err:
+        db.track("x")
+    assert len(err.value.problems) == 1 and "PRIMARY KEY" in err.value.problems[0]
+
+
+@pytest.mark.parametrize(
+    "ddl",
+    [
+        "CREATE TABLE x(id INTEGER PRIMARY KEY, a)",
+        "CREATE TABLE x(id INTEGER PRIMARY KEY NOT NULL, a)",
+        "CREATE TABLE x(id integer, a, PRIMARY KEY (id))",
+    ],
+)
+def test_a_key_sqlite_assigns_is_refused_with_what_to_do(ddl: str) -> None:
+    db = open_db()
+    db.conn.execute(ddl)
+    with pytest.raises(SchemaError) as err:
+        db.track("x")
+    text = str(err.value)
+    for hint in ("INTEGER PRIMARY KEY", "crsync.new_id()", "integer_keys='app-assigned'", "rekey"):
+        assert hint in text
+    assert db.tracked_tables() == []
+
+
+def test_integer_keys_opt_in_is_remembered_by_later_track_and_migrate() -> None:
+    db = open_db()
+    db.conn.execute("CREATE TABLE x(id INTEGER PRIMARY KEY, a)")
+    db.track("x", integer_keys="app-assigned")
+    db.track("x")  # the app's next start: no need to repeat the opt-in
+    with db.migrate("x") as conn:
+        conn.execute("ALTER TABLE x ADD COLUMN b")
+    assert db.tracked_tables() == ["x"]
+    # untracked, the choice is forgotten
+    db.untrack("x")
+    with pytest.raises(SchemaError, match="INTEGER PRIMARY KEY"):
+        db.track("x")
+
+
+def test_integer_keys_takes_one_documented_value() -> None:
+    db = open_db()
+    db.conn.execute("CREATE TABLE x(id INTEGER PRIMARY KEY, a)")
+    with pytest.raises(crsync.CrsyncError, match="app-assigned"):
+        db.track("x", integer_keys="yes")
+
+
+def test_autoincrement_stays_refused_with_the_opt_in() -> None:
+    db = open_db()
+    db.conn.execute("CREATE TABLE x(id INTEGER PRIMARY KEY AUTOINCREMENT, a)")
+    with pytest.raises(SchemaError, match="AUTOINCREMENT") as err:
+        db.track("x", integer_keys="app-assigned")
+    assert len(err.value.problems) == 1
+
+
+def test_integer_primary_key_desc_is_not_a_rowid_and_must_be_not_null() -> None:
+    db = open_db()
+    db.conn.execute("CREATE TABLE x(id INTEGER PRIMARY KEY DESC, a)")
+    with pytest.raises(SchemaError, match="nullable"):
+        db.track("x")

@@ -31,7 +31,7 @@ def test_existing_app_example_backfills_syncs_and_converges(tmp_path: Path) -> N
     )
     out = proc.stdout
     assert proc.returncode == 0, out + proc.stderr
-    assert "refused: table 'notes': has a UNIQUE constraint or index (notes_title)" in out
+    assert "refused: table 'notes': has a UNIQUE index notes_title on (title)" in out
     assert "backfilled feed: 16 changes" in out
     assert "feed since 1: 5 changes" in out
     assert "phone merged 21 changes, 21 applied" in out

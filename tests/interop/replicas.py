@@ -63,7 +63,7 @@ class CrsyncReplica:
         for ddl in schema:
             self.db.conn.execute(ddl)
         for t in tables:
-            self.db.track(t)
+            self.db.track(t, integer_keys="app-assigned")
 
     def __repr__(self) -> str:
         return f"<crsync {self.name}>"

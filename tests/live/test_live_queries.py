@@ -20,8 +20,8 @@ def make(path: Path) -> crsync.Database:
     db.conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, x TEXT)")
     db.conn.execute("CREATE TABLE u (id INTEGER PRIMARY KEY, y TEXT)")
     db.conn.execute("CREATE TABLE plain (k TEXT PRIMARY KEY, v TEXT)")  # not replicated
-    db.track("t")
-    db.track("u")
+    db.track("t", integer_keys="app-assigned")
+    db.track("u", integer_keys="app-assigned")
     return db
 
 
