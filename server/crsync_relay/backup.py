@@ -14,11 +14,10 @@ import sqlite3
 import uuid
 from pathlib import Path
 
-import filelock
-
 from crsync.errors import CrsyncError
 
-from .hub import STORE_SUFFIX, check_store_id, relay_lock
+from .datadir import exclusive
+from .hub import STORE_SUFFIX, check_store_id
 
 
 def _read_only_uri(path: Path) -> str:
@@ -109,15 +108,7 @@ def restore_store(data_dir: Path, store: str, backup: Path, *, force: bool = Fal
     if dest.exists() and not force:
         raise CrsyncError(f"store {store!r} exists; pass --force to replace it")
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    lock = relay_lock(data_dir)
-    try:
-        lock.acquire(timeout=0)
-    except filelock.Timeout:
-        raise CrsyncError(
-            f"a relay is serving {data_dir} (it holds {lock.lock_file}); stop it before "
-            "restoring a store"
-        ) from None
-    try:
+    with exclusive(data_dir, f"a relay is serving {data_dir}; stop it before restoring a store"):
         tmp = dest.with_name(dest.name + ".restoring")
         tmp.unlink(missing_ok=True)
         _create_exclusive(tmp)
@@ -132,8 +123,6 @@ def restore_store(data_dir: Path, store: str, backup: Path, *, force: bool = Fal
             Path(str(dest) + suffix).unlink(missing_ok=True)
         tmp.replace(dest)
         return _epoch(dest)
-    finally:
-        lock.release()
 
 
 def _set_epoch(path: Path, epoch: str) -> None:

@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import filelock
 import trio
 
 from crsync.change import Change
@@ -51,9 +50,7 @@ RELAY_LOCK = ".crsync-relay.lock"
 ``restore`` refuses while it is held)."""
 
 
-def relay_lock(data_dir: Path) -> filelock.BaseFileLock:
-    """The data directory's relay lock (not yet acquired)."""
-    return filelock.FileLock(data_dir / RELAY_LOCK, mode=0o600)
+
 RECENT_MAX_CELLS = 2000  # largest batch kept in a store's in-memory ring (16 batches at most)
 
 

@@ -8,12 +8,11 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-import filelock
-
 from crsync.errors import CrsyncError
 from crsync.pack import pack_pk
 
-from .hub import STORE_SUFFIX, check_store_id, relay_lock
+from .datadir import exclusive
+from .hub import STORE_SUFFIX, check_store_id
 from .store import RelayStore
 
 
@@ -23,21 +22,12 @@ def stopped_store(data_dir: Path, store: str) -> Iterator[RelayStore]:
     path = data_dir / (check_store_id(store) + STORE_SUFFIX)
     if not path.exists():
         raise CrsyncError(f"no store {store!r} in {data_dir}")
-    lock = relay_lock(data_dir)
-    try:
-        lock.acquire(timeout=0)
-    except filelock.Timeout:
-        raise CrsyncError(
-            f"a relay is serving {data_dir} (it holds {lock.lock_file}); stop it first"
-        ) from None
-    try:
+    with exclusive(data_dir, f"a relay is serving {data_dir}; stop it first"):
         s = RelayStore(path, create=False)
         try:
             yield s
         finally:
             s.close()
-    finally:
-        lock.release()
 
 
 def parse_key(key_json: str | None, pk_hex: str | None) -> bytes:

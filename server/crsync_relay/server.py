@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import filelock
 import trio
 from websockets.http11 import Request, Response
 from websockets.trio.server import Server, ServerConnection, serve
@@ -20,7 +19,8 @@ from websockets.trio.server import Server, ServerConnection, serve
 from crsync import protocol as p
 from crsync.errors import CrsyncError
 
-from .hub import Hub, relay_lock
+from .datadir import exclusive
+from .hub import Hub
 from .metrics import MetricsServer, RelayMetrics
 from .session import ConnectionLimits, RelaySettings, handle_connection
 
@@ -158,18 +158,12 @@ async def run_relay(
         raise CrsyncError(f"cannot create data directory {config.data_dir}: {exc}") from None
     # One relay per data directory: two processes would each keep their own head, epoch and
     # ring for the same store files.
-    dir_lock = relay_lock(config.data_dir)
-    try:
-        dir_lock.acquire(timeout=0)
-    except filelock.Timeout:
-        raise CrsyncError(
-            f"another relay serves {config.data_dir} (it holds {dir_lock.lock_file}); "
-            "stop it first, or give this relay its own --data-dir"
-        ) from None
-    try:
+    with exclusive(
+        config.data_dir,
+        f"another relay serves {config.data_dir}; stop it first, or give this relay its own "
+        "--data-dir",
+    ):
         await _serve(config, reactor_handler, task_status, handle_signals)
-    finally:
-        dir_lock.release()
 
 
 async def _serve(

@@ -1,0 +1,79 @@
+"""The data directory's lock: one relay serves a directory at a time, and operator commands
+that rewrite store files (restore, repairs) refuse while a relay serves it.
+
+On POSIX the lock is ``flock`` on a descriptor opened read-only, so it never keeps a file open
+for writing (a file system can still be remounted read-only under a running relay) and it dies
+with the process. Elsewhere (Windows) the ``filelock`` package's lock is used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import filelock
+
+from crsync.errors import CrsyncError
+
+RELAY_LOCK = ".crsync-relay.lock"
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+
+class DataDirLock:
+    """An exclusive, non-blocking OS lock on ``<data_dir>/.crsync-relay.lock``."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / RELAY_LOCK
+        self._fd: int | None = None
+        self._portable: filelock.BaseFileLock | None = None
+
+    def try_acquire(self) -> bool:
+        """Take the lock if no one holds it; False if another holder has it."""
+        if fcntl is None:  # pragma: no cover - Windows
+            self._portable = filelock.FileLock(self.path)
+            try:
+                self._portable.acquire(timeout=0)
+            except filelock.Timeout:
+                self._portable = None
+                return False
+            return True
+        try:
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            pass
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        """Release the lock (no-op if not held)."""
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None
+        if self._portable is not None:  # pragma: no cover - Windows
+            self._portable.release()
+            self._portable = None
+
+
+@contextlib.contextmanager
+def exclusive(data_dir: Path, refusal: str) -> Iterator[DataDirLock]:
+    """Hold the data directory's lock for a block; CrsyncError (``refusal``, then the lock
+    file's path) if someone else holds it."""
+    lock = DataDirLock(data_dir)
+    if not lock.try_acquire():
+        raise CrsyncError(f"{refusal} (it holds {lock.path})")
+    try:
+        yield lock
+    finally:
+        lock.release()
