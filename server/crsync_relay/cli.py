@@ -93,6 +93,42 @@ def main() -> None:
     "wait for their acknowledgement, other stores are unaffected.",
 )
 @click.option(
+    "--max-unauthenticated",
+    type=int,
+    default=None,
+    help="Cap on connections whose token is not checked yet (default 1000).",
+)
+@click.option(
+    "--max-unauthenticated-per-ip",
+    type=int,
+    default=None,
+    help="The same cap per client address (default 64).",
+)
+@click.option(
+    "--max-open-stores-per-subject",
+    type=int,
+    default=None,
+    help="Stores one token subject may use at once (default: a quarter of --max-open-stores).",
+)
+@click.option(
+    "--max-new-stores-per-minute",
+    type=int,
+    default=None,
+    help="Stores one token subject may create a minute (default 60; 0: no limit).",
+)
+@click.option(
+    "--max-unit-bytes",
+    type=int,
+    default=None,
+    help="Bytes of frames one multi-part push may hold in memory (default 256 MiB).",
+)
+@click.option(
+    "--send-timeout",
+    type=float,
+    default=None,
+    help="Drop a peer that reads nothing for this many seconds (default 60).",
+)
+@click.option(
     "--metrics-port",
     type=int,
     default=None,
@@ -162,6 +198,12 @@ def serve(**opts: Any) -> None:
         max_connections_per_store=int(pick("max_connections_per_store", 1_000, int)),
         max_store_bytes=int(pick("max_store_bytes", 0, int)),
         max_push_cells_per_second=float(pick("max_push_cells_per_second", 0.0, float)),
+        max_unauthenticated=int(pick("max_unauthenticated", 1_000, int)),
+        max_unauthenticated_per_ip=int(pick("max_unauthenticated_per_ip", 64, int)),
+        max_open_stores_per_subject=int(pick("max_open_stores_per_subject", 0, int)),
+        max_new_stores_per_minute=int(pick("max_new_stores_per_minute", 60, int)),
+        max_unit_bytes=int(pick("max_unit_bytes", 256 << 20, int)),
+        send_timeout=float(pick("send_timeout", 60.0, float)),
         tls_cert=Path(cert) if cert else None,
         tls_key=Path(key) if key else None,
         metrics_host=pick("metrics_host", "127.0.0.1"),

@@ -52,6 +52,20 @@ RELAY_LOCK = ".crsync-relay.lock"
 
 
 RECENT_MAX_CELLS = 2000  # largest batch kept in a store's in-memory ring (16 batches at most)
+RECENT_MAX_BYTES = 1 << 20  # largest batch (estimated bytes) kept in the ring
+RING_BYTES = 4 << 20  # bytes of one store's ring in all
+READ_BYTES = 8 << 20  # a catch-up read of a session (whole versions; one larger version whole)
+
+
+def batch_bytes(changes: Sequence[Change]) -> int:
+    """Estimated memory of a batch of changes (values and keys, plus a fixed cost per change)."""
+    n = 0
+    for c in changes:
+        v = c.val
+        n += 120 + len(c.pk) + len(c.table) + len(c.cid)
+        if isinstance(v, str | bytes):
+            n += len(v)
+    return n
 
 
 class BadStoreId(CrsyncError):
@@ -94,8 +108,8 @@ class StoreHandle:
     users: int = 0
     last_used: float = attrs.Factory(time.monotonic)
     changed: trio.Event = attrs.Factory(trio.Event)
-    # (base, head, changes, pushing site): one push each
-    recent: deque[tuple[int, int, list[Change], bytes]] = attrs.Factory(
+    # (base, head, changes, pushing site, estimated bytes): one push each
+    recent: deque[tuple[int, int, list[Change], bytes, int]] = attrs.Factory(
         lambda: deque(maxlen=16)
     )
     sessions: int = 0
@@ -120,15 +134,24 @@ class Hub:
         metrics: RelayMetrics | None = None,
         max_store_bytes: int = 0,
         max_push_cells_per_second: float = 0,
+        max_open_per_subject: int = 0,
+        max_new_stores_per_minute: int = 60,
     ) -> None:
         """Serve the stores in ``data_dir`` (created if missing). ``max_store_bytes`` and
-        ``max_push_cells_per_second``: per-store limits on pushes (0: unlimited)."""
+        ``max_push_cells_per_second``: per-store limits on pushes (0: unlimited).
+        ``max_open_per_subject`` (0: a quarter of ``max_open``) and
+        ``max_new_stores_per_minute`` (0: unlimited): per token subject."""
         self.data_dir = data_dir
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # owner-only
         self.max_open = max_open
         self.idle_seconds = idle_seconds
         self.max_store_bytes = max_store_bytes
         self.max_push_cells_per_second = max_push_cells_per_second
+        self.read_bytes = READ_BYTES  # catch-up reads stop at whole versions past this size
+        self.max_open_per_subject = max_open_per_subject or max(1, max_open // 4)
+        self.max_new_stores_per_minute = max_new_stores_per_minute
+        self._subject_stores: dict[str, dict[str, int]] = {}
+        self._creation_bucket: dict[str, tuple[float, float]] = {}
         self._open: OrderedDict[str, StoreHandle] = OrderedDict()
         self._opening: dict[str, trio.Event] = {}
         self.stats = {"stores_opened": 0, "stores_closed": 0, "merged": 0, "pushes": 0}
@@ -145,14 +168,65 @@ class Hub:
         """Number of stores currently open."""
         return len(self._open)
 
-    async def acquire(self, store: str) -> StoreHandle:
+    async def acquire(self, store: str, subject: str | None = None) -> StoreHandle:
         """Open (or create) a store and count one user of it.
+
+        ``subject``: who the token was issued to (None: no authentication). One subject may
+        use at most ``max_open_per_subject`` stores at once and create at most
+        ``max_new_stores_per_minute`` stores a minute, so that one token cannot take every
+        open-store slot or fill the disk with empty stores.
 
         Raises:
             BadStoreId: the id is not acceptable.
-            Overloaded: the cap on open stores is reached and none is idle.
+            Overloaded: the cap on open stores is reached and none is idle, or the subject is
+                over its own caps.
         """
         path = self.path_for(store)
+        if subject is not None:
+            self._admit(store, subject, path)
+        try:
+            h = await self._acquire(store, path)
+        except BaseException:
+            if subject is not None:
+                self._forget_user(store, subject)
+            raise
+        return h
+
+    def _admit(self, store: str, subject: str, path: Path) -> None:
+        using = self._subject_stores.setdefault(subject, {})
+        if store not in using and len(using) >= self.max_open_per_subject:
+            if not using:
+                del self._subject_stores[subject]
+            raise Overloaded(
+                f"this token's subject uses {len(using)} stores at once (the cap is "
+                f"{self.max_open_per_subject})"
+            )
+        if store not in using and not path.exists() and self.max_new_stores_per_minute > 0:
+            now = time.monotonic()
+            rate = self.max_new_stores_per_minute / 60.0
+            level, last = self._creation_bucket.get(subject, (self.max_new_stores_per_minute, now))
+            level = min(float(self.max_new_stores_per_minute), level + (now - last) * rate)
+            if level < 1:
+                if not using:
+                    del self._subject_stores[subject]
+                raise Overloaded(
+                    f"this token's subject creates stores faster than "
+                    f"{self.max_new_stores_per_minute} a minute"
+                )
+            self._creation_bucket[subject] = (level - 1, now)
+        using[store] = using.get(store, 0) + 1
+
+    def _forget_user(self, store: str, subject: str) -> None:
+        using = self._subject_stores.get(subject)
+        if using is None or store not in using:
+            return
+        using[store] -= 1
+        if not using[store]:
+            del using[store]
+        if not using:
+            del self._subject_stores[subject]
+
+    async def _acquire(self, store: str, path: Path) -> StoreHandle:
         while True:
             h = self._open.get(store)
             if h is not None:
@@ -191,10 +265,12 @@ class Hub:
             del self._opening[store]
             done.set()
 
-    def release(self, h: StoreHandle) -> None:
-        """One user of the store is done."""
+    def release(self, h: StoreHandle, subject: str | None = None) -> None:
+        """One user of the store (of ``subject``, as given to :meth:`acquire`) is done."""
         h.users -= 1
         h.last_used = time.monotonic()
+        if subject is not None:
+            self._forget_user(h.store_id, subject)
 
     async def _make_room(self) -> None:
         while len(self._open) >= self.max_open:
@@ -284,8 +360,11 @@ class Hub:
                     batch, upto_read, complete = await trio.to_thread.run_sync(
                         h.writer.changes_since, base, None, RECENT_MAX_CELLS
                     )
-                    if complete and upto_read == head:
-                        h.recent.append((base, head, batch, site))
+                    size = batch_bytes(batch)
+                    if complete and upto_read == head and size <= RECENT_MAX_BYTES:
+                        h.recent.append((base, head, batch, site, size))
+                        while sum(e[4] for e in h.recent) > RING_BYTES:
+                            h.recent.popleft()
                 h.head = head
                 self.stats["merged"] += wins
                 h.wake()
@@ -311,6 +390,11 @@ class Hub:
             )
             await trio.sleep(wait)  # the rate limit itself (a timer, not a synchronisation)
 
+    async def check_quota(self, h: StoreHandle) -> None:
+        """Raise :class:`QuotaExceeded` if the store is over its byte quota."""
+        async with h.write_lock:
+            await self._check_quota(h)
+
     async def _check_quota(self, h: StoreHandle) -> None:
         """Raise :class:`QuotaExceeded` if the store is over its byte quota (write lock held)."""
         limit = self.max_store_bytes
@@ -328,13 +412,13 @@ class Hub:
         self, h: StoreHandle, cursor: int, exclude_site: bytes, max_cells: int
     ) -> tuple[list[Change], int, bool]:
         """What a session at ``cursor`` lacks: from the recent ring if possible, else disk."""
-        for base, upto, batch, via in h.recent:
+        for base, upto, batch, via, _size in h.recent:
             if base == cursor:
                 # One push: every cell came through one connection.
                 return ([] if via == exclude_site else batch), upto, upto >= h.head
         async with h.read_lock:
             return await trio.to_thread.run_sync(
-                h.reader.changes_since, cursor, exclude_site, max_cells
+                h.reader.changes_since, cursor, exclude_site, max_cells, self.read_bytes
             )
 
     async def record_received(self, h: StoreHandle, site: bytes, upto: int) -> None:

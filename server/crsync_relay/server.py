@@ -52,6 +52,12 @@ class RelayConfig:
     max_connections_per_store: int = 1_000  # open connections per store (refused: overloaded)
     max_store_bytes: int = 0  # per-store quota, database + WAL (0: none; refused: quota_exceeded)
     max_push_cells_per_second: float = 0  # per-store push rate (0: none; over it: pushes wait)
+    max_unauthenticated: int = 1_000  # connections not yet authenticated, whole process
+    max_unauthenticated_per_ip: int = 64  # the same, per client address
+    max_open_stores_per_subject: int = 0  # stores one token subject uses at once (0: cap / 4)
+    max_new_stores_per_minute: int = 60  # stores one token subject creates a minute (0: none)
+    max_unit_bytes: int = 256 << 20  # frames of one multi-part push held in memory
+    send_timeout: float = 60.0  # a peer that reads nothing this long is dropped
 
     def reactor_handler(self) -> Any:
         """The loaded reactor handler (None without ``reactor``)."""
@@ -72,8 +78,7 @@ class RelayConfig:
                 )
             if self.metrics_port is not None and self.metrics_host not in LOOPBACK:
                 raise CrsyncError(
-                    "--dev serves metrics only on loopback, not --metrics-host "
-                    f"{self.metrics_host}"
+                    f"--dev serves metrics only on loopback, not --metrics-host {self.metrics_host}"
                 )
         elif self.secret is None:
             raise CrsyncError(
@@ -86,6 +91,18 @@ class RelayConfig:
             raise CrsyncError("--reactor-stores needs --reactor")
         if self.max_connections < 1 or self.max_connections_per_store < 1:
             raise CrsyncError("--max-connections and --max-connections-per-store must be >= 1")
+        if self.max_unauthenticated < 1 or self.max_unauthenticated_per_ip < 1:
+            raise CrsyncError("--max-unauthenticated and --max-unauthenticated-per-ip must be >= 1")
+        if (
+            self.max_open_stores_per_subject < 0
+            or self.max_new_stores_per_minute < 0
+            or self.max_unit_bytes < 1
+            or self.send_timeout <= 0
+        ):
+            raise CrsyncError(
+                "--max-open-stores-per-subject and --max-new-stores-per-minute must be >= 0, "
+                "--max-unit-bytes and --send-timeout > 0"
+            )
         if self.max_store_bytes < 0 or self.max_push_cells_per_second < 0:
             raise CrsyncError(
                 "--max-store-bytes and --max-push-cells-per-second must be >= 0 (0: unlimited)"
@@ -107,14 +124,21 @@ FILES_PER_STORE = 6  # two connections, each with the database and its WAL, plus
 FILES_RESERVED = 128  # sockets, logs, the metrics server
 
 
-def fit_open_files(max_open_stores: int) -> int:
-    """Raise the soft open-files limit as far as allowed and fit the store cap under it."""
+def fit_open_files(max_open_stores: int, connections: int = 0) -> tuple[int, int]:
+    """Raise the soft open-files limit as far as allowed and fit the caps under it: open
+    stores (``FILES_PER_STORE`` descriptors each) and connections (one socket each:
+    authenticated plus authenticating). When both cannot fit, both are lowered in proportion.
+
+    Returns:
+        ``(max_open_stores, connections)`` that fit.
+    """
     try:
         import resource
     except ImportError:  # pragma: no cover - not on Windows
-        return max_open_stores
+        return max_open_stores, connections
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = FILES_RESERVED + FILES_PER_STORE * max_open_stores
+    store_files = FILES_PER_STORE * max_open_stores
+    want = FILES_RESERVED + store_files + connections
     if soft != resource.RLIM_INFINITY and soft < want:
         new = want if hard == resource.RLIM_INFINITY else min(want, hard)
         try:
@@ -122,18 +146,24 @@ def fit_open_files(max_open_stores: int) -> int:
             soft = new
         except (ValueError, OSError):
             pass
-    if soft == resource.RLIM_INFINITY:
-        return max_open_stores
-    fits = max(1, (soft - FILES_RESERVED) // FILES_PER_STORE)
-    if fits < max_open_stores:
-        log.warning(
-            "relay.open_files_limit soft=%d max_open_stores=%d lowered_to=%d",
-            soft,
-            max_open_stores,
-            fits,
-        )
-        return fits
-    return max_open_stores
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        return max_open_stores, connections
+    avail = max(0, soft - FILES_RESERVED)
+    stores = max(
+        1,
+        min(max_open_stores, avail * store_files // (store_files + connections) // FILES_PER_STORE),
+    )
+    conns = max(1, avail - FILES_PER_STORE * stores) if connections else 0
+    log.warning(
+        "relay.open_files_limit soft=%d max_open_stores=%d lowered_to=%d connections=%d "
+        "lowered_to=%d",
+        soft,
+        max_open_stores,
+        stores,
+        connections,
+        conns,
+    )
+    return stores, conns
 
 
 def _health(hub: Hub, connection: ServerConnection, request: Request) -> Response | None:
@@ -151,7 +181,13 @@ async def run_relay(
     """Serve until cancelled, or until SIGINT/SIGTERM when ``handle_signals``."""
     config.check()
     reactor_handler = config.reactor_handler()
-    config.max_open_stores = fit_open_files(config.max_open_stores)
+    config.max_open_stores, conns = fit_open_files(
+        config.max_open_stores, config.max_connections + config.max_unauthenticated
+    )
+    if conns < config.max_connections + config.max_unauthenticated:
+        share = conns / (config.max_connections + config.max_unauthenticated)
+        config.max_connections = max(1, int(config.max_connections * share))
+        config.max_unauthenticated = max(1, int(config.max_unauthenticated * share))
     try:
         config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # owner-only
     except OSError as exc:
@@ -180,6 +216,8 @@ async def _serve(
         metrics=metrics,
         max_store_bytes=config.max_store_bytes,
         max_push_cells_per_second=config.max_push_cells_per_second,
+        max_open_per_subject=config.max_open_stores_per_subject,
+        max_new_stores_per_minute=config.max_new_stores_per_minute,
     )
     metrics_server: MetricsServer | None = None
     serving = False
@@ -204,7 +242,14 @@ async def _serve(
         secret=None if config.dev else config.secret,
         max_frame=config.max_frame,
         batch_cells=config.batch_cells,
-        limits=ConnectionLimits(config.max_connections, config.max_connections_per_store),
+        limits=ConnectionLimits(
+            config.max_connections,
+            config.max_connections_per_store,
+            config.max_unauthenticated,
+            config.max_unauthenticated_per_ip,
+        ),
+        max_unit_bytes=config.max_unit_bytes,
+        send_timeout=config.send_timeout,
     )
 
     async def handler(ws: ServerConnection) -> None:

@@ -27,18 +27,48 @@ OFFLOAD_DECODE_BYTES = 256 * 1024
 
 @attrs.define
 class ConnectionLimits:
-    """Caps on open connections: for the whole process (counted from the WebSocket handshake,
-    so unauthenticated connections count too) and per store (counted once the token is checked).
-    A connection over a cap is refused with ``overloaded`` (peers retry with backoff); a store at
-    its cap does not affect other stores."""
+    """Caps on open connections. Until its token is checked a connection counts as
+    *unauthenticated*: capped for the whole process and per client address, so that idle
+    sockets cannot take the places of authenticated devices. Authenticated connections are
+    capped for the process and per store. A connection over a cap is refused with
+    ``overloaded`` (peers retry with backoff); a store at its cap does not affect others."""
 
     max_total: int = 10_000
     max_per_store: int = 1_000
+    max_unauthenticated: int = 1_000
+    max_unauthenticated_per_ip: int = 64
     total: int = 0
+    unauthenticated: int = 0
+    per_ip: dict[str, int] = attrs.Factory(dict)
     per_store: dict[str, int] = attrs.Factory(dict)
 
-    def enter(self) -> None:
-        """Count a new connection, or raise :class:`_Closing` (overloaded) at the cap."""
+    def enter(self, ip: str = "") -> None:
+        """Count a new, not yet authenticated connection, or raise :class:`_Closing`."""
+        n = self.per_ip.get(ip, 0)
+        if self.unauthenticated >= self.max_unauthenticated:
+            raise _Closing(
+                p.ErrorCode.OVERLOADED.value,
+                f"{self.unauthenticated} connections are authenticating (the cap is "
+                f"{self.max_unauthenticated})",
+            )
+        if n >= self.max_unauthenticated_per_ip:
+            raise _Closing(
+                p.ErrorCode.OVERLOADED.value,
+                f"this address has {n} connections authenticating (the cap is "
+                f"{self.max_unauthenticated_per_ip})",
+            )
+        self.unauthenticated += 1
+        self.per_ip[ip] = n + 1
+
+    def leave_unauthenticated(self, ip: str = "") -> None:
+        """A connection counted by :meth:`enter` authenticated or ended."""
+        self.unauthenticated -= 1
+        n = self.per_ip.pop(ip) - 1
+        if n:
+            self.per_ip[ip] = n
+
+    def authenticated(self) -> None:
+        """Count an authenticated connection, or raise :class:`_Closing` (overloaded)."""
         if self.total >= self.max_total:
             raise _Closing(
                 p.ErrorCode.OVERLOADED.value,
@@ -47,7 +77,7 @@ class ConnectionLimits:
         self.total += 1
 
     def leave(self) -> None:
-        """A connection counted by :meth:`enter` ended."""
+        """A connection counted by :meth:`authenticated` ended."""
         self.total -= 1
 
     def enter_store(self, store: str) -> None:
@@ -76,9 +106,15 @@ class RelaySettings:
     handshake_timeout: float = 10.0
     batch_cells: int = 5000
     max_unit_cells: int = 2_000_000  # cap on a multi-part push held in memory
+    max_unit_bytes: int = 256 << 20  # cap on the frames of one multi-part push held in memory
+    send_timeout: float = 60.0  # a peer that reads nothing for this long is dropped
     limits: ConnectionLimits = attrs.Factory(ConnectionLimits)
     # Worker threads decoding large frames at once, for the whole relay.
     decode_limiter: trio.CapacityLimiter = attrs.Factory(lambda: trio.CapacityLimiter(2))
+
+
+class _Stalled(Exception):
+    """The peer stopped reading: drop the connection without an error frame."""
 
 
 class _Closing(Exception):
@@ -113,8 +149,16 @@ class Session:
         self.log = logging.LoggerAdapter(log, {"store": hello.store, "site": hello.site.hex()})
 
     async def send(self, msg: p.Message) -> None:
+        """Send a message; a peer that does not read it within ``send_timeout`` is dropped
+        (its connection and the memory held for it are released)."""
         async with self.send_lock:
-            await self.ws.send(p.encode(msg))
+            try:
+                with trio.fail_after(self.settings.send_timeout):
+                    await self.ws.send(p.encode(msg))
+            except trio.TooSlowError:
+                raise _Stalled(
+                    f"the peer read nothing for {self.settings.send_timeout:g} s"
+                ) from None
 
     async def sender(self) -> None:
         """Send the store's changes the peer lacks, forever: catch-up, then live."""
@@ -136,6 +180,7 @@ class Session:
     async def receiver(self, proto: p.RelayConnection) -> None:
         """Handle what the peer sends until it closes."""
         parts: list[Change] = []
+        unit_bytes = 0
         async for raw in self.ws:
             if len(raw) > OFFLOAD_DECODE_BYTES:
                 # Decoding and validating a large push takes long: do it in a worker thread
@@ -146,15 +191,28 @@ class Session:
             else:
                 msg = proto.receive(raw)
             if isinstance(msg, p.Push):
+                if not parts and msg.more:
+                    # The first part of a multi-part unit: refuse a store over its quota now,
+                    # before holding the unit in memory.
+                    try:
+                        await self.hub.check_quota(self.handle)
+                    except QuotaExceeded as exc:
+                        raise _Closing(p.ErrorCode.QUOTA_EXCEEDED.value, str(exc)) from None
                 parts.extend(msg.changes)
-                if len(parts) > self.settings.max_unit_cells:
+                unit_bytes += len(raw)
+                if (
+                    len(parts) > self.settings.max_unit_cells
+                    or unit_bytes > self.settings.max_unit_bytes
+                ):
                     raise _Closing(
                         p.ErrorCode.INVALID_CHANGES.value,
-                        "a multi-part push is larger than this relay accepts",
+                        "a multi-part push is larger than this relay accepts "
+                        f"({self.settings.max_unit_cells} cells, "
+                        f"{self.settings.max_unit_bytes} bytes)",
                     )
                 if msg.more:
                     continue
-                unit, parts = parts, []
+                unit, parts, unit_bytes = parts, [], 0
                 try:
                     # Under the store's push rate limit this waits (backpressure: the peer
                     # waits for its ack) rather than refusing; over its byte quota it refuses.
@@ -196,9 +254,12 @@ async def handle_connection(ws: ServerConnection, hub: Hub, settings: RelaySetti
     peer = getattr(ws, "remote_address", None)
     limits = settings.limits
     counted = counted_store = False
+    ip = peer[0] if isinstance(peer, tuple) and peer else str(peer)
+    unauthenticated = False
+    subject = ""
     try:
-        limits.enter()
-        counted = True
+        limits.enter(ip)
+        unauthenticated = True
         with trio.fail_after(settings.handshake_timeout):
             raw = await ws.recv()
         hello = proto.receive(raw)
@@ -217,6 +278,11 @@ async def handle_connection(ws: ServerConnection, hub: Hub, settings: RelaySetti
                     p.ErrorCode.FORBIDDEN.value,
                     f"the token does not grant access to store {hello.store!r}",
                 )
+            subject = claims.subject
+        limits.leave_unauthenticated(ip)
+        unauthenticated = False
+        limits.authenticated()
+        counted = True
         # Authenticated: from now on frames up to twice the limit are read (so that the protocol
         # can refuse an oversized one with frame_too_large); before, the server's small
         # handshake limit applies.
@@ -224,7 +290,7 @@ async def handle_connection(ws: ServerConnection, hub: Hub, settings: RelaySetti
         limits.enter_store(hello.store)
         counted_store = True
         try:
-            handle = await hub.acquire(hello.store)
+            handle = await hub.acquire(hello.store, subject if settings.secret else None)
         except Overloaded as exc:
             raise _Closing(p.ErrorCode.OVERLOADED.value, str(exc)) from None
         await hub.charge(handle)
@@ -275,6 +341,11 @@ async def handle_connection(ws: ServerConnection, hub: Hub, settings: RelaySetti
         reason = _cap(exc.reason)
         log.warning("relay.protocol_error peer=%s code=%s reason=%s", peer, exc.code, reason)
         await _send_error(ws, exc.code, reason, hub)
+    except _Stalled as exc:
+        log.warning("relay.peer_stalled peer=%s reason=%s", peer, exc)
+        hub.metrics.errors.labels(code="stalled").inc()
+        with trio.move_on_after(1):
+            await ws.aclose(1008, "stalled")
     except TooSlow:
         await _send_error(
             ws, p.ErrorCode.BAD_FRAME.value, "no hello within the handshake timeout", hub
@@ -300,12 +371,14 @@ async def handle_connection(ws: ServerConnection, hub: Hub, settings: RelaySetti
         )
     finally:
         if handle is not None:
-            hub.release(handle)
+            hub.release(handle, subject if settings.secret else None)
         if counted_store:
             assert proto.hello is not None
             limits.leave_store(proto.hello.store)
         if counted:
             limits.leave()
+        if unauthenticated:
+            limits.leave_unauthenticated(ip)
 
 
 TooSlow = trio.TooSlowError

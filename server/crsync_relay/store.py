@@ -522,11 +522,19 @@ class RelayStore:
     # ------------------------------------------------------------------ reads
 
     def changes_since(
-        self, cursor: int, exclude_site: bytes | None, max_cells: int = 5000
+        self,
+        cursor: int,
+        exclude_site: bytes | None,
+        max_cells: int = 5000,
+        max_bytes: int = 8 << 20,
     ) -> tuple[list[Change], int, bool]:
         """Changes of relay versions after ``cursor``, whole versions at a time, leaving out
         the cells ``exclude_site``'s connections pushed (whatever author they claim; cells
         stored before the pushing site was recorded fall back to their author).
+
+        Reads stop at the first version boundary past ``max_cells`` cells or ``max_bytes``
+        bytes of values and keys (rows are streamed, never all loaded); a first version larger
+        than that is read whole, being one atomic unit.
 
         Returns:
             ``(changes, upto, complete)``: ``upto`` is the last version fully included;
@@ -538,28 +546,24 @@ class RelayStore:
             head = self.head
             if cursor >= head:
                 return [], head, True
-            rows = conn.execute(
+            rows: list[tuple[Any, ...]] = []
+            size = 0
+            upto, complete = head, True
+            cur = conn.execute(
                 "SELECT tbl, pk, cid, val, col_version, version, site_id, cl, seq, "
-                "coalesce(via, site_id) FROM relay_cells WHERE version > ? AND version <= ? "
-                "ORDER BY version, seq LIMIT ?",
-                (cursor, head, max_cells + 1),
-            ).fetchall()
-            if len(rows) > max_cells:
-                last = rows[-1][5]
-                # whole versions only: drop the partially read last version unless it is the
-                # only one (then read it completely)
-                keep = [r for r in rows if r[5] < last]
-                if keep:
-                    rows, upto, complete = keep, keep[-1][5], False
-                else:
-                    rows = conn.execute(
-                        "SELECT tbl, pk, cid, val, col_version, version, site_id, cl, seq, "
-                        "coalesce(via, site_id) FROM relay_cells WHERE version = ? ORDER BY seq",
-                        (last,),
-                    ).fetchall()
-                    upto, complete = last, last == head
-            else:
-                upto, complete = head, True
+                "coalesce(via, site_id), length(val) FROM relay_cells "
+                "WHERE version > ? AND version <= ? ORDER BY version, seq",
+                (cursor, head),
+            )
+            for row in cur:
+                version = row[5]
+                if (len(rows) >= max_cells or size >= max_bytes) and version != rows[-1][5]:
+                    # past the budget, at a version boundary: stop before this version
+                    upto, complete = rows[-1][5], False
+                    break
+                rows.append(row)
+                size += 120 + len(row[1]) + (row[10] or 0)
+            cur.close()
         finally:
             conn.execute("COMMIT")
         out = [Change(*r[:9]) for r in rows if r[9] != exclude_site]

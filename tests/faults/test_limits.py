@@ -83,10 +83,12 @@ async def test_store_at_its_connection_cap_refuses_more_and_does_not_slow_other_
             assert extra.stats.connects == 1
 
 
-async def test_process_connection_cap_counts_every_connection(
+async def test_connections_still_authenticating_have_their_own_cap(
     relay_factory: RelayFactory, tmp_path: Path
 ) -> None:
-    relay: RelayProcess = relay_factory("--max-connections", "4")
+    """Idle sockets that never say hello fill --max-unauthenticated (not the authenticated
+    cap); a device is refused with overloaded while they are there and gets in after."""
+    relay: RelayProcess = relay_factory("--max-unauthenticated", "4")
     db = open_db(tmp_path / "a.db")
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
