@@ -38,15 +38,30 @@ _TRANSIENT_MESSAGES = (
 )
 
 
+def causes(exc: BaseException) -> list[BaseException]:
+    """``exc`` and everything behind it: causes, contexts and the members of exception groups
+    (breadth first, each once)."""
+    out: list[BaseException] = []
+    todo = [exc]
+    while todo:
+        e = todo.pop(0)
+        if any(e is x for x in out):
+            continue
+        out.append(e)
+        if isinstance(e, BaseExceptionGroup):
+            todo.extend(e.exceptions)
+        if e.__cause__ is not None:
+            todo.append(e.__cause__)
+        if e.__context__ is not None:
+            todo.append(e.__context__)
+    return out
+
+
 def sqlite_cause(exc: BaseException) -> sqlite3.Error | None:
-    """The SQLite error behind ``exc`` (itself or one of its causes/contexts), if any."""
-    seen: set[int] = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
+    """The SQLite error behind ``exc`` (itself, a cause, a context or a group member), if any."""
+    for e in causes(exc):
         if isinstance(e, sqlite3.Error):
             return e
-        e = e.__cause__ or e.__context__
     return None
 
 

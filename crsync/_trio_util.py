@@ -61,4 +61,12 @@ async def open_nursery(rank: Rank = default_rank) -> AsyncIterator[trio.Nursery]
         async with trio.open_nursery() as nursery:
             yield nursery
     except BaseExceptionGroup as group:
-        raise first_error(group, rank) from None
+        leaf = first_error(group, rank)
+        # Re-raising sets the leaf's __context__ (to the group): keep its own chain intact, so
+        # what caused it (e.g. the sqlite3 error behind a CrsyncError) can still be found.
+        cause, context, suppress = leaf.__cause__, leaf.__context__, leaf.__suppress_context__
+        try:
+            raise leaf
+        finally:
+            leaf.__cause__, leaf.__context__ = cause, context
+            leaf.__suppress_context__ = suppress

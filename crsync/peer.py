@@ -44,7 +44,7 @@ from websockets.trio.client import connect as ws_connect
 from websockets.uri import parse_uri
 
 from . import protocol as p
-from ._sqlite_errors import error_name, is_transient, sqlite_cause
+from ._sqlite_errors import causes, error_name, is_transient, sqlite_cause
 from ._sync_lock import SyncLock
 from ._trio_util import first_error, open_nursery
 from .change import Change, validate_changes
@@ -149,16 +149,17 @@ def _merge_and_record(
 
 
 def _describe(exc: BaseException) -> str:
-    """An error and its causes in one line (a TLS failure hides under BrokenResourceError)."""
+    """An error and its causes in one line (a TLS failure hides under BrokenResourceError, a
+    refused connection inside trio's group of connection attempts)."""
     parts = []
-    seen: set[int] = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
+    for e in causes(exc):
+        if isinstance(e, BaseExceptionGroup):
+            continue
         text = str(e)
-        parts.append(f"{type(e).__name__}: {text}" if text else type(e).__name__)
-        e = e.__cause__ or e.__context__
-    return " <- ".join(parts)
+        part = f"{type(e).__name__}: {text}" if text else type(e).__name__
+        if part not in parts:
+            parts.append(part)
+    return " <- ".join(parts) or type(exc).__name__
 
 
 # Special-use names that never resolve (RFC 6761, RFC 6762): a relay URL naming one is a
@@ -178,15 +179,6 @@ _NOT_TLS = frozenset(
         "WRONG_SSL_VERSION",
     }
 )
-
-
-def _chain(exc: BaseException) -> list[BaseException]:
-    out: list[BaseException] = []
-    e: BaseException | None = exc
-    while e is not None and all(e is not x for x in out):
-        out.append(e)
-        e = e.__cause__ or e.__context__
-    return out
 
 
 def check_relay_url(url: object) -> tuple[str, int]:
@@ -244,7 +236,7 @@ def _classify(exc: BaseException, url: str, host: str) -> _Outcome:
         )
         err.__cause__ = exc
         return _Outcome(_FATAL, str(err), err)
-    chain = _chain(exc)
+    chain = causes(exc)
     for e in chain:
         if isinstance(e, ssl_module.SSLCertVerificationError):
             err = ConnectError(
@@ -359,7 +351,7 @@ class Peer:
         path = db.path
         if path is None:
             raise CrsyncError("a Peer needs a database stored in a file, not in memory")
-        self._host, _port = check_relay_url(url)
+        self._host, self._port = check_relay_url(url)
         if ssl is not None and not url.startswith("wss://"):
             raise RelayURLError(f"an ssl context needs a wss:// relay URL, not {url!r}")
         if not isinstance(store, str):
@@ -412,6 +404,7 @@ class Peer:
         self.sync_lock = sync_lock
         self._lock: SyncLock | None = None
         self._last_data_version = -1
+        self._established = False  # the current session got the relay's welcome
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -443,7 +436,18 @@ class Peer:
         self.state = PeerState.CONNECTING
         self._watch_stop.clear()
         try:
-            self._db = await trio.to_thread.run_sync(self._open_db)
+            try:
+                self._db = await trio.to_thread.run_sync(self._open_db)
+            except Exception as exc:
+                outcome = _classify(exc, self.url, self._host)
+                if not outcome.local:
+                    if outcome.error is None or outcome.error is exc:
+                        raise
+                    raise outcome.error from exc
+                # Busy (the app holds a write lock) or failing for now: the peer opens it
+                # when it can (see _open_when_possible).
+                self.reason = outcome.reason
+                self.stats.last_error = outcome.reason
             self._nursery_cm = trio.open_nursery()
             self._nursery = await self._nursery_cm.__aenter__()
         except BaseException:
@@ -511,11 +515,35 @@ class Peer:
         return _classify(exc, self.url, self._host).kind
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run blocking SQLite work on the peer's connection, one call at a time."""
-        async with self._db_lock:
-            if self._db is None:
-                raise PeerStoppedError("the peer is not running (use it inside `async with`)")
-            return await trio.to_thread.run_sync(functools.partial(fn, self._db, *args))
+        """Run blocking SQLite work on the peer's connection, one call at a time (waiting for
+        the connection while the file could not be opened yet)."""
+        while True:
+            while self._db is None:
+                self._check_running()
+                await self._progress.wait()
+            async with self._db_lock:
+                db = self._db
+                if db is not None:
+                    return await trio.to_thread.run_sync(functools.partial(fn, db, *args))
+
+    async def _open_when_possible(self) -> None:
+        """Open the peer's connection if __aenter__ could not (a busy or failing file)."""
+        delay = self.backoff_initial
+        while self._db is None:
+            self._set_state(PeerState.OFFLINE)
+            await trio.sleep(random.uniform(0, delay))  # retry backoff (a timer)
+            delay = min(delay * 2, self.backoff_max)
+            try:
+                db = await trio.to_thread.run_sync(self._open_db)
+            except Exception as exc:
+                outcome = _classify(exc, self.url, self._host)
+                if outcome.error is not None:
+                    raise _Fatal(outcome.error) from exc
+                self.reason = self.stats.last_error = outcome.reason
+                continue
+            self._db = db
+            self.reason = None
+            self._wake()
 
     def _set_state(self, state: PeerState) -> None:
         if state is not self.state:
@@ -643,9 +671,10 @@ class Peer:
         """Elect, then connect and sync until cancelled; never raises but Cancelled: what
         stops the peer is recorded in ``self.error`` with state ERROR."""
         try:
+            await self._open_when_possible()
             await self._elect()
             await self._loop()
-        except Exception as exc:  # a bug in the loop itself: stop, visibly
+        except Exception as exc:  # cannot open the file, or a bug in the loop: stop, visibly
             outcome = _classify(exc, self.url, self._host)
             error = outcome.error or PeerFailedError(f"the peer failed: {_describe(exc)}")
             self._stop(error)
@@ -661,9 +690,10 @@ class Peer:
         backoff = self.backoff_initial
         while True:
             self._set_state(PeerState.CONNECTING)
-            established = False
+            self._established = False
+            found: BaseException | None = None
             try:
-                established = await self._session()
+                await self._session()
                 outcome = _Outcome(_RETRY, "the relay closed the connection")
             except (Exception, BaseExceptionGroup) as exc:  # sorted out by _classify
                 found = first_error(exc, self._rank) if isinstance(exc, BaseExceptionGroup) else exc
@@ -674,6 +704,22 @@ class Peer:
                 self._ws = None
             if outcome.kind == _RECONNECT:
                 continue
+            if (
+                found is not None
+                and outcome.error is None
+                and not self._established
+                and self.url.startswith("wss://")
+                and any(isinstance(e, ssl_module.SSLError) for e in causes(found))
+                and await self._answers_plain_http()
+            ):
+                outcome = _Outcome(
+                    _FATAL,
+                    "",
+                    ConnectError(
+                        f"the relay at {self.url} does not speak TLS (it answers plain HTTP); "
+                        "is it a ws:// relay?"
+                    ),
+                )
             if outcome.error is not None:
                 self._stop(outcome.error)
                 return
@@ -681,7 +727,7 @@ class Peer:
             self.stats.last_error = outcome.reason
             log.info("crsync.peer.offline store=%s reason=%s", self.store, outcome.reason)
             self._set_state(PeerState.OFFLINE)
-            if established and not outcome.local:
+            if self._established and not outcome.local:
                 # A lost connection after a working session: try again soon. A local failure
                 # (the app holding a write lock) keeps backing off instead.
                 backoff = self.backoff_initial
@@ -689,7 +735,26 @@ class Peer:
             backoff = min(backoff * 2, self.backoff_max)
             await trio.sleep(delay)  # reconnect backoff (a timer, not a synchronisation)
 
-    async def _session(self) -> bool:
+    async def _answers_plain_http(self) -> bool:
+        """After a failed TLS handshake: does the relay's port speak plain HTTP? (A server that
+        reads a TLS hello as a bad HTTP request may just hang up, which looks like a network
+        failure; asking in plain HTTP tells the two apart.)"""
+        with trio.move_on_after(self.open_timeout):
+            try:
+                stream = await trio.open_tcp_stream(self._host, self._port)
+            except OSError:
+                return False
+            async with stream:
+                request = f"GET / HTTP/1.1\r\nHost: {self._host}\r\nConnection: close\r\n\r\n"
+                try:
+                    await stream.send_all(request.encode("ascii", "replace"))
+                    head = await stream.receive_some(5)
+                except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+                    return False
+                return head == b"HTTP/"
+        return False
+
+    async def _session(self) -> None:
         try:
             cm = ws_connect(
                 self.url,
@@ -770,6 +835,7 @@ class Peer:
             self.stats.connects += 1
             self._ws = ws
             self.reason = None
+            self._established = True
             self._set_state(PeerState.SYNCING)
             log.info(
                 "crsync.peer.connected store=%s head=%d cursor=%d", self.store, msg.head, pull_upto
@@ -778,7 +844,6 @@ class Peer:
                 nursery.start_soon(self._pusher, ws, full_push or self._full_push_next)
                 await self._receiver(ws, proto)
                 nursery.cancel_scope.cancel()
-        return True
 
     def _update_synced(self) -> None:
         synced = (
