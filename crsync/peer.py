@@ -88,6 +88,7 @@ class PeerStats:
     pushed_units: int = 0
     received_changes: int = 0
     merged_wins: int = 0
+    retries: int = 0  # failures the peer retried (connection, relay or local storage)
     last_error: str | None = None
 
 
@@ -456,8 +457,6 @@ class Peer:
                 await self._release()
             raise
         self._nursery.start_soon(self._run)
-        if self.watch_files:
-            self._nursery.start_soon(self._watch)
         return self
 
     async def __aexit__(
@@ -540,6 +539,7 @@ class Peer:
                 if outcome.error is not None:
                     raise _Fatal(outcome.error) from exc
                 self.reason = self.stats.last_error = outcome.reason
+                self.stats.retries += 1
                 continue
             self._db = db
             self.reason = None
@@ -634,6 +634,7 @@ class Peer:
                         raise
                     raise LocalStorageError(f"the local database failed: {exc}") from exc
                 self.stats.last_error = f"local database unavailable ({error_name(sq)}: {sq})"
+                self.stats.retries += 1
             await trio.sleep(random.uniform(0, delay))  # retry backoff (a timer)
             delay = min(delay * 2, self.backoff_max)
             self._check_running()
@@ -673,6 +674,8 @@ class Peer:
         try:
             await self._open_when_possible()
             await self._elect()
+            if self.watch_files and self._nursery is not None:
+                self._nursery.start_soon(self._watch)  # only the elected syncer watches
             await self._loop()
         except Exception as exc:  # cannot open the file, or a bug in the loop: stop, visibly
             outcome = _classify(exc, self.url, self._host)
@@ -725,6 +728,7 @@ class Peer:
                 return
             self.reason = outcome.reason
             self.stats.last_error = outcome.reason
+            self.stats.retries += 1
             log.info("crsync.peer.offline store=%s reason=%s", self.store, outcome.reason)
             self._set_state(PeerState.OFFLINE)
             if self._established and not outcome.local:
