@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -85,3 +86,31 @@ def test_watch_keeps_syncing_and_ctrl_c_exits_cleanly(relay: RelayProcess, tmp_p
         _out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert "Traceback" not in err
+
+
+def test_one_shot_sync_says_why_it_is_offline(tmp_path: Path) -> None:
+    open_db(tmp_path / "a.db")
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there
+    done = _sync(
+        str(tmp_path / "a.db"), "--url", f"ws://127.0.0.1:{port}", "--store", "s", "--timeout", "2"
+    )
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert lines[0].startswith(f"offline: relay ws://127.0.0.1:{port} unreachable: ")
+    assert "refused" in lines[0].lower() and lines[0].endswith("; retrying")
+    assert lines[-1].startswith("crsync: error: not synced after 2s (peer ")
+    assert "refused" in lines[-1].lower()
+    assert "Traceback" not in done.stderr
+
+
+def test_a_relay_url_that_cannot_work_is_one_line_at_once(tmp_path: Path) -> None:
+    open_db(tmp_path / "a.db")
+    done = _sync(str(tmp_path / "a.db"), "--url", "ws://127.0.0.1:notaport", "--store", "s")
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "crsync: error: invalid relay URL 'ws://127.0.0.1:notaport': Port could not be cast to "
+        "integer value as 'notaport'"
+    ]
