@@ -561,3 +561,29 @@ async def test_an_unreachable_relay_is_retried_and_says_why(tmp_path: Path) -> N
                 await p.wait_synced(timeout=0.5)
             assert "refused" in str(info.value).lower()
             assert p.error is None
+
+
+# ---------------------------------------------------------------------------- the relay's log
+
+
+async def test_wait_for_sees_a_relay_log_line_written_after_the_call(
+    relay: RelayProcess, tmp_path: Path
+) -> None:
+    """The relay logs ``relay.connect`` after it sent the welcome: a peer can be synced before
+    the line is even written. ``wait_for`` waits for the line (bounded), ``count`` does not."""
+    db, _ = _app_db(tmp_path)
+    seen: list[int] = []
+
+    def watch_log() -> None:
+        seen.append(relay.wait_for(r"relay\.connect store=logged", 1, timeout=20))
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.to_thread.run_sync, watch_log)
+            async with Peer(
+                db, relay.url, store="logged", token=relay.token("logged"), **FAST
+            ) as p:  # type: ignore[arg-type]
+                await p.wait_synced()
+    assert seen == [1]
+    with pytest.raises(AssertionError, match="not seen after"):
+        relay.wait_for(r"relay\.connect store=never", 1, timeout=0.2)
