@@ -486,6 +486,8 @@ class Peer:
             with trio.CancelScope(shield=True):
                 await self._release()
         if failure is not None and not isinstance(failure, trio.Cancelled) and exc is None:
+            if not isinstance(failure, Exception):
+                raise failure  # KeyboardInterrupt, SystemExit
             if not isinstance(failure, CrsyncError):
                 outcome = _classify(failure, self.url, self._host)
                 if outcome.error is None:
@@ -511,6 +513,8 @@ class Peer:
             self._wake()
 
     def _rank(self, exc: BaseException) -> int:
+        if not isinstance(exc, Exception | trio.Cancelled):
+            return _UNEXPECTED + 1  # KeyboardInterrupt, SystemExit: never swallowed
         return _classify(exc, self.url, self._host).kind
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
@@ -700,8 +704,8 @@ class Peer:
                 outcome = _Outcome(_RETRY, "the relay closed the connection")
             except (Exception, BaseExceptionGroup) as exc:  # sorted out by _classify
                 found = first_error(exc, self._rank) if isinstance(exc, BaseExceptionGroup) else exc
-                if isinstance(found, trio.Cancelled):
-                    raise
+                if not isinstance(found, Exception):
+                    raise  # Cancelled, KeyboardInterrupt, SystemExit
                 outcome = _classify(found, self.url, self._host)
             finally:
                 self._ws = None

@@ -587,3 +587,63 @@ async def test_wait_for_sees_a_relay_log_line_written_after_the_call(
     assert seen == [1]
     with pytest.raises(AssertionError, match="not seen after"):
         relay.wait_for(r"relay\.connect store=never", 1, timeout=0.2)
+
+
+# ---------------------------------------------------------------------------- failing together
+
+
+@pytest.mark.parametrize("fatal_first", [True, False])
+async def test_the_most_telling_error_wins_whichever_task_failed_first(
+    tmp_path: Path, fatal_first: bool
+) -> None:
+    """The peer's pusher and receiver fail together (the relay refuses, the socket closes):
+    the peer stops on the refusal whatever the order, and what caused each error survives
+    the flattening (a busy file stays recognisable as one)."""
+    import sqlite3
+
+    from crsync import AuthError
+    from crsync._sqlite_errors import sqlite_cause
+    from crsync._trio_util import open_nursery
+    from crsync.peer import _Fatal
+
+    db, _ = _app_db(tmp_path)
+    peer = Peer(db, "ws://127.0.0.1:1", store="s")
+    order = [trio.Event(), trio.Event()]
+
+    async def fail(i: int, exc: Exception) -> None:
+        if i:
+            await order[i - 1].wait()
+        try:
+            raise exc
+        finally:
+            order[i].set()
+
+    refused = _Fatal(AuthError("relay refused the token (forbidden)"))
+    lost = ConnectionResetError("connection lost")
+    first, second = (refused, lost) if fatal_first else (lost, refused)
+    with pytest.raises(_Fatal) as info:
+        async with open_nursery(peer._rank) as nursery:
+            nursery.start_soon(fail, 0, first)
+            nursery.start_soon(fail, 1, second)
+    assert info.value is refused
+
+    # Flattening keeps what caused the error: a busy file behind a CrsyncError stays one
+    # (and is retried, not fatal), while the other task is cancelled.
+    busy = sqlite3.OperationalError("database is locked")
+    try:
+        raise busy
+    except sqlite3.OperationalError as e:
+        try:
+            raise CrsyncError("cannot start a write transaction: database is locked") from e
+        except CrsyncError as wrapped:
+            local = wrapped
+
+    async def raise_local() -> None:
+        raise local
+
+    with pytest.raises(CrsyncError) as info2:
+        async with open_nursery(peer._rank) as nursery:
+            nursery.start_soon(trio.sleep_forever)
+            nursery.start_soon(raise_local)
+    assert info2.value is local
+    assert sqlite_cause(info2.value) is busy
