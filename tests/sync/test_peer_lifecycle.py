@@ -612,7 +612,10 @@ async def test_the_most_telling_error_wins_whichever_task_failed_first(
 
     async def fail(i: int, exc: Exception) -> None:
         if i:
-            await order[i - 1].wait()
+            # Shielded: the first failure cancels the nursery, and this one must still fail
+            # (second) rather than be cancelled.
+            with trio.CancelScope(shield=True):
+                await order[i - 1].wait()
         try:
             raise exc
         finally:
