@@ -357,6 +357,8 @@ class Peer:
             raise RelayURLError(f"an ssl context needs a wss:// relay URL, not {url!r}")
         if not isinstance(store, str):
             raise CrsyncError(f"store must be a string, not {type(store).__name__}")
+        if token is not None and not isinstance(token, str):
+            raise CrsyncError(f"token must be a string or None, not {type(token).__name__}")
         for what, text in (("store", store), ("token", token or "")):
             try:
                 text.encode("utf-8")

@@ -489,13 +489,15 @@ def test_a_relay_url_that_cannot_work_is_refused_at_once(tmp_path: Path, url: st
     assert repr(url) in str(info.value) or url.strip() in str(info.value)
 
 
-@pytest.mark.parametrize("store,token", [("a\ud800", None), ("s", "tok\udcff")])
+@pytest.mark.parametrize(
+    "store,token", [("a\ud800", None), ("s", "tok\udcff"), (b"s", None), ("s", b"tok")]
+)
 def test_store_and_token_that_are_not_text_are_refused_at_once(
-    tmp_path: Path, store: str, token: str | None
+    tmp_path: Path, store: object, token: object
 ) -> None:
     db, _ = _app_db(tmp_path)
-    with pytest.raises(CrsyncError, match="not valid text"):
-        Peer(db, "ws://127.0.0.1:1", store=store, token=token)
+    with pytest.raises(CrsyncError, match=r"not valid text|must be a string"):
+        Peer(db, "ws://127.0.0.1:1", store=store, token=token)  # type: ignore[arg-type]
 
 
 async def test_a_host_that_can_never_resolve_stops_the_peer_at_once(tmp_path: Path) -> None:
