@@ -1,10 +1,12 @@
 """The per-file syncer lock of :class:`crsync.Peer`, portable through ``filelock``.
 
-``filelock.FileLock`` is ``flock`` on POSIX (Linux, macOS) and ``LockFileEx`` on Windows: the
+``filelock.FileLock`` is ``flock`` on POSIX (Linux, macOS) and a byte-range lock on Windows
+(``LockFileEx``; ``msvcrt.locking`` before filelock 4): the
 lock belongs to one open file, so two locks on the same path exclude each other even within one
 process, and the operating system drops it when the holding process dies. Where neither exists,
-``filelock`` falls back to a soft lock file that records its owner and is taken over once that
-owner is gone.
+``filelock`` falls back to a soft lock file that records its owner (filelock 4.3 and later take
+it over once that owner is gone; older versions leave a dead owner's lock file to be deleted by
+hand). Linux, macOS and Windows always get the OS lock.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ class SyncLock:
     def __init__(self, path: str) -> None:
         self.path = path
         # thread_local=False: taken on the event loop's thread, released from any thread.
-        self._lock = filelock.FileLock(path, thread_local=False, blocking=False)
+        self._lock = filelock.FileLock(path, thread_local=False)
 
     @property
     def held(self) -> bool:

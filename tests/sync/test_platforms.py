@@ -8,6 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import filelock
 import pytest
 
 from crsync._sync_lock import SyncLock
@@ -76,7 +77,13 @@ def test_the_sync_lock_excludes_within_a_process_and_dies_with_its_holder(
     finally:
         holder.kill()
         holder.communicate(timeout=30)
+    if no_fcntl and _version(filelock.__version__) < (4, 3):
+        return  # older soft locks are not taken over when their owner dies
     assert _run(PROBE, path, no_fcntl=no_fcntl).split()[1:] == ["True", "False"]
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(".")[:2] if x.isdigit())
 
 
 def test_a_peer_syncs_without_fcntl(relay: RelayProcess, tmp_path: Path) -> None:
