@@ -487,9 +487,9 @@ class Peer:
             # not leave the lock held or the connection open.
             with trio.CancelScope(shield=True):
                 await self._release()
+        if failure is not None and not isinstance(failure, Exception | trio.Cancelled):
+            raise failure  # KeyboardInterrupt, SystemExit: before whatever the body raised
         if failure is not None and not isinstance(failure, trio.Cancelled) and exc is None:
-            if not isinstance(failure, Exception):
-                raise failure  # KeyboardInterrupt, SystemExit
             if not isinstance(failure, CrsyncError):
                 outcome = _classify(failure, self.url, self._host)
                 if outcome.error is None:
