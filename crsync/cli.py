@@ -318,6 +318,7 @@ def sync(
     """
     import ssl
 
+    from ._trio_util import open_nursery
     from .peer import Peer, PeerState
 
     d = _open(db)
@@ -349,24 +350,29 @@ def sync(
             task = bar.add_task("receive", total=head)
         bar.update(task, completed=done, total=max(head, done))
 
+    async def report(peer: Peer) -> None:
+        """State changes (on a terminal) and, always, why the peer is not syncing."""
+        said: str | None = None
+        while True:
+            state = peer.state
+            if not quiet:
+                click.echo(state.value, err=True)
+            if state in (PeerState.OFFLINE, PeerState.STANDBY) and peer.reason != said:
+                said = peer.reason
+                click.echo(f"{state.value}: {said}; retrying", err=True)
+            elif state in (PeerState.SYNCING, PeerState.SYNCED):
+                said = None
+            await peer.wait_state(*[s for s in PeerState if s is not state])
+
     async def run() -> None:
-        async with Peer(d, url, store=store, token=token, ssl=ctx, on_progress=progress) as peer:
+        peer = Peer(d, url, store=store, token=token, ssl=ctx, on_progress=progress)
+        async with peer, open_nursery() as nursery:
             if watch:
                 click.echo(f"syncing {db} with {url} store {store}; Ctrl-C to stop", err=True)
-                last = None
-                while True:
-                    state = await peer.wait_state(*[s for s in PeerState if s != last])
-                    if state is not last and not quiet:
-                        click.echo(state.value, err=True)
-                    last = state
-            try:
-                with trio.fail_after(timeout):
-                    await peer.wait_synced()
-            except trio.TooSlowError:
-                raise _Fail(
-                    f"not synced after {timeout:g}s (state {peer.state.value}; "
-                    f"last error: {peer.stats.last_error})"
-                ) from None
+                await report(peer)
+            nursery.start_soon(report, peer)
+            await peer.wait_synced(timeout=timeout)
+            nursery.cancel_scope.cancel()
             if bar is not None:
                 bar.stop()
             click.echo(

@@ -52,3 +52,40 @@ class AuthError(SyncError):
 
 class SchemaMismatchError(SyncError):
     """The relay (or another peer) has an incompatible schema for a replicated table."""
+
+
+# ---------------------------------------------------------------- peer lifecycle (issue 9)
+
+
+class RelayURLError(SyncError):
+    """The relay URL cannot be used (bad scheme, host or port); raised by ``Peer(...)``."""
+
+
+class ConnectError(SyncError):
+    """The relay cannot be reached for a reason retrying cannot fix: a host name that can never
+    resolve, a TLS certificate that does not verify, ``wss://`` to a relay without TLS."""
+
+
+class LocalStorageError(SyncError):
+    """The peer's local database failed in a way retrying cannot fix (corrupt, read-only, ...).
+
+    Transient failures (locked, I/O error, disk full) are retried and never raise this.
+    """
+
+
+class PeerFailedError(SyncError):
+    """The peer stopped on an unexpected error (a bug or a failing ``on_progress`` callback);
+    the original exception is the ``__cause__``."""
+
+
+class PeerStoppedError(SyncError):
+    """A peer method needs the peer running (inside ``async with``) and it is not."""
+
+
+class SyncTimeoutError(SyncError):
+    """``Peer.wait_synced(timeout=...)`` gave up; the message says the state and why."""
+
+    def __init__(self, message: str, state: str, reason: str | None) -> None:
+        self.state = state
+        self.reason = reason
+        super().__init__(message)

@@ -10,19 +10,26 @@ at a time), so the app keeps using ``db.conn`` on its own thread. It
 * notices local writes from any connection or process through file-system notifications on the
   database files (``watchfiles``), with a cheap ``PRAGMA data_version`` check as a fallback;
 * reconnects with exponential backoff and full jitter, and stops with :class:`PeerState.ERROR`
-  on errors retrying cannot fix (refused token, schema mismatch).
+  on errors retrying cannot fix (refused token, schema mismatch, a TLS certificate that does
+  not verify, a corrupt local file);
+* retries local-storage errors that can pass (the app holding a write lock past the busy
+  timeout, I/O errors, disk full) the same way, showing them in :attr:`Peer.reason`.
+
+However it ends (cancelled from outside at any await, or on an error), leaving ``async with``
+releases the sync lock, closes the peer's SQLite connection and stops its file watcher first.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
-import fcntl
 import functools
 import logging
-import os
 import random
+import socket
 import ssl as ssl_module
 import threading
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
@@ -34,13 +41,28 @@ from watchfiles import awatch
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.trio.client import ClientConnection
 from websockets.trio.client import connect as ws_connect
+from websockets.uri import parse_uri
 
 from . import identity
 from . import protocol as p
-from ._trio_util import open_nursery
+from ._sqlite_errors import causes, error_name, is_transient, sqlite_cause
+from ._sync_lock import SyncLock
+from ._trio_util import first_error, open_nursery
 from .change import Change, validate_changes
 from .database import Database, connect
-from .errors import AuthError, CrsyncError, ProtocolError, SchemaMismatchError, SyncError
+from .errors import (
+    AuthError,
+    ConnectError,
+    CrsyncError,
+    LocalStorageError,
+    PeerFailedError,
+    PeerStoppedError,
+    ProtocolError,
+    RelayURLError,
+    SchemaMismatchError,
+    SyncError,
+    SyncTimeoutError,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -67,6 +89,7 @@ class PeerStats:
     pushed_units: int = 0
     received_changes: int = 0
     merged_wins: int = 0
+    retries: int = 0  # failures the peer retried (connection, relay or local storage)
     last_error: str | None = None
 
 
@@ -138,16 +161,139 @@ def _merge_and_record(
 
 
 def _describe(exc: BaseException) -> str:
-    """An error and its causes in one line (a TLS failure hides under BrokenResourceError)."""
+    """An error and its causes in one line (a TLS failure hides under BrokenResourceError, a
+    refused connection inside trio's group of connection attempts)."""
     parts = []
-    seen: set[int] = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
+    for e in causes(exc):
+        if isinstance(e, BaseExceptionGroup):
+            continue
         text = str(e)
-        parts.append(f"{type(e).__name__}: {text}" if text else type(e).__name__)
-        e = e.__cause__ or e.__context__
-    return " <- ".join(parts)
+        part = f"{type(e).__name__}: {text}" if text else type(e).__name__
+        if part not in parts:
+            parts.append(part)
+    return " <- ".join(parts) or type(exc).__name__
+
+
+# Special-use names that never resolve (RFC 6761, RFC 6762): a relay URL naming one is a
+# mistake retrying cannot fix. Other names that do not resolve are retried: a laptop that
+# starts offline gets "no such host" from some resolvers (macOS) until the network is up.
+_NEVER_RESOLVES = (".invalid", ".example", ".test")
+
+# OpenSSL reasons of a TLS handshake with a server that does not speak TLS (wss:// to a ws://
+# relay, or to another protocol).
+_NOT_TLS = frozenset(
+    {
+        "WRONG_VERSION_NUMBER",
+        "RECORD_LAYER_FAILURE",
+        "PACKET_LENGTH_TOO_LONG",
+        "HTTP_REQUEST",
+        "UNKNOWN_PROTOCOL",
+        "WRONG_SSL_VERSION",
+    }
+)
+
+
+def check_relay_url(url: object) -> tuple[str, int]:
+    """Validate a relay URL; return (host, port). Raises :class:`RelayURLError`."""
+    if not isinstance(url, str):
+        raise RelayURLError(f"relay URL must be a string, not {type(url).__name__}")
+    if not url.startswith(("ws://", "wss://")):
+        raise RelayURLError(f"relay URL must start with ws:// or wss://, not {url!r}")
+    if any(ch.isspace() or not ch.isprintable() for ch in url):
+        raise RelayURLError(
+            f"relay URL {url!r} contains spaces or control characters (a stray space?)"
+        )
+    try:
+        parsed = parse_uri(url)
+        port = urllib.parse.urlsplit(url).port
+    except (InvalidURI, ValueError) as exc:
+        raise RelayURLError(f"invalid relay URL {url!r}: {exc}") from None
+    if port == 0:
+        raise RelayURLError(f"invalid relay URL {url!r}: port 0")
+    host = parsed.host
+    if not host or host.startswith(".") or ".." in host:
+        raise RelayURLError(f"invalid relay URL {url!r}: bad host name {host!r}")
+    return host, parsed.port
+
+
+# What ended a session, from most to least telling (see _rank): an unexpected error (a bug),
+# an error retrying cannot fix, one that can pass, a reconnect request, a cancellation.
+_UNEXPECTED, _FATAL, _RETRY, _RECONNECT, _CANCELLED = 4, 3, 2, 1, 0
+
+
+@attrs.frozen
+class _Outcome:
+    kind: int
+    reason: str
+    error: CrsyncError | None = None
+    local: bool = False  # the local database, not the relay or the network
+
+
+def _classify(exc: BaseException, url: str, host: str) -> _Outcome:
+    """Sort an exception that ended a session into fatal / retryable / reconnect."""
+    if isinstance(exc, trio.Cancelled):
+        return _Outcome(_CANCELLED, "cancelled")
+    if isinstance(exc, _Fatal):
+        return _Outcome(_FATAL, str(exc.error), exc.error)
+    if isinstance(exc, _Reconnect):
+        return _Outcome(_RECONNECT, str(exc))
+    sq = sqlite_cause(exc)
+    if sq is not None:
+        if is_transient(sq):
+            return _Outcome(
+                _RETRY, f"local database unavailable ({error_name(sq)}: {sq})", local=True
+            )
+        err: CrsyncError = LocalStorageError(
+            f"the local database failed ({error_name(sq)}: {sq}); retrying cannot fix this"
+        )
+        err.__cause__ = exc
+        return _Outcome(_FATAL, str(err), err)
+    chain = causes(exc)
+    for e in chain:
+        if isinstance(e, ssl_module.SSLCertVerificationError):
+            err = ConnectError(
+                f"TLS certificate of the relay {url} does not verify "
+                f"({e.verify_message or e.reason}); pass Peer(ssl=...) a context trusting its "
+                "certificate authority"
+            )
+            err.__cause__ = exc
+            return _Outcome(_FATAL, str(err), err)
+        if isinstance(e, ssl_module.SSLError) and getattr(e, "reason", None) in _NOT_TLS:
+            err = ConnectError(
+                f"the relay at {url} does not speak TLS ({e.reason}); is it a ws:// relay?"
+            )
+            err.__cause__ = exc
+            return _Outcome(_FATAL, str(err), err)
+    for e in chain:
+        if isinstance(e, socket.gaierror):
+            if host.lower().rstrip(".").endswith(_NEVER_RESOLVES) and e.errno in (
+                socket.EAI_NONAME,
+                getattr(socket, "EAI_NODATA", socket.EAI_NONAME),
+            ):
+                err = ConnectError(f"relay host {host!r} does not exist ({e.strerror})")
+                err.__cause__ = exc
+                return _Outcome(_FATAL, str(err), err)
+            return _Outcome(_RETRY, f"cannot resolve relay host {host!r}: {e.strerror}")
+    if isinstance(exc, ProtocolError):
+        return _Outcome(_RETRY, f"relay error {exc}")
+    if isinstance(exc, CrsyncError):
+        return _Outcome(_FATAL, str(exc), exc)
+    if isinstance(
+        exc,
+        (
+            OSError,
+            ConnectionClosed,
+            InvalidHandshake,
+            trio.TooSlowError,
+            trio.BrokenResourceError,
+            trio.ClosedResourceError,
+            TimeoutError,
+        ),
+    ):
+        return _Outcome(_RETRY, f"relay {url} unreachable: {_describe(exc)}")
+    err = PeerFailedError(f"the peer stopped on an unexpected error: {_describe(exc)}")
+    err.__cause__ = exc
+    return _Outcome(_UNEXPECTED, str(err), err)
 
 
 def _data_version(db: Database) -> int:
@@ -186,6 +332,7 @@ class Peer:
         watch_files: bool = True,
         on_progress: Callable[[int, int], None] | None = None,
         sync_lock: bool = True,
+        busy_timeout: float = 10.0,
     ) -> None:
         """Configure a peer; nothing happens until ``async with``.
 
@@ -206,14 +353,28 @@ class Peer:
                 ``<db>.crsync-sync.lock`` (released when its process dies) and, while another
                 process or peer holds it, waits in :attr:`PeerState.STANDBY` and takes over
                 when it is released.
+            busy_timeout: how long (seconds) the peer's writes wait for a lock held by another
+                connection before giving up; the peer then retries later (see :attr:`reason`).
+
+        Raises:
+            RelayURLError: the URL cannot work (scheme, host, port, a stray space).
+            CrsyncError: the database is in memory, or ``store``/``token`` are not text.
         """
         path = db.path
         if path is None:
             raise CrsyncError("a Peer needs a database stored in a file, not in memory")
-        if not url.startswith(("ws://", "wss://")):
-            raise CrsyncError(f"relay URL must start with ws:// or wss://, not {url!r}")
+        self._host, self._port = check_relay_url(url)
         if ssl is not None and not url.startswith("wss://"):
-            raise CrsyncError(f"an ssl context needs a wss:// relay URL, not {url!r}")
+            raise RelayURLError(f"an ssl context needs a wss:// relay URL, not {url!r}")
+        if not isinstance(store, str):
+            raise CrsyncError(f"store must be a string, not {type(store).__name__}")
+        if token is not None and not isinstance(token, str):
+            raise CrsyncError(f"token must be a string or None, not {type(token).__name__}")
+        for what, text in (("store", store), ("token", token or "")):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise CrsyncError(f"{what} {text!r} is not valid text: {exc.reason}") from None
         self.path = path
         self.url = url
         self.store = store
@@ -230,6 +391,11 @@ class Peer:
         self.key = f"relay:{store}"
         self.state = PeerState.STOPPED
         self.error: CrsyncError | None = None
+        #: Why the peer is not syncing right now (OFFLINE, STANDBY, ERROR), else None.
+        self.reason: str | None = None
+        #: The file whose OS lock elects this file's one syncer (see ``sync_lock``).
+        self.lock_path = path + ".crsync-sync.lock"
+        self.busy_timeout = busy_timeout
         self.stats = PeerStats()
         self.epoch = ""
         self.push_upto = 0  # local version the relay holds everything up to
@@ -252,40 +418,60 @@ class Peer:
         self._full_push_until = 0  # the local version that full push ends at
         self._hello_schema: dict[str, p.TableSchema] = {}
         self.sync_lock = sync_lock
-        self._lock_fd: int | None = None
+        self._lock: SyncLock | None = None
+        self._last_data_version = -1
+        self._established = False  # the current session got the relay's welcome
 
     # ------------------------------------------------------------------ lifecycle
 
-    def _try_lock(self) -> bool:
-        """Take the file's syncer lock if free (flock: per open file, dies with the process)."""
-        if self._lock_fd is None:
-            self._lock_fd = os.open(self.path + ".crsync-sync.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        return True
-
     async def _elect(self) -> None:
         """Wait until this peer is the file's one syncer."""
-        if not self.sync_lock or self._try_lock():
+        if not self.sync_lock:
             return
+        lock = self._lock = SyncLock(self.lock_path)
+        if lock.try_acquire():
+            return
+        self.reason = f"another process or Peer syncs this file: it holds the lock {self.lock_path}"
         self._set_state(PeerState.STANDBY)
-        log.info("crsync.peer.standby store=%s path=%s", self.store, self.path)
-        while not self._try_lock():  # noqa: ASYNC110 - an OS lock offers nothing to wait on
+        log.info("crsync.peer.standby store=%s lock=%s", self.store, self.lock_path)
+        while not lock.try_acquire():  # noqa: ASYNC110 - an OS lock offers nothing to wait on
             await trio.sleep(0.2)
-        log.info("crsync.peer.elected store=%s path=%s", self.store, self.path)
+        self.reason = None
+        log.info("crsync.peer.elected store=%s lock=%s", self.store, self.lock_path)
+
+    def _open_db(self) -> Database:
+        return connect(
+            self.path, check_same_thread=False, busy_timeout_ms=int(self.busy_timeout * 1000)
+        )
 
     async def __aenter__(self) -> Peer:
-        self._db = await trio.to_thread.run_sync(
-            functools.partial(connect, self.path, check_same_thread=False)
-        )
+        if self._nursery is not None or self._db is not None:
+            raise CrsyncError("this Peer is already running")
+        self.error = None
+        self.reason = None
+        self.state = PeerState.CONNECTING
         self._watch_stop.clear()
-        self._nursery_cm = trio.open_nursery()
-        self._nursery = await self._nursery_cm.__aenter__()
+        try:
+            try:
+                self._db = await trio.to_thread.run_sync(self._open_db)
+            except Exception as exc:
+                outcome = _classify(exc, self.url, self._host)
+                if not outcome.local:
+                    if outcome.error is None or outcome.error is exc:
+                        raise
+                    raise outcome.error from exc
+                # Busy (the app holds a write lock) or failing for now: the peer opens it
+                # when it can (see _open_when_possible).
+                self.reason = outcome.reason
+                self.stats.last_error = outcome.reason
+            self._nursery_cm = trio.open_nursery()
+            self._nursery = await self._nursery_cm.__aenter__()
+        except BaseException:
+            # Cancelled (or failed) half way: undo what was done, whatever cancels us.
+            with trio.CancelScope(shield=True):
+                await self._release()
+            raise
         self._nursery.start_soon(self._run)
-        if self.watch_files:
-            self._nursery.start_soon(self._watch)
         return self
 
     async def __aexit__(
@@ -294,30 +480,89 @@ class Peer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
-        assert self._nursery is not None
         # The watcher's worker thread cannot be cancelled; without this it would hold up the
         # exit until its timeout.
         self._watch_stop.set()
-        self._nursery.cancel_scope.cancel()
+        failure: BaseException | None = None
         try:
-            await self._nursery_cm.__aexit__(None, None, None)
+            if self._nursery is not None:
+                self._nursery.cancel_scope.cancel()
+                try:
+                    # A nursery's exit waits for its tasks even when the caller is cancelled.
+                    await self._nursery_cm.__aexit__(None, None, None)
+                except BaseExceptionGroup as group:
+                    failure = first_error(group, self._rank)
+                except BaseException as e:
+                    failure = e
         finally:
-            if self.state is not PeerState.ERROR:
-                self.state = PeerState.STOPPED
-            if self._db is not None:
-                db, self._db = self._db, None
-                async with self._db_lock:
-                    await trio.to_thread.run_sync(db.close)
-            if self._lock_fd is not None:
-                os.close(self._lock_fd)  # releases the syncer lock
-                self._lock_fd = None
+            self._nursery = self._nursery_cm = None
+            # Shielded: an outer cancellation (move_on_after around the ``async with``) must
+            # not leave the lock held or the connection open.
+            with trio.CancelScope(shield=True):
+                await self._release()
+        if failure is not None and not isinstance(failure, Exception | trio.Cancelled):
+            raise failure  # KeyboardInterrupt, SystemExit: before whatever the body raised
+        if failure is not None and not isinstance(failure, trio.Cancelled) and exc is None:
+            if not isinstance(failure, CrsyncError):
+                outcome = _classify(failure, self.url, self._host)
+                if outcome.error is None:
+                    raise PeerFailedError(f"the peer failed: {_describe(failure)}") from failure
+                raise outcome.error
+            raise failure
         return False
 
+    async def _release(self) -> None:
+        """Close the peer's connection, then release the sync lock; mark the peer stopped."""
+        try:
+            db, self._db = self._db, None
+            if db is not None:
+                async with self._db_lock:
+                    await trio.to_thread.run_sync(db.close)
+        finally:
+            lock, self._lock = self._lock, None
+            if lock is not None:
+                lock.release()
+            self._ws = None
+            if self.state is not PeerState.ERROR:
+                self.state = PeerState.STOPPED
+            self._wake()
+
+    def _rank(self, exc: BaseException) -> int:
+        if not isinstance(exc, Exception | trio.Cancelled):
+            return _UNEXPECTED + 1  # KeyboardInterrupt, SystemExit: never swallowed
+        return _classify(exc, self.url, self._host).kind
+
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run blocking SQLite work on the peer's connection, one call at a time."""
-        assert self._db is not None
-        async with self._db_lock:
-            return await trio.to_thread.run_sync(functools.partial(fn, self._db, *args))
+        """Run blocking SQLite work on the peer's connection, one call at a time (waiting for
+        the connection while the file could not be opened yet)."""
+        while True:
+            while self._db is None:
+                self._check_running()
+                await self._progress.wait()
+            async with self._db_lock:
+                db = self._db
+                if db is not None:
+                    return await trio.to_thread.run_sync(functools.partial(fn, db, *args))
+
+    async def _open_when_possible(self) -> None:
+        """Open the peer's connection if __aenter__ could not (a busy or failing file)."""
+        delay = self.backoff_initial
+        while self._db is None:
+            self._set_state(PeerState.OFFLINE)
+            await trio.sleep(random.uniform(0, delay))  # retry backoff (a timer)
+            delay = min(delay * 2, self.backoff_max)
+            try:
+                db = await trio.to_thread.run_sync(self._open_db)
+            except Exception as exc:
+                outcome = _classify(exc, self.url, self._host)
+                if outcome.error is not None:
+                    raise _Fatal(outcome.error) from exc
+                self.reason = self.stats.last_error = outcome.reason
+                self.stats.retries += 1
+                continue
+            self._db = db
+            self.reason = None
+            self._wake()
 
     def _set_state(self, state: PeerState) -> None:
         if state is not self.state:
@@ -335,41 +580,91 @@ class Peer:
 
     # ------------------------------------------------------------------ waiting
 
+    def _check_running(self) -> None:
+        """Raise the peer's error if it stopped on one, PeerStoppedError if it is not running."""
+        if self.state is PeerState.ERROR and self.error is not None:
+            raise self.error
+        if self.state is PeerState.STOPPED:
+            raise PeerStoppedError("the peer is not running (use it inside `async with`)")
+
     async def wait_state(self, *states: PeerState) -> PeerState:
-        """Wait until the peer is in one of ``states``; raise its error if it stops on one."""
+        """Wait until the peer is in one of ``states``.
+
+        Raises:
+            CrsyncError: the peer stopped on an error (``self.error``) while waiting.
+            PeerStoppedError: the peer stopped (left ``async with``) and STOPPED is not awaited.
+        """
         while True:
             if self.state in states:
                 return self.state
-            if self.state is PeerState.ERROR and self.error is not None:
-                raise self.error
+            self._check_running()
             await self._progress.wait()
 
-    async def wait_synced(self) -> None:
+    async def wait_synced(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        # (a timeout parameter on purpose: the error it raises says why the peer is not synced,
+        # which a cancel scope around the call cannot)
         """Return once every local change made before the call is acknowledged by the relay
         and everything the relay had when this was called is merged here.
 
+        Args:
+            timeout: give up after this many seconds (None: wait as long as it takes, e.g.
+                while offline).
+
         Raises:
-            CrsyncError: the peer stopped on an error (refused token, schema mismatch, ...).
+            SyncTimeoutError: not synced within ``timeout``; the message says the state and
+                why (``.state``, ``.reason``).
+            CrsyncError: the peer stopped on an error (refused token, schema mismatch, a TLS
+                certificate that does not verify, ...): ``self.error``.
+            PeerStoppedError: the peer is not running.
         """
-        target_local = await self._call(lambda db: db.db_version)
+        if timeout is None:
+            await self._wait_synced()
+            return
+        with trio.move_on_after(timeout):
+            await self._wait_synced()
+            return
+        state, reason = self.state.value, self.reason
+        detail = f": {reason}" if reason else ""
+        raise SyncTimeoutError(
+            f"not synced after {timeout:g}s (peer {state}{detail})", state, reason
+        )
+
+    async def _wait_synced(self) -> None:
+        self._check_running()
+        target_local = await self._local_version()
         self.notify()
         head = await self._relay_head_now()
         while True:
-            if self.state is PeerState.ERROR and self.error is not None:
-                raise self.error
+            self._check_running()
             if self.push_upto >= target_local and self.pull_upto >= head:
                 return
             await self._progress.wait()
 
+    async def _local_version(self) -> int:
+        """The local db_version (sealing pending changes), retrying while the file is busy."""
+        delay = self.backoff_initial
+        while True:
+            try:
+                return await self._call(lambda db: db.db_version)
+            except Exception as exc:
+                sq = sqlite_cause(exc)
+                if sq is None or not is_transient(sq):
+                    if isinstance(exc, CrsyncError):
+                        raise
+                    raise LocalStorageError(f"the local database failed: {exc}") from exc
+                self.stats.last_error = f"local database unavailable ({error_name(sq)}: {sq})"
+                self.stats.retries += 1
+            await trio.sleep(random.uniform(0, delay))  # retry backoff (a timer)
+            delay = min(delay * 2, self.backoff_max)
+            self._check_running()
+
     def _raise_if_failed(self) -> None:
-        if self.state is PeerState.ERROR and self.error is not None:
-            raise self.error
+        self._check_running()
 
     async def _relay_head_now(self) -> int:
         """Ask the relay for its head (waiting for a connection if needed)."""
         while True:
-            if self.state is PeerState.ERROR and self.error is not None:
-                raise self.error
+            self._check_running()
             ws = self._ws
             if ws is not None and self.state in (PeerState.SYNCING, PeerState.SYNCED):
                 self._ping_ids += 1
@@ -393,44 +688,96 @@ class Peer:
     # ------------------------------------------------------------------ the loop
 
     async def _run(self) -> None:
-        await self._elect()
+        """Elect, then connect and sync until cancelled; never raises but Cancelled: what
+        stops the peer is recorded in ``self.error`` with state ERROR."""
+        try:
+            await self._open_when_possible()
+            await self._elect()
+            if self.watch_files and self._nursery is not None:
+                self._nursery.start_soon(self._watch)  # only the elected syncer watches
+            await self._loop()
+        except Exception as exc:  # cannot open the file, or a bug in the loop: stop, visibly
+            outcome = _classify(exc, self.url, self._host)
+            error = outcome.error or PeerFailedError(f"the peer failed: {_describe(exc)}")
+            self._stop(error)
+
+    def _stop(self, error: CrsyncError) -> None:
+        self.error = error
+        self.reason = str(error)
+        self.stats.last_error = str(error)
+        log.error("crsync.peer.stopped store=%s error=%s", self.store, error)
+        self._set_state(PeerState.ERROR)
+
+    async def _loop(self) -> None:
         backoff = self.backoff_initial
         while True:
             self._set_state(PeerState.CONNECTING)
-            established = False
+            self._established = False
+            found: BaseException | None = None
             try:
-                established = await self._session()
-            except _Reconnect:
-                self._ws = None
-                continue
-            except _Fatal as exc:
-                self.error = exc.error
-                self.stats.last_error = str(exc.error)
-                log.error("crsync.peer.stopped store=%s error=%s", self.store, exc.error)
-                self._set_state(PeerState.ERROR)
-                return
-            except (
-                OSError,
-                ConnectionClosed,
-                InvalidHandshake,
-                trio.TooSlowError,
-                trio.BrokenResourceError,
-                trio.ClosedResourceError,
-                ProtocolError,
-                TimeoutError,
-            ) as exc:
-                self.stats.last_error = _describe(exc)
-                log.info("crsync.peer.offline store=%s error=%s", self.store, self.stats.last_error)
+                await self._session()
+                outcome = _Outcome(_RETRY, "the relay closed the connection")
+            except (Exception, BaseExceptionGroup) as exc:  # sorted out by _classify
+                found = first_error(exc, self._rank) if isinstance(exc, BaseExceptionGroup) else exc
+                if not isinstance(found, Exception):
+                    raise  # Cancelled, KeyboardInterrupt, SystemExit
+                outcome = _classify(found, self.url, self._host)
             finally:
                 self._ws = None
+            if outcome.kind == _RECONNECT:
+                continue
+            if (
+                found is not None
+                and outcome.error is None
+                and not self._established
+                and self.url.startswith("wss://")
+                and any(isinstance(e, ssl_module.SSLError) for e in causes(found))
+                and await self._answers_plain_http()
+            ):
+                outcome = _Outcome(
+                    _FATAL,
+                    "",
+                    ConnectError(
+                        f"the relay at {self.url} does not speak TLS (it answers plain HTTP); "
+                        "is it a ws:// relay?"
+                    ),
+                )
+            if outcome.error is not None:
+                self._stop(outcome.error)
+                return
+            self.reason = outcome.reason
+            self.stats.last_error = outcome.reason
+            self.stats.retries += 1
+            log.info("crsync.peer.offline store=%s reason=%s", self.store, outcome.reason)
             self._set_state(PeerState.OFFLINE)
-            if established:
+            if self._established and not outcome.local:
+                # A lost connection after a working session: try again soon. A local failure
+                # (the app holding a write lock) keeps backing off instead.
                 backoff = self.backoff_initial
             delay = random.uniform(0, backoff)
             backoff = min(backoff * 2, self.backoff_max)
             await trio.sleep(delay)  # reconnect backoff (a timer, not a synchronisation)
 
-    async def _session(self) -> bool:
+    async def _answers_plain_http(self) -> bool:
+        """After a failed TLS handshake: does the relay's port speak plain HTTP? (A server that
+        reads a TLS hello as a bad HTTP request may just hang up, which looks like a network
+        failure; asking in plain HTTP tells the two apart.)"""
+        with trio.move_on_after(self.open_timeout):
+            try:
+                stream = await trio.open_tcp_stream(self._host, self._port)
+            except OSError:
+                return False
+            async with stream:
+                request = f"GET / HTTP/1.1\r\nHost: {self._host}\r\nConnection: close\r\n\r\n"
+                try:
+                    await stream.send_all(request.encode("ascii", "replace"))
+                    head = await stream.receive_some(5)
+                except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+                    return False
+                return head == b"HTTP/"
+        return False
+
+    async def _session(self) -> None:
         try:
             cm = ws_connect(
                 self.url,
@@ -440,8 +787,8 @@ class Peer:
                 open_timeout=self.open_timeout,
                 compression=None,
             )
-        except InvalidURI as exc:
-            raise _Fatal(CrsyncError(f"invalid relay URL {self.url!r}: {exc}")) from None
+        except (InvalidURI, ValueError) as exc:
+            raise _Fatal(RelayURLError(f"invalid relay URL {self.url!r}: {exc}")) from None
         async with cm as ws:
             epoch, push_upto, pull_upto = await self._call(_positions, self.key)
             # The file may have moved to a new site id since this Peer was made (a copied
@@ -515,16 +862,17 @@ class Peer:
             self.relay_head = max(msg.head, pull_upto)
             self.stats.connects += 1
             self._ws = ws
+            self.reason = None
+            self._established = True
             self._set_state(PeerState.SYNCING)
             log.info(
                 "crsync.peer.connected store=%s head=%d cursor=%d", self.store, msg.head, pull_upto
             )
-            async with open_nursery() as nursery:
+            async with open_nursery(self._rank) as nursery:
                 full_push = full_push or self._full_push_next or bool(self._full_push_token)
                 nursery.start_soon(self._pusher, ws, full_push)
                 await self._receiver(ws, proto)
                 nursery.cancel_scope.cancel()
-        return True
 
     def _update_synced(self) -> None:
         synced = (
@@ -616,6 +964,8 @@ class Peer:
                 try:
                     wins = await self._call(_merge_and_record, unit, self.key, self.epoch, msg.upto)
                 except CrsyncError as exc:
+                    if sqlite_cause(exc) is not None:
+                        raise  # the local file failed, not the changes: _classify decides
                     raise _Fatal(SyncError(f"cannot merge changes from the relay: {exc}")) from None
                 self.pull_upto = msg.upto
                 self.relay_head = max(self.relay_head, msg.upto)
@@ -623,7 +973,14 @@ class Peer:
                 self.stats.merged_wins += wins
                 await self._send(ws, p.Received(msg.upto))
                 if self.on_progress is not None:
-                    self.on_progress(self.pull_upto, self.relay_head)
+                    try:
+                        self.on_progress(self.pull_upto, self.relay_head)
+                    except Exception as exc:
+                        err = PeerFailedError(
+                            f"the on_progress callback raised {type(exc).__name__}: {exc}"
+                        )
+                        err.__cause__ = exc
+                        raise _Fatal(err) from exc
                 self._update_synced()
             elif isinstance(msg, p.Pong):
                 self._pongs[msg.id] = msg.head
@@ -632,10 +989,34 @@ class Peer:
 
     async def _watch(self) -> None:
         """Wake the pusher when the database files change (any connection, any process)."""
+        try:
+            await self._watch_files()
+        except Exception as exc:  # e.g. the OS's limit of watches reached
+            log.warning(
+                "crsync.peer.watch_failed store=%s error=%s; polling instead",
+                self.store,
+                _describe(exc),
+            )
+        while not self._watch_stop.is_set():
+            await trio.sleep(1.0)  # fallback polling of PRAGMA data_version (a timer)
+            await self._check_data_version()
+
+    async def _check_data_version(self) -> None:
+        try:
+            v = await self._call(_data_version)
+        except PeerStoppedError:
+            raise
+        except Exception:  # a busy or failing file: the sync loop reports it
+            return
+        if v != self._last_data_version:
+            self._last_data_version = v
+            self.notify()
+
+    async def _watch_files(self) -> None:
         db_path = Path(self.path)
         names = {str(db_path), str(db_path) + "-wal"}
-        last = await self._call(_data_version)
-        async for _ in awatch(
+        self._last_data_version = await self._call(_data_version)
+        changes = awatch(
             db_path.parent,
             watch_filter=lambda _change, path: path in names,
             debounce=50,
@@ -644,11 +1025,25 @@ class Peer:
             yield_on_timeout=True,
             recursive=False,
             stop_event=cast(Any, self._watch_stop),  # only is_set() is used, from a thread
-        ):
-            v = await self._call(_data_version)
-            if v != last:
-                last = v
-                self.notify()
+        )
+        # aclosing: leaving the loop (cancelled in the body) closes the OS watch at once, not
+        # when the generator is garbage collected.
+        async with contextlib.aclosing(changes):
+            async for _ in changes:
+                await self._check_data_version()
 
 
-__all__ = ["AuthError", "Peer", "PeerState", "PeerStats", "SchemaMismatchError"]
+__all__ = [
+    "AuthError",
+    "ConnectError",
+    "LocalStorageError",
+    "Peer",
+    "PeerFailedError",
+    "PeerState",
+    "PeerStats",
+    "PeerStoppedError",
+    "RelayURLError",
+    "SchemaMismatchError",
+    "SyncTimeoutError",
+    "check_relay_url",
+]

@@ -165,7 +165,7 @@ async def test_store_over_its_byte_quota_refuses_pushes_with_quota_exceeded(
             message = str(info.value)
             assert f"quota of {quota} bytes" in message and "'full'" in message
             assert writer.stats.last_error == message
-            assert relay.count(r"code=quota_exceeded") == 1
+            assert relay.wait_for(r"code=quota_exceeded") == 1
             # nothing of the refused push was stored; a device that only pulls still syncs
             assert _relay_rows(relay, "full") == 40
             reader = await stack.enter_async_context(

@@ -44,6 +44,7 @@ class RelayProcess:
         self.proc: subprocess.Popen[str] | None = None
         self.lines: list[str] = []
         self._lock = threading.Lock()
+        self._grew = threading.Condition(self._lock)  # notified for each line read
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._reader: threading.Thread | None = None
 
@@ -108,8 +109,9 @@ class RelayProcess:
     def _read_stderr(self, proc: subprocess.Popen[str], q: queue.Queue[str | None]) -> None:
         assert proc.stderr is not None
         for line in proc.stderr:
-            with self._lock:
+            with self._grew:
                 self.lines.append(line.rstrip("\n"))
+                self._grew.notify_all()
             q.put(line)
         q.put(None)
 
@@ -163,10 +165,35 @@ class RelayProcess:
             return "\n".join(self.lines)
 
     def count(self, pattern: str) -> int:
-        """Log lines matching a regular expression."""
+        """Log lines matching a regular expression *read so far*.
+
+        The relay writes a line before (or after) the network effect a test observes, and a
+        reader thread collects them: right after a peer saw a refusal, its log line may not be
+        read yet. To assert on a line caused by something the test just saw, use
+        :meth:`wait_for`.
+        """
         rx = re.compile(pattern)
         with self._lock:
             return sum(1 for line in self.lines if rx.search(line))
+
+    def wait_for(self, pattern: str, count: int = 1, timeout: float = 10.0) -> int:
+        """Wait until at least ``count`` log lines match ``pattern`` (woken by the reader
+        thread for each new line); return how many match. Fails after ``timeout`` seconds."""
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._grew:
+            while True:
+                n = sum(1 for line in self.lines if rx.search(line))
+                if n >= count:
+                    return n
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    text = "\n".join(self.lines)
+                    raise AssertionError(
+                        f"relay log: {count} line(s) matching {pattern!r} not seen after "
+                        f"{timeout}s (found {n}):\n{text}"
+                    )
+                self._grew.wait(remaining)
 
     def token(self, *stores: str, ttl: int = 3600, now: float | None = None) -> str:
         """A token signed with this relay's secret."""

@@ -89,5 +89,5 @@ async def test_a_table_tracked_while_connected_is_announced_and_syncs(
             await pb.wait_synced()
             assert pa.stats.connects == 2  # reconnected to announce the new table
     assert b.conn.execute("SELECT * FROM tags").fetchall() == [("x", "late table")]
-    relay_schema = relay.count(r"relay\.connect")
+    relay_schema = relay.wait_for(r"relay\.connect", 3)
     assert relay_schema >= 3

@@ -270,7 +270,7 @@ async def test_token_for_one_store_cannot_read_or_write_another(
             assert isinstance(pt.error, AuthError)
         assert pt.state is PeerState.ERROR
     assert pt.stats.connects == 0
-    assert relay.count(r"relay\.refused .*code=forbidden") == 1, "the peer retried"
+    assert relay.wait_for(r"relay\.refused .*code=forbidden") == 1, "the peer retried"
     assert [r[0] for r in rows(thief)] == ["junk"]
     store = RelayStore(relay.store_path("B"), create=False)
     assert "from A" not in {v for (v,) in store.conn.execute("SELECT val FROM relay_cells")}
@@ -283,7 +283,7 @@ async def test_expired_token_is_refused(relay: RelayProcess, tmp_path: Path) -> 
         async with Peer(db, relay.url, store="s", token=token, **FAST) as peer:  # type: ignore[arg-type]
             with pytest.raises(AuthError, match="token_expired"):
                 await peer.wait_state(PeerState.SYNCED)
-    assert relay.count(r"code=token_expired") == 1
+    assert relay.wait_for(r"code=token_expired") == 1
 
 
 async def test_missing_or_forged_token_is_refused(relay: RelayProcess, tmp_path: Path) -> None:
@@ -311,7 +311,7 @@ async def test_hostile_store_ids_are_refused(
                 await peer.wait_synced()
     assert info.value.code == "bad_store"
     assert peer.state is PeerState.ERROR
-    assert relay.count("code=bad_store") == 1
+    assert relay.wait_for("code=bad_store") == 1
     assert not _store_files(tmp_path)
 
 
@@ -343,7 +343,7 @@ async def test_schema_mismatch_stops_the_peer_and_merges_nothing(
     assert rows(b) == [("b", "me", "from b")]
     store = RelayStore(relay.store_path("s"), create=False)
     assert "from b" not in {v for (v,) in store.conn.execute("SELECT val FROM relay_cells")}
-    assert relay.count("code=schema_mismatch") == 1
+    assert relay.wait_for("code=schema_mismatch") == 1
 
 
 async def test_additive_schema_difference_syncs(relay: RelayProcess, tmp_path: Path) -> None:
