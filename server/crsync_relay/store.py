@@ -555,15 +555,24 @@ class RelayStore:
                 "WHERE version > ? AND version <= ? ORDER BY version, seq",
                 (cursor, head),
             )
+            start = 0  # index in rows where the version being read began
+            stopped = False
             for row in cur:
                 version = row[5]
-                if (len(rows) >= max_cells or size >= max_bytes) and version != rows[-1][5]:
-                    # past the budget, at a version boundary: stop before this version
-                    upto, complete = rows[-1][5], False
-                    break
+                if rows and version != rows[-1][5]:
+                    if len(rows) > max_cells or size > max_bytes:
+                        stopped = True  # the budget ran out exactly at a version boundary
+                        break
+                    start = len(rows)
                 rows.append(row)
                 size += 120 + len(row[1]) + (row[10] or 0)
+                if (len(rows) > max_cells or size > max_bytes) and start > 0:
+                    del rows[start:]  # drop the partly read version: whole versions only
+                    stopped = True
+                    break
             cur.close()
+            if stopped:
+                upto, complete = rows[-1][5], False
         finally:
             conn.execute("COMMIT")
         out = [Change(*r[:9]) for r in rows if r[9] != exclude_site]
