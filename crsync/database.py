@@ -585,11 +585,13 @@ class Database:
             == 6
         )
         read_only = bool(conn.execute("PRAGMA query_only").fetchone()[0])
-        if not read_only and has_meta and not conn.in_transaction:
-            # A write statement that changes nothing: SQLite refuses it on a read-only
-            # connection (BEGIN IMMEDIATE alone does not tell, in WAL mode).
+        if not read_only and not conn.in_transaction:
+            # A write statement that changes nothing (or creates what the read-write path
+            # creates first anyway): SQLite refuses it on a read-only connection, which
+            # BEGIN IMMEDIATE alone does not tell in WAL mode.
+            probe = "DELETE FROM crsync_clock WHERE 0" if has_meta else _METADATA_DDL[0]
             try:
-                conn.execute("DELETE FROM crsync_clock WHERE 0")
+                conn.execute(probe)
             except sqlite3.Error as exc:
                 if not _is_read_only_error(exc):
                     raise CrsyncError(f"cannot open the database: {exc}") from exc
