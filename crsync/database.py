@@ -130,6 +130,7 @@ class Database:
         self._site_blob: dict[int, bytes] = {}
         conn.create_function("crsync_pack_pk", -1, _sql_pack_pk, deterministic=True)
         self.read_only = False
+        self._seq_clean: tuple[int, int] | None = None  # see _renumber_repeated_seqs
         if self._open_read_only():  # nothing below may write
             return
         with self._write():
@@ -534,6 +535,14 @@ class Database:
         monotone in seq, so every transaction keeps its own order. Returns whether it did.
         """
         conn = self.conn
+        # Skipped when provably unneeded: this connection opened the version (its previous
+        # seal) and no other connection has committed since (PRAGMA data_version is
+        # unchanged), so every local record of the version has this connection's seqs.
+        dv = conn.execute("PRAGMA data_version").fetchone()[0]
+        clean = self._seq_clean == (version, dv)
+        self._seq_clean = (version + 1, dv)  # the next version opens now, empty
+        if clean:
+            return False
         targets = [
             (tr, col, where)
             for name in sorted(self._tracked)
@@ -567,6 +576,27 @@ class Database:
         log.info("crsync.seq.renumbered version=%d records=%d", version, len(records))
         return True
 
+    def _open_version_mark(self, has_meta: bool) -> tuple[int, int] | None:
+        """(open version, PRAGMA data_version) if the open version holds no records yet (see
+        _renumber_repeated_seqs), from one read snapshot."""
+        conn = self.conn
+        conn.execute("BEGIN")
+        try:
+            if not has_meta:
+                v = 1  # this connection creates the clock
+            else:
+                v = conn.execute("SELECT db_version FROM crsync_clock").fetchone()[0]
+                for (name,) in conn.execute("SELECT name FROM crsync_tables").fetchall():
+                    m = quote_ident(meta_table_name(name))
+                    try:
+                        if conn.execute(f"SELECT 1 FROM {m} WHERE dbv = ? LIMIT 1", (v,)).fetchone():
+                            return None
+                    except sqlite3.Error:
+                        return None
+            return (int(v), int(conn.execute("PRAGMA data_version").fetchone()[0]))
+        finally:
+            conn.execute("COMMIT")
+
     def _open_read_only(self) -> bool:
         """If the connection cannot write (``mode=ro``, ``immutable=1``, ``PRAGMA
         query_only``, a read-only file), check the metadata without writing and return True.
@@ -597,6 +627,8 @@ class Database:
                     raise CrsyncError(f"cannot open the database: {exc}") from exc
                 read_only = True
         if not read_only:
+            if not conn.in_transaction:
+                self._seq_clean = self._open_version_mark(has_meta)
             return False
         if not has_meta:
             raise ReadOnlyError(

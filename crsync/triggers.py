@@ -41,7 +41,10 @@ transaction, makes them write nothing), so writes from any connection or process
   after which nothing can join the version) therefore checks the local records of the version
   it seals for a repeated seq and, only if it finds one, renumbers them 0, 1, 2, ... in
   (seq, table, key) order: a strictly monotone renumbering, so each transaction's order
-  survives, and afterwards no local seq repeats within the version. Readers only ever see
+  survives, and afterwards no local seq repeats within the version. The check (a GROUP BY
+  over the version's local records) is skipped when the sealing connection opened the version
+  and ``PRAGMA data_version`` shows no other connection committed since: then every record
+  has this connection's seqs. Readers only ever see
   sealed versions (``changes()`` stops at the last sealed one), so they never see a repeated
   local seq. Merged changes keep their author's seq (as in cr-sqlite) and are not renumbered.
 """

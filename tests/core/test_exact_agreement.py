@@ -228,3 +228,22 @@ def test_backfilled_rows_get_distinct_ordered_seqs() -> None:
     ch = db.changes()
     assert len({(c.db_version, c.seq) for c in ch}) == len(ch)
     assert ch[-1].pk == pack_pk((100,))  # the later write orders last
+
+
+def test_the_sealing_connection_and_another_one_never_repeat_a_seq(tmp_path: Path) -> None:
+    path = tmp_path / "app.db"
+    foo_db(SITE_A, path).close()
+    db = crsync.connect(path)  # fresh connections: total_changes() in step on both
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        for conn in (db.conn, other, db.conn):
+            conn.execute("BEGIN")
+            for _ in range(3):
+                conn.execute("INSERT INTO foo (b, c) VALUES ('b', 'c')")
+            conn.execute("COMMIT")
+        ch = db.changes()
+        assert len(ch) == 18
+        assert len({(c.db_version, c.seq) for c in ch}) == 18
+    finally:
+        other.close()
+        db.close()
