@@ -513,8 +513,7 @@ class Database:
                     f"{seq_offset(j)}, dbv = ?1 FROM (SELECT {mkeys}, row_number() OVER () "
                     f"AS crsync_rn FROM {m} AS m WHERE {vv} IS NULL AND cl % 2 = 1 AND "
                     f"EXISTS (SELECT 1 FROM {t} AS b WHERE {join} AND b.{q(c.name)} IS NOT ?2)"
-                    f") AS r WHERE "
-                    + " AND ".join(f"m.p{k} = r.p{k}" for k in range(npk)),
+                    f") AS r WHERE " + " AND ".join(f"m.p{k} = r.p{k}" for k in range(npk)),
                     (v, dflt),
                 )
 
@@ -589,7 +588,9 @@ class Database:
                 for (name,) in conn.execute("SELECT name FROM crsync_tables").fetchall():
                     m = quote_ident(meta_table_name(name))
                     try:
-                        if conn.execute(f"SELECT 1 FROM {m} WHERE dbv = ? LIMIT 1", (v,)).fetchone():
+                        if conn.execute(
+                            f"SELECT 1 FROM {m} WHERE dbv = ? LIMIT 1", (v,)
+                        ).fetchone():
                             return None
                     except sqlite3.Error:
                         return None

@@ -10,7 +10,6 @@ import sqlite3
 from collections import Counter
 from pathlib import Path
 
-import pytest
 from core_helpers import SITE_A, SITE_B, open_db
 
 import crsync
@@ -221,9 +220,14 @@ def test_backfilled_rows_get_distinct_ordered_seqs() -> None:
         conn.execute("ALTER TABLE foo ADD COLUMN d")
         conn.execute("UPDATE foo SET d = 'set' WHERE a % 2 = 0")
     db.conn.execute("INSERT INTO foo VALUES (100, 1, 1, 1)")
-    seqs = [r[0] for r in db.conn.execute("SELECT q0 FROM foo__crsync UNION ALL "
-                                            "SELECT q1 FROM foo__crsync UNION ALL "
-                                            "SELECT q2 FROM foo__crsync WHERE q2 IS NOT NULL")]
+    seqs = [
+        r[0]
+        for r in db.conn.execute(
+            "SELECT q0 FROM foo__crsync UNION ALL "
+            "SELECT q1 FROM foo__crsync UNION ALL "
+            "SELECT q2 FROM foo__crsync WHERE q2 IS NOT NULL"
+        )
+    ]
     assert len(seqs) == len(set(seqs)) == 51 * 2 + 26
     ch = db.changes()
     assert len({(c.db_version, c.seq) for c in ch}) == len(ch)

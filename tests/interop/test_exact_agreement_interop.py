@@ -230,5 +230,3 @@ def test_random_histories_with_replaces_match_cr_sqlite_in_state_and_seq_order(
     finally:
         ours.close()
         theirs.close()
-
-
