@@ -51,6 +51,7 @@ from .triggers import (
     generate,
     meta_table_name,
     seq_offset,
+    seq_units,
     trigger_names,
 )
 
@@ -471,8 +472,9 @@ class Database:
         """Give clocks to rows that have none (existing data, or rows written untracked).
 
         Seqs follow the triggers' numbering (crsync.triggers): the ``n``-th row written by one
-        statement gets base ``(total_changes() + n) * SEQ_STEP``, below what the next write on
-        this connection gets, since the statement adds at least ``n + 1`` to total_changes().
+        statement gets base ``(total_changes() + n * units) * SEQ_STEP``; the statement adds
+        ``n + 1`` to total_changes() and, for a table wider than one step, ``units - 1``
+        updates of the same rows add the rest, so later writes on this connection get more.
         """
         q = quote_ident
         conn = self.conn
@@ -482,7 +484,8 @@ class Database:
         npk = len(info.pk)
         pk_only = not info.columns
         cols = [f"p{j}" for j in range(npk)] + ["cl", "sd", "ss", "sq", "dbv"]
-        base = f"(total_changes() + b.crsync_rn - 1) * {SEQ_STEP}"
+        units = seq_units(len(info.columns))
+        base = f"(total_changes() + (b.crsync_rn - 1) * {units}) * {SEQ_STEP}"
         vals = [f"b.k{j}" for j in range(npk)] + ["1"]
         vals += [str(v), "0", base] if pk_only else ["NULL", "NULL", "NULL"]
         vals.append(str(v))
@@ -496,6 +499,9 @@ class Database:
             f"(SELECT {keys}, row_number() OVER () AS crsync_rn FROM {t} AS b "
             f"WHERE NOT EXISTS (SELECT 1 FROM {m} AS x WHERE {missing})) AS b"
         )
+        pad_rows = f"UPDATE {m} SET dbv = dbv WHERE dbv = ?"  # counted by total_changes()
+        for _ in range(units - 1):
+            conn.execute(pad_rows, (v,))
         # Cells of columns added since the last track: a value other than the column default
         # was written while no trigger watched the column; give it a clock.
         if new_from is not None:
@@ -509,13 +515,15 @@ class Database:
                 vv, dd, ss, qq = cell_columns(i)
                 conn.execute(
                     f"UPDATE {m} AS m SET {vv} = 1, {dd} = ?1, {ss} = 0, "
-                    f"{qq} = (total_changes() + r.crsync_rn - 1) * {SEQ_STEP} + "
+                    f"{qq} = (total_changes() + (r.crsync_rn - 1) * {units}) * {SEQ_STEP} + "
                     f"{seq_offset(j)}, dbv = ?1 FROM (SELECT {mkeys}, row_number() OVER () "
                     f"AS crsync_rn FROM {m} AS m WHERE {vv} IS NULL AND cl % 2 = 1 AND "
                     f"EXISTS (SELECT 1 FROM {t} AS b WHERE {join} AND b.{q(c.name)} IS NOT ?2)"
                     f") AS r WHERE " + " AND ".join(f"m.p{k} = r.p{k}" for k in range(npk)),
                     (v, dflt),
                 )
+                for _ in range(units - 1):
+                    conn.execute(pad_rows, (v,))
 
     @staticmethod
     def _local_records(tr: _Tracked) -> list[tuple[str, str]]:

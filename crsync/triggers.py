@@ -16,25 +16,29 @@ transaction, makes them write nothing), so writes from any connection or process
 ``seq``: why it follows write order and never repeats within one db_version.
 
 * Every trigger firing computes ``base = total_changes() * SEQ_STEP`` and stamps its records
-  ``base + offset`` with ``0 <= offset < SEQ_STEP``: offset 0 for the row-existence record of
-  the firing's first row (a delete, a re-insert, or the *old* key of a primary-key change),
-  then 1 for the new key of a primary-key change, then ``2 + j`` for the ``j``-th current
-  non-pk column in table order (the order cr-sqlite 0.16 numbers them in). ``SEQ_STEP`` is one
-  constant for every table (2**16, above SQLite's hard limit of 32,767 columns), so the order
-  holds *across* tables too; a per-table step, as before, let a narrow table's later write get
-  a smaller seq than a wide table's earlier one.
+  ``base + offset``: offset 0 for the row-existence record of the firing's first row (a
+  delete, a re-insert, or the *old* key of a primary-key change), then 1 for the new key of a
+  primary-key change, then ``2 + j`` for the ``j``-th current non-pk column in table order
+  (the order cr-sqlite 0.16 numbers them in). ``SEQ_STEP`` (64) is one constant for every
+  table, so the order holds *across* tables too (a per-table step, as before, let a narrow
+  table's later write get a smaller seq than a wide table's earlier one). It is small because
+  seqs are stored for every cell: a step of 2**16 made them 6-byte integers and cost 20% more
+  metadata. A table with more than ``SEQ_STEP - 2`` columns needs ``units`` steps per firing;
+  its triggers end with ``units - 1`` no-op updates of the clock row, each counted by
+  ``total_changes()``, so the next firing starts ``units`` steps higher.
 * ``total_changes()`` (SQLite built-in, per connection, never decreasing) counts the rows
   written by every completed statement, including statements of trigger programs. One
   statement sees one value of it, so the records a firing writes with one statement (all of
   them, except in the primary-key trigger) differ by their offsets. A firing that writes
-  metadata completes at least one statement that changed a row, so the next firing on the
-  connection sees a larger ``total_changes()``: its seqs are at least ``SEQ_STEP`` higher,
-  which no offset reaches. The primary-key trigger writes the new key first (it reads the old
-  key's clocks) and the old key second, after its first statement added exactly one row: the
-  second statement takes that row off, so both share the firing's base and the old key's
-  delete (offset 0) orders first. So the writes of one connection, and therefore of one
-  transaction, get strictly increasing seqs in the order they happen, across tables, without a
-  counter row that every write would update (that update alone doubled the cost of an insert).
+  metadata completes statements that changed at least ``units`` rows, so the next firing on
+  the connection sees a larger ``total_changes()``: its seqs are at least
+  ``units * SEQ_STEP`` higher, which no offset reaches. The primary-key trigger writes the new
+  key first (it reads the old key's clocks) and the old key second, after its first statement
+  added exactly one row: the second statement takes that row off, so both share the firing's
+  base and the old key's delete (offset 0) orders first. So the writes of one connection, and
+  therefore of one transaction, get strictly increasing seqs in the order they happen, across
+  tables, without a counter row that every write would update (that update alone doubled the
+  cost of an insert).
 * ``total_changes()`` is per connection, and one db_version can hold transactions of several
   connections (see crsync.database: a version is sealed only when someone reads the feed), so
   two connections can produce the same seq in one version. Sealing (a write transaction,
@@ -55,14 +59,13 @@ from collections.abc import Mapping
 
 import attrs
 
-from .errors import SchemaError
 from .schema import TableInfo, quote_ident
 
 V = "k.db_version"
 CLOCK = "FROM crsync_clock AS k WHERE k.merging = 0"
 
-SEQ_STEP = 1 << 16
-"""Seq numbers reserved per trigger firing, the same for every table (see the module doc)."""
+SEQ_STEP = 64
+"""Seq numbers per ``total_changes()`` unit, the same for every table (see the module doc)."""
 S = f"(total_changes() * {SEQ_STEP})"
 """SQL for the seq base of a trigger firing."""
 
@@ -70,6 +73,19 @@ S = f"(total_changes() * {SEQ_STEP})"
 def seq_offset(position: int) -> int:
     """Seq offset of the ``position``-th current non-pk column (0-based, table order)."""
     return 2 + position
+
+
+def seq_units(ncolumns: int) -> int:
+    """``total_changes()`` units one firing on a table with ``ncolumns`` non-pk columns uses."""
+    return -(-seq_offset(ncolumns) // SEQ_STEP)
+
+
+def seq_padding(ncolumns: int) -> str:
+    """Statements ending a trigger body so that a firing uses ``seq_units`` units."""
+    return "".join(
+        " UPDATE crsync_clock SET merging = 0 WHERE merging = 0;"
+        for _ in range(seq_units(ncolumns) - 1)
+    )
 
 
 def meta_table_name(table: str) -> str:
@@ -124,8 +140,7 @@ def generate(
     pcols = [f"p{j}" for j in range(npk)]
     pk_list = ", ".join(pcols)
     cur = [(c.name, slots[c.name]) for c in info.columns]
-    if seq_offset(len(cur)) > SEQ_STEP:
-        raise SchemaError(info.name, f"{len(cur)} columns are more than crsync can number")
+    pad = seq_padding(len(cur))
     pk_only = not cur
 
     slot_defs = []
@@ -197,7 +212,7 @@ def generate(
     trig_ins = (
         f"CREATE TRIGGER {q(trigger_names(info.name)[0])} AFTER INSERT ON {t} BEGIN "
         f"INSERT INTO {m} ({', '.join(ins_cols)}) SELECT {', '.join(ins_vals)} {CLOCK} "
-        f"ON CONFLICT ({pk_list}) DO UPDATE SET {', '.join(upd_sets)}{ins_where}; END"
+        f"ON CONFLICT ({pk_list}) DO UPDATE SET {', '.join(upd_sets)}{ins_where};{pad} END"
     )
 
     triggers = [trig_ins]
@@ -222,7 +237,7 @@ def generate(
             f"CREATE TRIGGER {q(trigger_names(info.name)[1])} AFTER UPDATE ON {t} "
             f"WHEN {pk_same} AND ({any_changed}) BEGIN "
             f"INSERT INTO {m} ({', '.join(u_cols)}) SELECT {', '.join(u_vals)} {CLOCK} "
-            f"ON CONFLICT ({pk_list}) DO UPDATE SET {', '.join(u_sets)}; END"
+            f"ON CONFLICT ({pk_list}) DO UPDATE SET {', '.join(u_sets)};{pad} END"
         )
 
     # AFTER UPDATE of the primary key: delete of the old key + create of the new one. Unlike
@@ -267,7 +282,7 @@ def generate(
         f"UPDATE {m} SET cl = cl + (cl % 2), sd = k.db_version, ss = 0, "
         f"sq = (total_changes() - 1) * {SEQ_STEP}, dbv = k.db_version"
         f"{''.join(', ' + c for c in all_cells_null)} FROM crsync_clock AS k "
-        f"WHERE k.merging = 0 AND {match('OLD')}; END"
+        f"WHERE k.merging = 0 AND {match('OLD')};{pad} END"
     )
 
     # AFTER DELETE: the sentinel goes to the next even cl; every cell clock is dropped.

@@ -14,6 +14,7 @@ from core_helpers import SITE_A, SITE_B, open_db
 
 import crsync
 from crsync import SENTINEL, Change, pack_pk
+from crsync.triggers import SEQ_STEP
 
 
 def by_key(db: crsync.Database, table: str = "foo") -> dict[tuple[object, str], Change]:
@@ -251,3 +252,32 @@ def test_the_sealing_connection_and_another_one_never_repeat_a_seq(tmp_path: Pat
     finally:
         other.close()
         db.close()
+
+
+def test_tables_wider_than_one_seq_step_keep_order_and_uniqueness() -> None:
+    db = open_db(site=SITE_A)
+    ncols = 3 * SEQ_STEP  # several steps per firing
+    cols = ", ".join(f"c{i}" for i in range(ncols))
+    db.conn.execute(f"CREATE TABLE wide(id INTEGER PRIMARY KEY NOT NULL, {cols})")
+    db.conn.execute("CREATE TABLE narrow(id INTEGER PRIMARY KEY NOT NULL, x)")
+    marks = ", ".join("?" * ncols)
+    db.conn.executemany(
+        f"INSERT INTO wide VALUES (?, {marks})", [(i, *range(ncols)) for i in (1, 2)]
+    )
+    db.track("wide")  # backfilled: two rows, in one statement
+    db.track("narrow")
+    db.conn.execute("BEGIN")
+    db.conn.execute(f"INSERT INTO wide VALUES (3, {marks})", tuple(range(ncols)))
+    db.conn.execute("INSERT INTO narrow VALUES (1, 'after')")
+    db.conn.execute("UPDATE wide SET id = 4 WHERE id = 3")
+    db.conn.execute("INSERT INTO narrow VALUES (2, 'last')")
+    db.conn.execute("COMMIT")
+    ch = db.changes()
+    assert len({(c.db_version, c.seq) for c in ch}) == len(ch)
+    order = [(c.table, crsync.unpack_pk(c.pk)[0], c.cid) for c in ch]
+    assert order[:ncols] == [("wide", 1, f"c{i}") for i in range(ncols)]
+    assert order[ncols : 2 * ncols] == [("wide", 2, f"c{i}") for i in range(ncols)]
+    assert order[2 * ncols] == ("narrow", 1, "x")
+    assert order[2 * ncols + 1 : 2 * ncols + 3] == [("wide", 3, SENTINEL), ("wide", 4, SENTINEL)]
+    assert order[2 * ncols + 3 : 3 * ncols + 3] == [("wide", 4, f"c{i}") for i in range(ncols)]
+    assert order[-1] == ("narrow", 2, "x")
