@@ -635,6 +635,9 @@ class Database:
                 if not _is_read_only_error(exc):
                     raise CrsyncError(f"cannot open the database: {exc}") from exc
                 read_only = True
+            finally:
+                if conn.in_transaction:  # opened implicitly (legacy transaction control)
+                    conn.execute("ROLLBACK")
         if not read_only:
             if not conn.in_transaction:
                 self._seq_clean = self._open_version_mark(has_meta)

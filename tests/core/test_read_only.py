@@ -169,3 +169,19 @@ def test_file_uri_read_write_opens_the_named_file(tmp_path: Path) -> None:
     assert db.path == str(path)
     db.close()
     assert path.exists()
+
+
+def test_wrapping_a_default_connection_of_a_crsync_file_stays_out_of_a_transaction(
+    app_db: Path,
+) -> None:
+    """The read-only probe is a DML statement: Python's default transaction control would
+    open a transaction before it, which then broke every write."""
+    conn = sqlite3.connect(app_db)  # isolation_level "" (implicit BEGIN before DML)
+    db = crsync.connect(conn)
+    assert not db.read_only
+    assert not conn.in_transaction
+    db.track("t")
+    conn.execute("INSERT INTO t VALUES ('r3', 3, 'z')")
+    conn.commit()
+    assert len(db.changes()) == 6
+    conn.close()
