@@ -29,7 +29,14 @@ import attrs
 
 from . import adoption, identity
 from .change import SENTINEL, Change, validate_changes
-from .errors import CrsyncError, InvalidChangeError, NotTrackedError, PackError, SchemaError
+from .errors import (
+    CrsyncError,
+    InvalidChangeError,
+    NotTrackedError,
+    PackError,
+    ReadOnlyError,
+    SchemaError,
+)
 from .merge_rules import MERGE_VERSION, Clock, RowState, apply_change
 from .pack import SqlValue, pack_pk, unpack_pk
 from .schema import (
@@ -41,7 +48,15 @@ from .schema import (
     table_info,
     validate_table,
 )
-from .triggers import cell_columns, generate, meta_table_name, trigger_names
+from .triggers import (
+    SEQ_STEP,
+    cell_columns,
+    generate,
+    meta_table_name,
+    seq_offset,
+    seq_units,
+    trigger_names,
+)
 
 if TYPE_CHECKING:
     from .live import ChangeFeed, LiveQuery, RowChange
@@ -123,6 +138,12 @@ class Database:
         self._broken: dict[str, SchemaError] = {}  # tracked tables crsync cannot re-adopt
         self._cell_sql: dict[tuple[str, str], str] = {}  # crdt_changes value lookups
         conn.create_function("crsync_pack_pk", -1, _sql_pack_pk, deterministic=True)
+        self.read_only = False
+        self._seq_clean: tuple[int, int] | None = None  # see _renumber_repeated_seqs
+        if self._open_read_only():  # nothing below may write
+            with contextlib.suppress(sqlite3.Error):
+                self._create_feed_view(conn)  # TEMP: allowed unless query_only forbids it
+            return
         with self._write():
             for stmt in _METADATA_DDL:
                 conn.execute(stmt)
@@ -233,6 +254,8 @@ class Database:
     def _write(self) -> Iterator[sqlite3.Connection]:
         """A BEGIN IMMEDIATE transaction; SQLite errors become CrsyncError after rollback."""
         conn = self.conn
+        if self.read_only:
+            raise ReadOnlyError(_READ_ONLY_MESSAGE)
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
@@ -244,6 +267,8 @@ class Database:
                 conn.execute("ROLLBACK")
             self._site_ord.clear()
             self._site_blob.clear()
+            if isinstance(exc, sqlite3.Error) and _is_read_only_error(exc):
+                raise ReadOnlyError(_READ_ONLY_MESSAGE) from exc
             if isinstance(exc, sqlite3.Error):
                 raise CrsyncError(f"SQLite error, nothing was changed: {exc}") from exc
             raise
@@ -666,48 +691,193 @@ class Database:
     def _backfill(
         self, info: TableInfo, slots: dict[str, int], nslots: int, new_from: int | None
     ) -> None:
-        """Give clocks to rows that have none (existing data, or rows written untracked)."""
+        """Give clocks to rows that have none (existing data, or rows written untracked).
+
+        Seqs follow the triggers' numbering (crsync.triggers): the ``n``-th row written by one
+        statement gets base ``(total_changes() + n * units) * SEQ_STEP``; the statement adds
+        ``n + 1`` to total_changes() and, for a table wider than one step, ``units - 1``
+        updates of the same rows add the rest, so later writes on this connection get more.
+        """
         q = quote_ident
         conn = self.conn
         m = q(meta_table_name(info.name))
         t = q(info.name)
-        step = nslots + 2
         v = conn.execute("SELECT db_version FROM crsync_clock").fetchone()[0]
-        s = conn.execute("SELECT total_changes()").fetchone()[0] * step
         npk = len(info.pk)
         pk_only = not info.columns
         cols = [f"p{j}" for j in range(npk)] + ["cl", "sd", "ss", "sq", "dbv"]
-        base = f"{s} + (b.crsync_rn - 1) * {step}"
+        units = seq_units(len(info.columns))
+        base = f"(total_changes() + (b.crsync_rn - 1) * {units}) * {SEQ_STEP}"
         vals = [f"b.k{j}" for j in range(npk)] + ["1"]
         vals += [str(v), "0", base] if pk_only else ["NULL", "NULL", "NULL"]
         vals.append(str(v))
-        for c in info.columns:
-            i = slots[c.name]
-            cols += list(cell_columns(i))
-            vals += ["1", str(v), "0", f"{base} + {1 + i}"]
-        keys = ", ".join(f"{q(c.name)} AS k{j}" for j, c in enumerate(info.pk))
-        missing = " AND ".join(f"x.p{j} = +b.k{j}" for j in range(npk))
+        for j, c in enumerate(info.columns):
+            cols += list(cell_columns(slots[c.name]))
+            vals += ["1", str(v), "0", f"{base} + {seq_offset(j)}"]
+        keys = ", ".join(f"b.{q(c.name)} AS k{j}" for j, c in enumerate(info.pk))
+        missing = " AND ".join(f"x.p{j} = +b.{q(c.name)}" for j, c in enumerate(info.pk))
         conn.execute(
             f"INSERT INTO {m} ({', '.join(cols)}) SELECT {', '.join(vals)} FROM "
-            f"(SELECT {keys}, row_number() OVER () AS crsync_rn FROM {t}) AS b "
-            f"WHERE NOT EXISTS (SELECT 1 FROM {m} AS x WHERE {missing})"
+            f"(SELECT {keys}, row_number() OVER () AS crsync_rn FROM {t} AS b "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {m} AS x WHERE {missing})) AS b"
         )
+        pad_rows = f"UPDATE {m} SET dbv = dbv WHERE dbv = ?"  # counted by total_changes()
+        for _ in range(units - 1):
+            conn.execute(pad_rows, (v,))
         # Cells of columns added since the last track: a value other than the column default
         # was written while no trigger watched the column; give it a clock.
         if new_from is not None:
             join = " AND ".join(f"b.{q(c.name)} = m.p{j}" for j, c in enumerate(info.pk))
-            for c in info.columns:
+            mkeys = ", ".join(f"p{j}" for j in range(npk))
+            for j, c in enumerate(info.columns):
                 i = slots[c.name]
                 if i < new_from:
                     continue
                 dflt = self._eval_default(c.default)
                 vv, dd, ss, qq = cell_columns(i)
                 conn.execute(
-                    f"UPDATE {m} AS m SET {vv} = 1, {dd} = ?, {ss} = 0, {qq} = ?, dbv = ? "
-                    f"WHERE {vv} IS NULL AND cl % 2 = 1 AND EXISTS (SELECT 1 FROM {t} AS b "
-                    f"WHERE {join} AND b.{q(c.name)} IS NOT ?)",
-                    (v, s + 1 + i, v, dflt),
+                    f"UPDATE {m} AS m SET {vv} = 1, {dd} = ?1, {ss} = 0, "
+                    f"{qq} = (total_changes() + (r.crsync_rn - 1) * {units}) * {SEQ_STEP} + "
+                    f"{seq_offset(j)}, dbv = ?1 FROM (SELECT {mkeys}, row_number() OVER () "
+                    f"AS crsync_rn FROM {m} AS m WHERE {vv} IS NULL AND cl % 2 = 1 AND "
+                    f"EXISTS (SELECT 1 FROM {t} AS b WHERE {join} AND b.{q(c.name)} IS NOT ?2)"
+                    f") AS r WHERE " + " AND ".join(f"m.p{k} = r.p{k}" for k in range(npk)),
+                    (v, dflt),
                 )
+                for _ in range(units - 1):
+                    conn.execute(pad_rows, (v,))
+
+    @staticmethod
+    def _local_records(tr: _Tracked) -> list[tuple[str, str]]:
+        """(seq column, WHERE clause) of the local records at version ?1 of a table: its
+        row-existence records, then each current column's cells."""
+        out = [("sq", "dbv = ?1 AND sd = ?1 AND ss = 0")]
+        for slot in sorted(tr.slots.values()):
+            _v, d, site, q = cell_columns(slot)
+            out.append((q, f"dbv = ?1 AND {d} = ?1 AND {site} = 0"))
+        return out
+
+    def _renumber_repeated_seqs(self, version: int) -> bool:
+        """Inside the sealing transaction: if two local records of ``version`` share a seq
+        (written by different connections, see crsync.triggers), renumber all local records
+        of the version 0, 1, 2, ... in (seq, table, record kind, key) order: strictly
+        monotone in seq, so every transaction keeps its own order. Returns whether it did.
+        """
+        conn = self.conn
+        # Skipped when provably unneeded: this connection opened the version (its previous
+        # seal) and no other connection has committed since (PRAGMA data_version is
+        # unchanged), so every local record of the version has this connection's seqs.
+        dv = conn.execute("PRAGMA data_version").fetchone()[0]
+        clean = self._seq_clean == (version, dv)
+        self._seq_clean = (version + 1, dv)  # the next version opens now, empty
+        if clean:
+            return False
+        targets = [
+            (tr, col, where)
+            for name in sorted(self._tracked)
+            for tr in (self._tracked[name],)
+            for col, where in self._local_records(tr)
+        ]
+        if not targets:
+            return False
+        union = " UNION ALL ".join(
+            f"SELECT {col} AS s FROM {tr.meta} WHERE {where}" for tr, col, where in targets
+        )
+        dup = conn.execute(
+            f"SELECT 1 FROM ({union}) GROUP BY s HAVING count(*) > 1 LIMIT 1", (version,)
+        ).fetchone()
+        if dup is None:
+            return False
+        records: list[tuple[int, int, int, tuple[Any, ...]]] = []
+        for t_index, (tr, col, where) in enumerate(targets):
+            pks = ", ".join(f"p{j}" for j in range(tr.npk))
+            sql = f"SELECT {col}, {pks} FROM {tr.meta} WHERE {where} ORDER BY {pks}"
+            for n, row in enumerate(conn.execute(sql, (version,))):
+                records.append((row[0], t_index, n, tuple(row[1:])))
+        records.sort(key=lambda r: r[:3])
+        updates: dict[int, list[tuple[Any, ...]]] = {}
+        for new_seq, (_seq, t_index, _n, key) in enumerate(records):
+            updates.setdefault(t_index, []).append((new_seq, *key))
+        for t_index, rows in updates.items():
+            tr, col, _where = targets[t_index]
+            match = " AND ".join(f"p{j} = ?" for j in range(tr.npk))
+            conn.executemany(f"UPDATE {tr.meta} SET {col} = ? WHERE {match}", rows)
+        log.info("crsync.seq.renumbered version=%d records=%d", version, len(records))
+        return True
+
+    def _open_version_mark(self, has_meta: bool) -> tuple[int, int] | None:
+        """(open version, PRAGMA data_version) if the open version holds no records yet (see
+        _renumber_repeated_seqs), from one read snapshot."""
+        conn = self.conn
+        conn.execute("BEGIN")
+        try:
+            if not has_meta:
+                v = 1  # this connection creates the clock
+            else:
+                v = conn.execute("SELECT db_version FROM crsync_clock").fetchone()[0]
+                for (name,) in conn.execute("SELECT name FROM crsync_tables").fetchall():
+                    m = quote_ident(meta_table_name(name))
+                    try:
+                        if conn.execute(
+                            f"SELECT 1 FROM {m} WHERE dbv = ? LIMIT 1", (v,)
+                        ).fetchone():
+                            return None
+                    except sqlite3.Error:
+                        return None
+            return (int(v), int(conn.execute("PRAGMA data_version").fetchone()[0]))
+        finally:
+            conn.execute("COMMIT")
+
+    def _open_read_only(self) -> bool:
+        """If the connection cannot write (``mode=ro``, ``immutable=1``, ``PRAGMA
+        query_only``, a read-only file), check the metadata without writing and return True.
+
+        Raises:
+            ReadOnlyError: the file has no crsync metadata (it was never opened read-write
+                by crsync), so there is nothing to read.
+        """
+        conn = self.conn
+        has_meta = (
+            conn.execute(
+                "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name IN "
+                "('crsync_meta', 'crsync_sites', 'crsync_clock', 'crsync_tables', "
+                "'crsync_pending', 'crsync_peers')"
+            ).fetchone()[0]
+            == 6
+        )
+        read_only = bool(conn.execute("PRAGMA query_only").fetchone()[0])
+        if not read_only and not conn.in_transaction:
+            # A write statement that changes nothing (or creates what the read-write path
+            # creates first anyway): SQLite refuses it on a read-only connection, which
+            # BEGIN IMMEDIATE alone does not tell in WAL mode.
+            probe = "DELETE FROM crsync_clock WHERE 0" if has_meta else _METADATA_DDL[0]
+            try:
+                conn.execute(probe)
+            except sqlite3.Error as exc:
+                if not _is_read_only_error(exc):
+                    raise CrsyncError(f"cannot open the database: {exc}") from exc
+                read_only = True
+            finally:
+                if conn.in_transaction:  # opened implicitly (legacy transaction control)
+                    conn.execute("ROLLBACK")
+        if not read_only:
+            if not conn.in_transaction:
+                self._seq_clean = self._open_version_mark(has_meta)
+            return False
+        if not has_meta:
+            raise ReadOnlyError(
+                "this database is opened read-only and has no crsync metadata yet: open it "
+                "read-write once with crsync.connect() (and track its tables) first"
+            )
+        fmt = conn.execute("SELECT value FROM crsync_meta WHERE key = 'format_version'").fetchone()
+        if fmt is None or fmt[0] != FORMAT_VERSION:
+            raise CrsyncError(
+                f"this database uses crsync metadata format {fmt[0] if fmt else None}; this "
+                f"crsync reads format {FORMAT_VERSION}"
+            )
+        self.read_only = True
+        self._local_site = self.site_id
+        return True
 
     def _eval_default(self, expr: str | None) -> SqlValue:
         if expr is None:
@@ -815,12 +985,13 @@ class Database:
         self._refresh()
         with self._read() as conn:
             v = conn.execute("SELECT db_version FROM crsync_clock").fetchone()[0]
-            if not self._has_changes_at(v):
-                return int(v) - 1
+            if self.read_only or not self._has_changes_at(v):
+                return int(v) - 1  # read-only: the open version stays unreported
         with self._write() as conn:
             v = conn.execute("SELECT db_version FROM crsync_clock").fetchone()[0]
             if not self._has_changes_at(v):
                 return int(v) - 1
+            self._renumber_repeated_seqs(v)
             conn.execute("UPDATE crsync_clock SET db_version = ?", (v + 1,))
             return int(v)
 
@@ -1309,6 +1480,19 @@ def _read_only_error(exc: BaseException) -> bool:
     if isinstance(code, int) and code & 0xFF == 8:  # SQLITE_READONLY and its extended codes
         return True
     return "readonly" in str(exc) or "read-only" in str(exc)
+_READ_ONLY_MESSAGE = (
+    "this database is opened read-only (mode=ro, immutable=1, PRAGMA query_only or a "
+    "read-only file): reading and the change feed work, but tracking, migrating, merging and "
+    "resetting the site id need a read-write connection"
+)
+
+
+def _is_read_only_error(exc: sqlite3.Error) -> bool:
+    """True for SQLITE_READONLY and its extended codes."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return bool(code & 0xFF == 8)  # SQLITE_READONLY
+    return "readonly" in str(exc)
 
 
 def _sql_pack_pk(*values: SqlValue) -> bytes:
@@ -1343,24 +1527,47 @@ def connect(
     unless you open a transaction with ``BEGIN``. The file is switched to WAL journal mode so
     other connections and processes can read while one writes.
 
+    A read-only open (``"file:app.db?mode=ro"``, ``immutable=1``, ``PRAGMA query_only``, a
+    file without write permission, or such a connection passed in) reads and serves the change
+    feed without writing anything: :meth:`Database.changes`, ``changes_since``, ``db_version``,
+    ``tracked_tables`` and ``schema_fingerprints`` work; tracking, migrating, merging and
+    ``reset_site`` raise :class:`crsync.ReadOnlyError`. Such a reader cannot *seal* the open
+    version (see :mod:`crsync.database`), so it reports changes up to the last sealed one:
+    writes of the open version appear once a read-write connection reads the feed.
+
     Args:
-        path: a file path, ``":memory:"``, or an existing ``sqlite3.Connection`` to wrap.
+        path: a file path, a ``file:`` URI, ``":memory:"``, or an existing
+            ``sqlite3.Connection`` to wrap.
         busy_timeout_ms: how long a write waits for another writer's lock.
         check_same_thread: passed to :func:`sqlite3.connect`.
     """
     if isinstance(path, sqlite3.Connection):
         return Database(path, owns_connection=False)
     target = os.fspath(path)
-    if target != ":memory:" and not target.startswith("file:"):
+    uri = target.startswith("file:")
+    if target != ":memory:" and not uri:
         parent = Path(target).parent
         if not parent.exists():
             raise CrsyncError(f"cannot open {target}: directory {parent} does not exist")
     try:
-        conn = sqlite3.connect(target, isolation_level=None, check_same_thread=check_same_thread)
-        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-        if target != ":memory:":
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
+        conn = sqlite3.connect(
+            target, isolation_level=None, check_same_thread=check_same_thread, uri=uri
+        )
     except sqlite3.Error as exc:
         raise CrsyncError(f"cannot open {target}: {exc}") from exc
-    return Database(conn)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        if target != ":memory:":
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = NORMAL")
+            except sqlite3.Error as exc:
+                if not _is_read_only_error(exc):
+                    raise
+                # read-only: keep the file's journal mode (Database sees it is read-only)
+        return Database(conn)
+    except BaseException as exc:
+        conn.close()
+        if isinstance(exc, sqlite3.Error):
+            raise CrsyncError(f"cannot open {target}: {exc}") from exc
+        raise

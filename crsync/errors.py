@@ -33,6 +33,10 @@ class PackError(InvalidChangeError):
     """A packed primary-key blob does not decode, or values cannot be packed."""
 
 
+class ReadOnlyError(CrsyncError):
+    """A write (track, migrate, merge, reset_site) on a database opened read-only."""
+
+
 class SyncError(CrsyncError):
     """Base class of errors raised by the sync layer (peer, protocol, relay)."""
 

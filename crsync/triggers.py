@@ -12,9 +12,45 @@ migration and never written).
 Triggers are plain SQL: they read the open db_version from the one-row table ``crsync_clock``
 (joined, so a merge in progress, ``crsync_clock.merging = 1``, set and cleared inside the merging
 transaction, makes them write nothing), so writes from any connection or process are captured.
-``seq`` comes from SQLite's built-in ``total_changes()``, which grows with every row written on
-the connection: it orders the writes of one transaction without a counter row that every write
-would have to update (that update alone doubled the cost of an insert).
+
+``seq``: why it follows write order and never repeats within one db_version.
+
+* Every trigger firing computes ``base = total_changes() * SEQ_STEP`` and stamps its records
+  ``base + offset``: offset 0 for the row-existence record of the firing's first row (a
+  delete, a re-insert, or the *old* key of a primary-key change), then 1 for the new key of a
+  primary-key change, then ``2 + j`` for the ``j``-th current non-pk column in table order
+  (the order cr-sqlite 0.16 numbers them in). ``SEQ_STEP`` (64) is one constant for every
+  table, so the order holds *across* tables too (a per-table step, as before, let a narrow
+  table's later write get a smaller seq than a wide table's earlier one). It is small because
+  seqs are stored for every cell: a step of 2**16 made them 6-byte integers and cost 20% more
+  metadata. A table with more than ``SEQ_STEP - 2`` columns needs ``units`` steps per firing;
+  its triggers end with ``units - 1`` no-op updates of the clock row, each counted by
+  ``total_changes()``, so the next firing starts ``units`` steps higher.
+* ``total_changes()`` (SQLite built-in, per connection, never decreasing) counts the rows
+  written by every completed statement, including statements of trigger programs. One
+  statement sees one value of it, so the records a firing writes with one statement (all of
+  them, except in the primary-key trigger) differ by their offsets. A firing that writes
+  metadata completes statements that changed at least ``units`` rows, so the next firing on
+  the connection sees a larger ``total_changes()``: its seqs are at least
+  ``units * SEQ_STEP`` higher, which no offset reaches. The primary-key trigger writes the new
+  key first (it reads the old key's clocks) and the old key second, after its first statement
+  added exactly one row: the second statement takes that row off, so both share the firing's
+  base and the old key's delete (offset 0) orders first. So the writes of one connection, and
+  therefore of one transaction, get strictly increasing seqs in the order they happen, across
+  tables, without a counter row that every write would update (that update alone doubled the
+  cost of an insert).
+* ``total_changes()`` is per connection, and one db_version can hold transactions of several
+  connections (see crsync.database: a version is sealed only when someone reads the feed), so
+  two connections can produce the same seq in one version. Sealing (a write transaction,
+  after which nothing can join the version) therefore checks the local records of the version
+  it seals for a repeated seq and, only if it finds one, renumbers them 0, 1, 2, ... in
+  (seq, table, key) order: a strictly monotone renumbering, so each transaction's order
+  survives, and afterwards no local seq repeats within the version. The check (a GROUP BY
+  over the version's local records) is skipped when the sealing connection opened the version
+  and ``PRAGMA data_version`` shows no other connection committed since: then every record
+  has this connection's seqs. Readers only ever see
+  sealed versions (``changes()`` stops at the last sealed one), so they never see a repeated
+  local seq. Merged changes keep their author's seq (as in cr-sqlite) and are not renumbered.
 """
 
 from __future__ import annotations
@@ -27,6 +63,29 @@ from .schema import TableInfo, quote_ident
 
 V = "k.db_version"
 CLOCK = "FROM crsync_clock AS k WHERE k.merging = 0"
+
+SEQ_STEP = 64
+"""Seq numbers per ``total_changes()`` unit, the same for every table (see the module doc)."""
+S = f"(total_changes() * {SEQ_STEP})"
+"""SQL for the seq base of a trigger firing."""
+
+
+def seq_offset(position: int) -> int:
+    """Seq offset of the ``position``-th current non-pk column (0-based, table order)."""
+    return 2 + position
+
+
+def seq_units(ncolumns: int) -> int:
+    """``total_changes()`` units one firing on a table with ``ncolumns`` non-pk columns uses."""
+    return -(-seq_offset(ncolumns) // SEQ_STEP)
+
+
+def seq_padding(ncolumns: int) -> str:
+    """Statements ending a trigger body so that a firing uses ``seq_units`` units."""
+    return "".join(
+        " UPDATE crsync_clock SET merging = 0 WHERE merging = 0;"
+        for _ in range(seq_units(ncolumns) - 1)
+    )
 
 
 def meta_table_name(table: str) -> str:
@@ -80,9 +139,8 @@ def generate(
     npk = len(info.pk)
     pcols = [f"p{j}" for j in range(npk)]
     pk_list = ", ".join(pcols)
-    step = nslots + 2  # seq numbers reserved per trigger firing
-    S = f"(total_changes() * {step})"
     cur = [(c.name, slots[c.name]) for c in info.columns]
+    pad = seq_padding(len(cur))
     pk_only = not cur
 
     slot_defs = []
@@ -140,10 +198,10 @@ def generate(
         f"sq = CASE WHEN cl % 2 = 0 THEN {S} ELSE sq END",
         "dbv = excluded.dbv",
     ]
-    for _name, i in cur:
+    for j, (_name, i) in enumerate(cur):
         v, d, s, qq = cell_columns(i)
         ins_cols += [v, d, s, qq]
-        ins_vals += ["1", V, "0", f"{S} + {1 + i}"]
+        ins_vals += ["1", V, "0", f"{S} + {seq_offset(j)}"]
         upd_sets += [
             f"{v} = COALESCE({v}, 0) + 1",
             f"{d} = excluded.{d}",
@@ -154,7 +212,7 @@ def generate(
     trig_ins = (
         f"CREATE TRIGGER {q(trigger_names(info.name)[0])} AFTER INSERT ON {t} BEGIN "
         f"INSERT INTO {m} ({', '.join(ins_cols)}) SELECT {', '.join(ins_vals)} {CLOCK} "
-        f"ON CONFLICT ({pk_list}) DO UPDATE SET {', '.join(upd_sets)}{ins_where}; END"
+        f"ON CONFLICT ({pk_list}) DO UPDATE SET {', '.join(upd_sets)}{ins_where};{pad} END"
     )
 
     triggers = [trig_ins]
@@ -163,11 +221,11 @@ def generate(
         u_cols = [*pcols, "cl", "dbv"]
         u_vals = [new_pk, "1", V]
         u_sets = ["dbv = excluded.dbv"]
-        for name, i in cur:
+        for j, (name, i) in enumerate(cur):
             v, d, s, qq = cell_columns(i)
             ch = changed(name)
             u_cols += [v, d, s, qq]
-            u_vals += [f"CASE WHEN {ch} THEN 1 END", V, "0", f"{S} + {1 + i}"]
+            u_vals += [f"CASE WHEN {ch} THEN 1 END", V, "0", f"{S} + {seq_offset(j)}"]
             u_sets += [
                 f"{v} = CASE WHEN excluded.{v} IS NULL THEN {v} ELSE COALESCE({v}, 0) + 1 END",
                 f"{d} = CASE WHEN excluded.{v} IS NULL THEN {d} ELSE excluded.{d} END",
@@ -179,26 +237,41 @@ def generate(
             f"CREATE TRIGGER {q(trigger_names(info.name)[1])} AFTER UPDATE ON {t} "
             f"WHEN {pk_same} AND ({any_changed}) BEGIN "
             f"INSERT INTO {m} ({', '.join(u_cols)}) SELECT {', '.join(u_vals)} {CLOCK} "
-            f"ON CONFLICT ({pk_list}) DO UPDATE SET {', '.join(u_sets)}; END"
+            f"ON CONFLICT ({pk_list}) DO UPDATE SET {', '.join(u_sets)};{pad} END"
         )
 
     # AFTER UPDATE of the primary key: delete of the old key + create of the new one. Unlike
     # cr-sqlite 0.16, moved cells are re-stamped (new db_version, col_version + 1) so that a
     # peer pulling incrementally receives them (docs/compatibility.md).
+    #
+    # UPDATE OR REPLACE onto a key that is live: SQLite deletes the target row without firing
+    # delete triggers, so this is the only trigger that sees it. As for INSERT OR REPLACE of a
+    # live row, the target's causal length does not change (cr-sqlite 0.16 keeps it too when
+    # the target has no "-1" record); raising it would be a resurrection on other devices that
+    # wipes their concurrent edits of the row. The moved cells get a col_version above both
+    # the old key's and the target's clocks, so they win over everything this database has
+    # seen of either row. Dead target: resurrected (next odd cl), as cr-sqlite does.
+    # seqs: old key's delete first, then the new key's "-1", then the cells (cr-sqlite order).
+    # The old key is written by the second statement, when total_changes() has grown by the
+    # one row the first statement wrote: one is taken off to share the firing's base.
     k_cols = [*pcols, "cl", "sd", "ss", "sq", "dbv"]
-    k_vals = [new_pk, "1", V, "0", S, V]
+    k_vals = [new_pk, "1", V, "0", f"{S} + 1", V]
     k_sets = [
-        "cl = cl + CASE WHEN cl % 2 = 0 THEN 1 ELSE 2 END",
+        "cl = cl + 1 - cl % 2",
         "sd = excluded.sd",
         "ss = 0",
         "sq = excluded.sq",
         "dbv = excluded.dbv",
     ]
-    for _name, i in cur:
+    for j, (_name, i) in enumerate(cur):
         v, d, s, qq = cell_columns(i)
         k_cols += [v, d, s, qq]
-        k_vals += [f"COALESCE(o.{v}, 0) + 1", V, "0", f"{S} + {1 + i}"]
-        k_sets += [f"{c} = excluded.{c}" for c in (v, d, s, qq)]
+        k_vals += [f"COALESCE(o.{v}, 0) + 1", V, "0", f"{S} + {seq_offset(j)}"]
+        k_sets += [
+            f"{v} = CASE WHEN cl % 2 = 1 THEN max(COALESCE({v}, 0) + 1, excluded.{v}) "
+            f"ELSE excluded.{v} END"
+        ]
+        k_sets += [f"{c} = excluded.{c}" for c in (d, s, qq)]
     triggers.append(
         f"CREATE TRIGGER {q(trigger_names(info.name)[2])} AFTER UPDATE ON {t} "
         f"WHEN NOT ({pk_same}) BEGIN "
@@ -207,9 +280,9 @@ def generate(
         f"WHERE k.merging = 0 "
         f"ON CONFLICT ({pk_list}) DO UPDATE SET {', '.join(k_sets)}; "
         f"UPDATE {m} SET cl = cl + (cl % 2), sd = k.db_version, ss = 0, "
-        f"sq = {S} + {step - 1}, dbv = k.db_version"
+        f"sq = (total_changes() - 1) * {SEQ_STEP}, dbv = k.db_version"
         f"{''.join(', ' + c for c in all_cells_null)} FROM crsync_clock AS k "
-        f"WHERE k.merging = 0 AND {match('OLD')}; END"
+        f"WHERE k.merging = 0 AND {match('OLD')};{pad} END"
     )
 
     # AFTER DELETE: the sentinel goes to the next even cl; every cell clock is dropped.

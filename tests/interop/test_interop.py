@@ -5,8 +5,10 @@ exchanges ``crsql_changes`` 9-tuples between them. Expected results come from
 /work/shared/docs/crdt-semantics.md (§6 merge rules, §7 packing, §17 test vectors).
 
 Left out on purpose (documented deliberate differences, see the docs): INSERT OR REPLACE and
-primary-key UPDATEs, ``-0.0`` (cr-sqlite cannot order it against ``0.0``), NaN (SQLite stores
-NULL), and exact db_version/seq values, which crsync stamps in its own way.
+primary-key UPDATEs (test_exact_agreement_interop.py covers UPDATE OR REPLACE onto live keys,
+primary-key moves and the per-version seq order), ``-0.0`` (cr-sqlite cannot order it against
+``0.0``), NaN (SQLite stores NULL), and exact db_version/seq values, which crsync stamps in its
+own way.
 
 NOTE: CI installs the Node side (`npm ci --prefix tests/interop`); these tests skip (through the
 `crsqlite_peer` fixture) only on a machine without node or tests/interop/node_modules.
