@@ -24,7 +24,7 @@ def by_key(db: crsync.Database, table: str = "foo") -> dict[tuple[object, str], 
 def foo_db(site: bytes, path: str | Path = ":memory:") -> crsync.Database:
     db = open_db(path, site=site)
     db.conn.execute("CREATE TABLE foo(a INTEGER PRIMARY KEY NOT NULL, b, c)")
-    db.track("foo")
+    db.track("foo", integer_keys="app-assigned")
     return db
 
 
@@ -118,7 +118,7 @@ def test_update_or_replace_onto_a_dead_key_resurrects_it() -> None:
 def test_update_or_replace_in_a_pk_only_table_keeps_a_live_targets_cl() -> None:
     db = open_db(site=SITE_A)
     db.conn.execute("CREATE TABLE p(k INTEGER PRIMARY KEY NOT NULL)")
-    db.track("p")
+    db.track("p", integer_keys="app-assigned")
     db.conn.execute("INSERT INTO p VALUES (1), (2)")
     db.conn.execute("UPDATE OR REPLACE p SET k = 2 WHERE k = 1")
     ch = by_key(db, "p")
@@ -136,8 +136,8 @@ def test_seq_follows_write_order_across_tables_in_a_transaction() -> None:
     db = open_db(site=SITE_A)
     db.conn.execute("CREATE TABLE wide(id INTEGER PRIMARY KEY NOT NULL, a, b, c, d, e, f)")
     db.conn.execute("CREATE TABLE narrow(id INTEGER PRIMARY KEY NOT NULL, x)")
-    db.track("wide")
-    db.track("narrow")
+    db.track("wide", integer_keys="app-assigned")
+    db.track("narrow", integer_keys="app-assigned")
     db.conn.execute("BEGIN")
     db.conn.execute("INSERT INTO narrow VALUES (1, 'first')")
     db.conn.execute("INSERT INTO wide VALUES (1, 1, 2, 3, 4, 5, 6)")
@@ -216,7 +216,7 @@ def test_backfilled_rows_get_distinct_ordered_seqs() -> None:
     db = open_db(site=SITE_A)
     db.conn.execute("CREATE TABLE foo(a INTEGER PRIMARY KEY NOT NULL, b, c)")
     db.conn.executemany("INSERT INTO foo VALUES (?, ?, ?)", [(i, i, i) for i in range(50)])
-    db.track("foo")
+    db.track("foo", integer_keys="app-assigned")
     with db.migrate("foo") as conn:
         conn.execute("ALTER TABLE foo ADD COLUMN d")
         conn.execute("UPDATE foo SET d = 'set' WHERE a % 2 = 0")
@@ -264,8 +264,8 @@ def test_tables_wider_than_one_seq_step_keep_order_and_uniqueness() -> None:
     db.conn.executemany(
         f"INSERT INTO wide VALUES (?, {marks})", [(i, *range(ncols)) for i in (1, 2)]
     )
-    db.track("wide")  # backfilled: two rows, in one statement
-    db.track("narrow")
+    db.track("wide", integer_keys="app-assigned")  # backfilled: two rows, in one statement
+    db.track("narrow", integer_keys="app-assigned")
     db.conn.execute("BEGIN")
     db.conn.execute(f"INSERT INTO wide VALUES (3, {marks})", tuple(range(ncols)))
     db.conn.execute("INSERT INTO narrow VALUES (1, 'after')")
