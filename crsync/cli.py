@@ -203,6 +203,7 @@ def _status(d: Database) -> dict[str, Any]:
         "peers": peers,
         "unacked_local_changes": unacked,
         "pending_changes": d.pending_count(),
+        "rejected_changes": d.rejected_count(),
         "metadata_bytes": meta_bytes,
     }
 
@@ -226,6 +227,11 @@ def status(db: str, as_json: bool) -> None:
     click.echo(
         f"pending       {s['pending_changes']} changes kept aside for unknown tables/columns"
     )
+    if s["rejected_changes"]:
+        click.echo(
+            f"rejected      {s['rejected_changes']} changes from other devices this database "
+            "cannot apply (db.rejected_changes() lists them with the reason)"
+        )
     if s["metadata_bytes"] is not None:
         click.echo(f"metadata      {s['metadata_bytes']} bytes")
     click.echo("tables:")

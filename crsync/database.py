@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from . import adoption, identity
+from . import adoption, identity, rejected
 from .change import SENTINEL, Change, validate_changes
 from .errors import (
     CrsyncError,
@@ -83,6 +83,8 @@ _METADATA_DDL = [
     "cid TEXT NOT NULL, val, col_version INTEGER NOT NULL, db_version INTEGER NOT NULL, "
     "site_id BLOB NOT NULL, cl INTEGER NOT NULL, seq INTEGER NOT NULL, "
     "PRIMARY KEY (tbl, pk, cid, site_id, col_version, cl)) WITHOUT ROWID",
+    # Changes from other devices this database cannot apply (see crsync.rejected).
+    rejected.DDL,
     # Peer tracking: acknowledged positions per peer and direction (see crsync.tracking).
     "CREATE TABLE IF NOT EXISTS crsync_peers (peer TEXT NOT NULL, event TEXT NOT NULL, "
     "epoch TEXT NOT NULL DEFAULT '', version INTEGER NOT NULL, "
@@ -1397,6 +1399,75 @@ class Database:
     def pending_count(self) -> int:
         """Number of changes kept aside for tables or columns this database does not have."""
         return int(self.conn.execute("SELECT count(*) FROM crsync_pending").fetchone()[0])
+
+    # ------------------------------------------------------------------ set aside
+
+    def merge_setting_aside(self, changes: Iterable[Change | Sequence[Any]]) -> tuple[int, int]:
+        """Like :meth:`merge`, but rows this database cannot apply (a constraint of its schema,
+        a key SQLite cannot store) are set aside instead of failing the batch; everything else
+        is applied atomically. What :class:`crsync.Peer` does with what the relay sends.
+
+        Returns:
+            ``(wins, rejected)``: changes that won, and changes set aside (see
+            :meth:`rejected_changes`).
+
+        Raises:
+            InvalidChangeError: a change is malformed (wrong types): nothing was applied.
+            CrsyncError: SQLite failed (locked, disk full...): nothing was applied.
+        """
+        batch = validate_changes(changes)
+        self._no_txn("merge changes")
+        if not batch:
+            return 0, 0
+        with self._write() as conn, _gc_paused():
+            self._refresh()
+            return self._merge_setting_aside_locked(conn, batch)
+
+    def _merge_setting_aside_locked(
+        self, conn: sqlite3.Connection, batch: list[Change]
+    ) -> tuple[int, int]:
+        """Inside a write transaction: merge, setting aside the rows that cannot be applied."""
+        return rejected.merge_or_set_aside(self, conn, batch, self._merge_locked)
+
+    def _forget_site_cache(self) -> None:
+        self._site_ord.clear()
+        self._site_blob.clear()
+
+    def rejected_changes(self, table: str | None = None) -> list[rejected.RejectedChange]:
+        """Changes from other devices set aside because this database could not apply them
+        (of ``table``, or all), each with the reason and when; oldest first."""
+        return rejected.listed(self.conn, table)
+
+    def rejected_count(self) -> int:
+        """Number of changes set aside (see :meth:`rejected_changes`)."""
+        return len(rejected.listed(self.conn, None))
+
+    def retry_rejected(self, table: str | None = None) -> int:
+        """Merge the changes set aside again (of ``table``, or all), for instance after a
+        :meth:`migrate` that relaxed the constraint they broke. Those that still cannot be
+        applied are set aside again.
+
+        Returns:
+            How many were applied this time.
+        """
+        self._no_txn("retry rejected changes")
+        with self._write() as conn, _gc_paused():
+            self._refresh()
+            batch = rejected.take(conn, table)
+            if not batch:
+                return 0
+            _wins, still = self._merge_setting_aside_locked(conn, batch)
+        log.info("crsync.rejected.retried changes=%d applied=%d", len(batch), len(batch) - still)
+        return len(batch) - still
+
+    def drop_rejected(self, table: str | None = None) -> int:
+        """Forget the changes set aside (of ``table``, or all). Returns how many."""
+        self._no_txn("drop rejected changes")
+        with self._write() as conn:
+            n = len(rejected.take(conn, table))
+        if n:
+            log.warning("crsync.rejected.dropped table=%s changes=%d", table or "*", n)
+        return n
 
     # ------------------------------------------------------------------ live (trio)
 

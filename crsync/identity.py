@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import sqlite3
 import uuid
 
@@ -113,3 +114,30 @@ def full_push_pending(conn: sqlite3.Connection) -> str | None:
 def clear_full_push(conn: sqlite3.Connection, token: str) -> None:
     """Forget the full-push request ``token`` (a Peer pushed every site's changes since)."""
     conn.execute("DELETE FROM crsync_meta WHERE key = ? AND value = ?", (FULL_PUSH_KEY, token))
+
+
+SITE_KEY_PREFIX = "site_key:"
+
+
+def site_key(conn: sqlite3.Connection, site: bytes) -> bytes | None:
+    """The secret this file keeps for ``site`` (None if none was made yet).
+
+    A :class:`crsync.Peer` sends it in its hello; the relay binds the site id to it on first
+    use, so no other client can speak for this site (acknowledge its writes, read its
+    position). Keyed by the site id: a site reset (a copied or restored file) makes a new key.
+    """
+    row = conn.execute(
+        "SELECT value FROM crsync_meta WHERE key = ?", (SITE_KEY_PREFIX + site.hex(),)
+    ).fetchone()
+    return None if row is None else bytes(row[0])
+
+
+def new_site_key(conn: sqlite3.Connection, site: bytes) -> bytes:
+    """The site's key, made now if it has none (inside a write transaction)."""
+    conn.execute(
+        "INSERT OR IGNORE INTO crsync_meta (key, value) VALUES (?, ?)",
+        (SITE_KEY_PREFIX + site.hex(), secrets.token_bytes(32)),
+    )
+    key = site_key(conn, site)
+    assert key is not None
+    return key

@@ -90,6 +90,7 @@ class PeerStats:
     received_changes: int = 0
     merged_wins: int = 0
     retries: int = 0  # failures the peer retried (connection, relay or local storage)
+    rejected_changes: int = 0  # set aside: this database could not apply them
     last_error: str | None = None
 
 
@@ -133,9 +134,16 @@ def _record_tx(db: Database, key: str, event: str, epoch: str, version: int) -> 
         _record(conn, key, event, epoch, version)
 
 
-def _site_and_full_push(db: Database) -> tuple[bytes, str | None]:
+def _site_and_full_push(db: Database) -> tuple[bytes, str | None, bytes]:
+    """The site id, a pending full-push request, and the site's key (made on first use)."""
     with db._read() as conn:
-        return db.site_id, identity.full_push_pending(conn)
+        site, token = db.site_id, identity.full_push_pending(conn)
+        key = identity.site_key(conn, site)
+    if key is None:
+        with db._write() as conn:
+            site, token = db.site_id, identity.full_push_pending(conn)
+            key = identity.new_site_key(conn, site)
+    return site, token, key
 
 
 def _clear_full_push(db: Database, token: str) -> None:
@@ -151,13 +159,15 @@ def _reset(db: Database, key: str, epoch: str) -> None:
 
 def _merge_and_record(
     db: Database, changes: list[Change], key: str, epoch: str, version: int
-) -> int:
+) -> tuple[int, int]:
+    """Merge a unit from the relay and record the pull cursor, in one transaction. Rows this
+    database cannot apply are set aside (``db.rejected_changes()``), never fatal."""
     batch = validate_changes(changes)
     with db._write() as conn:
         db._refresh()
-        wins = db._merge_locked(conn, batch) if batch else 0
+        wins, rejected = db._merge_setting_aside_locked(conn, batch) if batch else (0, 0)
         _record(conn, key, "pull", epoch, version)
-    return wins
+    return wins, rejected
 
 
 def _describe(exc: BaseException) -> str:
@@ -414,6 +424,7 @@ class Peer:
         self._nursery_cm: Any = None
         self._nursery: trio.Nursery | None = None
         self._full_push_next = False
+        self._site_resets_refused = 0
         self._full_push_token: str | None = None  # a site reset's full-push request
         self._full_push_until = 0  # the local version that full push ends at
         self._hello_schema: dict[str, p.TableSchema] = {}
@@ -794,7 +805,9 @@ class Peer:
             # The file may have moved to a new site id since this Peer was made (a copied
             # file, reset when opened, or `crsync reset-site`): sync as that site, and push
             # every site's changes once if the reset asked for it.
-            self.site_id, self._full_push_token = await self._call(_site_and_full_push)
+            self.site_id, self._full_push_token, site_key = await self._call(
+                _site_and_full_push
+            )
             self._full_push_until = 1 << 62
             schema = await self._call(_schema)
             self._hello_schema = schema
@@ -806,12 +819,15 @@ class Peer:
                 pull_upto if epoch else 0,
                 epoch,
                 self.token,
+                site_key,
             )
             await ws.send(p.encode(hello))
             proto = p.PeerConnection(self.max_frame)
             with trio.fail_after(self.open_timeout):
                 raw = await ws.recv()
             msg = proto.receive(raw)
+            if isinstance(msg, p.Error) and msg.code == p.ErrorCode.SITE_FORBIDDEN.value:
+                await self._site_taken(msg)
             if isinstance(msg, p.Error):
                 err = p.error_from(msg)
                 if msg.code in {c.value for c in p.FATAL_FOR_PEER}:
@@ -861,6 +877,7 @@ class Peer:
             self.pull_upto = pull_upto
             self.relay_head = max(msg.head, pull_upto)
             self.stats.connects += 1
+            self._site_resets_refused = 0
             self._ws = ws
             self.reason = None
             self._established = True
@@ -873,6 +890,23 @@ class Peer:
                 nursery.start_soon(self._pusher, ws, full_push)
                 await self._receiver(ws, proto)
                 nursery.cancel_scope.cancel()
+
+    async def _site_taken(self, msg: p.Error) -> None:
+        """The relay has this site id bound to another key: another file holds this site id
+        (a copy that connected first) or someone claimed it. Continue under a new site id,
+        pushing every change once; a fresh site refused again means something else is wrong."""
+        if self._site_resets_refused >= 1:
+            raise _Fatal(ProtocolError(msg.code, msg.reason))
+        self._site_resets_refused += 1
+        new = await self._call(lambda db: db.reset_site())
+        log.warning(
+            "crsync.peer.site_reset store=%s reason=site-bound-to-another-key new_site=%s",
+            self.store,
+            new.hex(),
+        )
+        self.site_id = new
+        self._full_push_next = True
+        raise _Reconnect("site id bound to another device; reconnecting under a new site id")
 
     def _update_synced(self) -> None:
         synced = (
@@ -962,7 +996,9 @@ class Peer:
                     continue
                 unit, parts = parts, []
                 try:
-                    wins = await self._call(_merge_and_record, unit, self.key, self.epoch, msg.upto)
+                    wins, rejected = await self._call(
+                        _merge_and_record, unit, self.key, self.epoch, msg.upto
+                    )
                 except CrsyncError as exc:
                     if sqlite_cause(exc) is not None:
                         raise  # the local file failed, not the changes: _classify decides
@@ -971,6 +1007,7 @@ class Peer:
                 self.relay_head = max(self.relay_head, msg.upto)
                 self.stats.received_changes += len(unit)
                 self.stats.merged_wins += wins
+                self.stats.rejected_changes += rejected
                 await self._send(ws, p.Received(msg.upto))
                 if self.on_progress is not None:
                     try:

@@ -10,15 +10,18 @@ another device's site id reaches that device too, and every device converges.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 from sync.conftest import RelayProcess
+from sync.helpers import open_db, rows
 from websockets.trio.client import connect as ws_connect
 
 from crsync import Change, pack_pk
 from crsync import protocol as p
+from crsync.peer import Peer
 
 pytestmark = pytest.mark.e2e
 
@@ -115,3 +118,85 @@ async def test_a_write_forged_under_another_sites_id_reaches_that_site(
         await m.send(p.Ping(1))
         pong = await m.until(p.Pong)
         assert isinstance(pong, p.Pong)  # nothing (no changes frame) came before the pong
+
+
+# ---------------------------------------------------------------------------- real devices
+
+OPTS: dict[str, Any] = {"backoff_initial": 0.05, "backoff_max": 0.3}
+
+
+async def test_a_forged_ack_cannot_drop_a_devices_offline_writes(
+    relay: RelayProcess, tmp_path: Path
+) -> None:
+    """Review H4 B: an attacker sent an empty push under the victim's site id with upto =
+    head + 1; the victim then believed its offline writes acknowledged and never pushed them."""
+    token = relay.token("s")
+    victim, other = open_db(tmp_path / "v.db"), open_db(tmp_path / "o.db")
+    victim.conn.execute("INSERT INTO todos (id, title) VALUES ('r0', 'online')")
+    with trio.fail_after(30):
+        async with Peer(victim, relay.url, store="s", token=token, **OPTS) as pv:
+            await pv.wait_synced()
+            epoch = pv.epoch
+    for i in range(1, 4):  # offline writes
+        victim.conn.execute("INSERT INTO todos (id, title) VALUES (?, ?)", (f"r{i}", "offline"))
+    # The attacker learned the victim's site id (every broadcast carries it).
+    site = victim.site_id
+    async with ws_connect(relay.url, compression=None) as ws:
+        m = Raw(ws)
+        await m.send(p.Hello(1, "s", site, SCHEMA, 0, epoch, token, None))
+        msg = await m.recv()
+        assert isinstance(msg, p.Error) and msg.code == "site_forbidden"
+    with trio.fail_after(30):
+        async with Peer(victim, relay.url, store="s", token=token, **OPTS) as pv:
+            await pv.wait_synced()
+        async with Peer(other, relay.url, store="s", token=token, **OPTS) as po:
+            await po.wait_synced()
+    assert sorted(r[0] for r in rows(other)) == ["r0", "r1", "r2", "r3"]
+
+
+async def test_devices_converge_on_a_write_forged_under_another_devices_site(
+    relay: RelayProcess, tmp_path: Path
+) -> None:
+    """Review H4 A: the victim never received a write forged under its site id and the two
+    devices disagreed for good, both reporting synced."""
+    token = relay.token("s")
+    victim, other = open_db(tmp_path / "v.db"), open_db(tmp_path / "o.db")
+    victim.conn.execute("INSERT INTO todos (id, title) VALUES ('r1', 'written by victim')")
+    with trio.fail_after(30):
+        async with (
+            Peer(victim, relay.url, store="s", token=token, **OPTS) as pv,
+            Peer(other, relay.url, store="s", token=token, **OPTS) as po,
+        ):
+            await pv.wait_synced()
+            await po.wait_synced()
+            forged = Change("todos", pack_pk(["r1"]), "title", "FORGED", 9, 1, victim.site_id, 1, 0)
+            async with ws_connect(relay.url, compression=None) as ws:
+                m = Raw(ws)
+                await m.send(_hello("s", os.urandom(16), token, os.urandom(32), pv.epoch))
+                assert isinstance(await m.recv(), p.Welcome)
+                await m.send(p.Push(1, 0, 1, [forged]))
+                assert isinstance(await m.until(p.Ack), p.Ack)
+            await pv.wait_synced()
+            await po.wait_synced()
+    assert rows(victim) == rows(other)
+    assert rows(victim)[0][1] == "FORGED"
+
+
+async def test_a_device_whose_site_id_was_claimed_first_continues_under_a_new_one(
+    relay: RelayProcess, tmp_path: Path
+) -> None:
+    token = relay.token("s")
+    dev, other = open_db(tmp_path / "d.db"), open_db(tmp_path / "o.db")
+    dev.conn.execute("INSERT INTO todos (id, title) VALUES ('mine', 'x')")
+    squatted = dev.site_id
+    async with ws_connect(relay.url, compression=None) as ws:
+        m = Raw(ws)
+        await m.send(_hello("s", squatted, token, os.urandom(32)))
+        assert isinstance(await m.recv(), p.Welcome)
+    with trio.fail_after(30):
+        async with Peer(dev, relay.url, store="s", token=token, **OPTS) as pd:
+            await pd.wait_synced()
+            assert pd.site_id != squatted
+        async with Peer(other, relay.url, store="s", token=token, **OPTS) as po:
+            await po.wait_synced()
+    assert [r[0] for r in rows(other)] == ["mine"]
