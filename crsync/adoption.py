@@ -24,7 +24,7 @@ import attrs
 from .errors import SchemaError
 from .pack import SqlValue
 from .schema import TableInfo, fingerprint_of, quote_ident, table_info
-from .triggers import cell_columns, meta_table_name, trigger_names
+from .triggers import bump, cell_columns, meta_table_name, trigger_names
 
 OK = "ok"
 ALTERED = "altered"  # capture triggers in place, shape changed (ALTER TABLE ... ADD COLUMN)
@@ -237,17 +237,17 @@ def reconcile(
     if counts.deleted:
         nulls = "".join(f", {c} = NULL" for i in range(nslots) for c in cell_columns(i))
         conn.execute(
-            f"UPDATE {m} AS m SET cl = m.cl + 1, {head}{nulls} FROM temp.crsync_adopt AS a "
+            f"UPDATE {m} AS m SET cl = {bump('m.cl')}, {head}{nulls} FROM temp.crsync_adopt AS a "
             f"WHERE a.kind = {_DELETE} AND {work_match}"
         )
     if counts.recreated:
         sets = "".join(
-            f", {v} = COALESCE(m.{v}, 0) + 1, {d} = {V}, {s} = 0, {qq} = {seq} + {1 + i}"
+            f", {v} = {bump(f'COALESCE(m.{v}, 0)')}, {d} = {V}, {s} = 0, {qq} = {seq} + {1 + i}"
             for _, i in cur
             for v, d, s, qq in [cell_columns(i)]
         )
         conn.execute(
-            f"UPDATE {m} AS m SET cl = m.cl + 1, {head}{sets} FROM temp.crsync_adopt AS a "
+            f"UPDATE {m} AS m SET cl = {bump('m.cl')}, {head}{sets} FROM temp.crsync_adopt AS a "
             f"WHERE a.kind = {_RESURRECT} AND {work_match}"
         )
     if counts.restamped and cur:
@@ -259,7 +259,7 @@ def reconcile(
             hit = f"(m.{v} IS NOT NULL OR b.{q(name)} IS NOT ?)"
             params += [defaults.get(name)] * 4
             sets_l += [
-                f"{v} = CASE WHEN {hit} THEN COALESCE(m.{v}, 0) + 1 ELSE m.{v} END",
+                f"{v} = CASE WHEN {hit} THEN {bump(f'COALESCE(m.{v}, 0)')} ELSE m.{v} END",
                 f"{d} = CASE WHEN {hit} THEN {V} ELSE m.{d} END",
                 f"{s} = CASE WHEN {hit} THEN 0 ELSE m.{s} END",
                 f"{qq} = CASE WHEN {hit} THEN {seq} + {1 + i} ELSE m.{qq} END",

@@ -59,6 +59,7 @@ from collections.abc import Mapping
 
 import attrs
 
+from .change import MAX_CLOCK
 from .schema import TableInfo, quote_ident
 
 V = "k.db_version"
@@ -91,6 +92,22 @@ def seq_padding(ncolumns: int) -> str:
 def meta_table_name(table: str) -> str:
     """Name of the metadata table of a replicated table."""
     return f"{table}__crsync"
+
+
+def bump(expr: str) -> str:
+    """SQL for a clock one above ``expr``, saturating at :data:`crsync.change.MAX_CLOCK`: a
+    clock there can only have been forged, and one past it would be refused by every peer (a
+    local edit of such a cell still syncs: it ties, and the value decides)."""
+    return f"min({expr} + 1, {MAX_CLOCK})"
+
+
+# The causal length after a delete (the next even number), refused with a clear error past the
+# clock bound instead of overflowing: only a forged causal length can be there.
+DELETE_CL = (
+    f"CASE WHEN cl % 2 = 1 AND cl >= {MAX_CLOCK} THEN RAISE(ABORT, 'crsync: this row''s causal "
+    f"length is at the clock bound {MAX_CLOCK} (a forged clock): it cannot be deleted') "
+    "ELSE cl + (cl % 2) END"
+)
 
 
 def cell_columns(slot: int) -> tuple[str, str, str, str]:
@@ -203,7 +220,7 @@ def generate(
         ins_cols += [v, d, s, qq]
         ins_vals += ["1", V, "0", f"{S} + {seq_offset(j)}"]
         upd_sets += [
-            f"{v} = COALESCE({v}, 0) + 1",
+            f"{v} = {bump(f'COALESCE({v}, 0)')}",
             f"{d} = excluded.{d}",
             f"{s} = 0",
             f"{qq} = excluded.{qq}",
@@ -227,7 +244,8 @@ def generate(
             u_cols += [v, d, s, qq]
             u_vals += [f"CASE WHEN {ch} THEN 1 END", V, "0", f"{S} + {seq_offset(j)}"]
             u_sets += [
-                f"{v} = CASE WHEN excluded.{v} IS NULL THEN {v} ELSE COALESCE({v}, 0) + 1 END",
+                f"{v} = CASE WHEN excluded.{v} IS NULL THEN {v} "
+                f"ELSE {bump(f'COALESCE({v}, 0)')} END",
                 f"{d} = CASE WHEN excluded.{v} IS NULL THEN {d} ELSE excluded.{d} END",
                 f"{s} = CASE WHEN excluded.{v} IS NULL THEN {s} ELSE 0 END",
                 f"{qq} = CASE WHEN excluded.{v} IS NULL THEN {qq} ELSE excluded.{qq} END",
@@ -266,9 +284,9 @@ def generate(
     for j, (_name, i) in enumerate(cur):
         v, d, s, qq = cell_columns(i)
         k_cols += [v, d, s, qq]
-        k_vals += [f"COALESCE(o.{v}, 0) + 1", V, "0", f"{S} + {seq_offset(j)}"]
+        k_vals += [bump(f"COALESCE(o.{v}, 0)"), V, "0", f"{S} + {seq_offset(j)}"]
         k_sets += [
-            f"{v} = CASE WHEN cl % 2 = 1 THEN max(COALESCE({v}, 0) + 1, excluded.{v}) "
+            f"{v} = CASE WHEN cl % 2 = 1 THEN max({bump(f'COALESCE({v}, 0)')}, excluded.{v}) "
             f"ELSE excluded.{v} END"
         ]
         k_sets += [f"{c} = excluded.{c}" for c in (d, s, qq)]
@@ -279,7 +297,7 @@ def generate(
         f"FROM crsync_clock AS k LEFT JOIN {m} AS o ON {match('OLD', 'o')} "
         f"WHERE k.merging = 0 "
         f"ON CONFLICT ({pk_list}) DO UPDATE SET {', '.join(k_sets)}; "
-        f"UPDATE {m} SET cl = cl + (cl % 2), sd = k.db_version, ss = 0, "
+        f"UPDATE {m} SET cl = {DELETE_CL}, sd = k.db_version, ss = 0, "
         f"sq = (total_changes() - 1) * {SEQ_STEP}, dbv = k.db_version"
         f"{''.join(', ' + c for c in all_cells_null)} FROM crsync_clock AS k "
         f"WHERE k.merging = 0 AND {match('OLD')};{pad} END"
@@ -289,7 +307,7 @@ def generate(
     triggers.append(
         f"CREATE TRIGGER {q(trigger_names(info.name)[3])} AFTER DELETE ON {t} BEGIN "
         f"INSERT INTO {m} ({pk_list}, cl, sd, ss, sq, dbv) SELECT {old_pk}, 2, {V}, 0, {S}, {V} "
-        f"{CLOCK} ON CONFLICT ({pk_list}) DO UPDATE SET cl = cl + (cl % 2), "
+        f"{CLOCK} ON CONFLICT ({pk_list}) DO UPDATE SET cl = {DELETE_CL}, "
         f"sd = excluded.sd, ss = 0, sq = excluded.sq, dbv = excluded.dbv"
         f"{''.join(', ' + c for c in all_cells_null)}; END"
     )
