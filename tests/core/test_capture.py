@@ -527,7 +527,8 @@ def test_trigger_statements_never_scan_the_metadata_table(ddl: str) -> None:
     stmts = _trigger_statements(db.conn, "p")
     assert len(stmts) >= 4
     for stmt in stmts:
-        probe = _NEW_OLD.sub("?", stmt)
+        # RAISE() is valid only inside a trigger: EXPLAIN the statement without it
+        probe = re.sub(r"RAISE\(ABORT, '(?:[^']|'')*'\)", "NULL", _NEW_OLD.sub("?", stmt))
         plans = _plans(db.conn, probe, probe.count("?"))
         for p in plans:
             assert not re.match(r"SCAN (p__crsync|m|o)\b", p) or "INDEX" in p, (stmt, plans)
