@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import os
 import sqlite3
 import time
@@ -30,6 +31,8 @@ from crsync.errors import CrsyncError, InvalidChangeError, PackError
 from crsync.merge_rules import MERGE_VERSION, RowState, apply_change
 from crsync.pack import SqlValue, unpack_pk
 from crsync.protocol import TableSchema, quote
+
+log = logging.getLogger(__name__)
 
 _DDL = [
     "CREATE TABLE IF NOT EXISTS relay_meta (key TEXT PRIMARY KEY, value)",
@@ -361,6 +364,20 @@ class RelayStore:
         """
         if not changes and not meta and self.peer(site_id).pushed_upto >= upto:
             return self.head, 0  # an empty push that tells nothing new: no write
+        reserved = self._meta("relay_site") if announced_only else None
+        if reserved is not None and any(c.site_id == reserved for c in changes):
+            # Changes claiming the reactor's own site: only the reactor writes under it. A
+            # device re-pushing what it merged from the reactor (a full push after a restore)
+            # is honest, a forged "server answer" is not, and the two look alike: neither
+            # enters the store (the reactor's own writes are there already, or it writes
+            # them again), and the rest of the unit is merged.
+            kept = [c for c in changes if c.site_id != reserved]
+            log.info(
+                "relay.push.reactor_site_ignored site=%s changes=%d",
+                site_id.hex(),
+                len(changes) - len(kept),
+            )
+            changes = kept
         groups: dict[tuple[str, bytes], list[Change]] = {}
         for i, c in enumerate(changes):
             if len(c.table.encode()) > MAX_NAME or len(c.cid.encode()) > MAX_NAME:
@@ -369,13 +386,7 @@ class RelayStore:
         schema = self.schema()
         arity = {t: len(s.pk) for t, s in schema.items()}
         if announced_only:
-            reserved = self._meta("relay_site")
             for i, c in enumerate(changes):
-                if reserved is not None and c.site_id == reserved:
-                    raise InvalidChangeError(
-                        f"change #{i}: site id {c.site_id.hex()} is the relay's own (its "
-                        "reactor's); a device cannot write under it"
-                    )
                 ts = schema.get(c.table)
                 if ts is None:
                     raise InvalidChangeError(
