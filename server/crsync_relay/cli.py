@@ -145,6 +145,13 @@ def main() -> None:
     default=None,
     help="Run the reactor only for store ids matching these comma-separated globs (default *).",
 )
+@click.option(
+    "--reactor-max-attempts",
+    type=int,
+    default=None,
+    help="Deliveries of a failing batch before it is narrowed to one relay version, and of "
+    "that version before it is set aside (default 5).",
+)
 @click.option("--log-format", type=click.Choice(["text", "json"]), default=None)
 @click.option("--log-level", default=None)
 def serve(**opts: Any) -> None:
@@ -210,6 +217,7 @@ def serve(**opts: Any) -> None:
         metrics_port=pick("metrics_port", None, int),
         reactor=pick("reactor"),
         reactor_stores=pick("reactor_stores"),
+        reactor_max_attempts=int(pick("reactor_max_attempts", 5, int)),
     )
     logconfig.configure(pick("log_level", "info"), pick("log_format", "text"))
     try:

@@ -288,6 +288,7 @@ class ReactorManager:
         batch_cells: int = 5000,
         backoff_initial: float = 0.5,
         backoff_max: float = 60.0,
+        max_attempts: int = 5,
         max_concurrent: int = 32,
     ) -> None:
         """``stores``: comma-separated glob patterns of store ids to run the reactor for."""
@@ -297,6 +298,10 @@ class ReactorManager:
         self.batch_cells = batch_cells
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
+        # Deliveries of a batch before it is narrowed to its first relay version, and of that
+        # version before it is set aside (recorded with the reason; later changes go on).
+        self.max_attempts = max(1, max_attempts)
+        self.set_aside = 0
         self.limiter = trio.CapacityLimiter(max_concurrent)
         self._nursery: trio.Nursery | None = None
         self._running: set[str] = set()
@@ -364,7 +369,11 @@ class ReactorManager:
         async with h.write_lock:
             site, cursor = await trio.to_thread.run_sync(_site_and_cursor, h.writer)
         while cursor < h.head:
-            changes, upto, _complete = await self.hub.read(h, cursor, site, self.batch_cells)
+            # After max_attempts failed deliveries, deliver one relay version at a time, so that
+            # what is set aside in the end is only the version the handler cannot process.
+            narrow = attempt >= self.max_attempts
+            cells = 1 if narrow else self.batch_cells
+            changes, upto, _complete = await self.hub.read(h, cursor, site, cells)
             if not changes:  # only the reactor's own writes
                 cursor = upto
                 continue
@@ -389,6 +398,25 @@ class ReactorManager:
                     exc_info=True,
                     extra={"store": h.store_id},
                 )
+                if narrow and attempt + 1 >= 2 * self.max_attempts:
+                    reason = f"{type(exc).__name__}: {exc}"
+                    async with h.write_lock:
+                        await trio.to_thread.run_sync(
+                            h.writer.set_aside_reactor_batch, cursor, upto, reason
+                        )
+                    self.set_aside += 1
+                    log.error(
+                        "relay.reactor.set_aside store=%s base=%d upto=%d attempts=%d reason=%s",
+                        h.store_id,
+                        cursor,
+                        upto,
+                        attempt + 1,
+                        reason,
+                        extra={"store": h.store_id},
+                    )
+                    cursor = upto
+                    attempt = 0
+                    continue
                 raise _HandlerFailed(str(exc)) from exc
             writes = validate_changes(batch._writes)
             if writes:

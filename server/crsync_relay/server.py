@@ -48,6 +48,8 @@ class RelayConfig:
     metrics_port: int | None = None  # None: no metrics/health server
     reactor: str | Callable[..., Any] | None = None  # module:object, file.py:object, or a callable
     reactor_stores: str | None = None  # comma-separated glob patterns (None: every store)
+    reactor_max_attempts: int = 5  # deliveries of a failing batch, then of its first version
+    reactor_backoff: tuple[float, float] = (0.5, 60.0)  # first and largest retry delay
     max_connections: int = 10_000  # open connections, whole process (refused: overloaded)
     max_connections_per_store: int = 1_000  # open connections per store (refused: overloaded)
     max_store_bytes: int = 0  # per-store quota, database + WAL (0: none; refused: quota_exceeded)
@@ -89,6 +91,8 @@ class RelayConfig:
             raise CrsyncError("TLS needs both --tls-cert and --tls-key")
         if self.reactor_stores is not None and self.reactor is None:
             raise CrsyncError("--reactor-stores needs --reactor")
+        if self.reactor_max_attempts < 1:
+            raise CrsyncError("--reactor-max-attempts must be >= 1")
         if self.max_connections < 1 or self.max_connections_per_store < 1:
             raise CrsyncError("--max-connections and --max-connections-per-store must be >= 1")
         if self.max_unauthenticated < 1 or self.max_unauthenticated_per_ip < 1:
@@ -274,6 +278,9 @@ async def _serve(
                         reactor_handler,
                         stores=config.reactor_stores,
                         batch_cells=config.batch_cells,
+                        backoff_initial=config.reactor_backoff[0],
+                        backoff_max=config.reactor_backoff[1],
+                        max_attempts=config.reactor_max_attempts,
                     )
                     await nursery.start(reactors.run)
                     hub.push_listeners.append(reactors.notify)

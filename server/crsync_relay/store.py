@@ -46,6 +46,10 @@ _DDL = [
     "key_hash BLOB)",
     "CREATE TABLE IF NOT EXISTS relay_schema (tbl TEXT PRIMARY KEY, pk TEXT NOT NULL, "
     "columns TEXT NOT NULL)",
+    # Relay versions (base, upto] the store's reactor failed on again and again: skipped so
+    # that later changes are handled, kept here with the reason for the operator.
+    "CREATE TABLE IF NOT EXISTS reactor_set_aside (base INTEGER PRIMARY KEY, "
+    "upto INTEGER NOT NULL, reason TEXT NOT NULL, at REAL NOT NULL)",
 ]
 MAX_NAME = 2048
 MAX_TABLES = 10_000  # announced tables per store
@@ -260,6 +264,32 @@ class RelayStore:
         if row is None:
             return PeerPosition(site_id, 0, 0, None)
         return PeerPosition(site_id, row[0], row[1], row[2])
+
+    def set_aside_reactor_batch(self, base: int, upto: int, reason: str) -> None:
+        """Skip relay versions ``(base, upto]`` for the reactor: record them with the reason
+        and move the reactor's cursor past them, in one transaction."""
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(
+                "INSERT OR REPLACE INTO reactor_set_aside VALUES (?, ?, ?, ?)",
+                (base, upto, reason[:2000], time.time()),
+            )
+            conn.execute("INSERT OR REPLACE INTO relay_meta VALUES ('reactor_cursor', ?)", (upto,))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def reactor_set_aside(self) -> list[tuple[int, int, str, float]]:
+        """Version ranges the reactor skipped: ``(base, upto, reason, at)``, oldest first."""
+        return [
+            (int(b), int(u), str(r), float(a))
+            for b, u, r, a in self.conn.execute(
+                "SELECT base, upto, reason, at FROM reactor_set_aside ORDER BY base"
+            )
+        ]
 
     def relay_site(self) -> bytes | None:
         """The site id this store's reactor writes under (None until a reactor ran)."""

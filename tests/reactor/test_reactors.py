@@ -203,3 +203,45 @@ async def test_devices_cannot_write_or_connect_as_the_reactors_site(tmp_path: Pa
             got = dict(b.conn.execute("SELECT id, answer FROM requests").fetchall())
             assert "r2" not in got  # the forged "server answer" never entered the store
             assert "r3" in got
+
+
+async def test_a_row_the_reactor_cannot_process_is_set_aside_after_bounded_retries(
+    tmp_path: Path,
+) -> None:
+    """Security review M1: one poisoned row stalled a store's reactor forever."""
+    from crsync_relay.server import run_relay
+
+    async def react(batch: Any) -> None:
+        for row in batch.rows():
+            cur = await batch.row("requests", row.pk)
+            if cur is not None and cur.values.get("question") == "poison":
+                raise ValueError("cannot handle this request")
+        await answer_questions(batch)
+
+    a = device(tmp_path / "a.db")
+    config = RelayConfig(
+        data_dir=tmp_path / "relay",
+        port=0,
+        dev=True,
+        reactor=react,
+        reactor_max_attempts=2,
+        reactor_backoff=(0.01, 0.05),
+    )
+    with trio.fail_after(LIMIT):
+        async with trio.open_nursery() as nursery:
+            server, _hub = await nursery.start(
+                lambda task_status: run_relay(config, task_status=task_status, handle_signals=False)
+            )
+            port = sorted({lst.socket.getsockname()[1] for lst in server.listeners})[0]
+            async with peer(a, f"ws://127.0.0.1:{port}", "s") as pa:
+                a.conn.execute("INSERT INTO requests (id, question) VALUES ('p', 'poison')")
+                await pa.wait_synced()  # its own relay version: what gets set aside
+                a.conn.execute("INSERT INTO requests (id, question) VALUES ('ok', 'fine')")
+                assert await answered(a, "ok") == "enif"
+                a.conn.execute("INSERT INTO requests (id, question) VALUES ('later', 'abc')")
+                assert await answered(a, "later") == "cba"
+            nursery.cancel_scope.cancel()
+    conn = sqlite3.connect(tmp_path / "relay" / "s.store.sqlite3")
+    set_aside = conn.execute("SELECT base, upto, reason FROM reactor_set_aside").fetchall()
+    conn.close()
+    assert len(set_aside) == 1 and "cannot handle this request" in set_aside[0][2]
