@@ -39,7 +39,7 @@ from crsync.errors import CrsyncError
 from crsync.protocol import quote
 
 from .metrics import RelayMetrics
-from .store import RelayStore
+from .store import Page, RelayStore
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ RELAY_LOCK = ".crsync-relay.lock"
 RECENT_MAX_CELLS = 2000  # largest batch kept in a store's in-memory ring (16 batches at most)
 RECENT_MAX_BYTES = 1 << 20  # largest batch (estimated bytes) kept in the ring
 RING_BYTES = 4 << 20  # bytes of one store's ring in all
-READ_BYTES = 8 << 20  # a catch-up read of a session (whole versions; one larger version whole)
+READ_BYTES = 2 << 20  # one catch-up read of a session (a larger version goes out in parts)
 
 
 def batch_bytes(changes: Sequence[Change]) -> int:
@@ -408,10 +408,37 @@ class Hub:
                 "raises the quota; nothing of this push was stored, pulls still work"
             )
 
+    async def read_page(
+        self,
+        h: StoreHandle,
+        cursor: int,
+        exclude_site: bytes,
+        max_cells: int,
+        after: tuple[int, str, bytes, str] | None,
+    ) -> Page:
+        """What a session at ``cursor`` lacks, a version larger than the read budget in parts
+        (``after``: continue one): from the recent ring if possible, else disk."""
+        if after is None:
+            for base, upto, batch, via, _size in h.recent:
+                if base == cursor:
+                    return Page(([] if via == exclude_site else batch), upto, upto >= h.head, None)
+        async with h.read_lock:
+            return await trio.to_thread.run_sync(
+                functools.partial(
+                    h.reader.read_page,
+                    cursor,
+                    exclude_site,
+                    max_cells,
+                    self.read_bytes,
+                    after=after,
+                )
+            )
+
     async def read(
         self, h: StoreHandle, cursor: int, exclude_site: bytes, max_cells: int
     ) -> tuple[list[Change], int, bool]:
-        """What a session at ``cursor`` lacks: from the recent ring if possible, else disk."""
+        """What a reader at ``cursor`` lacks, whole versions only (a store reactor): from the
+        recent ring if possible, else disk."""
         for base, upto, batch, via, _size in h.recent:
             if base == cursor:
                 # One push: every cell came through one connection.

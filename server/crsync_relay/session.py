@@ -161,21 +161,28 @@ class Session:
                 ) from None
 
     async def sender(self) -> None:
-        """Send the store's changes the peer lacks, forever: catch-up, then live."""
+        """Send the store's changes the peer lacks, forever: catch-up, then live. A version
+        larger than the read budget goes out as one unit in several parts (``more``), read
+        part by part, so what a session holds stays bounded."""
         h = self.handle
+        resume: tuple[int, str, bytes, str] | None = None
         while True:
-            if self.sent_upto >= h.head:
+            if resume is None and self.sent_upto >= h.head:
                 await h.changed.wait()
                 continue
-            changes, upto, _complete = await self.hub.read(
-                h, self.sent_upto, self.site, self.settings.batch_cells
+            page = await self.hub.read_page(
+                h, self.sent_upto, self.site, self.settings.batch_cells, resume
             )
-            base = self.sent_upto
-            parts = p.split_frames(changes, self.settings.batch_cells, self.settings.max_frame // 2)
+            resume = page.resume
+            parts = p.split_frames(
+                page.changes, self.settings.batch_cells, self.settings.max_frame // 2
+            )
             for i, part in enumerate(parts):
-                await self.send(p.Changes(base, upto, part, i < len(parts) - 1))
+                more = i < len(parts) - 1 or resume is not None
+                await self.send(p.Changes(self.sent_upto, page.upto, part, more))
                 self.hub.metrics.changes_sent.inc(len(part))
-            self.sent_upto = upto
+            if resume is None:
+                self.sent_upto = page.upto
 
     async def receiver(self, proto: p.RelayConnection) -> None:
         """Handle what the peer sends until it closes."""

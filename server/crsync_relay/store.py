@@ -65,6 +65,16 @@ _ADDED_COLUMNS = [
 
 
 @attrs.frozen
+class Page:
+    """One read for a peer (see :meth:`RelayStore.read_page`)."""
+
+    changes: list[Change]
+    upto: int  # the last version the page completes (or, with ``resume``, is inside of)
+    complete: bool  # nothing after ``upto`` at read time
+    resume: tuple[int, str, bytes, str] | None  # where the rest of version ``upto`` starts
+
+
+@attrs.frozen
 class PeerPosition:
     """What the relay recorded for one peer."""
 
@@ -575,18 +585,41 @@ class RelayStore:
 
         Reads stop at the first version boundary past ``max_cells`` cells or ``max_bytes``
         bytes of values and keys (rows are streamed, never all loaded); a first version larger
-        than that is read whole, being one atomic unit.
+        than that is read whole, being one atomic unit (see :meth:`read_page` to read it in
+        parts).
 
         Returns:
             ``(changes, upto, complete)``: ``upto`` is the last version fully included;
             ``complete`` is true if nothing after ``upto`` exists (at read time).
         """
+        page = self.read_page(cursor, exclude_site, max_cells, max_bytes, split=False)
+        return page.changes, page.upto, page.complete
+
+    def read_page(
+        self,
+        cursor: int,
+        exclude_site: bytes | None,
+        max_cells: int = 5000,
+        max_bytes: int = 8 << 20,
+        *,
+        split: bool = True,
+        after: tuple[int, str, bytes, str] | None = None,
+    ) -> Page:
+        """What a peer at ``cursor`` lacks, within a budget of cells and bytes.
+
+        Whole versions while they fit. A first version larger than the budget is read in
+        parts when ``split`` (memory per reader stays bounded): the page then ends inside it
+        and ``resume`` says where the next part starts (pass it as ``after``); the parts of
+        one version form one atomic unit for the receiver. ``after``: continue such a version.
+        """
         conn = self.conn
         conn.execute("BEGIN")
         try:
             head = self.head
+            if after is not None:
+                return self._version_part(after, exclude_site, max_cells, max_bytes, head)
             if cursor >= head:
-                return [], head, True
+                return Page([], head, True, None)
             rows: list[tuple[Any, ...]] = []
             size = 0
             upto, complete = head, True
@@ -607,17 +640,54 @@ class RelayStore:
                     start = len(rows)
                 rows.append(row)
                 size += 120 + len(row[1]) + (row[10] or 0)
-                if (len(rows) > max_cells or size > max_bytes) and start > 0:
-                    del rows[start:]  # drop the partly read version: whole versions only
-                    stopped = True
-                    break
+                if len(rows) > max_cells or size > max_bytes:
+                    if start > 0:
+                        del rows[start:]  # drop the partly read version: whole versions only
+                        stopped = True
+                        break
+                    if split:  # the first version alone is over the budget: read it in parts
+                        cur.close()
+                        return self._version_part(
+                            (version, "", b"", ""), exclude_site, max_cells, max_bytes, head
+                        )
             cur.close()
             if stopped:
                 upto, complete = rows[-1][5], False
         finally:
             conn.execute("COMMIT")
         out = [Change(*r[:9]) for r in rows if r[9] != exclude_site]
-        return out, upto, complete
+        return Page(out, upto, complete, None)
+
+    def _version_part(
+        self,
+        after: tuple[int, str, bytes, str],
+        exclude_site: bytes | None,
+        max_cells: int,
+        max_bytes: int,
+        head: int,
+    ) -> Page:
+        """Cells of version ``after[0]`` past key ``after[1:]`` (in primary-key order, which the
+        version index gives), up to the budget (inside the caller's read transaction)."""
+        version = after[0]
+        cur = self.conn.execute(
+            "SELECT tbl, pk, cid, val, col_version, version, site_id, cl, seq, "
+            "coalesce(via, site_id), length(val) FROM relay_cells "
+            "WHERE version = ? AND (tbl, pk, cid) > (?, ?, ?) ORDER BY tbl, pk, cid",
+            after,
+        )
+        rows: list[tuple[Any, ...]] = []
+        size = 0
+        resume: tuple[int, str, bytes, str] | None = None
+        for row in cur:
+            if rows and (len(rows) >= max_cells or size >= max_bytes):
+                last = rows[-1]
+                resume = (version, last[0], last[1], last[2])
+                break
+            rows.append(row)
+            size += 120 + len(row[1]) + (row[10] or 0)
+        cur.close()
+        out = [Change(*r[:9]) for r in rows if r[9] != exclude_site]
+        return Page(out, version, resume is None and version >= head, resume)
 
     def size_bytes(self) -> int:
         """Bytes the store's files occupy on disk: the database file plus its WAL."""

@@ -183,6 +183,12 @@ async def test_a_peer_that_stops_reading_is_dropped_and_its_memory_freed(
     # What a dropped peer held is released: later waves reuse it instead of adding to it (the
     # review saw each non-reading peer keep its memory for good).
     assert rss[2] - rss[0] < 32 * 1024, rss
+    # The store's one 19 MiB version reaches a new device in parts (one atomic unit).
+    b = open_db(tmp_path / "b.db")
+    with trio.fail_after(60):
+        async with Peer(b, relay.url, store="big", token=token, **OPTS) as pb:
+            await pb.wait_synced()
+    assert b.conn.execute("SELECT count(*) FROM todos").fetchone()[0] == 300
 
 
 async def test_multi_part_push_is_capped_in_bytes(relay_factory: RelayFactory) -> None:

@@ -335,3 +335,30 @@ def test_store_file_is_plain_sqlite(tmp_path: Path) -> None:
     new_store(tmp_path / "s.store.sqlite3").close()
     conn = sqlite3.connect(tmp_path / "s.store.sqlite3")
     assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_a_version_larger_than_the_read_budget_is_read_in_parts_covering_every_cell(
+    tmp_path: Path,
+) -> None:
+    """Security review M2: a catch-up read held a whole version in memory, however large."""
+    a = open_db(tmp_path / "a.db")
+    store = new_store(tmp_path / "s.store.sqlite3")
+    v0 = a.db_version
+    a.conn.executemany(
+        "INSERT INTO notes VALUES (?, 'x', ?)", [(i, "y" * 1000) for i in range(300)]
+    )
+    store.merge_push(a.site_id, a.db_version, a.changes(v0))
+    assert store.head == 1
+    whole = store.changes_since(0, None, 10**6)[0]
+    seen = []
+    page = store.read_page(0, None, max_cells=10**6, max_bytes=50_000)
+    parts = 1
+    while page.resume is not None:
+        assert page.upto == 1 and not page.complete
+        seen += page.changes
+        page = store.read_page(0, None, max_cells=10**6, max_bytes=50_000, after=page.resume)
+        parts += 1
+    seen += page.changes
+    assert page.complete and page.upto == 1
+    assert parts > 5
+    assert sorted(c.as_tuple() for c in seen) == sorted(c.as_tuple() for c in whole)
