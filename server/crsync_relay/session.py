@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import time
 from typing import Any
 
 import attrs
@@ -342,11 +343,13 @@ async def handle_connection(ws: ServerConnection, hub: Hub, settings: RelaySetti
             hub.metrics.connections_active.dec()
     except _Closing as exc:
         reason = _cap(exc.reason)
-        log.warning("relay.refused peer=%s code=%s reason=%s", peer, exc.code, reason)
+        if _REFUSAL_LOG.allow():
+            log.warning("relay.refused peer=%s code=%s reason=%s", peer, exc.code, reason)
         await _send_error(ws, exc.code, reason, hub)
     except ProtocolError as exc:
         reason = _cap(exc.reason)
-        log.warning("relay.protocol_error peer=%s code=%s reason=%s", peer, exc.code, reason)
+        if _REFUSAL_LOG.allow():
+            log.warning("relay.protocol_error peer=%s code=%s reason=%s", peer, exc.code, reason)
         await _send_error(ws, exc.code, reason, hub)
     except _Stalled as exc:
         log.warning("relay.peer_stalled peer=%s reason=%s", peer, exc)
@@ -390,6 +393,37 @@ async def handle_connection(ws: ServerConnection, hub: Hub, settings: RelaySetti
 
 TooSlow = trio.TooSlowError
 MAX_REASON = 500
+
+
+class _LogBudget:
+    """At most ``per_second`` lines a second (bursts of ``burst``) for one kind of log line
+    that clients can cause at will (refusals); what is left out is counted and reported in a
+    ``relay.log_suppressed`` line once lines are allowed again."""
+
+    def __init__(self, per_second: float = 20.0, burst: float = 100.0) -> None:
+        self.per_second = per_second
+        self.burst = burst
+        self.level = burst
+        self.last = time.monotonic()
+        self.suppressed = 0
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        self.level = min(self.burst, self.level + (now - self.last) * self.per_second)
+        self.last = now
+        if self.level < 1:
+            self.suppressed += 1
+            return False
+        self.level -= 1
+        if self.suppressed:
+            log.warning(
+                "relay.log_suppressed lines=%d (refusals over the log budget)", self.suppressed
+            )
+            self.suppressed = 0
+        return True
+
+
+_REFUSAL_LOG = _LogBudget()
 
 
 def _cap(reason: str) -> str:
