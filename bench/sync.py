@@ -49,6 +49,8 @@ def relay(data_dir: Path, secret: Path) -> Iterator[tuple[str, int]]:
         "0",
         "--max-open-stores-per-subject",
         "256",
+        "--max-stores-per-subject",
+        "0",
     ]
     with relay_process(data_dir, secret_file=secret, args=args) as child:
         yield child.url, child.pid

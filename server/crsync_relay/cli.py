@@ -117,6 +117,12 @@ def main() -> None:
     help="Stores one token subject may create a minute (default 60; 0: no limit).",
 )
 @click.option(
+    "--max-stores-per-subject",
+    type=int,
+    default=None,
+    help="Stores one token subject may create in all (default 10000; 0: no limit).",
+)
+@click.option(
     "--max-unit-bytes",
     type=int,
     default=None,
@@ -209,6 +215,7 @@ def serve(**opts: Any) -> None:
         max_unauthenticated_per_ip=int(pick("max_unauthenticated_per_ip", 64, int)),
         max_open_stores_per_subject=int(pick("max_open_stores_per_subject", 0, int)),
         max_new_stores_per_minute=int(pick("max_new_stores_per_minute", 60, int)),
+        max_stores_per_subject=int(pick("max_stores_per_subject", 10_000, int)),
         max_unit_bytes=int(pick("max_unit_bytes", 256 << 20, int)),
         send_timeout=float(pick("send_timeout", 60.0, float)),
         tls_cert=Path(cert) if cert else None,

@@ -77,3 +77,49 @@ def exclusive(data_dir: Path, refusal: str) -> Iterator[DataDirLock]:
         yield lock
     finally:
         lock.release()
+
+
+STORE_INDEX = ".crsync-relay-stores.sqlite3"
+
+
+class StoreIndex:
+    """Who created each store (the token subject), in a small SQLite file of the data
+    directory: caps the stores one subject may create. Stores created before the index existed
+    are not in it (and not counted)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        import sqlite3
+
+        path = data_dir / STORE_INDEX
+        if not path.exists():
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            except OSError:
+                pass  # exists now, or cannot be created: SQLite reports it below
+        self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.conn.execute("PRAGMA journal_mode = WAL")
+        self.conn.execute(
+            "CREATE TABLE IF NOT EXISTS stores (store TEXT PRIMARY KEY, creator TEXT NOT NULL, "
+            "created_at REAL NOT NULL)"
+        )
+        self.conn.execute("CREATE INDEX IF NOT EXISTS stores_creator ON stores (creator)")
+
+    def created_by(self, subject: str) -> int:
+        """How many stores ``subject`` created."""
+        return int(
+            self.conn.execute(
+                "SELECT count(*) FROM stores WHERE creator = ?", (subject,)
+            ).fetchone()[0]
+        )
+
+    def add(self, store: str, subject: str) -> None:
+        """Record that ``subject`` created ``store``."""
+        import time
+
+        self.conn.execute(
+            "INSERT OR IGNORE INTO stores VALUES (?, ?, ?)", (store, subject, time.time())
+        )
+
+    def close(self) -> None:
+        """Close the index."""
+        self.conn.close()

@@ -38,6 +38,7 @@ from crsync.change import Change
 from crsync.errors import CrsyncError
 from crsync.protocol import quote
 
+from .datadir import StoreIndex
 from .metrics import RelayMetrics
 from .store import Page, RelayStore
 
@@ -136,6 +137,7 @@ class Hub:
         max_push_cells_per_second: float = 0,
         max_open_per_subject: int = 0,
         max_new_stores_per_minute: int = 60,
+        max_stores_per_subject: int = 0,
     ) -> None:
         """Serve the stores in ``data_dir`` (created if missing). ``max_store_bytes`` and
         ``max_push_cells_per_second``: per-store limits on pushes (0: unlimited).
@@ -151,6 +153,8 @@ class Hub:
         self.max_open_per_subject = max_open_per_subject or max(1, max_open // 4)
         self.max_new_stores_per_minute = max_new_stores_per_minute
         self._subject_stores: dict[str, dict[str, int]] = {}
+        self.max_stores_per_subject = max_stores_per_subject
+        self._store_index: StoreIndex | None = None
         self._creation_bucket: dict[str, tuple[float, float]] = {}
         self._open: OrderedDict[str, StoreHandle] = OrderedDict()
         self._opening: dict[str, trio.Event] = {}
@@ -182,15 +186,32 @@ class Hub:
                 over its own caps.
         """
         path = self.path_for(store)
+        creating = subject is not None and not path.exists()
         if subject is not None:
             self._admit(store, subject, path)
         try:
+            if creating and self.max_stores_per_subject > 0:
+                assert subject is not None
+                made = await trio.to_thread.run_sync(self._index().created_by, subject)
+                if made >= self.max_stores_per_subject:
+                    raise Overloaded(
+                        f"this token's subject created {made} stores (the cap is "
+                        f"{self.max_stores_per_subject})"
+                    )
             h = await self._acquire(store, path)
+            if creating:
+                assert subject is not None
+                await trio.to_thread.run_sync(self._index().add, store, subject)
         except BaseException:
             if subject is not None:
                 self._forget_user(store, subject)
             raise
         return h
+
+    def _index(self) -> StoreIndex:
+        if self._store_index is None:
+            self._store_index = StoreIndex(self.data_dir)
+        return self._store_index
 
     def _admit(self, store: str, subject: str, path: Path) -> None:
         using = self._subject_stores.setdefault(subject, {})
@@ -312,6 +333,9 @@ class Hub:
         """Close every open store (shutdown)."""
         for h in list(self._open.values()):
             await self._close(h)
+        if self._store_index is not None:
+            self._store_index.close()
+            self._store_index = None
 
     # ------------------------------------------------------------------ data
 

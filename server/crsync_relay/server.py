@@ -58,6 +58,7 @@ class RelayConfig:
     max_unauthenticated_per_ip: int = 64  # the same, per client address
     max_open_stores_per_subject: int = 0  # stores one token subject uses at once (0: cap / 4)
     max_new_stores_per_minute: int = 60  # stores one token subject creates a minute (0: none)
+    max_stores_per_subject: int = 10_000  # stores one token subject may create (0: none)
     max_unit_bytes: int = 256 << 20  # frames of one multi-part push held in memory
     send_timeout: float = 60.0  # a peer that reads nothing this long is dropped
 
@@ -100,11 +101,13 @@ class RelayConfig:
         if (
             self.max_open_stores_per_subject < 0
             or self.max_new_stores_per_minute < 0
+            or self.max_stores_per_subject < 0
             or self.max_unit_bytes < 1
             or self.send_timeout <= 0
         ):
             raise CrsyncError(
-                "--max-open-stores-per-subject and --max-new-stores-per-minute must be >= 0, "
+                "--max-open-stores-per-subject, --max-new-stores-per-minute and "
+                "--max-stores-per-subject must be >= 0, "
                 "--max-unit-bytes and --send-timeout > 0"
             )
         if self.max_store_bytes < 0 or self.max_push_cells_per_second < 0:
@@ -222,6 +225,7 @@ async def _serve(
         max_push_cells_per_second=config.max_push_cells_per_second,
         max_open_per_subject=config.max_open_stores_per_subject,
         max_new_stores_per_minute=config.max_new_stores_per_minute,
+        max_stores_per_subject=config.max_stores_per_subject,
     )
     metrics_server: MetricsServer | None = None
     serving = False

@@ -235,3 +235,24 @@ async def test_process_cap_counts_authenticated_connections(relay_factory: Relay
         assert isinstance(third, p.Error) and third.code == "overloaded"
         assert "the relay serves 2 connections" in third.reason
         release.set()
+
+
+async def test_stores_one_subject_may_create_are_capped(relay_factory: RelayFactory) -> None:
+    relay = relay_factory("--max-stores-per-subject", "3")
+    assert relay.secret is not None
+    from crsync_relay.auth import issue_token
+
+    mallory = issue_token(relay.secret, ["m*"], 3600, subject="mallory")
+    bob = issue_token(relay.secret, ["bob"], 3600, subject="bob")
+
+    async def hello(store: str, token: str) -> p.Message:
+        return await _hello_answer(
+            relay.url, p.Hello(1, store, os.urandom(16), SCHEMA, 0, "", token)
+        )
+
+    made = [await hello(f"m.{i}", mallory) for i in range(5)]
+    assert [isinstance(m, p.Welcome) for m in made] == [True, True, True, False, False]
+    assert isinstance(made[3], p.Error) and "created 3 stores" in made[3].reason
+    assert isinstance(await hello("m.0", mallory), p.Welcome)  # its existing stores still open
+    assert isinstance(await hello("bob", bob), p.Welcome)  # other subjects are not affected
+    assert not relay.store_path("m.3").exists()
