@@ -43,6 +43,7 @@ from .schema import (
     TableInfo,
     affinity,
     fingerprint_of,
+    is_rowid_alias,
     quote_ident,
     record_integer_keys,
     table_info,
@@ -970,7 +971,14 @@ class Database:
     def schema_descriptions(self) -> dict[str, dict[str, object]]:
         """Replicated schema of every tracked table, as plain data (for handshakes)."""
         self._refresh()
-        return {n: t.info.describe() for n, t in self._tracked.items()}
+        return {
+            n: {
+                **t.info.describe(),
+                "notnull": sorted(c.name for c in t.info.columns if c.notnull),
+                "integer_key": is_rowid_alias(self.conn, t.info),
+            }
+            for n, t in self._tracked.items()
+        }
 
     # ------------------------------------------------------------------ versions
 

@@ -312,7 +312,12 @@ def _data_version(db: Database) -> int:
 
 def _schema(db: Database) -> dict[str, p.TableSchema]:
     return {
-        t: p.TableSchema(tuple(d["pk"]), tuple(d["columns"]))  # type: ignore[arg-type]
+        t: p.TableSchema(
+            tuple(d["pk"]),  # type: ignore[arg-type]
+            tuple(d["columns"]),  # type: ignore[arg-type]
+            tuple(d["notnull"]),  # type: ignore[arg-type]
+            bool(d["integer_key"]),
+        )
         for t, d in db.schema_descriptions().items()
     }
 

@@ -79,10 +79,15 @@ FATAL_FOR_PEER = frozenset(set(ErrorCode) - RETRYABLE)
 
 @attrs.frozen
 class TableSchema:
-    """The replicated schema of one table: primary-key columns (in order) and other columns."""
+    """The replicated schema of one table: primary-key columns (in order) and other columns,
+    and what the table accepts: columns declared NOT NULL, and whether the key is SQLite's
+    rowid (an ``INTEGER PRIMARY KEY``: integer values only). A relay refuses values that no
+    announcing device can store."""
 
     pk: tuple[str, ...]
     columns: tuple[str, ...]
+    notnull: tuple[str, ...] = ()
+    integer_key: bool = False
 
 
 @attrs.frozen
@@ -197,9 +202,7 @@ def encode(msg: Message) -> bytes:
             v=msg.version,
             store=msg.store,
             site=msg.site,
-            schema={
-                t: {"pk": list(s.pk), "columns": list(s.columns)} for t, s in msg.schema.items()
-            },
+            schema={t: _schema_body(s) for t, s in msg.schema.items()},
             cursor=msg.cursor,
             epoch=msg.epoch,
             token=msg.token,
@@ -272,6 +275,15 @@ def _changes(body: Mapping[str, Any]) -> list[Change]:
     return out
 
 
+def _schema_body(s: TableSchema) -> dict[str, Any]:
+    body: dict[str, Any] = {"pk": list(s.pk), "columns": list(s.columns)}
+    if s.notnull:  # optional fields: absent when empty (older peers send neither)
+        body["notnull"] = list(s.notnull)
+    if s.integer_key:
+        body["intkey"] = True
+    return body
+
+
 def _schema(raw: Any) -> dict[str, TableSchema]:
     if not isinstance(raw, dict):
         raise _bad("'schema' must be a map")
@@ -284,7 +296,12 @@ def _schema(raw: Any) -> dict[str, TableSchema]:
             raise _bad(f"schema of {quote(table)}: 'pk' must be a non-empty list of names")
         if not (isinstance(cols, list) and all(isinstance(x, str) for x in cols)):
             raise _bad(f"schema of {quote(table)}: 'columns' must be a list of names")
-        out[table] = TableSchema(tuple(pk), tuple(cols))
+        notnull, intkey = s.get("notnull", []), s.get("intkey", False)
+        if not (isinstance(notnull, list) and all(isinstance(x, str) for x in notnull)):
+            raise _bad(f"schema of {quote(table)}: 'notnull' must be a list of names")
+        if not isinstance(intkey, bool):
+            raise _bad(f"schema of {quote(table)}: 'intkey' must be a boolean")
+        out[table] = TableSchema(tuple(pk), tuple(cols), tuple(notnull), intkey)
     return out
 
 

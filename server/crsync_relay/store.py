@@ -61,6 +61,10 @@ _ADDED_COLUMNS = [
     ("relay_cells", "via", "BLOB"),
     # sha256 of the site key a site id is bound to (None: not bound, an older client).
     ("relay_peers", "key_hash", "BLOB"),
+    # What every device that announced the table requires: columns all declare NOT NULL (JSON
+    # list), and whether all key the table by the rowid (integers only). NULL: never announced.
+    ("relay_schema", "not_null", "TEXT"),
+    ("relay_schema", "intkey", "INTEGER"),
 ]
 
 
@@ -93,6 +97,7 @@ class RelayStore:
             raise CrsyncError(f"no store at {path}")
         self.path = path
         self._schema: dict[str, TableSchema] | None = None
+        self._unconstrained: set[str] = set()  # tables recorded before constraints existed
         if create and not path.exists():
             # Owner-only: stores hold every user's data. SQLite gives its -wal and -shm files
             # the mode of the database file.
@@ -163,18 +168,36 @@ class RelayStore:
             if have is None:
                 if len(s.columns) > MAX_COLUMNS:
                     return f"table {quote(table)} announces more than {MAX_COLUMNS} columns"
-                new[table] = TableSchema(s.pk, tuple(sorted(set(s.columns))))
+                new[table] = TableSchema(
+                    s.pk,
+                    tuple(sorted(set(s.columns))),
+                    tuple(sorted(set(s.notnull) & set(s.columns))),
+                    s.integer_key,
+                )
                 continue
             if list(have.pk) != list(s.pk):
                 return (
                     f"table {quote(table)}: primary key is {list(have.pk)} in this store but "
                     f"{list(s.pk)} on this device; the schemas are incompatible"
                 )
-            if not set(s.columns) <= set(have.columns):
-                cols = set(have.columns) | set(s.columns)
+            cols = set(have.columns) | set(s.columns)
+            # A constraint holds only while every announcing device declares it: what one
+            # device can store, the relay accepts (the others set it aside). A table recorded
+            # before constraints were announced takes them from its next announcement.
+            legacy = table in self._unconstrained
+            if legacy:
+                have = TableSchema(have.pk, have.columns, s.notnull, s.integer_key)
+            notnull = tuple(sorted(set(have.notnull) & set(s.notnull) & cols))
+            intkey = have.integer_key and s.integer_key
+            if (
+                legacy
+                or cols != set(have.columns)
+                or notnull != have.notnull
+                or intkey != have.integer_key
+            ):
                 if len(cols) > MAX_COLUMNS:
                     return f"table {quote(table)} would have more than {MAX_COLUMNS} columns"
-                new[table] = TableSchema(have.pk, tuple(sorted(cols)))
+                new[table] = TableSchema(have.pk, tuple(sorted(cols)), notnull, intkey)
         if not new:
             return None  # nothing to record: no write, no commit
         if len(set(known) | set(new)) > MAX_TABLES:
@@ -183,9 +206,16 @@ class RelayStore:
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.executemany(
-                "INSERT OR REPLACE INTO relay_schema VALUES (?, ?, ?)",
+                "INSERT OR REPLACE INTO relay_schema (tbl, pk, columns, not_null, intkey) "
+                "VALUES (?, ?, ?, ?, ?)",
                 [
-                    (t, json.dumps(list(s.pk)), json.dumps(list(s.columns)))
+                    (
+                        t,
+                        json.dumps(list(s.pk)),
+                        json.dumps(list(s.columns)),
+                        json.dumps(list(s.notnull)),
+                        int(s.integer_key),
+                    )
                     for t, s in new.items()
                 ],
             )
@@ -202,8 +232,19 @@ class RelayStore:
         """The union of the replicated schemas peers announced (parsed once, then cached)."""
         if self._schema is None:
             self._schema = {
-                t: TableSchema(tuple(json.loads(pk)), tuple(json.loads(cols)))
-                for t, pk, cols in self.conn.execute("SELECT tbl, pk, columns FROM relay_schema")
+                t: TableSchema(
+                    tuple(json.loads(pk)),
+                    tuple(json.loads(cols)),
+                    tuple(json.loads(notnull)) if notnull else (),
+                    bool(intkey),
+                )
+                for t, pk, cols, notnull, intkey in self.conn.execute(
+                    "SELECT tbl, pk, columns, not_null, intkey FROM relay_schema"
+                )
+            }
+            self._unconstrained = {
+                t
+                for (t,) in self.conn.execute("SELECT tbl FROM relay_schema WHERE not_null IS NULL")
             }
         return dict(self._schema)
 
@@ -438,6 +479,11 @@ class RelayStore:
                         f"change #{i}: table {quote(c.table)} has no announced column "
                         f"{quote(c.cid)}"
                     )
+                if c.val is None and c.cid in ts.notnull:
+                    raise InvalidChangeError(
+                        f"change #{i}: table {quote(c.table)}, column {quote(c.cid)} is NOT NULL "
+                        "on every device that announced the table; no device could apply NULL"
+                    )
         for table, pk in groups:
             try:
                 key = unpack_pk(pk)
@@ -446,6 +492,12 @@ class RelayStore:
             if not key or None in key:
                 raise InvalidChangeError(
                     f"table {quote(table)}: pk {pk.hex()[:64]} is empty or has NULL"
+                )
+            ts = schema.get(table)
+            if announced_only and ts is not None and ts.integer_key and type(key[0]) is not int:
+                raise InvalidChangeError(
+                    f"table {quote(table)}: pk {pk.hex()[:64]} is not an integer, and every "
+                    "device that announced the table keys it by its rowid (INTEGER PRIMARY KEY)"
                 )
             for v in key:
                 if isinstance(v, float) and v != v:

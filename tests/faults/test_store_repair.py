@@ -8,14 +8,16 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import attrs
 import pytest
 import trio
 from sync.conftest import RelayProcess
 from sync.helpers import open_db
 from websockets.trio.client import connect as ws_connect
 
-from crsync import pack_pk
+from crsync import Change, pack_pk
 from crsync import protocol as p
 from crsync.peer import Peer, PeerState
 
@@ -188,3 +190,39 @@ def test_repairs_refuse_while_the_relay_serves(relay: RelayProcess) -> None:
         "forget-table", "--data-dir", str(relay.data_dir), "--store", "x", "--table", "todos"
     )
     assert done.returncode != 0
+
+
+NN = {"todos": p.TableSchema(("id",), ("data", "done", "title"), ("done",), False)}
+NULLABLE = {"todos": p.TableSchema(("id",), ("data", "done", "title"), (), False)}
+INTKEY = {"items": p.TableSchema(("id",), ("name",), (), True)}
+
+
+async def _push(relay: RelayProcess, store: str, schema: Any, change: Change) -> p.Message:
+    token = relay.token(store)
+    async with ws_connect(relay.url, compression=None) as ws:
+        await ws.send(p.encode(p.Hello(1, store, os.urandom(16), schema, 0, "", token, None)))
+        assert isinstance(p.decode(await ws.recv()), p.Welcome)
+        await ws.send(p.encode(p.Push(1, 0, 1, [change])))
+        with trio.fail_after(10):
+            while True:
+                m = p.decode(await ws.recv())
+                if isinstance(m, p.Ack | p.Error):
+                    return m
+
+
+async def test_values_no_announcing_device_can_store_are_refused(relay: RelayProcess) -> None:
+    """Review H2: NULL in a column every device declares NOT NULL, a text key in a table every
+    device keys by its rowid. What one device can store is accepted (others set it aside)."""
+    site = os.urandom(16)
+    null_done = Change("todos", pack_pk(["k"]), "done", None, 1, 1, site, 1, 0)
+    refused = await _push(relay, "nn", NN, null_done)
+    assert isinstance(refused, p.Error) and refused.code == "invalid_changes"
+    assert "NOT NULL" in refused.reason
+    text_key = Change("items", pack_pk(["abc"]), "name", "x", 1, 1, site, 1, 0)
+    refused = await _push(relay, "ik", INTKEY, text_key)
+    assert isinstance(refused, p.Error) and "rowid" in refused.reason
+    assert isinstance(
+        await _push(relay, "ik", INTKEY, attrs.evolve(text_key, pk=pack_pk([7]))), p.Ack
+    )
+    # Once a device whose app version allows NULL announced the table, NULL is storable.
+    assert isinstance(await _push(relay, "nn", NULLABLE, null_done), p.Ack)
