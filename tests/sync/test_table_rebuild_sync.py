@@ -56,3 +56,26 @@ async def test_rebuild_by_another_process_while_peers_run(
             await eventually(lambda: rows(b)[-1][2] == 1, "the next write to reach B")
             await converge([pa, pb])
     assert snapshot(a) == snapshot(b)
+
+
+async def test_dropping_a_tracked_table_stops_the_peer_with_a_clear_error(
+    relay: RelayProcess, tmp_path: Path
+) -> None:
+    """A tracked table dropped behind crsync's back: the Peer stops in ERROR naming the table
+    and the fix, and the app's block sees a CrsyncError (never an exception group)."""
+    import crsync
+    from crsync.peer import Peer, PeerState
+
+    a = open_db(tmp_path / "a.db")
+    a.conn.execute("INSERT INTO todos (id, title) VALUES ('r1', 'one')")
+    token = relay.token("drop")
+    with trio.fail_after(30):
+        with pytest.raises(crsync.CrsyncError) as info:
+            async with Peer(a, relay.url, store="drop", token=token) as pa:
+                await pa.wait_synced()
+                a.conn.execute("DROP TABLE todos")
+                pa.notify()
+                await pa.wait_state(PeerState.ERROR)
+                await pa.wait_synced()
+    assert not isinstance(info.value, BaseExceptionGroup)
+    assert "todos" in str(info.value)
