@@ -409,8 +409,17 @@ class Database:
         if not rows:
             return 0
         conn.execute("DELETE FROM crsync_pending WHERE tbl = ?", (table,))
-        n = self._merge_locked(conn, self._applicable(table, validate_changes(rows)))
-        log.info("crsync.pending.applied table=%s changes=%d won=%d", table, len(rows), n)
+        batch = self._applicable(table, validate_changes(rows))
+        # Rows that still cannot be applied here (a constraint of this schema) are set aside
+        # with their reason: they must never make track() or migrate() fail.
+        n, rejected_n = self._merge_setting_aside_locked(conn, batch)
+        log.info(
+            "crsync.pending.applied table=%s changes=%d won=%d set_aside=%d",
+            table,
+            len(rows),
+            n,
+            rejected_n,
+        )
         return n
 
     def _adopt_locked(
@@ -1328,19 +1337,8 @@ class Database:
     def _apply_pending(self, table: str) -> int:
         """Merge changes kept aside for a table that now exists or has new columns."""
         with self._write() as conn:
-            rows = conn.execute(
-                "SELECT tbl, pk, cid, val, col_version, db_version, site_id, cl, seq "
-                "FROM crsync_pending WHERE tbl = ?",
-                (table,),
-            ).fetchall()
-            if not rows:
-                return 0
-            conn.execute("DELETE FROM crsync_pending WHERE tbl = ?", (table,))
             self._refresh()
-            batch = self._applicable(table, validate_changes(rows))
-            n = self._merge_locked(conn, batch)
-            log.info("crsync.pending.applied table=%s changes=%d won=%d", table, len(rows), n)
-            return n
+            return self._merge_pending_locked(conn, table)
 
     def _applicable(self, table: str, batch: list[Change]) -> list[Change]:
         """Drop kept-aside changes whose pk does not fit the table as it is now declared

@@ -25,6 +25,18 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 
+def create_owner_only(path: Path) -> None:
+    """Create ``path`` empty with mode 0600 if it does not exist, whatever the umask (SQLite
+    then gives its -wal and -shm files the same mode). A failure is left for SQLite to
+    report when it opens the file."""
+    if path.exists():
+        return
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError:
+        pass  # exists now, or cannot be created: SQLite reports it
+
+
 class DataDirLock:
     """An exclusive, non-blocking OS lock on ``<data_dir>/.crsync-relay.lock``."""
 
@@ -91,11 +103,7 @@ class StoreIndex:
         import sqlite3
 
         path = data_dir / STORE_INDEX
-        if not path.exists():
-            try:
-                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-            except OSError:
-                pass  # exists now, or cannot be created: SQLite reports it below
+        create_owner_only(path)
         self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.conn.execute("PRAGMA journal_mode = WAL")
         self.conn.execute(

@@ -12,15 +12,15 @@ per connection object.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
 import logging
-import os
 import sqlite3
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,8 @@ from crsync.errors import CrsyncError, InvalidChangeError, PackError
 from crsync.merge_rules import MERGE_VERSION, RowState, apply_change
 from crsync.pack import SqlValue, unpack_pk
 from crsync.protocol import TableSchema, quote
+
+from .datadir import create_owner_only
 
 log = logging.getLogger(__name__)
 
@@ -98,21 +100,15 @@ class RelayStore:
         self.path = path
         self._schema: dict[str, TableSchema] | None = None
         self._unconstrained: set[str] = set()  # tables recorded before constraints existed
-        if create and not path.exists():
-            # Owner-only: stores hold every user's data. SQLite gives its -wal and -shm files
-            # the mode of the database file.
-            try:
-                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-            except OSError:
-                pass  # exists now, or cannot be created: SQLite reports it below
+        if create:
+            create_owner_only(path)  # stores hold every user's data
         self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.conn.execute("PRAGMA busy_timeout = 30000")
         self.conn.execute("PRAGMA journal_mode = WAL")
         self.conn.execute("PRAGMA synchronous = FULL")
         # Many stores may be open at once: keep each connection's page cache small (256 KiB).
         self.conn.execute("PRAGMA cache_size = -256")
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             for stmt in _DDL:
                 self.conn.execute(stmt)
             for table, column, decl in _ADDED_COLUMNS:
@@ -126,15 +122,25 @@ class RelayStore:
             self.conn.execute(
                 "INSERT OR IGNORE INTO relay_meta VALUES ('created', ?)", (time.time(),)
             )
-            self.conn.execute("COMMIT")
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
         self.epoch: str = self._meta("epoch")
 
     def close(self) -> None:
         """Close the connection."""
         self.conn.close()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE): committed when the block ends, rolled back
+        if it raises. Every write to the store file goes through it."""
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
 
     def _meta(self, key: str) -> Any:
         row = self.conn.execute("SELECT value FROM relay_meta WHERE key = ?", (key,)).fetchone()
@@ -203,27 +209,22 @@ class RelayStore:
         if len(set(known) | set(new)) > MAX_TABLES:
             return f"this store would have more than {MAX_TABLES} tables"
         conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.executemany(
-                "INSERT OR REPLACE INTO relay_schema (tbl, pk, columns, not_null, intkey) "
-                "VALUES (?, ?, ?, ?, ?)",
-                [
-                    (
-                        t,
-                        json.dumps(list(s.pk)),
-                        json.dumps(list(s.columns)),
-                        json.dumps(list(s.notnull)),
-                        int(s.integer_key),
-                    )
-                    for t, s in new.items()
-                ],
-            )
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+            with self._transaction():
+                conn.executemany(
+                    "INSERT OR REPLACE INTO relay_schema (tbl, pk, columns, not_null, intkey) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    [
+                        (
+                            t,
+                            json.dumps(list(s.pk)),
+                            json.dumps(list(s.columns)),
+                            json.dumps(list(s.notnull)),
+                            int(s.integer_key),
+                        )
+                        for t, s in new.items()
+                    ],
+                )
         finally:
             self._schema = None
         return None
@@ -257,20 +258,15 @@ class RelayStore:
             How many cells were removed.
         """
         conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
         try:
-            n = conn.execute("DELETE FROM relay_cells WHERE tbl = ?", (table,)).rowcount
-            gone = conn.execute("DELETE FROM relay_schema WHERE tbl = ?", (table,)).rowcount
-            # A new epoch: every device re-pushes what it holds, so the table's rows come back
-            # under the key devices announce now.
-            conn.execute(
-                "UPDATE relay_meta SET value = ? WHERE key = 'epoch'", (uuid.uuid4().hex,)
-            )
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+            with self._transaction():
+                n = conn.execute("DELETE FROM relay_cells WHERE tbl = ?", (table,)).rowcount
+                gone = conn.execute("DELETE FROM relay_schema WHERE tbl = ?", (table,)).rowcount
+                # A new epoch: every device re-pushes what it holds, so the table's rows come back
+                # under the key devices announce now.
+                conn.execute(
+                    "UPDATE relay_meta SET value = ? WHERE key = 'epoch'", (uuid.uuid4().hex,)
+                )
         finally:
             self._schema = None
         if not gone and not n:
@@ -286,8 +282,7 @@ class RelayStore:
             How many cells were removed.
         """
         conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             if cid is None:
                 cur = conn.execute(
                     "DELETE FROM relay_cells WHERE tbl = ? AND pk = ?", (table, pk)
@@ -297,11 +292,6 @@ class RelayStore:
                     "DELETE FROM relay_cells WHERE tbl = ? AND pk = ? AND cid = ?",
                     (table, pk, cid),
                 )
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
         return int(cur.rowcount)
 
     # ------------------------------------------------------------------ peers
@@ -320,18 +310,12 @@ class RelayStore:
         """Skip relay versions ``(base, upto]`` for the reactor: record them with the reason
         and move the reactor's cursor past them, in one transaction."""
         conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             conn.execute(
                 "INSERT OR REPLACE INTO reactor_set_aside VALUES (?, ?, ?, ?)",
                 (base, upto, reason[:2000], time.time()),
             )
             conn.execute("INSERT OR REPLACE INTO relay_meta VALUES ('reactor_cursor', ?)", (upto,))
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
 
     def reactor_set_aside(self) -> list[tuple[int, int, str, float]]:
         """Version ranges the reactor skipped: ``(base, upto, reason, at)``, oldest first."""
@@ -369,19 +353,13 @@ class RelayStore:
                 )
             return None
         if digest is not None:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction():
                 conn.execute(
                     "INSERT INTO relay_peers (site_id, key_hash) VALUES (?, ?) ON CONFLICT "
                     "(site_id) DO UPDATE SET key_hash = excluded.key_hash "
                     "WHERE key_hash IS NULL",
                     (site_id, digest),
                 )
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
             again = conn.execute(
                 "SELECT key_hash FROM relay_peers WHERE site_id = ?", (site_id,)
             ).fetchone()[0]
@@ -521,8 +499,7 @@ class RelayStore:
                     f"primary key has {n} columns"
                 )
         conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             head = self.head
             version = head + 1
             wins = 0
@@ -579,12 +556,7 @@ class RelayStore:
             )
             if meta:
                 conn.executemany("INSERT OR REPLACE INTO relay_meta VALUES (?, ?)", meta.items())
-            conn.execute("COMMIT")
             return head, wins
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
 
     def _load_many(
         self, keys: list[tuple[str, bytes]]

@@ -8,8 +8,6 @@ import os
 import re
 import socket
 import stat
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -17,6 +15,7 @@ from pathlib import Path
 import pytest
 import trio
 from sync.conftest import RelayProcess
+from sync.conftest import relay_cli as _cli
 from sync.helpers import open_db
 
 from crsync.peer import Peer
@@ -24,15 +23,6 @@ from crsync.peer import Peer
 from .conftest import RelayFactory
 
 pytestmark = pytest.mark.e2e
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "crsync_relay.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def _mode(path: Path) -> int:

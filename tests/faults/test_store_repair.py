@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +12,7 @@ import attrs
 import pytest
 import trio
 from sync.conftest import RelayProcess
+from sync.conftest import relay_cli as _cli
 from sync.helpers import open_db
 from websockets.trio.client import connect as ws_connect
 
@@ -27,15 +26,6 @@ pytestmark = pytest.mark.e2e
 
 SCHEMA = {"todos": p.TableSchema(("id",), ("data", "done", "title"))}
 OPTS = {"backoff_initial": 0.05, "backoff_max": 0.3}
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "crsync_relay.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def _wal_bytes(relay: RelayProcess, store: str) -> int:

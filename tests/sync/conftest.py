@@ -207,6 +207,16 @@ class RelayProcess:
 RelayFactory = Callable[..., RelayProcess]
 
 
+def relay_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``crsync-relay ARGS`` as a real process; its exit status and output."""
+    return subprocess.run(
+        [sys.executable, "-m", "crsync_relay.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 @pytest.fixture
 def relay_factory(tmp_path: Path) -> Iterator[RelayFactory]:
     """``relay_factory(*extra_args, dev=False, name="relay")`` starts a relay process."""

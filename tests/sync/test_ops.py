@@ -13,6 +13,7 @@ import trio
 from crsync.peer import Peer
 
 from .conftest import RelayFactory
+from .conftest import relay_cli as _cli
 from .helpers import open_db, rows
 
 
@@ -63,15 +64,6 @@ async def test_metrics_and_health_on_separate_port_count_real_traffic(
                 pass
     _, text = await trio.to_thread.run_sync(_get, f"http://127.0.0.1:{port}/metrics")
     assert 'crsync_relay_errors_total{code="forbidden"} 1.0' in text
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "crsync_relay.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 async def test_live_backup_then_restore_gives_a_complete_store_with_a_new_epoch(
