@@ -216,3 +216,35 @@ async def test_values_no_announcing_device_can_store_are_refused(relay: RelayPro
     )
     # Once a device whose app version allows NULL announced the table, NULL is storable.
     assert isinstance(await _push(relay, "nn", NULLABLE, null_done), p.Ack)
+
+
+async def test_poisoned_clocks_are_refused_and_a_device_at_the_bound_keeps_syncing(
+    relay: RelayProcess, tmp_path: Path
+) -> None:
+    """Review H3: col_version 2^63-1 froze a cell for everyone, and the next device to edit it
+    overflowed to a REAL clock and stopped syncing for good."""
+    from crsync.change import MAX_CLOCK
+
+    site = os.urandom(16)
+    forged = Change("todos", pack_pk(["r1"]), "title", "frozen", 2**63 - 1, 1, site, 1, 0)
+    refused = await _push(relay, "clk", NULLABLE, forged)
+    assert isinstance(refused, p.Error) and refused.code == "invalid_changes"
+    at_bound = attrs.evolve(forged, col_version=MAX_CLOCK)
+    assert isinstance(await _push(relay, "clk", NULLABLE, at_bound), p.Ack)
+    token = relay.token("clk")
+    a, b = open_db(tmp_path / "a.db"), open_db(tmp_path / "b.db")
+    with trio.fail_after(30):
+        async with (
+            Peer(a, relay.url, store="clk", token=token, **OPTS) as pa,
+            Peer(b, relay.url, store="clk", token=token, **OPTS) as pb,
+        ):
+            await pa.wait_synced()
+            a.conn.execute("UPDATE todos SET title = 'zz edited' WHERE id = 'r1'")
+            a.conn.execute("INSERT INTO todos (id, title) VALUES ('r2', 'later')")
+            await pa.wait_synced()
+            await pb.wait_synced()
+            assert pa.state is not PeerState.ERROR and pb.state is not PeerState.ERROR
+    assert b.conn.execute("SELECT id, title FROM todos ORDER BY id").fetchall() == [
+        ("r1", "zz edited"),
+        ("r2", "later"),
+    ]
