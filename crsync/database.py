@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from . import adoption, identity, rejected
+from . import adoption, identity, positions, rejected
 from .change import SENTINEL, Change, validate_changes
 from .errors import (
     CrsyncError,
@@ -86,10 +86,8 @@ _METADATA_DDL = [
     "PRIMARY KEY (tbl, pk, cid, site_id, col_version, cl)) WITHOUT ROWID",
     # Changes from other devices this database cannot apply (see crsync.rejected).
     rejected.DDL,
-    # Peer tracking: acknowledged positions per peer and direction (see crsync.tracking).
-    "CREATE TABLE IF NOT EXISTS crsync_peers (peer TEXT NOT NULL, event TEXT NOT NULL, "
-    "epoch TEXT NOT NULL DEFAULT '', version INTEGER NOT NULL, "
-    "updated_at REAL, PRIMARY KEY (peer, event))",
+    # Peer tracking: acknowledged positions per peer and direction (see crsync.positions).
+    positions.DDL,
 ]
 
 
@@ -1557,6 +1555,8 @@ def _read_only_error(exc: BaseException) -> bool:
     if isinstance(code, int) and code & 0xFF == 8:  # SQLITE_READONLY and its extended codes
         return True
     return "readonly" in str(exc) or "read-only" in str(exc)
+
+
 _READ_ONLY_MESSAGE = (
     "this database is opened read-only (mode=ro, immutable=1, PRAGMA query_only or a "
     "read-only file): reading and the change feed work, but tracking, migrating, merging and "
