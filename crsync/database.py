@@ -13,10 +13,8 @@ needed, so writes from any connection or process are captured.
 from __future__ import annotations
 
 import contextlib
-import gc
 import json
 import logging
-import operator
 import os
 import sqlite3
 import uuid
@@ -25,9 +23,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import attrs
-
-from . import adoption, identity, positions, rejected
+from . import adoption, feed, identity, positions, rejected, versions
+from ._gc import gc_paused
 from .change import SENTINEL, Change, validate_changes
 from .errors import (
     CrsyncError,
@@ -49,6 +46,7 @@ from .schema import (
     table_info,
     validate_table,
 )
+from .tracking import Tracked
 from .triggers import (
     SEQ_STEP,
     cell_columns,
@@ -91,25 +89,6 @@ _METADATA_DDL = [
 ]
 
 
-@attrs.define
-class _Tracked:
-    """In-memory description of one tracked table and its prepared SQL."""
-
-    info: TableInfo
-    slots: dict[str, int]  # current column -> slot
-    nslots: int
-    npk: int
-    meta: str  # quoted metadata table
-    read_sql: str
-    state_sql: str
-    state_in_sql: str
-    delete_sql: str
-    meta_write_sql: str
-    pk_affinity: tuple[str, ...]
-    defaults: dict[str, SqlValue] | None = None
-    upserts: dict[tuple[str, ...], str] = attrs.Factory(dict)
-
-
 def _natural(aff: str, v: SqlValue) -> bool:
     """True if SQLite's affinity ``aff`` stores ``v`` unchanged."""
     if v is None or isinstance(v, bytes) or aff == "BLOB":
@@ -132,7 +111,7 @@ class Database:
         """Wrap a connection (see :func:`crsync.connect`), creating the metadata on first use."""
         self.conn = conn
         self._owns = owns_connection
-        self._tracked: dict[str, _Tracked] = {}
+        self._tracked: dict[str, Tracked] = {}
         self._schema_version = -1
         self._site_ord: dict[bytes, int] = {}
         self._site_blob: dict[int, bytes] = {}
@@ -319,7 +298,7 @@ class Database:
             raise next(iter(self._broken.values()))
 
     def _load_registry(self) -> None:
-        tracked: dict[str, _Tracked] = {}
+        tracked: dict[str, Tracked] = {}
         for name, slots_json in self.conn.execute(
             "SELECT name, slots FROM crsync_tables"
         ).fetchall():
@@ -466,7 +445,7 @@ class Database:
         )
         return done
 
-    def _prepare(self, info: TableInfo, slot_names: list[str]) -> _Tracked:
+    def _prepare(self, info: TableInfo, slot_names: list[str]) -> Tracked:
         q = quote_ident
         slots = {c.name: slot_names.index(c.name) for c in info.columns if c.name in slot_names}
         npk = len(info.pk)
@@ -495,7 +474,7 @@ class Database:
             f"INSERT OR REPLACE INTO {m} ({', '.join(mcols)}) "
             f"VALUES ({', '.join('?' * len(mcols))})"
         )
-        return _Tracked(
+        return Tracked(
             info=info,
             slots=slots,
             nslots=len(slot_names),
@@ -757,64 +736,6 @@ class Database:
                 for _ in range(units - 1):
                     conn.execute(pad_rows, (v,))
 
-    @staticmethod
-    def _local_records(tr: _Tracked) -> list[tuple[str, str]]:
-        """(seq column, WHERE clause) of the local records at version ?1 of a table: its
-        row-existence records, then each current column's cells."""
-        out = [("sq", "dbv = ?1 AND sd = ?1 AND ss = 0")]
-        for slot in sorted(tr.slots.values()):
-            _v, d, site, q = cell_columns(slot)
-            out.append((q, f"dbv = ?1 AND {d} = ?1 AND {site} = 0"))
-        return out
-
-    def _renumber_repeated_seqs(self, version: int) -> bool:
-        """Inside the sealing transaction: if two local records of ``version`` share a seq
-        (written by different connections, see crsync.triggers), renumber all local records
-        of the version 0, 1, 2, ... in (seq, table, record kind, key) order: strictly
-        monotone in seq, so every transaction keeps its own order. Returns whether it did.
-        """
-        conn = self.conn
-        # Skipped when provably unneeded: this connection opened the version (its previous
-        # seal) and no other connection has committed since (PRAGMA data_version is
-        # unchanged), so every local record of the version has this connection's seqs.
-        dv = conn.execute("PRAGMA data_version").fetchone()[0]
-        clean = self._seq_clean == (version, dv)
-        self._seq_clean = (version + 1, dv)  # the next version opens now, empty
-        if clean:
-            return False
-        targets = [
-            (tr, col, where)
-            for name in sorted(self._tracked)
-            for tr in (self._tracked[name],)
-            for col, where in self._local_records(tr)
-        ]
-        if not targets:
-            return False
-        union = " UNION ALL ".join(
-            f"SELECT {col} AS s FROM {tr.meta} WHERE {where}" for tr, col, where in targets
-        )
-        dup = conn.execute(
-            f"SELECT 1 FROM ({union}) GROUP BY s HAVING count(*) > 1 LIMIT 1", (version,)
-        ).fetchone()
-        if dup is None:
-            return False
-        records: list[tuple[int, int, int, tuple[Any, ...]]] = []
-        for t_index, (tr, col, where) in enumerate(targets):
-            pks = ", ".join(f"p{j}" for j in range(tr.npk))
-            sql = f"SELECT {col}, {pks} FROM {tr.meta} WHERE {where} ORDER BY {pks}"
-            for n, row in enumerate(conn.execute(sql, (version,))):
-                records.append((row[0], t_index, n, tuple(row[1:])))
-        records.sort(key=lambda r: r[:3])
-        updates: dict[int, list[tuple[Any, ...]]] = {}
-        for new_seq, (_seq, t_index, _n, key) in enumerate(records):
-            updates.setdefault(t_index, []).append((new_seq, *key))
-        for t_index, rows in updates.items():
-            tr, col, _where = targets[t_index]
-            match = " AND ".join(f"p{j} = ?" for j in range(tr.npk))
-            conn.executemany(f"UPDATE {tr.meta} SET {col} = ? WHERE {match}", rows)
-        log.info("crsync.seq.renumbered version=%d records=%d", version, len(records))
-        return True
-
     def _open_version_mark(self, has_meta: bool) -> tuple[int, int] | None:
         """(open version, PRAGMA data_version) if the open version holds no records yet (see
         _renumber_repeated_seqs), from one read snapshot."""
@@ -989,35 +910,12 @@ class Database:
 
     # ------------------------------------------------------------------ versions
 
-    def _has_changes_at(self, version: int) -> bool:
-        for tr in self._tracked.values():
-            if self.conn.execute(
-                f"SELECT 1 FROM {tr.meta} WHERE dbv = ? LIMIT 1", (version,)
-            ).fetchone():
-                return True
-        return False
-
-    def _seal(self) -> int:
-        """Seal the open version if it holds changes; return the last sealed version."""
-        self._refresh()
-        with self._read() as conn:
-            v = conn.execute("SELECT db_version FROM crsync_clock").fetchone()[0]
-            if self.read_only or not self._has_changes_at(v):
-                return int(v) - 1  # read-only: the open version stays unreported
-        with self._write() as conn:
-            v = conn.execute("SELECT db_version FROM crsync_clock").fetchone()[0]
-            if not self._has_changes_at(v):
-                return int(v) - 1
-            self._renumber_repeated_seqs(v)
-            conn.execute("UPDATE crsync_clock SET db_version = ?", (v + 1,))
-            return int(v)
-
     @property
     def db_version(self) -> int:
         """This database's logical clock: every change so far has a db_version at or below it,
         every later change a higher one (so ``changes(since=db.db_version)`` misses nothing)."""
         self._no_txn("read db_version")
-        return self._seal()
+        return versions.seal(self)
 
     # ------------------------------------------------------------------ change feed
 
@@ -1034,67 +932,7 @@ class Database:
         self, since: int = 0, exclude_site: bytes | None = None
     ) -> tuple[int, list[Change]]:
         """Like :meth:`changes`, also returning the version to use as the next ``since``."""
-        if type(since) is not int or since < 0:
-            raise CrsyncError(f"since must be a non-negative integer, not {since!r}")
-        if exclude_site is not None and (
-            not isinstance(exclude_site, bytes) or len(exclude_site) != 16
-        ):
-            raise CrsyncError("exclude_site must be a 16-byte site id")
-        self._no_txn("read changes")
-        upto = self._seal()
-        out: list[Change] = []
-        if upto <= since:
-            return upto, out
-        with self._read():
-            self._sync_site()
-            excl = -1
-            if exclude_site is not None:
-                if exclude_site == self.site_id:  # read from the file
-                    excl = 0
-                else:
-                    row = self.conn.execute(
-                        "SELECT ordinal FROM crsync_sites WHERE site_id = ?", (exclude_site,)
-                    ).fetchone()
-                    excl = row[0] if row else -1
-            with _gc_paused():
-                for tr in self._tracked.values():
-                    self._read_table(tr, since, upto, excl, out)
-                out.sort(key=_order_key)
-        return upto, out
-
-    def _read_table(
-        self, tr: _Tracked, since: int, upto: int, excl: int, out: list[Change]
-    ) -> None:
-        name = tr.info.name
-        npk = tr.npk
-        cur = [(c.name, tr.slots[c.name]) for c in tr.info.columns if c.name in tr.slots]
-        ncur = len(cur)
-        cbase = npk + 5
-        vbase = cbase + 4 * ncur
-        site_of = self._site_of
-        sites: dict[int, bytes] = {}
-        append = out.append
-        for row in self.conn.execute(tr.read_sql, (since, upto)):
-            pkb = pack_pk(row[:npk])
-            cl = row[npk]
-            sd = row[npk + 1]
-            if sd is not None and sd > since:
-                so = row[npk + 2]
-                if so != excl:
-                    site = sites.get(so) or sites.setdefault(so, site_of(so))
-                    append(Change(name, pkb, SENTINEL, None, cl, sd, site, cl, row[npk + 3]))
-            for j in range(ncur):
-                k = cbase + 4 * j
-                d = row[k + 1]
-                if d is None or d <= since:
-                    continue
-                so = row[k + 2]
-                if so == excl:
-                    continue
-                site = sites.get(so) or sites.setdefault(so, site_of(so))
-                append(
-                    Change(name, pkb, cur[j][0], row[vbase + j], row[k], d, site, cl, row[k + 3])
-                )
+        return feed.changes_since(self, since, exclude_site)
 
     # ------------------------------------------------------------------ merge
 
@@ -1118,7 +956,7 @@ class Database:
         self._no_txn("merge changes")
         if not batch:
             return 0
-        with self._write() as conn, _gc_paused():
+        with self._write() as conn, gc_paused():
             self._refresh()
             return self._merge_locked(conn, batch)
 
@@ -1166,7 +1004,7 @@ class Database:
         conn.execute("UPDATE crsync_clock SET merging = 1")
         wins = 0
         top = open_v
-        written: list[tuple[_Tracked, tuple[SqlValue, ...], RowState]] = []
+        written: list[tuple[Tracked, tuple[SqlValue, ...], RowState]] = []
         for tname, rows in per_table.items():
             tr = self._tracked[tname]
             rows = self._canonical_keys(tr, rows)
@@ -1195,7 +1033,7 @@ class Database:
         return wins
 
     def _canonical_keys(
-        self, tr: _Tracked, rows: dict[tuple[SqlValue, ...], list[Change]]
+        self, tr: Tracked, rows: dict[tuple[SqlValue, ...], list[Change]]
     ) -> dict[tuple[SqlValue, ...], list[Change]]:
         """Apply the pk columns' affinity to incoming keys, as SQLite will when storing them."""
         affs = tr.pk_affinity
@@ -1220,13 +1058,13 @@ class Database:
         conn.execute(f"DROP TABLE temp.crsync_keys_{tr.npk}")
         return out
 
-    def _defaults(self, tr: _Tracked) -> dict[str, SqlValue]:
+    def _defaults(self, tr: Tracked) -> dict[str, SqlValue]:
         if tr.defaults is None:
             tr.defaults = {c.name: self._eval_default(c.default) for c in tr.info.columns}
         return tr.defaults
 
     def _load_states(
-        self, tr: _Tracked, keys: list[tuple[SqlValue, ...]]
+        self, tr: Tracked, keys: list[tuple[SqlValue, ...]]
     ) -> dict[tuple[SqlValue, ...], RowState]:
         conn = self.conn
         out: dict[tuple[SqlValue, ...], RowState] = {}
@@ -1268,7 +1106,7 @@ class Database:
     def _write_rows(
         self,
         conn: sqlite3.Connection,
-        written: list[tuple[_Tracked, tuple[SqlValue, ...], RowState]],
+        written: list[tuple[Tracked, tuple[SqlValue, ...], RowState]],
         version: int,
     ) -> None:
         deletes: dict[str, list[tuple[SqlValue, ...]]] = {}
@@ -1315,7 +1153,7 @@ class Database:
             tr = self._tracked[name]
             conn.executemany(tr.meta_write_sql, rows)
 
-    def _upsert_sql(self, tr: _Tracked, cols: tuple[str, ...]) -> str:
+    def _upsert_sql(self, tr: Tracked, cols: tuple[str, ...]) -> str:
         sql = tr.upserts.get(cols)
         if sql is None:
             q = quote_ident
@@ -1423,7 +1261,7 @@ class Database:
         self._no_txn("merge changes")
         if not batch:
             return 0, 0
-        with self._write() as conn, _gc_paused():
+        with self._write() as conn, gc_paused():
             self._refresh()
             return self._merge_setting_aside_locked(conn, batch)
 
@@ -1455,7 +1293,7 @@ class Database:
             How many were applied this time.
         """
         self._no_txn("retry rejected changes")
-        with self._write() as conn, _gc_paused():
+        with self._write() as conn, gc_paused():
             self._refresh()
             batch = rejected.take(conn, table)
             if not batch:
@@ -1527,25 +1365,6 @@ def _decode_key(table: str, blob: bytes) -> tuple[SqlValue, ...]:
     if None in key:
         raise InvalidChangeError(f"table {table!r}: pk {blob.hex()} contains NULL")
     return key
-
-
-_order_key = operator.attrgetter("db_version", "seq")
-
-
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while building many small objects.
-
-    Reading or merging a large batch allocates hundreds of thousands of objects that cannot
-    form cycles; letting the collector scan them repeatedly cost about 20% of the time.
-    """
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 def _read_only_error(exc: BaseException) -> bool:

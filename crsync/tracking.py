@@ -11,11 +11,34 @@ import json
 import sqlite3
 from typing import TYPE_CHECKING
 
-from .schema import quote_ident, validate_table
+import attrs
+
+from .pack import SqlValue
+from .schema import TableInfo, quote_ident, validate_table
 from .triggers import generate, meta_table_name
 
 if TYPE_CHECKING:
     from .database import Database
+
+
+@attrs.define
+class Tracked:
+    """In-memory description of one tracked table (``<table>__crsync`` metadata) and its
+    prepared SQL."""
+
+    info: TableInfo
+    slots: dict[str, int]  # current column -> slot
+    nslots: int
+    npk: int
+    meta: str  # quoted metadata table
+    read_sql: str
+    state_sql: str
+    state_in_sql: str
+    delete_sql: str
+    meta_write_sql: str
+    pk_affinity: tuple[str, ...]
+    defaults: dict[str, SqlValue] | None = None
+    upserts: dict[tuple[str, ...], str] = attrs.Factory(dict)
 
 
 def capture_script(conn: sqlite3.Connection, table: str, *, integer_keys: str | None) -> str:
