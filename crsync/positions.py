@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from . import identity
+from . import identity, merge
 from .change import Change, validate_changes
 
 if TYPE_CHECKING:
@@ -109,7 +109,7 @@ def merge_and_record(
     batch = validate_changes(changes)
     with db._write() as conn:
         db._refresh()
-        wins, rejected = db._merge_setting_aside_locked(conn, batch) if batch else (0, 0)
+        wins, rejected = merge.merge_setting_aside_locked(db, conn, batch) if batch else (0, 0)
         _record(conn, key, PULL, epoch, version)
     return wins, rejected
 
