@@ -147,7 +147,7 @@ def canonical_keys(
 def defaults(db: Database, tr: Tracked) -> dict[str, SqlValue]:
     """The columns' default values (evaluated once per table)."""
     if tr.defaults is None:
-        tr.defaults = {c.name: db._eval_default(c.default) for c in tr.info.columns}
+        tr.defaults = {c.name: eval_default(db, c.default) for c in tr.info.columns}
     return tr.defaults
 
 
@@ -279,3 +279,11 @@ def merge_setting_aside_locked(
 ) -> tuple[int, int]:
     """Inside a write transaction: merge, setting aside the rows that cannot be applied."""
     return rejected.merge_or_set_aside(db, conn, batch, functools.partial(merge_locked, db))
+
+
+def eval_default(db: Database, expr: str | None) -> SqlValue:
+    if expr is None:
+        return None
+    # The expression comes from the app's own schema (sqlite_schema), not from a peer.
+    value: SqlValue = db.conn.execute(f"SELECT {expr}").fetchone()[0]
+    return value
