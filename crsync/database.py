@@ -58,7 +58,7 @@ _METADATA_DDL = [
     "db_version INTEGER NOT NULL, merging INTEGER NOT NULL)",
     "INSERT OR IGNORE INTO crsync_clock VALUES (0, 1, 0)",
     # Earlier crsync versions kept the feed view in the file, where it made ALTER TABLE fail; it is
-    # now a TEMP view of each crsync connection (Database._create_feed_view).
+    # now a TEMP view of each crsync connection (crsync.tracking.create_feed_view).
     "DROP VIEW IF EXISTS main.crdt_changes",
     "CREATE TABLE IF NOT EXISTS crsync_tables (name TEXT PRIMARY KEY, slots TEXT NOT NULL, "
     "pk TEXT NOT NULL, fingerprint TEXT NOT NULL)",

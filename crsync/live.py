@@ -39,18 +39,16 @@ import weakref
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import attrs
 import trio
 
 from . import feed
 from .change import SENTINEL, Change
+from .database import Database, connect
 from .errors import CrsyncError
 from .pack import SqlValue, unpack_pk
-
-if TYPE_CHECKING:
-    from .database import Database
 
 log = logging.getLogger(__name__)
 
@@ -368,8 +366,6 @@ class _Engine:
     def _open(self) -> None:
         if self.db is not None:
             return
-        from .database import connect
-
         db = connect(self.path, check_same_thread=False)
         self.db = db
         self.local_site = db.site_id

@@ -3,11 +3,15 @@
 * The pure core (the change value type, packing, value order, the merge rules, the wire codec)
   does no I/O: it imports no sqlite3, trio, websockets or watchfiles, and only other pure
   modules of the package. ``triggers`` generates SQL text and imports none of them directly.
+* Storage never imports the sync layer when imported (no cycle between ``database`` and
+  ``live``).
 * Only the storage modules touch crsync's metadata: the sync layer (``peer``, ``live``, the
   CLI and the package's ``__init__``) runs no SQL naming a ``crsync_*`` or ``*__crsync`` table,
   does not build metadata table names, and uses no private member of another module's objects
   (``db._write()``, ``db._tracked``...): it goes through the storage API (``crsync.positions``,
   ``crsync.feed``, ``crsync.tracking``) and ``Database``'s public methods.
+* Every module is in the code map, and imports (at run time) only what its "may import"
+  column allows.
 """
 
 from __future__ import annotations
@@ -27,6 +31,17 @@ SQL_TEXT_ONLY = ("triggers",)
 IO_MODULES = {"sqlite3", "trio", "websockets", "watchfiles"}
 
 SYNC_LAYER = ("peer", "live", "cli", "__init__")
+STORAGE = (
+    "database",
+    "tracking",
+    "versions",
+    "feed",
+    "merge",
+    "rejected",
+    "adoption",
+    "identity",
+    "positions",
+)
 # What builds or names crsync's metadata tables: storage modules only.
 METADATA_NAMES = {"meta_table_name", "cell_columns", "META_SUFFIX"}
 
@@ -75,6 +90,92 @@ def test_pure_core_imports_no_io_and_only_pure_modules(module: str) -> None:
 def test_sql_generation_imports_no_io(module: str) -> None:
     outside, _ = _imports(_tree(module))
     assert not outside & IO_MODULES, f"crsync.{module} imports {sorted(outside & IO_MODULES)}"
+
+
+def _module_level_imports(tree: ast.Module) -> set[str]:
+    """crsync modules imported when a module is imported (not inside functions, not only for
+    type checking)."""
+    found: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            if node.module:
+                found.add(node.module.split(".")[0])
+            else:
+                found.update(alias.name for alias in node.names)
+    return found
+
+
+@pytest.mark.parametrize("module", STORAGE)
+def test_storage_never_imports_the_sync_layer_at_import_time(module: str) -> None:
+    """The edge goes one way, live -> database; ``Database.watch`` and friends import
+    ``crsync.live`` when called."""
+    imported = _module_level_imports(_tree(module))
+    assert not imported & set(SYNC_LAYER), f"crsync.{module} imports {imported & set(SYNC_LAYER)}"
+
+
+# What each module may import from the package (docs/code-map.md, "may import").
+_CORE = set(PURE)
+_SCHEMA = {"schema", "triggers", "ids"}
+_LOW = _CORE | _SCHEMA
+_HELPERS = {"_gc", "_sqlite_errors", "_sync_lock", "_trio_util"}
+MAY_IMPORT: dict[str, set[str]] = {
+    "errors": set(),
+    "pack": {"errors"},
+    "values": {"pack"},
+    "change": {"errors", "pack"},
+    "merge_rules": {"change", "pack", "values"},
+    "protocol": {"change", "errors"},
+    "schema": _CORE,
+    "triggers": _CORE | {"schema"},
+    "ids": _CORE | {"schema"},
+    "_gc": set(),
+    "_sqlite_errors": set(),
+    "_sync_lock": set(),
+    "_trio_util": set(),
+    "identity": set(),
+    "rejected": _LOW,
+    "adoption": _LOW,
+    "versions": _LOW,
+    "feed": _LOW | {"_gc", "versions"},
+    "merge": _LOW | {"rejected"},
+    "tracking": _LOW | {"adoption", "merge"},
+    "positions": _LOW | {"identity", "merge"},
+    # live only inside watch(), changes_feed() and on_change()
+    "database": _LOW | set(STORAGE) | {"_gc", "live"},
+    "live": _LOW | {"database", "feed"},
+    "peer": _LOW | {"database", "positions"} | _HELPERS,
+    "cli": _LOW | {"database", "peer", "positions", "tracking", "trigger_sql"} | _HELPERS,
+    "__init__": _LOW | {"database", "peer", "tracking"},
+    "__main__": {"cli"},
+}
+
+
+def test_every_module_is_in_the_code_map() -> None:
+    modules = {p.stem for p in PACKAGE.glob("*.py")}
+    assert modules == set(MAY_IMPORT)
+    text = (PACKAGE.parent / "docs" / "code-map.md").read_text(encoding="utf-8")
+    assert [m for m in sorted(modules) if f"`{m}`" not in text] == []
+
+
+def _without_type_checking(tree: ast.Module) -> ast.Module:
+    """The module without its ``if TYPE_CHECKING:`` blocks (imports for annotations only)."""
+    body = [
+        node
+        for node in tree.body
+        if not (
+            isinstance(node, ast.If)
+            and isinstance(node.test, ast.Name)
+            and node.test.id == "TYPE_CHECKING"
+        )
+    ]
+    return ast.Module(body=body, type_ignores=[])
+
+
+@pytest.mark.parametrize("module", sorted(MAY_IMPORT))
+def test_modules_import_only_what_the_code_map_allows(module: str) -> None:
+    """Imports made at run time (annotations may name any module)."""
+    _, inside = _imports(_without_type_checking(_tree(module)))
+    assert inside - {module} <= MAY_IMPORT[module], sorted(inside - MAY_IMPORT[module])
 
 
 def _strings(tree: ast.Module) -> list[tuple[int, str]]:
