@@ -368,18 +368,28 @@ def track(db: Database, table: str, *, integer_keys: str | None = None) -> None:
     apply_pending(db, info.name)
 
 
+def _drop_triggers(conn: sqlite3.Connection, table: str) -> str:
+    """Drop the capture triggers of the tracked ``table``; return its name as tracked.
+
+    Raises:
+        NotTrackedError: the table is not tracked.
+    """
+    row = conn.execute(
+        "SELECT name FROM crsync_tables WHERE name = ? COLLATE NOCASE", (table,)
+    ).fetchone()
+    if row is None:
+        raise NotTrackedError(f"table {table!r} is not tracked")
+    name: str = row[0]
+    for n in trigger_names(name):
+        conn.execute(f"DROP TRIGGER IF EXISTS {quote_ident(n)}")
+    return name
+
+
 def untrack(db: Database, table: str) -> None:
     """The body of :meth:`Database.untrack`."""
     db._no_txn("untrack a table")
     with db._write() as conn:
-        row = conn.execute(
-            "SELECT name FROM crsync_tables WHERE name = ? COLLATE NOCASE", (table,)
-        ).fetchone()
-        if row is None:
-            raise NotTrackedError(f"table {table!r} is not tracked")
-        name = row[0]
-        for n in trigger_names(name):
-            conn.execute(f"DROP TRIGGER IF EXISTS {quote_ident(n)}")
+        name = _drop_triggers(conn, table)
         conn.execute(f"DROP TABLE IF EXISTS {quote_ident(meta_table_name(name))}")
         conn.execute("DELETE FROM crsync_tables WHERE name = ?", (name,))
         create_feed_view(db, conn)
@@ -391,20 +401,14 @@ def migrate(db: Database, table: str) -> Iterator[sqlite3.Connection]:
     """The body of :meth:`Database.migrate`."""
     db._no_txn("migrate a table")
     with db._write() as conn:
-        row = conn.execute(
-            "SELECT name FROM crsync_tables WHERE name = ? COLLATE NOCASE", (table,)
-        ).fetchone()
-        if row is None:
-            raise NotTrackedError(f"table {table!r} is not tracked")
-        for n in trigger_names(row[0]):
-            conn.execute(f"DROP TRIGGER IF EXISTS {quote_ident(n)}")
-        conn.execute("UPDATE crsync_tables SET fingerprint = '' WHERE name = ?", (row[0],))
+        name = _drop_triggers(conn, table)
+        conn.execute("UPDATE crsync_tables SET fingerprint = '' WHERE name = ?", (name,))
         yield conn
-        info = validate_table(conn, row[0])
+        info = validate_table(conn, name)
         adopt_locked(db, conn, info, adoption.MIGRATE)
         create_feed_view(db, conn)
     db._schema_version = -1
-    apply_pending(db, row[0])
+    apply_pending(db, name)
 
 
 def backfill(
