@@ -8,6 +8,13 @@ or below the sealed one and every later transaction a higher one: all changes of
 share one db_version, and a reader that asks for ``changes(since=V)`` after reading ``V`` sees
 every later write. No commit hook and no function registered on the writing connection is
 needed, so writes from any connection or process are captured.
+
+``Database`` is the public facade of the device storage. It owns the connection, transactions,
+the metadata tables' DDL, site ids and the registry of tracked tables; the work is in modules
+named for what they hold: :mod:`crsync.tracking` (track, untrack, migrate, re-adoption),
+:mod:`crsync.versions` (sealing), :mod:`crsync.feed` (the change feed),
+:mod:`crsync.merge` (the storage side of the merge), :mod:`crsync.rejected` (set-aside
+changes) and :mod:`crsync.positions` (peer positions). See docs/code-map.md.
 """
 
 from __future__ import annotations
