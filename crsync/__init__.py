@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 
+from . import tracking
 from .change import SENTINEL, Change
 from .database import Database, connect
 from .errors import (
@@ -32,8 +33,6 @@ from .errors import (
 from .ids import new_id, rekey
 from .pack import pack_pk, unpack_pk
 from .schema import schema_fingerprint as _schema_fingerprint
-from .schema import validate_table
-from .triggers import generate
 
 __version__ = "0.1.0"
 
@@ -48,23 +47,7 @@ def trigger_sql(conn: sqlite3.Connection, table: str, *, integer_keys: str | Non
     Raises:
         SchemaError: the table cannot be replicated as declared.
     """
-    row = None
-    try:
-        row = conn.execute("SELECT slots FROM crsync_tables WHERE name = ?", (table,)).fetchone()
-    except sqlite3.OperationalError:
-        row = None  # crsync never touched this database
-    info = validate_table(conn, table, integer_keys=integer_keys)
-    if row is None:
-        names = list(info.column_names)
-        existing = 0
-    else:
-        import json
-
-        names = json.loads(row[0])
-        existing = len(names)
-        names += [c for c in info.column_names if c not in names]
-    slots = {c: names.index(c) for c in info.column_names}
-    return generate(info, slots, len(names), existing).script()
+    return tracking.capture_script(conn, table, integer_keys=integer_keys)
 
 
 def __getattr__(name: str) -> object:

@@ -9,13 +9,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
 import click
 import trio
 
+from . import positions, tracking
 from .database import Database, connect
 from .errors import CrsyncError
 from .schema import quote_ident
-from .triggers import meta_table_name
 
 
 class _Fail(click.ClickException):
@@ -168,19 +169,12 @@ def _status(d: Database) -> dict[str, Any]:
     fps = d.schema_fingerprints()
     for name in d.tracked_tables():
         rows = conn.execute(f"SELECT count(*) FROM {quote_ident(name)}").fetchone()[0]
-        meta = quote_ident(meta_table_name(name))
-        tombstones = conn.execute(f"SELECT count(*) FROM {meta} WHERE cl % 2 = 0").fetchone()[0]
+        tombstones = tracking.tombstone_count(d, name)
         tables.append(
             {"table": name, "rows": rows, "tombstones": tombstones, "fingerprint": fps[name]}
         )
     version = d.db_version
-    peers = []
-    for peer, event, epoch, pos, updated in conn.execute(
-        "SELECT peer, event, epoch, version, updated_at FROM crsync_peers ORDER BY peer, event"
-    ):
-        peers.append(
-            {"peer": peer, "event": event, "epoch": epoch, "version": pos, "updated_at": updated}
-        )
+    peers = [attrs.asdict(pos) for pos in positions.listed(d)]
     pushed = {p["peer"]: p["version"] for p in peers if p["event"] == "push"}
     unacked = {
         peer: sum(1 for c in d.changes(since=v) if c.site_id == d.site_id)
@@ -188,13 +182,7 @@ def _status(d: Database) -> dict[str, Any]:
     }
     if not pushed:
         unacked = {"(never synced)": sum(1 for c in d.changes() if c.site_id == d.site_id)}
-    meta_bytes = None
-    try:
-        meta_bytes = conn.execute(
-            "SELECT sum(pgsize) FROM dbstat WHERE name LIKE '%__crsync%' OR name LIKE 'crsync_%'"
-        ).fetchone()[0]
-    except sqlite3.Error:
-        meta_bytes = None
+    meta_bytes = tracking.metadata_bytes(d)
     return {
         "site_id": d.site_id.hex(),
         "db_version": version,

@@ -8,55 +8,46 @@ or below the sealed one and every later transaction a higher one: all changes of
 share one db_version, and a reader that asks for ``changes(since=V)`` after reading ``V`` sees
 every later write. No commit hook and no function registered on the writing connection is
 needed, so writes from any connection or process are captured.
+
+``Database`` is the public facade of the device storage. It owns the connection, transactions,
+the metadata tables' DDL, site ids and the registry of tracked tables; the work is in modules
+named for what they hold: :mod:`crsync.tracking` (track, untrack, migrate, re-adoption),
+:mod:`crsync.versions` (sealing), :mod:`crsync.feed` (the change feed),
+:mod:`crsync.merge` (the storage side of the merge), :mod:`crsync.rejected` (set-aside
+changes) and :mod:`crsync.positions` (peer positions). See docs/code-map.md.
 """
 
 from __future__ import annotations
 
 import contextlib
-import gc
-import json
 import logging
-import operator
 import os
 import sqlite3
 import uuid
-import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import attrs
-
-from . import adoption, identity, rejected
-from .change import SENTINEL, Change, validate_changes
+from . import adoption, feed, identity, merge, positions, rejected, tracking, versions
+from ._gc import gc_paused
+from .change import Change, validate_changes
 from .errors import (
     CrsyncError,
-    InvalidChangeError,
-    NotTrackedError,
-    PackError,
     ReadOnlyError,
     SchemaError,
 )
-from .merge_rules import MERGE_VERSION, Clock, RowState, apply_change
-from .pack import SqlValue, pack_pk, unpack_pk
+from .pack import SqlValue, pack_pk
 from .schema import (
-    TableInfo,
-    affinity,
     fingerprint_of,
     is_rowid_alias,
     quote_ident,
-    record_integer_keys,
-    table_info,
     validate_table,
 )
+from .tracking import Tracked
 from .triggers import (
-    SEQ_STEP,
     cell_columns,
     generate,
     meta_table_name,
-    seq_offset,
-    seq_units,
-    trigger_names,
 )
 
 if TYPE_CHECKING:
@@ -74,7 +65,7 @@ _METADATA_DDL = [
     "db_version INTEGER NOT NULL, merging INTEGER NOT NULL)",
     "INSERT OR IGNORE INTO crsync_clock VALUES (0, 1, 0)",
     # Earlier crsync versions kept the feed view in the file, where it made ALTER TABLE fail; it is
-    # now a TEMP view of each crsync connection (Database._create_feed_view).
+    # now a TEMP view of each crsync connection (crsync.tracking.create_feed_view).
     "DROP VIEW IF EXISTS main.crdt_changes",
     "CREATE TABLE IF NOT EXISTS crsync_tables (name TEXT PRIMARY KEY, slots TEXT NOT NULL, "
     "pk TEXT NOT NULL, fingerprint TEXT NOT NULL)",
@@ -86,41 +77,9 @@ _METADATA_DDL = [
     "PRIMARY KEY (tbl, pk, cid, site_id, col_version, cl)) WITHOUT ROWID",
     # Changes from other devices this database cannot apply (see crsync.rejected).
     rejected.DDL,
-    # Peer tracking: acknowledged positions per peer and direction (see crsync.tracking).
-    "CREATE TABLE IF NOT EXISTS crsync_peers (peer TEXT NOT NULL, event TEXT NOT NULL, "
-    "epoch TEXT NOT NULL DEFAULT '', version INTEGER NOT NULL, "
-    "updated_at REAL, PRIMARY KEY (peer, event))",
+    # Peer tracking: acknowledged positions per peer and direction (see crsync.positions).
+    positions.DDL,
 ]
-
-
-@attrs.define
-class _Tracked:
-    """In-memory description of one tracked table and its prepared SQL."""
-
-    info: TableInfo
-    slots: dict[str, int]  # current column -> slot
-    nslots: int
-    npk: int
-    meta: str  # quoted metadata table
-    read_sql: str
-    state_sql: str
-    state_in_sql: str
-    delete_sql: str
-    meta_write_sql: str
-    pk_affinity: tuple[str, ...]
-    defaults: dict[str, SqlValue] | None = None
-    upserts: dict[tuple[str, ...], str] = attrs.Factory(dict)
-
-
-def _natural(aff: str, v: SqlValue) -> bool:
-    """True if SQLite's affinity ``aff`` stores ``v`` unchanged."""
-    if v is None or isinstance(v, bytes) or aff == "BLOB":
-        return True
-    if aff in ("INTEGER", "NUMERIC"):
-        return isinstance(v, int)
-    if aff == "REAL":
-        return isinstance(v, float)
-    return isinstance(v, str)
 
 
 class Database:
@@ -134,7 +93,7 @@ class Database:
         """Wrap a connection (see :func:`crsync.connect`), creating the metadata on first use."""
         self.conn = conn
         self._owns = owns_connection
-        self._tracked: dict[str, _Tracked] = {}
+        self._tracked: dict[str, Tracked] = {}
         self._schema_version = -1
         self._site_ord: dict[bytes, int] = {}
         self._site_blob: dict[int, bytes] = {}
@@ -142,10 +101,10 @@ class Database:
         self._cell_sql: dict[tuple[str, str], str] = {}  # crdt_changes value lookups
         conn.create_function("crsync_pack_pk", -1, _sql_pack_pk, deterministic=True)
         self.read_only = False
-        self._seq_clean: tuple[int, int] | None = None  # see _renumber_repeated_seqs
+        self._seq_clean: tuple[int, int] | None = None  # see versions.renumber_repeated_seqs
         if self._open_read_only():  # nothing below may write
             with contextlib.suppress(sqlite3.Error):
-                self._create_feed_view(conn)  # TEMP: allowed unless query_only forbids it
+                tracking.create_feed_view(self, conn)  # TEMP: allowed unless query_only forbids it
             return
         with self._write():
             for stmt in _METADATA_DDL:
@@ -167,7 +126,7 @@ class Database:
                     (uuid.uuid4().bytes,),
                 )
         self._local_site: bytes = self.site_id
-        self._create_feed_view(conn)
+        tracking.create_feed_view(self, conn)
         self._check_file_identity()
 
     def _check_file_identity(self) -> None:
@@ -305,7 +264,7 @@ class Database:
         if sv != self._schema_version:
             findings = adoption.inspect(conn)
             if any(f.kind in (adoption.ALTERED, adoption.REBUILT) for f in findings):
-                broken = self._readopt()
+                broken = tracking.readopt(self)
                 sv = conn.execute("PRAGMA schema_version").fetchone()[0]
             else:
                 broken = {
@@ -313,203 +272,12 @@ class Database:
                     for f in findings
                     if f.kind in (adoption.RENAMED, adoption.DROPPED)
                 }
-            self._load_registry()
-            self._create_feed_view(conn)
+            tracking.load_registry(self)
+            tracking.create_feed_view(self, conn)
             self._broken = broken
             self._schema_version = sv
         if self._broken:
             raise next(iter(self._broken.values()))
-
-    def _load_registry(self) -> None:
-        tracked: dict[str, _Tracked] = {}
-        for name, slots_json in self.conn.execute(
-            "SELECT name, slots FROM crsync_tables"
-        ).fetchall():
-            slot_names: list[str] = json.loads(slots_json)
-            try:
-                info = table_info(self.conn, name)
-            except SchemaError:
-                continue  # dropped or renamed: reported by _refresh
-            tracked[name] = self._prepare(info, slot_names)
-        self._tracked = tracked
-
-    def _readopt(self) -> dict[str, SchemaError]:
-        """Re-adopt tracked tables whose capture triggers are gone or whose shape changed,
-        and merge the changes kept aside for columns they gained.
-
-        Runs in a write transaction of its own, or in a savepoint of the caller's (a merge).
-        Returns the errors of the tables that cannot be re-adopted.
-        """
-        conn = self.conn
-        outer = conn.in_transaction
-        readopted: list[str] = []
-        broken: dict[str, SchemaError] = {}
-        try:
-            conn.execute("SAVEPOINT crsync_readopt" if outer else "BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise CrsyncError(f"cannot start a write transaction: {exc}") from exc
-        try:
-            for f in adoption.inspect(conn):  # again, now that this connection may write
-                if f.kind in (adoption.RENAMED, adoption.DROPPED):
-                    broken[f.name] = f.error()
-                    continue
-                if f.kind == adoption.OK:
-                    continue
-                conn.execute("SAVEPOINT crsync_readopt_one")
-                try:
-                    info = validate_table(conn, f.name)
-                    done = self._adopt_locked(conn, info, f.kind)
-                except SchemaError as exc:
-                    conn.execute("ROLLBACK TO crsync_readopt_one")
-                    broken[f.name] = SchemaError(
-                        f.name,
-                        f"was changed outside db.migrate() and cannot be re-adopted, so its "
-                        f"writes are not captured: {exc.problem}. Undo the change, or stop "
-                        f"replicating it with db.untrack({f.name!r})",
-                    )
-                    log.error("crsync.table.broken table=%s reason=%s", f.name, exc.problem)
-                else:
-                    readopted.append(f.name)
-                    log.warning(
-                        "crsync.table.readopted table=%s how=%s deleted=%d recreated=%d "
-                        "restamped=%d new=%d",
-                        f.name,
-                        f.kind,
-                        *(
-                            (done.deleted, done.recreated, done.restamped, done.new)
-                            if done
-                            else (0, 0, 0, 0)
-                        ),
-                    )
-                conn.execute("RELEASE crsync_readopt_one")
-            if readopted:
-                self._load_registry()
-                for name in readopted:
-                    self._merge_pending_locked(conn, name)
-        except BaseException as exc:
-            if outer:
-                conn.execute("ROLLBACK TO crsync_readopt")
-                conn.execute("RELEASE crsync_readopt")
-            elif conn.in_transaction:
-                conn.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.Error):
-                raise CrsyncError(f"SQLite error while re-adopting tables: {exc}") from exc
-            raise
-        conn.execute("RELEASE crsync_readopt" if outer else "COMMIT")
-        return broken
-
-    def _merge_pending_locked(self, conn: sqlite3.Connection, table: str) -> int:
-        """Merge the changes kept aside for a table, inside the caller's write transaction
-        (those that still do not fit are kept aside again)."""
-        rows = conn.execute(
-            "SELECT tbl, pk, cid, val, col_version, db_version, site_id, cl, seq "
-            "FROM crsync_pending WHERE tbl = ?",
-            (table,),
-        ).fetchall()
-        if not rows:
-            return 0
-        conn.execute("DELETE FROM crsync_pending WHERE tbl = ?", (table,))
-        batch = self._applicable(table, validate_changes(rows))
-        # Rows that still cannot be applied here (a constraint of this schema) are set aside
-        # with their reason: they must never make track() or migrate() fail.
-        n, rejected_n = self._merge_setting_aside_locked(conn, batch)
-        log.info(
-            "crsync.pending.applied table=%s changes=%d won=%d set_aside=%d",
-            table,
-            len(rows),
-            n,
-            rejected_n,
-        )
-        return n
-
-    def _adopt_locked(
-        self, conn: sqlite3.Connection, info: TableInfo, how: str
-    ) -> adoption.Reconciled | None:
-        """(Re)install the capture of an already tracked table and bring its metadata up to
-        date with its rows, inside the caller's write transaction.
-
-        ``how``: ``adoption.ALTERED`` (the triggers stayed in place: only cells of new columns
-        need clocks), ``adoption.REBUILT`` (the triggers were gone: rows are reconciled and
-        every live cell re-stamped, see :func:`crsync.adoption.reconcile`) or ``adoption.MIGRATE``
-        (crsync removed the triggers itself: rows gone become deletes, rows back are
-        re-created, clocks of the others are kept).
-
-        Raises:
-            SchemaError: the primary key changed.
-        """
-        slot_names, existing = self._slots_for(info)
-        slots = self._slot_map(info, slot_names)
-        nslots = len(slot_names)
-        cap = generate(info, slots, nslots, existing)
-        add = adoption.missing_slot_columns(conn, info.name, nslots)
-        for stmt in cap.meta_table + add + cap.drop_triggers + cap.create_triggers:
-            conn.execute(stmt)
-        done = None
-        if how != adoption.REBUILT:
-            self._backfill(info, slots, nslots, new_from=existing)
-        if how != adoption.ALTERED:
-            metas = [
-                meta_table_name(n)
-                for (n,) in conn.execute(
-                    "SELECT name FROM crsync_tables WHERE name || '__crsync' IN "
-                    "(SELECT name FROM sqlite_schema WHERE type = 'table')"
-                )
-            ]
-            version = adoption.fresh_version(conn, metas)
-            defaults = {c.name: self._eval_default(c.default) for c in info.columns}
-            done, _ = adoption.reconcile(
-                conn, info, slots, nslots, defaults, version, 0, restamp=how == adoption.REBUILT
-            )
-            if done.total:
-                adoption.seal_after(conn, version)
-        conn.execute(
-            "UPDATE crsync_tables SET slots = ?, fingerprint = ? WHERE name = ?",
-            (json.dumps(slot_names), fingerprint_of(info), info.name),
-        )
-        return done
-
-    def _prepare(self, info: TableInfo, slot_names: list[str]) -> _Tracked:
-        q = quote_ident
-        slots = {c.name: slot_names.index(c.name) for c in info.columns if c.name in slot_names}
-        npk = len(info.pk)
-        m = q(meta_table_name(info.name))
-        t = q(info.name)
-        cur = [(c.name, slots[c.name]) for c in info.columns if c.name in slots]
-        cell_sel = ", ".join(f"m.{c}" for _, i in cur for c in cell_columns(i))
-        val_sel = ", ".join(f"b.{q(n)}" for n, _ in cur)
-        pcols = [f"p{j}" for j in range(npk)]
-        join = " AND ".join(f"b.{q(c.name)} = m.p{j}" for j, c in enumerate(info.pk))
-        head = ", ".join([*(f"m.{p}" for p in pcols), "m.cl", "m.sd", "m.ss", "m.sq", "m.dbv"])
-        sel = ", ".join(x for x in (head, cell_sel, val_sel, f"b.{q(info.pk[0].name)}") if x)
-        read_sql = (
-            f"SELECT {sel} FROM {m} AS m LEFT JOIN {t} AS b ON {join} "
-            "WHERE m.dbv > ? AND m.dbv <= ?"
-        )
-        key_match = " AND ".join(f"m.p{j} = ?" for j in range(npk))
-        state_sql = f"SELECT {sel} FROM {m} AS m LEFT JOIN {t} AS b ON {join} WHERE {key_match}"
-        state_in_sql = (
-            f"SELECT {sel} FROM {m} AS m LEFT JOIN {t} AS b ON {join} WHERE m.p0 IN ({{}})"
-        )
-        delete_sql = f"DELETE FROM {t} WHERE " + " AND ".join(f"{q(c.name)} = ?" for c in info.pk)
-        all_cells = [c for i in range(len(slot_names)) for c in cell_columns(i)]
-        mcols = [*pcols, "cl", "sd", "ss", "sq", "dbv", *all_cells]
-        meta_write_sql = (
-            f"INSERT OR REPLACE INTO {m} ({', '.join(mcols)}) "
-            f"VALUES ({', '.join('?' * len(mcols))})"
-        )
-        return _Tracked(
-            info=info,
-            slots=slots,
-            nslots=len(slot_names),
-            npk=npk,
-            meta=m,
-            read_sql=read_sql,
-            state_sql=state_sql,
-            state_in_sql=state_in_sql,
-            delete_sql=delete_sql,
-            meta_write_sql=meta_write_sql,
-            pk_affinity=tuple(affinity(c.decltype) for c in info.pk),
-        )
 
     def _site_ordinal(self, site: bytes) -> int:
         o = self._site_ord.get(site)
@@ -558,30 +326,10 @@ class Database:
     def capture_sql(self, table: str, *, integer_keys: str | None = None) -> str:
         """The SQL :meth:`track` would install for a table (executes nothing)."""
         info = validate_table(self.conn, table, integer_keys=integer_keys)
-        slot_names, existing = self._slots_for(info)
-        return generate(info, self._slot_map(info, slot_names), len(slot_names), existing).script()
-
-    def _slots_for(self, info: TableInfo) -> tuple[list[str], int]:
-        row = self.conn.execute(
-            "SELECT slots, pk FROM crsync_tables WHERE name = ?", (info.name,)
-        ).fetchone()
-        if row is None:
-            return list(info.column_names), 0
-        slot_names: list[str] = json.loads(row[0])
-        old_pk = json.loads(row[1])
-        if list(info.pk_names) != old_pk:
-            raise SchemaError(
-                info.name,
-                f"primary key changed from {old_pk} to {list(info.pk_names)}; every row "
-                "identity changed, so untrack the table and track it again",
-            )
-        existing = len(slot_names)
-        slot_names += [c for c in info.column_names if c not in slot_names]
-        return slot_names, existing
-
-    @staticmethod
-    def _slot_map(info: TableInfo, slot_names: list[str]) -> dict[str, int]:
-        return {c: slot_names.index(c) for c in info.column_names}
+        slot_names, existing = tracking.slots_for(self, info)
+        return generate(
+            info, tracking.slot_map(info, slot_names), len(slot_names), existing
+        ).script()
 
     def track(self, table: str, *, integer_keys: str | None = None) -> None:
         """Make a table replicated: validate it, install capture triggers, record existing rows.
@@ -600,51 +348,7 @@ class Database:
             SchemaError: the table cannot converge as declared (the message lists every
                 problem; ``.problems`` has them one by one).
         """
-        self._no_txn("track a table")
-        with self._write() as conn:
-            info = validate_table(conn, table, integer_keys=integer_keys)
-            record_integer_keys(conn, info.name, integer_keys)
-            fp = fingerprint_of(info)
-            row = conn.execute(
-                "SELECT fingerprint FROM crsync_tables WHERE name = ?", (info.name,)
-            ).fetchone()
-            have = {
-                r[0]
-                for r in conn.execute(
-                    "SELECT name FROM sqlite_schema WHERE type = 'trigger' AND tbl_name = ?",
-                    (info.name,),
-                )
-            }
-            up_to_date = (
-                row is not None and row[0] == fp and adoption.expected_triggers(info) <= have
-            )
-            if not up_to_date and row is not None:
-                # Tracked already: altered (ADD COLUMN) or rebuilt (triggers gone) outside
-                # db.migrate(); re-adopt it as _refresh would.
-                rebuilt = adoption.triggers_gone(info.name, have)
-                self._adopt_locked(conn, info, adoption.REBUILT if rebuilt else adoption.ALTERED)
-                self._create_feed_view(conn)
-                log.info("crsync.track.readopt table=%s rebuilt=%s", info.name, rebuilt)
-            elif not up_to_date:
-                slot_names, existing = self._slots_for(info)
-                slots = self._slot_map(info, slot_names)
-                cap = generate(info, slots, len(slot_names), existing)
-                stmts = cap.meta_table + cap.add_slots + cap.drop_triggers + cap.create_triggers
-                for stmt in stmts:
-                    conn.execute(stmt)
-                self._backfill(info, slots, len(slot_names), new_from=None)
-                conn.execute(
-                    "INSERT OR REPLACE INTO crsync_tables (name, slots, pk, fingerprint) "
-                    "VALUES (?, ?, ?, ?)",
-                    (info.name, json.dumps(slot_names), json.dumps(list(info.pk_names)), fp),
-                )
-                self._create_feed_view(conn)
-                log.info("crsync.track table=%s columns=%d", info.name, len(slots))
-        if not up_to_date:
-            self._schema_version = -1
-        # Also when nothing changed: kept-aside changes may have become applicable (for
-        # instance when a previous run stopped between a migration and applying them).
-        self._apply_pending(info.name)
+        tracking.track(self, table, integer_keys=integer_keys)
 
     def untrack(self, table: str) -> None:
         """Stop replicating a table: drop its triggers and metadata (the table is untouched).
@@ -652,20 +356,7 @@ class Database:
         Raises:
             NotTrackedError: the table is not tracked.
         """
-        self._no_txn("untrack a table")
-        with self._write() as conn:
-            row = conn.execute(
-                "SELECT name FROM crsync_tables WHERE name = ? COLLATE NOCASE", (table,)
-            ).fetchone()
-            if row is None:
-                raise NotTrackedError(f"table {table!r} is not tracked")
-            name = row[0]
-            for n in trigger_names(name):
-                conn.execute(f"DROP TRIGGER IF EXISTS {quote_ident(n)}")
-            conn.execute(f"DROP TABLE IF EXISTS {quote_ident(meta_table_name(name))}")
-            conn.execute("DELETE FROM crsync_tables WHERE name = ?", (name,))
-            self._create_feed_view(conn)
-        self._schema_version = -1
+        tracking.untrack(self, table)
 
     @contextlib.contextmanager
     def migrate(self, table: str) -> Iterator[sqlite3.Connection]:
@@ -683,139 +374,8 @@ class Database:
             with db.migrate("todos") as conn:
                 conn.execute("ALTER TABLE todos ADD COLUMN due TEXT")
         """
-        self._no_txn("migrate a table")
-        with self._write() as conn:
-            row = conn.execute(
-                "SELECT name FROM crsync_tables WHERE name = ? COLLATE NOCASE", (table,)
-            ).fetchone()
-            if row is None:
-                raise NotTrackedError(f"table {table!r} is not tracked")
-            for n in trigger_names(row[0]):
-                conn.execute(f"DROP TRIGGER IF EXISTS {quote_ident(n)}")
-            conn.execute("UPDATE crsync_tables SET fingerprint = '' WHERE name = ?", (row[0],))
+        with tracking.migrate(self, table) as conn:
             yield conn
-            info = validate_table(conn, row[0])
-            self._adopt_locked(conn, info, adoption.MIGRATE)
-            self._create_feed_view(conn)
-        self._schema_version = -1
-        self._apply_pending(row[0])
-
-    def _backfill(
-        self, info: TableInfo, slots: dict[str, int], nslots: int, new_from: int | None
-    ) -> None:
-        """Give clocks to rows that have none (existing data, or rows written untracked).
-
-        Seqs follow the triggers' numbering (crsync.triggers): the ``n``-th row written by one
-        statement gets base ``(total_changes() + n * units) * SEQ_STEP``; the statement adds
-        ``n + 1`` to total_changes() and, for a table wider than one step, ``units - 1``
-        updates of the same rows add the rest, so later writes on this connection get more.
-        """
-        q = quote_ident
-        conn = self.conn
-        m = q(meta_table_name(info.name))
-        t = q(info.name)
-        v = conn.execute("SELECT db_version FROM crsync_clock").fetchone()[0]
-        npk = len(info.pk)
-        pk_only = not info.columns
-        cols = [f"p{j}" for j in range(npk)] + ["cl", "sd", "ss", "sq", "dbv"]
-        units = seq_units(len(info.columns))
-        base = f"(total_changes() + (b.crsync_rn - 1) * {units}) * {SEQ_STEP}"
-        vals = [f"b.k{j}" for j in range(npk)] + ["1"]
-        vals += [str(v), "0", base] if pk_only else ["NULL", "NULL", "NULL"]
-        vals.append(str(v))
-        for j, c in enumerate(info.columns):
-            cols += list(cell_columns(slots[c.name]))
-            vals += ["1", str(v), "0", f"{base} + {seq_offset(j)}"]
-        keys = ", ".join(f"b.{q(c.name)} AS k{j}" for j, c in enumerate(info.pk))
-        missing = " AND ".join(f"x.p{j} = +b.{q(c.name)}" for j, c in enumerate(info.pk))
-        conn.execute(
-            f"INSERT INTO {m} ({', '.join(cols)}) SELECT {', '.join(vals)} FROM "
-            f"(SELECT {keys}, row_number() OVER () AS crsync_rn FROM {t} AS b "
-            f"WHERE NOT EXISTS (SELECT 1 FROM {m} AS x WHERE {missing})) AS b"
-        )
-        pad_rows = f"UPDATE {m} SET dbv = dbv WHERE dbv = ?"  # counted by total_changes()
-        for _ in range(units - 1):
-            conn.execute(pad_rows, (v,))
-        # Cells of columns added since the last track: a value other than the column default
-        # was written while no trigger watched the column; give it a clock.
-        if new_from is not None:
-            join = " AND ".join(f"b.{q(c.name)} = m.p{j}" for j, c in enumerate(info.pk))
-            mkeys = ", ".join(f"p{j}" for j in range(npk))
-            for j, c in enumerate(info.columns):
-                i = slots[c.name]
-                if i < new_from:
-                    continue
-                dflt = self._eval_default(c.default)
-                vv, dd, ss, qq = cell_columns(i)
-                conn.execute(
-                    f"UPDATE {m} AS m SET {vv} = 1, {dd} = ?1, {ss} = 0, "
-                    f"{qq} = (total_changes() + (r.crsync_rn - 1) * {units}) * {SEQ_STEP} + "
-                    f"{seq_offset(j)}, dbv = ?1 FROM (SELECT {mkeys}, row_number() OVER () "
-                    f"AS crsync_rn FROM {m} AS m WHERE {vv} IS NULL AND cl % 2 = 1 AND "
-                    f"EXISTS (SELECT 1 FROM {t} AS b WHERE {join} AND b.{q(c.name)} IS NOT ?2)"
-                    f") AS r WHERE " + " AND ".join(f"m.p{k} = r.p{k}" for k in range(npk)),
-                    (v, dflt),
-                )
-                for _ in range(units - 1):
-                    conn.execute(pad_rows, (v,))
-
-    @staticmethod
-    def _local_records(tr: _Tracked) -> list[tuple[str, str]]:
-        """(seq column, WHERE clause) of the local records at version ?1 of a table: its
-        row-existence records, then each current column's cells."""
-        out = [("sq", "dbv = ?1 AND sd = ?1 AND ss = 0")]
-        for slot in sorted(tr.slots.values()):
-            _v, d, site, q = cell_columns(slot)
-            out.append((q, f"dbv = ?1 AND {d} = ?1 AND {site} = 0"))
-        return out
-
-    def _renumber_repeated_seqs(self, version: int) -> bool:
-        """Inside the sealing transaction: if two local records of ``version`` share a seq
-        (written by different connections, see crsync.triggers), renumber all local records
-        of the version 0, 1, 2, ... in (seq, table, record kind, key) order: strictly
-        monotone in seq, so every transaction keeps its own order. Returns whether it did.
-        """
-        conn = self.conn
-        # Skipped when provably unneeded: this connection opened the version (its previous
-        # seal) and no other connection has committed since (PRAGMA data_version is
-        # unchanged), so every local record of the version has this connection's seqs.
-        dv = conn.execute("PRAGMA data_version").fetchone()[0]
-        clean = self._seq_clean == (version, dv)
-        self._seq_clean = (version + 1, dv)  # the next version opens now, empty
-        if clean:
-            return False
-        targets = [
-            (tr, col, where)
-            for name in sorted(self._tracked)
-            for tr in (self._tracked[name],)
-            for col, where in self._local_records(tr)
-        ]
-        if not targets:
-            return False
-        union = " UNION ALL ".join(
-            f"SELECT {col} AS s FROM {tr.meta} WHERE {where}" for tr, col, where in targets
-        )
-        dup = conn.execute(
-            f"SELECT 1 FROM ({union}) GROUP BY s HAVING count(*) > 1 LIMIT 1", (version,)
-        ).fetchone()
-        if dup is None:
-            return False
-        records: list[tuple[int, int, int, tuple[Any, ...]]] = []
-        for t_index, (tr, col, where) in enumerate(targets):
-            pks = ", ".join(f"p{j}" for j in range(tr.npk))
-            sql = f"SELECT {col}, {pks} FROM {tr.meta} WHERE {where} ORDER BY {pks}"
-            for n, row in enumerate(conn.execute(sql, (version,))):
-                records.append((row[0], t_index, n, tuple(row[1:])))
-        records.sort(key=lambda r: r[:3])
-        updates: dict[int, list[tuple[Any, ...]]] = {}
-        for new_seq, (_seq, t_index, _n, key) in enumerate(records):
-            updates.setdefault(t_index, []).append((new_seq, *key))
-        for t_index, rows in updates.items():
-            tr, col, _where = targets[t_index]
-            match = " AND ".join(f"p{j} = ?" for j in range(tr.npk))
-            conn.executemany(f"UPDATE {tr.meta} SET {col} = ? WHERE {match}", rows)
-        log.info("crsync.seq.renumbered version=%d records=%d", version, len(records))
-        return True
 
     def _open_version_mark(self, has_meta: bool) -> tuple[int, int] | None:
         """(open version, PRAGMA data_version) if the open version holds no records yet (see
@@ -891,87 +451,6 @@ class Database:
         self._local_site = self.site_id
         return True
 
-    def _eval_default(self, expr: str | None) -> SqlValue:
-        if expr is None:
-            return None
-        # The expression comes from the app's own schema (sqlite_schema), not from a peer.
-        value: SqlValue = self.conn.execute(f"SELECT {expr}").fetchone()[0]
-        return value
-
-    def _create_feed_view(self, conn: sqlite3.Connection) -> None:
-        """(Re)create ``crdt_changes``: the change feed, queryable in SQL on this connection.
-
-        A TEMP view of crsync's connection that reads only crsync's own tables. A view naming
-        the app's tables, even a TEMP one, makes SQLite refuse the app's ALTER TABLE on this
-        connection (RENAME and DROP COLUMN check every view), and a view kept in the file makes
-        every tool's migration fail. Cell values come from ``crsync_cell(table, column,
-        pk...)``, ``pk`` from ``crsync_pack_pk``: both are registered on crsync's connections.
-        """
-        self._cell_sql.clear()
-        conn.create_function("crsync_cell", -1, _cell_reader(self))
-        with contextlib.suppress(sqlite3.Error):
-            conn.execute("DROP VIEW IF EXISTS temp.crdt_changes")
-        q = quote_ident
-        tables = {n for (n,) in conn.execute("SELECT name FROM sqlite_schema WHERE type='table'")}
-        site = "(SELECT site_id FROM main.crsync_sites WHERE ordinal = {})"
-        parts = []
-        for name, slots_json in conn.execute("SELECT name, slots FROM crsync_tables").fetchall():
-            if meta_table_name(name) not in tables:
-                continue
-            try:
-                info = table_info(conn, name)
-            except SchemaError:
-                continue  # dropped or renamed: reported by _refresh
-            slot_names = json.loads(slots_json)
-            m = "main." + q(meta_table_name(name))
-            lit = _sql_text(name)
-            keys = ", ".join(f"m.p{j}" for j in range(len(info.pk)))
-            pk = f"crsync_pack_pk({keys})"
-            parts.append(
-                f"SELECT {lit} AS \"table\", {pk} AS pk, '-1' AS cid, NULL AS val, "
-                f"m.cl AS col_version, m.sd AS db_version, {site.format('m.ss')} AS site_id, "
-                f"m.cl AS cl, m.sq AS seq FROM {m} AS m WHERE m.sd IS NOT NULL"
-            )
-            for c in info.columns:
-                if c.name not in slot_names:
-                    continue
-                v, d, s, qq = cell_columns(slot_names.index(c.name))
-                clit = _sql_text(c.name)
-                parts.append(
-                    f"SELECT {lit}, {pk}, {clit}, crsync_cell({lit}, {clit}, {keys}), m.{v}, "
-                    f"m.{d}, {site.format('m.' + s)}, m.cl, m.{qq} FROM {m} AS m "
-                    f"WHERE m.{d} IS NOT NULL"
-                )
-        if not parts:
-            parts.append(
-                'SELECT NULL AS "table", NULL AS pk, NULL AS cid, NULL AS val, '
-                "NULL AS col_version, NULL AS db_version, NULL AS site_id, NULL AS cl, "
-                "NULL AS seq WHERE 0"
-            )
-        try:
-            conn.execute("CREATE TEMP VIEW crdt_changes AS " + " UNION ALL ".join(parts))
-        except sqlite3.Error as exc:  # e.g. PRAGMA query_only: the feed API still works
-            log.warning("crsync.feed_view.unavailable reason=%s", exc)
-
-    def _read_cell(self, table: str, column: str, key: tuple[SqlValue, ...]) -> SqlValue:
-        """Current value of one cell of a tracked table (NULL if the row or table is gone)."""
-        sql = self._cell_sql.get((table, column))
-        q = quote_ident
-        try:
-            if sql is None:
-                row = self.conn.execute(
-                    "SELECT pk FROM crsync_tables WHERE name = ?", (table,)
-                ).fetchone()
-                if row is None:
-                    return None
-                where = " AND ".join(f"{q(c)} = ?" for c in json.loads(row[0]))
-                sql = f"SELECT {q(column)} FROM main.{q(table)} WHERE {where}"
-                self._cell_sql[(table, column)] = sql
-            found = self.conn.execute(sql, key).fetchone()
-        except sqlite3.Error:
-            return None
-        return None if found is None else found[0]
-
     def schema_fingerprints(self) -> dict[str, str]:
         """Fingerprint of every tracked table (see :func:`crsync.schema_fingerprint`)."""
         self._refresh()
@@ -991,35 +470,12 @@ class Database:
 
     # ------------------------------------------------------------------ versions
 
-    def _has_changes_at(self, version: int) -> bool:
-        for tr in self._tracked.values():
-            if self.conn.execute(
-                f"SELECT 1 FROM {tr.meta} WHERE dbv = ? LIMIT 1", (version,)
-            ).fetchone():
-                return True
-        return False
-
-    def _seal(self) -> int:
-        """Seal the open version if it holds changes; return the last sealed version."""
-        self._refresh()
-        with self._read() as conn:
-            v = conn.execute("SELECT db_version FROM crsync_clock").fetchone()[0]
-            if self.read_only or not self._has_changes_at(v):
-                return int(v) - 1  # read-only: the open version stays unreported
-        with self._write() as conn:
-            v = conn.execute("SELECT db_version FROM crsync_clock").fetchone()[0]
-            if not self._has_changes_at(v):
-                return int(v) - 1
-            self._renumber_repeated_seqs(v)
-            conn.execute("UPDATE crsync_clock SET db_version = ?", (v + 1,))
-            return int(v)
-
     @property
     def db_version(self) -> int:
         """This database's logical clock: every change so far has a db_version at or below it,
         every later change a higher one (so ``changes(since=db.db_version)`` misses nothing)."""
         self._no_txn("read db_version")
-        return self._seal()
+        return versions.seal(self)
 
     # ------------------------------------------------------------------ change feed
 
@@ -1036,67 +492,7 @@ class Database:
         self, since: int = 0, exclude_site: bytes | None = None
     ) -> tuple[int, list[Change]]:
         """Like :meth:`changes`, also returning the version to use as the next ``since``."""
-        if type(since) is not int or since < 0:
-            raise CrsyncError(f"since must be a non-negative integer, not {since!r}")
-        if exclude_site is not None and (
-            not isinstance(exclude_site, bytes) or len(exclude_site) != 16
-        ):
-            raise CrsyncError("exclude_site must be a 16-byte site id")
-        self._no_txn("read changes")
-        upto = self._seal()
-        out: list[Change] = []
-        if upto <= since:
-            return upto, out
-        with self._read():
-            self._sync_site()
-            excl = -1
-            if exclude_site is not None:
-                if exclude_site == self.site_id:  # read from the file
-                    excl = 0
-                else:
-                    row = self.conn.execute(
-                        "SELECT ordinal FROM crsync_sites WHERE site_id = ?", (exclude_site,)
-                    ).fetchone()
-                    excl = row[0] if row else -1
-            with _gc_paused():
-                for tr in self._tracked.values():
-                    self._read_table(tr, since, upto, excl, out)
-                out.sort(key=_order_key)
-        return upto, out
-
-    def _read_table(
-        self, tr: _Tracked, since: int, upto: int, excl: int, out: list[Change]
-    ) -> None:
-        name = tr.info.name
-        npk = tr.npk
-        cur = [(c.name, tr.slots[c.name]) for c in tr.info.columns if c.name in tr.slots]
-        ncur = len(cur)
-        cbase = npk + 5
-        vbase = cbase + 4 * ncur
-        site_of = self._site_of
-        sites: dict[int, bytes] = {}
-        append = out.append
-        for row in self.conn.execute(tr.read_sql, (since, upto)):
-            pkb = pack_pk(row[:npk])
-            cl = row[npk]
-            sd = row[npk + 1]
-            if sd is not None and sd > since:
-                so = row[npk + 2]
-                if so != excl:
-                    site = sites.get(so) or sites.setdefault(so, site_of(so))
-                    append(Change(name, pkb, SENTINEL, None, cl, sd, site, cl, row[npk + 3]))
-            for j in range(ncur):
-                k = cbase + 4 * j
-                d = row[k + 1]
-                if d is None or d <= since:
-                    continue
-                so = row[k + 2]
-                if so == excl:
-                    continue
-                site = sites.get(so) or sites.setdefault(so, site_of(so))
-                append(
-                    Change(name, pkb, cur[j][0], row[vbase + j], row[k], d, site, cl, row[k + 3])
-                )
+        return feed.changes_since(self, since, exclude_site)
 
     # ------------------------------------------------------------------ merge
 
@@ -1120,9 +516,9 @@ class Database:
         self._no_txn("merge changes")
         if not batch:
             return 0
-        with self._write() as conn, _gc_paused():
+        with self._write() as conn, gc_paused():
             self._refresh()
-            return self._merge_locked(conn, batch)
+            return merge.merge_locked(self, conn, batch)
 
     def _sync_site(self) -> None:
         """Drop cached site ordinals if another connection reset the site id."""
@@ -1131,230 +527,6 @@ class Database:
             self._local_site = local
             self._site_ord.clear()
             self._site_blob.clear()
-
-    def _merge_locked(self, conn: sqlite3.Connection, batch: list[Change]) -> int:
-        self._sync_site()
-        open_v = conn.execute("SELECT db_version FROM crsync_clock").fetchone()[0]
-        # 1. Sort into rows per table (decoding every pk) before writing anything.
-        by_blob: dict[tuple[str, bytes], list[Change]] = {}
-        pending: list[Change] = []
-        tracked = self._tracked
-        for c in batch:
-            tr = tracked.get(c.table)
-            if tr is None or (c.cid != SENTINEL and c.cid not in tr.slots):
-                pending.append(c)
-                continue
-            group = by_blob.get((c.table, c.pk))
-            if group is None:
-                by_blob[(c.table, c.pk)] = [c]
-            else:
-                group.append(c)
-        for c in pending:  # kept aside, but must be applicable once the table exists
-            _decode_key(c.table, c.pk)
-        per_table: dict[str, dict[tuple[SqlValue, ...], list[Change]]] = {}
-        for (table, blob), group in by_blob.items():
-            npk = tracked[table].npk
-            key = _decode_key(table, blob)
-            if len(key) != npk:
-                raise InvalidChangeError(
-                    f"table {table!r}: pk {blob.hex()} has {len(key)} values, the table's "
-                    f"primary key has {npk} columns"
-                )
-            rows = per_table.setdefault(table, {})
-            if key in rows:  # two encodings of one key (e.g. 1 and 1.0)
-                rows[key] += group
-            else:
-                rows[key] = group
-        conn.execute("UPDATE crsync_clock SET merging = 1")
-        wins = 0
-        top = open_v
-        written: list[tuple[_Tracked, tuple[SqlValue, ...], RowState]] = []
-        for tname, rows in per_table.items():
-            tr = self._tracked[tname]
-            rows = self._canonical_keys(tr, rows)
-            states = self._load_states(tr, list(rows))
-            defaults = self._defaults(tr)
-            for key, changes in rows.items():
-                st = states.get(key)
-                if st is None:
-                    st = RowState()
-                for c in changes:
-                    if apply_change(st, c, defaults):
-                        wins += 1
-                        if c.db_version > top:
-                            top = c.db_version
-                if st.changed:
-                    written.append((tr, key, st))
-        if written:
-            self._write_rows(conn, written, top)
-            conn.execute("UPDATE crsync_clock SET db_version = ? WHERE db_version < ?", (top, top))
-        if pending:
-            conn.executemany(
-                "INSERT OR IGNORE INTO crsync_pending VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [c.as_tuple() for c in pending],
-            )
-        conn.execute("UPDATE crsync_clock SET merging = 0")
-        return wins
-
-    def _canonical_keys(
-        self, tr: _Tracked, rows: dict[tuple[SqlValue, ...], list[Change]]
-    ) -> dict[tuple[SqlValue, ...], list[Change]]:
-        """Apply the pk columns' affinity to incoming keys, as SQLite will when storing them."""
-        affs = tr.pk_affinity
-        odd = [k for k in rows if not all(_natural(a, v) for a, v in zip(affs, k, strict=True))]
-        if not odd:
-            return rows
-        cols = ", ".join(f"k{j} {c.decltype}".rstrip() for j, c in enumerate(tr.info.pk))
-        conn = self.conn
-        conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS crsync_keys_{tr.npk} ({cols})")
-        conn.execute(f"DELETE FROM temp.crsync_keys_{tr.npk}")
-        out = dict(rows)
-        for k in odd:
-            conn.execute(f"DELETE FROM temp.crsync_keys_{tr.npk}")
-            conn.execute(
-                f"INSERT INTO temp.crsync_keys_{tr.npk} VALUES ({', '.join('?' * tr.npk)})", k
-            )
-            canon = tuple(conn.execute(f"SELECT * FROM temp.crsync_keys_{tr.npk}").fetchone())
-            conn.execute(f"DROP TABLE temp.crsync_keys_{tr.npk}")
-            conn.execute(f"CREATE TEMP TABLE crsync_keys_{tr.npk} ({cols})")
-            if canon != k:
-                out.setdefault(canon, []).extend(out.pop(k))
-        conn.execute(f"DROP TABLE temp.crsync_keys_{tr.npk}")
-        return out
-
-    def _defaults(self, tr: _Tracked) -> dict[str, SqlValue]:
-        if tr.defaults is None:
-            tr.defaults = {c.name: self._eval_default(c.default) for c in tr.info.columns}
-        return tr.defaults
-
-    def _load_states(
-        self, tr: _Tracked, keys: list[tuple[SqlValue, ...]]
-    ) -> dict[tuple[SqlValue, ...], RowState]:
-        conn = self.conn
-        out: dict[tuple[SqlValue, ...], RowState] = {}
-        if conn.execute(f"SELECT 1 FROM {tr.meta} LIMIT 1").fetchone() is None:
-            return out  # first sync into an empty table: every row is new
-        rows: list[Sequence[Any]] = []
-        if tr.npk == 1:
-            for i in range(0, len(keys), 500):
-                chunk = [k[0] for k in keys[i : i + 500]]
-                rows += conn.execute(
-                    tr.state_in_sql.format(", ".join("?" * len(chunk))), chunk
-                ).fetchall()
-        else:
-            for k in keys:
-                rows += conn.execute(tr.state_sql, k).fetchall()
-        npk = tr.npk
-        cur = [(c.name, tr.slots[c.name]) for c in tr.info.columns if c.name in tr.slots]
-        cbase = npk + 5
-        vbase = cbase + 4 * len(cur)
-        site_of = self._site_of
-        for row in rows:
-            key = tuple(row[:npk])
-            cl, sd, ss, sq = row[npk : npk + 4]
-            exists = row[-1] is not None
-            st = RowState(cl, exists)
-            if sd is not None:
-                st.sentinel = (cl, sd, site_of(ss), sq)
-            for j, (name, _slot) in enumerate(cur):
-                c0 = cbase + 4 * j
-                if row[c0] is not None:
-                    st.cells[name] = (row[c0], row[c0 + 1], site_of(row[c0 + 2]), row[c0 + 3])
-                else:
-                    st.cells[name] = None
-                if exists:
-                    st.values[name] = row[vbase + j]
-            out[key] = st
-        return out
-
-    def _write_rows(
-        self,
-        conn: sqlite3.Connection,
-        written: list[tuple[_Tracked, tuple[SqlValue, ...], RowState]],
-        version: int,
-    ) -> None:
-        deletes: dict[str, list[tuple[SqlValue, ...]]] = {}
-        upserts: dict[tuple[str, tuple[str, ...]], list[tuple[SqlValue, ...]]] = {}
-        metas: dict[str, list[tuple[SqlValue, ...]]] = {}
-        ordinal = self._site_ordinal
-
-        def stamp(clock: Clock) -> tuple[int, int, int, int]:
-            dbv = version if clock[1] == MERGE_VERSION else clock[1]
-            return (clock[0], dbv, ordinal(clock[2]), clock[3])
-
-        for tr, key, st in written:
-            name = tr.info.name
-            if st.initially_exists and (st.reset or not st.exists):
-                deletes.setdefault(name, []).append(key)
-            if st.exists:
-                cols = tuple(sorted(st.written))
-                if cols or st.reset or not st.initially_exists:
-                    upserts.setdefault((name, cols), []).append(
-                        key + tuple(st.values[c] for c in cols)
-                    )
-            # metadata row
-            sd: tuple[Any, ...] = (None, None, None)
-            if st.sentinel is not None:
-                _, d, s, q = stamp(st.sentinel)
-                sd = (d, s, q)
-            cells: list[Any] = [None] * (4 * tr.nslots)
-            dbv = sd[0] or 0
-            for cname, clock in st.cells.items():
-                if clock is None:
-                    continue
-                slot = tr.slots[cname]
-                vals = stamp(clock)
-                cells[4 * slot : 4 * slot + 4] = vals
-                dbv = max(dbv, vals[1])
-            if st.changed:
-                dbv = version
-            metas.setdefault(name, []).append((*key, st.cl, *sd, dbv, *cells))
-        for name, rows in deletes.items():
-            conn.executemany(self._tracked[name].delete_sql, rows)
-        for (name, cols), rows in upserts.items():
-            conn.executemany(self._upsert_sql(self._tracked[name], cols), rows)
-        for name, rows in metas.items():
-            tr = self._tracked[name]
-            conn.executemany(tr.meta_write_sql, rows)
-
-    def _upsert_sql(self, tr: _Tracked, cols: tuple[str, ...]) -> str:
-        sql = tr.upserts.get(cols)
-        if sql is None:
-            q = quote_ident
-            pk = [q(c.name) for c in tr.info.pk]
-            names = pk + [q(c) for c in cols]
-            sql = (
-                f"INSERT INTO {q(tr.info.name)} ({', '.join(names)}) "
-                f"VALUES ({', '.join('?' * len(names))}) ON CONFLICT ({', '.join(pk)}) "
-            )
-            if cols:
-                sql += "DO UPDATE SET " + ", ".join(f"{q(c)} = excluded.{q(c)}" for c in cols)
-            else:
-                sql += "DO NOTHING"
-            tr.upserts[cols] = sql
-        return sql
-
-    def _apply_pending(self, table: str) -> int:
-        """Merge changes kept aside for a table that now exists or has new columns."""
-        with self._write() as conn:
-            self._refresh()
-            return self._merge_pending_locked(conn, table)
-
-    def _applicable(self, table: str, batch: list[Change]) -> list[Change]:
-        """Drop kept-aside changes whose pk does not fit the table as it is now declared
-        (they can never apply; keeping them would make every later track() fail)."""
-        tr = self._tracked.get(table)
-        if tr is None:
-            return batch
-        out = []
-        for c in batch:
-            if len(unpack_pk(c.pk)) == tr.npk:
-                out.append(c)
-            else:
-                log.warning(
-                    "crsync.pending.dropped table=%s pk=%s reason=pk-arity", table, c.pk.hex()
-                )
-        return out
 
     def reset_site(self) -> bytes:
         """Give this database a new site id, keeping its data and history.
@@ -1425,15 +597,9 @@ class Database:
         self._no_txn("merge changes")
         if not batch:
             return 0, 0
-        with self._write() as conn, _gc_paused():
+        with self._write() as conn, gc_paused():
             self._refresh()
-            return self._merge_setting_aside_locked(conn, batch)
-
-    def _merge_setting_aside_locked(
-        self, conn: sqlite3.Connection, batch: list[Change]
-    ) -> tuple[int, int]:
-        """Inside a write transaction: merge, setting aside the rows that cannot be applied."""
-        return rejected.merge_or_set_aside(self, conn, batch, self._merge_locked)
+            return merge.merge_setting_aside_locked(self, conn, batch)
 
     def _forget_site_cache(self) -> None:
         self._site_ord.clear()
@@ -1457,12 +623,12 @@ class Database:
             How many were applied this time.
         """
         self._no_txn("retry rejected changes")
-        with self._write() as conn, _gc_paused():
+        with self._write() as conn, gc_paused():
             self._refresh()
             batch = rejected.take(conn, table)
             if not batch:
                 return 0
-            _wins, still = self._merge_setting_aside_locked(conn, batch)
+            _wins, still = merge.merge_setting_aside_locked(self, conn, batch)
         log.info("crsync.rejected.retried changes=%d applied=%d", len(batch), len(batch) - still)
         return len(batch) - still
 
@@ -1513,41 +679,9 @@ class Database:
         handle to stop."""
         from .live import ChangeFeed
 
-        feed = ChangeFeed(self, None if table is None else [table], callback)
-        await feed.start()
-        return feed
-
-
-def _decode_key(table: str, blob: bytes) -> tuple[SqlValue, ...]:
-    """Unpack an incoming pk, refusing blobs that can never name a row."""
-    try:
-        key = unpack_pk(blob)
-    except PackError as exc:
-        raise PackError(f"table {table!r}, pk {blob.hex()}: {exc}") from None
-    if not key:
-        raise InvalidChangeError(f"table {table!r}: pk {blob.hex()} has no values")
-    if None in key:
-        raise InvalidChangeError(f"table {table!r}: pk {blob.hex()} contains NULL")
-    return key
-
-
-_order_key = operator.attrgetter("db_version", "seq")
-
-
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while building many small objects.
-
-    Reading or merging a large batch allocates hundreds of thousands of objects that cannot
-    form cycles; letting the collector scan them repeatedly cost about 20% of the time.
-    """
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
+        handle = ChangeFeed(self, None if table is None else [table], callback)
+        await handle.start()
+        return handle
 
 
 def _read_only_error(exc: BaseException) -> bool:
@@ -1557,6 +691,8 @@ def _read_only_error(exc: BaseException) -> bool:
     if isinstance(code, int) and code & 0xFF == 8:  # SQLITE_READONLY and its extended codes
         return True
     return "readonly" in str(exc) or "read-only" in str(exc)
+
+
 _READ_ONLY_MESSAGE = (
     "this database is opened read-only (mode=ro, immutable=1, PRAGMA query_only or a "
     "read-only file): reading and the change feed work, but tracking, migrating, merging and "
@@ -1574,22 +710,6 @@ def _is_read_only_error(exc: sqlite3.Error) -> bool:
 
 def _sql_pack_pk(*values: SqlValue) -> bytes:
     return pack_pk(values)
-
-
-def _sql_text(text: str) -> str:
-    """An SQL string literal."""
-    return "'" + text.replace("'", "''") + "'"
-
-
-def _cell_reader(db: Database) -> Callable[..., SqlValue]:
-    """The ``crsync_cell(table, column, pk...)`` SQL function of a Database's connection."""
-    ref = weakref.ref(db)
-
-    def crsync_cell(table: str, column: str, *key: SqlValue) -> SqlValue:
-        d = ref()
-        return None if d is None else d._read_cell(table, column, key)
-
-    return crsync_cell
 
 
 def connect(

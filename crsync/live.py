@@ -39,17 +39,16 @@ import weakref
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import attrs
 import trio
 
+from . import feed
 from .change import SENTINEL, Change
+from .database import Database, connect
 from .errors import CrsyncError
 from .pack import SqlValue, unpack_pk
-
-if TYPE_CHECKING:
-    from .database import Database
 
 log = logging.getLogger(__name__)
 
@@ -367,14 +366,12 @@ class _Engine:
     def _open(self) -> None:
         if self.db is not None:
             return
-        from .database import connect
-
         db = connect(self.path, check_same_thread=False)
         self.db = db
         self.local_site = db.site_id
         self.data_version = _data_version(db.conn)
         self.schema_version = db.conn.execute("PRAGMA schema_version").fetchone()[0]
-        self.cursor = db._seal()
+        self.cursor = feed.seal(db)
 
     def _close(self) -> None:
         if self.db is not None:
@@ -408,22 +405,16 @@ class _Engine:
         self.schema_version = sv
         # Seal first: every write committed after this carries a higher version, so it is
         # found by the next look (data_version was read before, so there will be one).
-        upto = db._seal()
+        upto = feed.seal(db)
         since = self.cursor
         self.cursor = upto
         out: list[tuple[LiveQuery, Rows | BaseException]] = []
         notes: list[RowChange] = []
-        with db._read():
-            tracked = {name.lower(): tr for name, tr in db._tracked.items()}
+        with feed.snapshot(db):
+            tracked = {name.lower() for name in feed.tracked_names(db)}
             changed: set[str] = set()
             if upto > since:
-                for lname, tr in tracked.items():
-                    hit = conn.execute(
-                        f"SELECT 1 FROM {tr.meta} WHERE dbv > ? AND dbv <= ? LIMIT 1",
-                        (since, upto),
-                    ).fetchone()
-                    if hit is not None:
-                        changed.add(lname)
+                changed = {name.lower() for name in feed.changed_tables(db, since, upto)}
                 if feeds and changed:
                     notes = self._row_changes(since, upto, changed)
             for q in queries:
@@ -450,11 +441,8 @@ class _Engine:
     def _row_changes(self, since: int, upto: int, tables: set[str]) -> list[RowChange]:
         assert self.db is not None
         db = self.db
-        db._sync_site()
-        changes: list[Change] = []
-        for name, tr in db._tracked.items():
-            if name.lower() in tables:
-                db._read_table(tr, since, upto, -1, changes)
+        names = [name for name in feed.tracked_names(db) if name.lower() in tables]
+        changes = feed.read_changes(db, since, upto, names)
         rows: dict[tuple[str, bytes, bytes], list[Change]] = {}
         for c in changes:
             rows.setdefault((c.table, c.pk, c.site_id), []).append(c)

@@ -43,12 +43,12 @@ from websockets.trio.client import ClientConnection
 from websockets.trio.client import connect as ws_connect
 from websockets.uri import parse_uri
 
-from . import identity
+from . import positions
 from . import protocol as p
 from ._sqlite_errors import causes, error_name, is_transient, sqlite_cause
 from ._sync_lock import SyncLock
 from ._trio_util import first_error, open_nursery
-from .change import Change, validate_changes
+from .change import Change
 from .database import Database, connect
 from .errors import (
     AuthError,
@@ -104,70 +104,6 @@ class _Fatal(Exception):
     def __init__(self, error: CrsyncError) -> None:
         super().__init__(str(error))
         self.error = error
-
-
-def _positions(db: Database, key: str) -> tuple[str, int, int]:
-    rows = {
-        event: (epoch, version)
-        for event, epoch, version in db.conn.execute(
-            "SELECT event, epoch, version FROM crsync_peers WHERE peer = ?", (key,)
-        )
-    }
-    push = rows.get("push", ("", 0))
-    pull = rows.get("pull", ("", 0))
-    epoch = push[0] if push[0] == pull[0] else ""
-    return epoch, push[1] if epoch else 0, pull[1] if epoch else 0
-
-
-def _record(conn: Any, key: str, event: str, epoch: str, version: int) -> None:
-    conn.execute(
-        "INSERT INTO crsync_peers (peer, event, epoch, version, updated_at) "
-        "VALUES (?, ?, ?, ?, (julianday('now') - 2440587.5) * 86400.0) "
-        "ON CONFLICT (peer, event) DO UPDATE SET epoch = excluded.epoch, "
-        "version = excluded.version, updated_at = excluded.updated_at",
-        (key, event, epoch, version),
-    )
-
-
-def _record_tx(db: Database, key: str, event: str, epoch: str, version: int) -> None:
-    with db._write() as conn:
-        _record(conn, key, event, epoch, version)
-
-
-def _site_and_full_push(db: Database) -> tuple[bytes, str | None, bytes]:
-    """The site id, a pending full-push request, and the site's key (made on first use)."""
-    with db._read() as conn:
-        site, token = db.site_id, identity.full_push_pending(conn)
-        key = identity.site_key(conn, site)
-    if key is None:
-        with db._write() as conn:
-            site, token = db.site_id, identity.full_push_pending(conn)
-            key = identity.new_site_key(conn, site)
-    return site, token, key
-
-
-def _clear_full_push(db: Database, token: str) -> None:
-    with db._write() as conn:
-        identity.clear_full_push(conn, token)
-
-
-def _reset(db: Database, key: str, epoch: str) -> None:
-    with db._write() as conn:
-        _record(conn, key, "push", epoch, 0)
-        _record(conn, key, "pull", epoch, 0)
-
-
-def _merge_and_record(
-    db: Database, changes: list[Change], key: str, epoch: str, version: int
-) -> tuple[int, int]:
-    """Merge a unit from the relay and record the pull cursor, in one transaction. Rows this
-    database cannot apply are set aside (``db.rejected_changes()``), never fatal."""
-    batch = validate_changes(changes)
-    with db._write() as conn:
-        db._refresh()
-        wins, rejected = db._merge_setting_aside_locked(conn, batch) if batch else (0, 0)
-        _record(conn, key, "pull", epoch, version)
-    return wins, rejected
 
 
 def _describe(exc: BaseException) -> str:
@@ -806,12 +742,12 @@ class Peer:
         except (InvalidURI, ValueError) as exc:
             raise _Fatal(RelayURLError(f"invalid relay URL {self.url!r}: {exc}")) from None
         async with cm as ws:
-            epoch, push_upto, pull_upto = await self._call(_positions, self.key)
+            epoch, push_upto, pull_upto = await self._call(positions.load, self.key)
             # The file may have moved to a new site id since this Peer was made (a copied
             # file, reset when opened, or `crsync reset-site`): sync as that site, and push
             # every site's changes once if the reset asked for it.
             self.site_id, self._full_push_token, site_key = await self._call(
-                _site_and_full_push
+                positions.site_and_full_push
             )
             self._full_push_until = 1 << 62
             schema = await self._call(_schema)
@@ -845,7 +781,7 @@ class Peer:
                 # A new or reset store, or one restored from an older copy (its head is behind
                 # what we merged; the relay then serves from version 0): push everything we
                 # hold, fetch everything it has.
-                await self._call(_reset, self.key, msg.epoch)
+                await self._call(positions.reset, self.key, msg.epoch)
                 push_upto = pull_upto = 0
                 full_push = bool(epoch) or msg.head == 0
                 if epoch:
@@ -876,7 +812,7 @@ class Peer:
                 raise _Reconnect("site id reset; reconnecting under the new identity")
             elif msg.acked > push_upto:
                 push_upto = msg.acked
-                await self._call(_record_tx, self.key, "push", msg.epoch, push_upto)
+                await self._call(positions.record, self.key, "push", msg.epoch, push_upto)
             self.epoch = msg.epoch
             self.push_upto = push_upto
             self.pull_upto = pull_upto
@@ -962,10 +898,10 @@ class Peer:
                         await self._progress.wait()
                     base = upto
             elif sealed > self.push_upto:
-                await self._call(_record_tx, self.key, "push", self.epoch, sealed)
+                await self._call(positions.record, self.key, "push", self.epoch, sealed)
                 self.push_upto = sealed
             if full_push and self._full_push_token and not changes:
-                await self._call(_clear_full_push, self._full_push_token)
+                await self._call(positions.clear_full_push, self._full_push_token)
                 self._full_push_token = None
             full_push = False
             self._full_push_next = False
@@ -983,9 +919,9 @@ class Peer:
                 raise err
             if isinstance(msg, p.Ack):
                 if msg.upto > self.push_upto:
-                    await self._call(_record_tx, self.key, "push", self.epoch, msg.upto)
+                    await self._call(positions.record, self.key, "push", self.epoch, msg.upto)
                     if self._full_push_token and msg.upto >= self._full_push_until:
-                        await self._call(_clear_full_push, self._full_push_token)
+                        await self._call(positions.clear_full_push, self._full_push_token)
                         self._full_push_token = None
                     self.push_upto = msg.upto
                 self.relay_head = max(self.relay_head, msg.head)
@@ -1002,7 +938,7 @@ class Peer:
                 unit, parts = parts, []
                 try:
                     wins, rejected = await self._call(
-                        _merge_and_record, unit, self.key, self.epoch, msg.upto
+                        positions.merge_and_record, unit, self.key, self.epoch, msg.upto
                     )
                 except CrsyncError as exc:
                     if sqlite_cause(exc) is not None:

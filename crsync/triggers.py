@@ -1,6 +1,6 @@
 """Generation of the capture SQL: per-table metadata table and AFTER triggers (pure functions).
 
-Storage design (see docs/design.md): one metadata row per replicated row, in ``<table>__crsync``
+Storage design: one metadata row per replicated row, in ``<table>__crsync``
 (WITHOUT ROWID, keyed by the primary-key values), holding the row's causal length ``cl``, its
 row-existence record (``sd``/``ss``/``sq``: db_version, site ordinal and seq of the ``-1``
 sentinel; NULL when the row has none, as after a plain first insert), ``dbv`` (the latest

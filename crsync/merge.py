@@ -1,0 +1,289 @@
+"""The merge, storage side: applying remote changes to the tables and their metadata.
+
+The rules themselves are :func:`crsync.merge_rules.apply_change` (pure, shared with the
+relay). This module groups a batch into rows per table, brings incoming keys to the form
+SQLite stores, loads the rows' current state, applies the rules and writes the rows that
+changed; changes for tables or columns this database does not have are kept aside in
+``crsync_pending``. Called inside the caller's write transaction (``*_locked``).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sqlite3
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from . import rejected
+from .change import SENTINEL, Change
+from .errors import InvalidChangeError, PackError
+from .merge_rules import MERGE_VERSION, Clock, RowState, apply_change
+from .pack import SqlValue, unpack_pk
+from .schema import quote_ident
+
+if TYPE_CHECKING:
+    from .database import Database
+    from .tracking import Tracked
+
+log = logging.getLogger(__name__)
+
+
+def _natural(aff: str, v: SqlValue) -> bool:
+    """True if SQLite's affinity ``aff`` stores ``v`` unchanged."""
+    if v is None or isinstance(v, bytes) or aff == "BLOB":
+        return True
+    if aff in ("INTEGER", "NUMERIC"):
+        return isinstance(v, int)
+    if aff == "REAL":
+        return isinstance(v, float)
+    return isinstance(v, str)
+
+
+def _decode_key(table: str, blob: bytes) -> tuple[SqlValue, ...]:
+    """Unpack an incoming pk, refusing blobs that can never name a row."""
+    try:
+        key = unpack_pk(blob)
+    except PackError as exc:
+        raise PackError(f"table {table!r}, pk {blob.hex()}: {exc}") from None
+    if not key:
+        raise InvalidChangeError(f"table {table!r}: pk {blob.hex()} has no values")
+    if None in key:
+        raise InvalidChangeError(f"table {table!r}: pk {blob.hex()} contains NULL")
+    return key
+
+
+def merge_locked(db: Database, conn: sqlite3.Connection, batch: list[Change]) -> int:
+    """Inside a write transaction: merge a validated batch; returns how many changes won."""
+    db._sync_site()
+    open_v = conn.execute("SELECT db_version FROM crsync_clock").fetchone()[0]
+    # 1. Sort into rows per table (decoding every pk) before writing anything.
+    by_blob: dict[tuple[str, bytes], list[Change]] = {}
+    pending: list[Change] = []
+    tracked = db._tracked
+    for c in batch:
+        tr = tracked.get(c.table)
+        if tr is None or (c.cid != SENTINEL and c.cid not in tr.slots):
+            pending.append(c)
+            continue
+        group = by_blob.get((c.table, c.pk))
+        if group is None:
+            by_blob[(c.table, c.pk)] = [c]
+        else:
+            group.append(c)
+    for c in pending:  # kept aside, but must be applicable once the table exists
+        _decode_key(c.table, c.pk)
+    per_table: dict[str, dict[tuple[SqlValue, ...], list[Change]]] = {}
+    for (table, blob), group in by_blob.items():
+        npk = tracked[table].npk
+        key = _decode_key(table, blob)
+        if len(key) != npk:
+            raise InvalidChangeError(
+                f"table {table!r}: pk {blob.hex()} has {len(key)} values, the table's "
+                f"primary key has {npk} columns"
+            )
+        rows = per_table.setdefault(table, {})
+        if key in rows:  # two encodings of one key (e.g. 1 and 1.0)
+            rows[key] += group
+        else:
+            rows[key] = group
+    conn.execute("UPDATE crsync_clock SET merging = 1")
+    wins = 0
+    top = open_v
+    written: list[tuple[Tracked, tuple[SqlValue, ...], RowState]] = []
+    for tname, rows in per_table.items():
+        tr = db._tracked[tname]
+        rows = canonical_keys(db, tr, rows)
+        states = load_states(db, tr, list(rows))
+        row_defaults = defaults(db, tr)
+        for key, changes in rows.items():
+            st = states.get(key)
+            if st is None:
+                st = RowState()
+            for c in changes:
+                if apply_change(st, c, row_defaults):
+                    wins += 1
+                    if c.db_version > top:
+                        top = c.db_version
+            if st.changed:
+                written.append((tr, key, st))
+    if written:
+        write_rows(db, conn, written, top)
+        conn.execute("UPDATE crsync_clock SET db_version = ? WHERE db_version < ?", (top, top))
+    if pending:
+        conn.executemany(
+            "INSERT OR IGNORE INTO crsync_pending VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [c.as_tuple() for c in pending],
+        )
+    conn.execute("UPDATE crsync_clock SET merging = 0")
+    return wins
+
+
+def canonical_keys(
+    db: Database, tr: Tracked, rows: dict[tuple[SqlValue, ...], list[Change]]
+) -> dict[tuple[SqlValue, ...], list[Change]]:
+    """Apply the pk columns' affinity to incoming keys, as SQLite will when storing them."""
+    affs = tr.pk_affinity
+    odd = [k for k in rows if not all(_natural(a, v) for a, v in zip(affs, k, strict=True))]
+    if not odd:
+        return rows
+    cols = ", ".join(f"k{j} {c.decltype}".rstrip() for j, c in enumerate(tr.info.pk))
+    conn = db.conn
+    conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS crsync_keys_{tr.npk} ({cols})")
+    conn.execute(f"DELETE FROM temp.crsync_keys_{tr.npk}")
+    out = dict(rows)
+    for k in odd:
+        conn.execute(f"DELETE FROM temp.crsync_keys_{tr.npk}")
+        conn.execute(f"INSERT INTO temp.crsync_keys_{tr.npk} VALUES ({', '.join('?' * tr.npk)})", k)
+        canon = tuple(conn.execute(f"SELECT * FROM temp.crsync_keys_{tr.npk}").fetchone())
+        conn.execute(f"DROP TABLE temp.crsync_keys_{tr.npk}")
+        conn.execute(f"CREATE TEMP TABLE crsync_keys_{tr.npk} ({cols})")
+        if canon != k:
+            out.setdefault(canon, []).extend(out.pop(k))
+    conn.execute(f"DROP TABLE temp.crsync_keys_{tr.npk}")
+    return out
+
+
+def defaults(db: Database, tr: Tracked) -> dict[str, SqlValue]:
+    """The columns' default values (evaluated once per table)."""
+    if tr.defaults is None:
+        tr.defaults = {c.name: eval_default(db, c.default) for c in tr.info.columns}
+    return tr.defaults
+
+
+def load_states(
+    db: Database, tr: Tracked, keys: list[tuple[SqlValue, ...]]
+) -> dict[tuple[SqlValue, ...], RowState]:
+    conn = db.conn
+    out: dict[tuple[SqlValue, ...], RowState] = {}
+    if conn.execute(f"SELECT 1 FROM {tr.meta} LIMIT 1").fetchone() is None:
+        return out  # first sync into an empty table: every row is new
+    rows: list[Sequence[Any]] = []
+    if tr.npk == 1:
+        for i in range(0, len(keys), 500):
+            chunk = [k[0] for k in keys[i : i + 500]]
+            rows += conn.execute(
+                tr.state_in_sql.format(", ".join("?" * len(chunk))), chunk
+            ).fetchall()
+    else:
+        for k in keys:
+            rows += conn.execute(tr.state_sql, k).fetchall()
+    npk = tr.npk
+    cur = [(c.name, tr.slots[c.name]) for c in tr.info.columns if c.name in tr.slots]
+    cbase = npk + 5
+    vbase = cbase + 4 * len(cur)
+    site_of = db._site_of
+    for row in rows:
+        key = tuple(row[:npk])
+        cl, sd, ss, sq = row[npk : npk + 4]
+        exists = row[-1] is not None
+        st = RowState(cl, exists)
+        if sd is not None:
+            st.sentinel = (cl, sd, site_of(ss), sq)
+        for j, (name, _slot) in enumerate(cur):
+            c0 = cbase + 4 * j
+            if row[c0] is not None:
+                st.cells[name] = (row[c0], row[c0 + 1], site_of(row[c0 + 2]), row[c0 + 3])
+            else:
+                st.cells[name] = None
+            if exists:
+                st.values[name] = row[vbase + j]
+        out[key] = st
+    return out
+
+
+def write_rows(
+    db: Database,
+    conn: sqlite3.Connection,
+    written: list[tuple[Tracked, tuple[SqlValue, ...], RowState]],
+    version: int,
+) -> None:
+    deletes: dict[str, list[tuple[SqlValue, ...]]] = {}
+    upserts: dict[tuple[str, tuple[str, ...]], list[tuple[SqlValue, ...]]] = {}
+    metas: dict[str, list[tuple[SqlValue, ...]]] = {}
+    ordinal = db._site_ordinal
+
+    def stamp(clock: Clock) -> tuple[int, int, int, int]:
+        dbv = version if clock[1] == MERGE_VERSION else clock[1]
+        return (clock[0], dbv, ordinal(clock[2]), clock[3])
+
+    for tr, key, st in written:
+        name = tr.info.name
+        if st.initially_exists and (st.reset or not st.exists):
+            deletes.setdefault(name, []).append(key)
+        if st.exists:
+            cols = tuple(sorted(st.written))
+            if cols or st.reset or not st.initially_exists:
+                upserts.setdefault((name, cols), []).append(key + tuple(st.values[c] for c in cols))
+        # metadata row
+        sd: tuple[Any, ...] = (None, None, None)
+        if st.sentinel is not None:
+            _, d, s, q = stamp(st.sentinel)
+            sd = (d, s, q)
+        cells: list[Any] = [None] * (4 * tr.nslots)
+        dbv = sd[0] or 0
+        for cname, clock in st.cells.items():
+            if clock is None:
+                continue
+            slot = tr.slots[cname]
+            vals = stamp(clock)
+            cells[4 * slot : 4 * slot + 4] = vals
+            dbv = max(dbv, vals[1])
+        if st.changed:
+            dbv = version
+        metas.setdefault(name, []).append((*key, st.cl, *sd, dbv, *cells))
+    for name, rows in deletes.items():
+        conn.executemany(db._tracked[name].delete_sql, rows)
+    for (name, cols), rows in upserts.items():
+        conn.executemany(upsert_sql(db, db._tracked[name], cols), rows)
+    for name, rows in metas.items():
+        tr = db._tracked[name]
+        conn.executemany(tr.meta_write_sql, rows)
+
+
+def upsert_sql(db: Database, tr: Tracked, cols: tuple[str, ...]) -> str:
+    sql = tr.upserts.get(cols)
+    if sql is None:
+        q = quote_ident
+        pk = [q(c.name) for c in tr.info.pk]
+        names = pk + [q(c) for c in cols]
+        sql = (
+            f"INSERT INTO {q(tr.info.name)} ({', '.join(names)}) "
+            f"VALUES ({', '.join('?' * len(names))}) ON CONFLICT ({', '.join(pk)}) "
+        )
+        if cols:
+            sql += "DO UPDATE SET " + ", ".join(f"{q(c)} = excluded.{q(c)}" for c in cols)
+        else:
+            sql += "DO NOTHING"
+        tr.upserts[cols] = sql
+    return sql
+
+
+def applicable(db: Database, table: str, batch: list[Change]) -> list[Change]:
+    """Drop kept-aside changes whose pk does not fit the table as it is now declared
+    (they can never apply; keeping them would make every later track() fail)."""
+    tr = db._tracked.get(table)
+    if tr is None:
+        return batch
+    out = []
+    for c in batch:
+        if len(unpack_pk(c.pk)) == tr.npk:
+            out.append(c)
+        else:
+            log.warning("crsync.pending.dropped table=%s pk=%s reason=pk-arity", table, c.pk.hex())
+    return out
+
+
+def merge_setting_aside_locked(
+    db: Database, conn: sqlite3.Connection, batch: list[Change]
+) -> tuple[int, int]:
+    """Inside a write transaction: merge, setting aside the rows that cannot be applied."""
+    return rejected.merge_or_set_aside(db, conn, batch, functools.partial(merge_locked, db))
+
+
+def eval_default(db: Database, expr: str | None) -> SqlValue:
+    if expr is None:
+        return None
+    # The expression comes from the app's own schema (sqlite_schema), not from a peer.
+    value: SqlValue = db.conn.execute(f"SELECT {expr}").fetchone()[0]
+    return value
