@@ -380,16 +380,22 @@ class Peer:
         """Wait until this peer is the file's one syncer."""
         if not self.sync_lock:
             return
-        lock = self._lock = SyncLock(self.lock_path)
+        lock = self._lock
+        if lock is None:
+            lock = self._lock = SyncLock(self.lock_path)
         if lock.try_acquire():
             return
-        self.reason = f"another process or Peer syncs this file: it holds the lock {self.lock_path}"
+        self.reason = self._standby_reason()
+        if self.state is not PeerState.STANDBY:  # (__aenter__ found the lock taken already)
+            log.info("crsync.peer.standby store=%s lock=%s", self.store, self.lock_path)
         self._set_state(PeerState.STANDBY)
-        log.info("crsync.peer.standby store=%s lock=%s", self.store, self.lock_path)
         while not lock.try_acquire():  # noqa: ASYNC110 - an OS lock offers nothing to wait on
             await trio.sleep(0.2)
         self.reason = None
         log.info("crsync.peer.elected store=%s lock=%s", self.store, self.lock_path)
+
+    def _standby_reason(self) -> str:
+        return f"another process or Peer syncs this file: it holds the lock {self.lock_path}"
 
     def _open_db(self) -> Database:
         return connect(
@@ -401,7 +407,15 @@ class Peer:
             raise CrsyncError("this Peer is already running")
         self.error = None
         self.reason = None
+        # Try the file's syncer lock now (it does not block), so that the state is true from
+        # the start: CONNECTING only for the file's syncer, STANDBY for the others.
         self.state = PeerState.CONNECTING
+        if self.sync_lock:
+            self._lock = SyncLock(self.lock_path)
+            if not self._lock.try_acquire():
+                self.state = PeerState.STANDBY
+                self.reason = self._standby_reason()
+                log.info("crsync.peer.standby store=%s lock=%s", self.store, self.lock_path)
         self._watch_stop.clear()
         try:
             try:
