@@ -18,10 +18,7 @@ from crsync.errors import CrsyncError
 
 from .datadir import exclusive
 from .hub import STORE_SUFFIX, check_store_id
-
-
-def _read_only_uri(path: Path) -> str:
-    return path.resolve().as_uri() + "?mode=ro"
+from .store import RelayStore
 
 
 def _create_exclusive(path: Path) -> None:
@@ -33,21 +30,6 @@ def _create_exclusive(path: Path) -> None:
         raise CrsyncError(f"{path} already exists; choose a new file name") from None
     except OSError as exc:
         raise CrsyncError(f"cannot create {path}: {exc.strerror or exc}") from None
-
-
-def _check_store_file(path: Path) -> None:
-    """A readable relay store that passes SQLite's integrity check, or CrsyncError."""
-    try:
-        conn = sqlite3.connect(_read_only_uri(path), uri=True)
-        try:
-            conn.execute("SELECT value FROM relay_meta WHERE key = 'epoch'").fetchone()
-            ok = conn.execute("PRAGMA integrity_check").fetchone()[0]
-        finally:
-            conn.close()
-    except sqlite3.Error as exc:
-        raise CrsyncError(f"{path} is not a relay store backup: {exc}") from None
-    if ok != "ok":
-        raise CrsyncError(f"{path} fails its integrity check: {ok}")
 
 
 def backup_store(data_dir: Path, store: str, dest: Path) -> int:
@@ -64,26 +46,14 @@ def backup_store(data_dir: Path, store: str, dest: Path) -> int:
         raise CrsyncError(f"no store {store!r} in {data_dir}")
     _create_exclusive(dest)
     try:
-        source = sqlite3.connect(_read_only_uri(src), uri=True)
-        try:
-            target = sqlite3.connect(dest)
-            try:
-                source.backup(target)
-                head = target.execute(
-                    "SELECT value FROM relay_meta WHERE key = 'head'"
-                ).fetchone()
-                check = target.execute("PRAGMA integrity_check").fetchone()[0]
-            finally:
-                target.close()
-        finally:
-            source.close()
+        head, check = RelayStore.backup_file(src, dest)
     except sqlite3.Error as exc:
         dest.unlink(missing_ok=True)
         raise CrsyncError(f"the backup of {store!r} failed: {exc}") from None
     if check != "ok":
         dest.unlink(missing_ok=True)
         raise CrsyncError(f"the backup of {store!r} failed its integrity check: {check}")
-    return int(head[0]) if head else 0
+    return head
 
 
 def restore_store(data_dir: Path, store: str, backup: Path, *, force: bool = False) -> str:
@@ -104,7 +74,7 @@ def restore_store(data_dir: Path, store: str, backup: Path, *, force: bool = Fal
     dest = data_dir / (check_store_id(store) + STORE_SUFFIX)
     if not backup.is_file():
         raise CrsyncError(f"no backup file {backup}")
-    _check_store_file(backup)
+    RelayStore.check_file(backup)
     if dest.exists() and not force:
         raise CrsyncError(f"store {store!r} exists; pass --force to replace it")
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -114,33 +84,12 @@ def restore_store(data_dir: Path, store: str, backup: Path, *, force: bool = Fal
         _create_exclusive(tmp)
         shutil.copyfile(backup, tmp)
         try:
-            _check_store_file(tmp)  # the copy itself, not only its source
-            _set_epoch(tmp, uuid.uuid4().hex)
+            RelayStore.check_file(tmp)  # the copy itself, not only its source
+            RelayStore.set_file_epoch(tmp, uuid.uuid4().hex)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
         for suffix in ("-wal", "-shm"):
             Path(str(dest) + suffix).unlink(missing_ok=True)
         tmp.replace(dest)
-        return _epoch(dest)
-
-
-def _set_epoch(path: Path, epoch: str) -> None:
-    try:
-        conn = sqlite3.connect(path)
-        try:
-            with conn:
-                conn.execute("UPDATE relay_meta SET value = ? WHERE key = 'epoch'", (epoch,))
-        finally:
-            conn.close()
-    except sqlite3.Error as exc:
-        raise CrsyncError(f"cannot set the epoch of {path}: {exc}") from None
-
-
-def _epoch(path: Path) -> str:
-    conn = sqlite3.connect(_read_only_uri(path), uri=True)
-    try:
-        return str(conn.execute("SELECT value FROM relay_meta WHERE key = 'epoch'").fetchone()[0])
-    finally:
-        conn.close()
-
+        return RelayStore.file_epoch(dest)

@@ -51,7 +51,6 @@ RELAY_LOCK = ".crsync-relay.lock"
 ``restore`` refuses while it is held)."""
 
 
-
 RECENT_MAX_CELLS = 2000  # largest batch kept in a store's in-memory ring (16 batches at most)
 RECENT_MAX_BYTES = 1 << 20  # largest batch (estimated bytes) kept in the ring
 RING_BYTES = 4 << 20  # bytes of one store's ring in all

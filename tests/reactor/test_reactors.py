@@ -120,6 +120,35 @@ async def test_relay_restart_redelivers_changes_the_reactor_had_not_finished(
     assert store_meta(data, "s")["reactor_cursor"] >= 1
 
 
+async def test_restart_catch_up_finds_stores_in_a_data_dir_whose_name_holds_uri_syntax(
+    tmp_path: Path,
+) -> None:
+    """The startup peek at each store's reactor cursor opens the file by its exact path: a
+    ``#`` or ``?`` in the data directory's name is not read as URI syntax."""
+    started = trio.Event()
+
+    async def stuck(batch: Any) -> None:
+        started.set()
+        await trio.sleep_forever()
+
+    a = device(tmp_path / "a.db")
+    data = tmp_path / "relay #1?x=%41"
+    with trio.fail_after(LIMIT):
+        async with relay(data, stuck) as (url, _hub), peer(a, url, "s") as pa:
+            a.conn.execute("INSERT INTO requests (id, question) VALUES ('r', 'later')")
+            await pa.wait_synced()
+            await started.wait()
+        answered_now = trio.Event()
+
+        async def answer(batch: Any) -> None:
+            await answer_questions(batch)
+            answered_now.set()
+
+        async with relay(data, answer):  # restart, no device connects: only the peek finds it
+            await answered_now.wait()
+    assert store_meta(data, "s")["reactor_cursor"] >= 1
+
+
 async def test_reactor_stores_pattern_restricts_which_stores_run_it(tmp_path: Path) -> None:
     seen: list[str] = []
 
