@@ -16,8 +16,7 @@ from pathlib import Path
 
 from crsync.errors import CrsyncError
 
-from .datadir import exclusive
-from .hub import STORE_SUFFIX, check_store_id
+from .datadir import DataDir
 from .store import RelayStore
 
 
@@ -41,9 +40,7 @@ def backup_store(data_dir: Path, store: str, dest: Path) -> int:
     Raises:
         CrsyncError: no such store, the destination exists (or is a link), or the copy fails.
     """
-    src = data_dir / (check_store_id(store) + STORE_SUFFIX)
-    if not src.exists():
-        raise CrsyncError(f"no store {store!r} in {data_dir}")
+    src = DataDir(data_dir).existing_store(store)
     _create_exclusive(dest)
     try:
         head, check = RelayStore.backup_file(src, dest)
@@ -71,14 +68,15 @@ def restore_store(data_dir: Path, store: str, backup: Path, *, force: bool = Fal
         CrsyncError: the backup is not a store file, the store exists and ``force`` is false,
             or a relay is serving the data directory.
     """
-    dest = data_dir / (check_store_id(store) + STORE_SUFFIX)
+    layout = DataDir(data_dir)
+    dest = layout.store_path(store)
     if not backup.is_file():
         raise CrsyncError(f"no backup file {backup}")
     RelayStore.check_file(backup)
     if dest.exists() and not force:
         raise CrsyncError(f"store {store!r} exists; pass --force to replace it")
-    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with exclusive(data_dir, f"a relay is serving {data_dir}; stop it before restoring a store"):
+    layout.create()
+    with layout.exclusive(f"a relay is serving {data_dir}; stop it before restoring a store"):
         tmp = dest.with_name(dest.name + ".restoring")
         tmp.unlink(missing_ok=True)
         _create_exclusive(tmp)

@@ -16,7 +16,7 @@ from crsync.errors import CrsyncError
 
 from . import logconfig
 from .auth import issue_token, load_secret
-from .hub import STORE_SUFFIX, check_store_id
+from .datadir import DataDir, check_store_id
 from .server import RelayConfig, describe_store, run_relay
 
 ENV_PREFIX = "CRSYNC_RELAY_"
@@ -276,11 +276,10 @@ def stores(data_dir: str) -> None:
     if not d.is_dir():
         _fail(f"no such directory: {d}")
     click.echo(f"{'store':<32} {'bytes':>12} {'cells':>10} {'peers':>6} {'head':>8}  last activity")
-    for path in sorted(d.glob("*" + STORE_SUFFIX)):
+    for name, path in DataDir(d).stores():
         st = describe_store(path)
         last = st["last_activity"]
         when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(last)) if last else "-"
-        name = path.name[: -len(STORE_SUFFIX)]
         click.echo(
             f"{name:<32} {st['bytes']:>12} {st['cells']:>10} {st['peers']:>6} {st['head']:>8}  "
             f"{when}"

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import re
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping, Sequence
@@ -36,19 +35,15 @@ import trio
 
 from crsync.change import Change
 from crsync.errors import CrsyncError
-from crsync.protocol import quote
 
-from .datadir import StoreIndex
+from .datadir import STORE_SUFFIX as STORE_SUFFIX  # re-exported: where they used to live
+from .datadir import BadStoreId as BadStoreId
+from .datadir import DataDir, StoreIndex
+from .datadir import check_store_id as check_store_id
 from .metrics import RelayMetrics
 from .store import Page, RelayStore
 
 log = logging.getLogger(__name__)
-
-STORE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
-STORE_SUFFIX = ".store.sqlite3"
-RELAY_LOCK = ".crsync-relay.lock"
-"""File in the data directory a serving relay holds an OS lock on (one relay per directory;
-``restore`` refuses while it is held)."""
 
 
 RECENT_MAX_CELLS = 2000  # largest batch kept in a store's in-memory ring (16 batches at most)
@@ -68,30 +63,12 @@ def batch_bytes(changes: Sequence[Change]) -> int:
     return n
 
 
-class BadStoreId(CrsyncError):
-    """A store id that is not acceptable (charset, length, path-like)."""
-
-
 class Overloaded(CrsyncError):
     """Too many stores are in use to open another one."""
 
 
 class QuotaExceeded(CrsyncError):
     """A store is over its byte quota; it accepts no more pushes."""
-
-
-def check_store_id(store: str) -> str:
-    """Validate a store id: 1-128 of ``A-Z a-z 0-9 _ . -``, starting alphanumeric.
-
-    Raises:
-        BadStoreId: naming the problem; path-like ids (``../x``, ``/etc/x``, ``a/b``) included.
-    """
-    if not isinstance(store, str) or not STORE_ID_RE.fullmatch(store) or ".." in store:
-        raise BadStoreId(
-            f"invalid store id {quote(store)}: use 1-128 characters from A-Z a-z 0-9 _ . - "
-            "starting with a letter or digit"
-        )
-    return store
 
 
 @attrs.define(eq=False)
@@ -143,7 +120,8 @@ class Hub:
         ``max_open_per_subject`` (0: a quarter of ``max_open``) and
         ``max_new_stores_per_minute`` (0: unlimited): per token subject."""
         self.data_dir = data_dir
-        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # owner-only
+        self.layout = DataDir(data_dir)
+        self.layout.create()  # owner-only
         self.max_open = max_open
         self.idle_seconds = idle_seconds
         self.max_store_bytes = max_store_bytes
@@ -164,7 +142,7 @@ class Hub:
 
     def path_for(self, store: str) -> Path:
         """File of a store (the id was validated)."""
-        return self.data_dir / (check_store_id(store) + STORE_SUFFIX)
+        return self.layout.store_path(store)
 
     @property
     def open_count(self) -> int:
@@ -209,7 +187,7 @@ class Hub:
 
     def _index(self) -> StoreIndex:
         if self._store_index is None:
-            self._store_index = StoreIndex(self.data_dir)
+            self._store_index = self.layout.store_index()
         return self._store_index
 
     def _admit(self, store: str, subject: str, path: Path) -> None:
@@ -484,4 +462,4 @@ class Hub:
 
     def list_stores(self) -> list[str]:
         """Ids of every store in the data directory."""
-        return sorted(p.name[: -len(STORE_SUFFIX)] for p in self.data_dir.glob("*" + STORE_SUFFIX))
+        return [store for store, _path in self.layout.stores()]

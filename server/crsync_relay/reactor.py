@@ -40,7 +40,7 @@ from crsync.change import MAX_CLOCK, SENTINEL, Change, validate_changes
 from crsync.errors import CrsyncError
 from crsync.pack import SqlValue, pack_pk, unpack_pk
 
-from .hub import STORE_SUFFIX, Hub, Overloaded, StoreHandle
+from .hub import Hub, Overloaded, StoreHandle
 from .store import RelayStore
 
 log = logging.getLogger(__name__)
@@ -285,9 +285,7 @@ class ReactorManager:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             task_status.started()
-            paths = sorted(self.hub.data_dir.glob("*" + STORE_SUFFIX))
-            for path in paths:
-                store = path.name[: -len(STORE_SUFFIX)]
+            for store, path in self.hub.layout.stores():
                 behind = RelayStore.reactor_behind
                 if self.wants(store) and await trio.to_thread.run_sync(behind, path):
                     log.info("relay.reactor.catch_up store=%s", store, extra={"store": store})

@@ -19,7 +19,7 @@ from websockets.trio.server import Server, ServerConnection, serve
 from crsync import protocol as p
 from crsync.errors import CrsyncError
 
-from .datadir import exclusive
+from .datadir import DataDir
 from .hub import Hub
 from .metrics import MetricsServer, RelayMetrics
 from .session import ConnectionLimits, RelaySettings, handle_connection
@@ -195,14 +195,14 @@ async def run_relay(
         share = conns / (config.max_connections + config.max_unauthenticated)
         config.max_connections = max(1, int(config.max_connections * share))
         config.max_unauthenticated = max(1, int(config.max_unauthenticated * share))
+    layout = DataDir(config.data_dir)
     try:
-        config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # owner-only
+        layout.create()  # owner-only
     except OSError as exc:
         raise CrsyncError(f"cannot create data directory {config.data_dir}: {exc}") from None
     # One relay per data directory: two processes would each keep their own head, epoch and
     # ring for the same store files.
-    with exclusive(
-        config.data_dir,
+    with layout.exclusive(
         f"another relay serves {config.data_dir}; stop it first, or give this relay its own "
         "--data-dir",
     ):

@@ -18,7 +18,8 @@ from crsync.change import Change
 from crsync.errors import AuthError, InvalidChangeError, ProtocolError
 
 from .auth import verify_token
-from .hub import BadStoreId, Hub, Overloaded, QuotaExceeded, StoreHandle, check_store_id
+from .datadir import BadStoreId, check_store_id
+from .hub import Hub, Overloaded, QuotaExceeded, StoreHandle
 
 log = logging.getLogger(__name__)
 
