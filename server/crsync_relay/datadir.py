@@ -21,7 +21,9 @@ import attrs
 import filelock
 
 from crsync.errors import CrsyncError
-from crsync.protocol import quote
+from crsync.protocol import ErrorCode, quote
+
+from .refusal import Refusal
 
 RELAY_LOCK = ".crsync-relay.lock"
 """File in the data directory a serving relay holds an OS lock on (one relay per directory;
@@ -30,8 +32,10 @@ STORE_SUFFIX = ".store.sqlite3"
 STORE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
-class BadStoreId(CrsyncError):
+class BadStoreId(Refusal):
     """A store id that is not acceptable (charset, length, path-like)."""
+
+    code = ErrorCode.BAD_STORE.value
 
 
 def check_store_id(store: str) -> str:

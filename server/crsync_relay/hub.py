@@ -34,13 +34,14 @@ import attrs
 import trio
 
 from crsync.change import Change
-from crsync.errors import CrsyncError
+from crsync.protocol import ErrorCode
 
 from .datadir import STORE_SUFFIX as STORE_SUFFIX  # re-exported: where they used to live
 from .datadir import BadStoreId as BadStoreId
 from .datadir import DataDir, StoreIndex
 from .datadir import check_store_id as check_store_id
 from .metrics import RelayMetrics
+from .refusal import Refusal
 from .store import Page, RelayStore
 
 log = logging.getLogger(__name__)
@@ -63,12 +64,16 @@ def batch_bytes(changes: Sequence[Change]) -> int:
     return n
 
 
-class Overloaded(CrsyncError):
-    """Too many stores are in use to open another one."""
+class Overloaded(Refusal):
+    """Too many stores (or connections) are in use to serve another one."""
+
+    code = ErrorCode.OVERLOADED.value
 
 
-class QuotaExceeded(CrsyncError):
+class QuotaExceeded(Refusal):
     """A store is over its byte quota; it accepts no more pushes."""
+
+    code = ErrorCode.QUOTA_EXCEEDED.value
 
 
 @attrs.define(eq=False)

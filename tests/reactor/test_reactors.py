@@ -144,9 +144,10 @@ async def test_restart_catch_up_finds_stores_in_a_data_dir_whose_name_holds_uri_
             await answer_questions(batch)
             answered_now.set()
 
-        async with relay(data, answer):  # restart, no device connects: only the peek finds it
+        # Restart with no device connected and nothing pushed: only the startup peek at the
+        # store's cursor can hand the batch to the reactor again.
+        async with relay(data, answer):
             await answered_now.wait()
-    assert store_meta(data, "s")["reactor_cursor"] >= 1
 
 
 async def test_reactor_stores_pattern_restricts_which_stores_run_it(tmp_path: Path) -> None:
