@@ -36,10 +36,7 @@ import trio
 from crsync.change import Change
 from crsync.protocol import ErrorCode
 
-from .datadir import STORE_SUFFIX as STORE_SUFFIX  # re-exported: where they used to live
-from .datadir import BadStoreId as BadStoreId
 from .datadir import DataDir, StoreIndex
-from .datadir import check_store_id as check_store_id
 from .metrics import RelayMetrics
 from .refusal import Refusal
 from .store import Page, RelayStore
@@ -140,7 +137,6 @@ class Hub:
         self._creation_bucket: dict[str, tuple[float, float]] = {}
         self._open: OrderedDict[str, StoreHandle] = OrderedDict()
         self._opening: dict[str, trio.Event] = {}
-        self.stats = {"stores_opened": 0, "stores_closed": 0, "merged": 0, "pushes": 0}
         self.metrics = metrics if metrics is not None else RelayMetrics()
         # Called (synchronously, must not block) after a push advanced a store's head.
         self.push_listeners: list[Callable[[StoreHandle], None]] = []
@@ -148,11 +144,6 @@ class Hub:
     def path_for(self, store: str) -> Path:
         """File of a store (the id was validated)."""
         return self.layout.store_path(store)
-
-    @property
-    def open_count(self) -> int:
-        """Number of stores currently open."""
-        return len(self._open)
 
     async def acquire(self, store: str, subject: str | None = None) -> StoreHandle:
         """Open (or create) a store and count one user of it.
@@ -254,7 +245,6 @@ class Hub:
             h = StoreHandle(store, writer, reader, writer.head, writer.epoch)
             h.users = 1
             self._open[store] = h
-            self.stats["stores_opened"] += 1
             self.metrics.stores_open.set(len(self._open))
             log.info(
                 "relay.store.open store=%s epoch=%s head=%d",
@@ -289,7 +279,6 @@ class Hub:
         async with h.write_lock, h.read_lock:
             await trio.to_thread.run_sync(h.writer.close)
             await trio.to_thread.run_sync(h.reader.close)
-        self.stats["stores_closed"] += 1
         self.metrics.stores_open.set(len(self._open))
         log.info("relay.store.close store=%s", h.store_id, extra={"store": h.store_id})
 
@@ -358,7 +347,6 @@ class Hub:
             self.metrics.merge_seconds.observe(time.perf_counter() - started)
             self.metrics.changes_received.inc(len(changes))
             self.metrics.changes_merged.inc(wins)
-            self.stats["pushes"] += 1
             if head != base:
                 # Someone else may want this batch: keep small ones in memory (bounded per
                 # store); big ones are served from disk, so memory never grows with batch size.
@@ -372,7 +360,6 @@ class Hub:
                         while sum(e[4] for e in h.recent) > RING_BYTES:
                             h.recent.popleft()
                 h.head = head
-                self.stats["merged"] += wins
                 h.wake()
                 for listener in self.push_listeners:
                     listener(h)
@@ -464,7 +451,3 @@ class Hub:
     async def charge(self, h: StoreHandle, cells: int = 1) -> None:
         """Charge a message that costs the store work (a hello) to its push rate."""
         await self._throttle(h, cells)
-
-    def list_stores(self) -> list[str]:
-        """Ids of every store in the data directory."""
-        return [store for store, _path in self.layout.stores()]

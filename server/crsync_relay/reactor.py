@@ -132,7 +132,6 @@ class ReactorBatch:
 
     def __init__(
         self,
-        manager: ReactorManager,
         handle: StoreHandle,
         site_id: bytes,
         changes: list[Change],
@@ -140,7 +139,6 @@ class ReactorBatch:
         upto: int,
         attempt: int,
     ) -> None:
-        self._manager = manager
         self._handle = handle
         self.store = handle.store_id
         self.site_id = site_id
@@ -331,7 +329,7 @@ class ReactorManager:
             if not changes:  # only the reactor's own writes
                 cursor = upto
                 continue
-            batch = ReactorBatch(self, h, site, changes, cursor, upto, attempt + 1)
+            batch = ReactorBatch(h, site, changes, cursor, upto, attempt + 1)
             started = time.perf_counter()
             try:
                 await self.handler(batch)

@@ -173,7 +173,7 @@ def fit_open_files(max_open_stores: int, connections: int = 0) -> tuple[int, int
     return stores, conns
 
 
-def _health(hub: Hub, connection: ServerConnection, request: Request) -> Response | None:
+def _health(connection: ServerConnection, request: Request) -> Response | None:
     if request.path == "/healthz":
         return connection.respond(200, "ok\n")
     return None
@@ -305,7 +305,7 @@ async def _serve(
                         # pages always send Origin; programs do not), so that a page the
                         # developer visits cannot read or write local stores.
                         origins=[None] if config.dev else None,
-                        process_request=functools.partial(_health, hub),
+                        process_request=_health,
                         compression=None,
                     )
                 )

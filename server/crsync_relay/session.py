@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from typing import Any
 
 import attrs
 import trio
@@ -339,7 +338,7 @@ async def handle_connection(ws: ServerConnection, hub: Hub, settings: RelaySetti
         hub.metrics.errors.labels(code="stalled").inc()
         with trio.move_on_after(1):
             await ws.aclose(1008, "stalled")
-    except TooSlow:
+    except trio.TooSlowError:
         await _send_error(
             ws, p.ErrorCode.BAD_FRAME.value, "no hello within the handshake timeout", hub
         )
@@ -374,7 +373,6 @@ async def handle_connection(ws: ServerConnection, hub: Hub, settings: RelaySetti
             limits.leave_unauthenticated(ip)
 
 
-TooSlow = trio.TooSlowError
 MAX_REASON = 500
 
 
@@ -413,8 +411,3 @@ def _cap(reason: str) -> str:
     """An error reason cut to a bounded length for the log and the error frame (reasons quote
     what peers sent; every quote is already bounded, this bounds their sum)."""
     return reason if len(reason) <= MAX_REASON else reason[: MAX_REASON - 3] + "..."
-
-
-def describe(handle: StoreHandle) -> dict[str, Any]:
-    """Live figures of an open store (for status pages)."""
-    return {"store": handle.store_id, "head": handle.head, "sessions": handle.sessions}

@@ -435,15 +435,6 @@ class RelayStore:
         finally:
             conn.close()
 
-    def reactor_set_aside(self) -> list[tuple[int, int, str, float]]:
-        """Version ranges the reactor skipped: ``(base, upto, reason, at)``, oldest first."""
-        return [
-            (int(b), int(u), str(r), float(a))
-            for b, u, r, a in self.conn.execute(
-                "SELECT base, upto, reason, at FROM reactor_set_aside ORDER BY base"
-            )
-        ]
-
     def relay_site(self) -> bytes | None:
         """The site id this store's reactor writes under (None until a reactor ran)."""
         site = self._meta("relay_site")
@@ -484,15 +475,6 @@ class RelayStore:
             if not hmac.compare_digest(again, digest):  # another connection bound it first
                 return f"site id {site_id.hex()} is bound to another device's key"
         return None
-
-    def peers(self) -> list[PeerPosition]:
-        """Every peer the store has seen."""
-        return [
-            PeerPosition(*r)
-            for r in self.conn.execute(
-                "SELECT site_id, pushed_upto, received_upto, last_seen FROM relay_peers"
-            )
-        ]
 
     def record_received(self, site_id: bytes, upto: int) -> None:
         """Record that a peer merged everything up to relay version ``upto`` (no write when
