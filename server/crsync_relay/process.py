@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -33,6 +33,8 @@ class RelayLauncher:
         secret_file: Path | None = None,
         args: Sequence[str] = (),
         command: Sequence[str] | None = None,
+        cwd: Path | None = None,
+        env: Mapping[str, str] | None = None,
         ready_timeout: float = 30.0,
         stop_timeout: float = 10.0,
     ) -> None:
@@ -41,7 +43,11 @@ class RelayLauncher:
             data_dir: the relay's data directory.
             secret_file: token secret; without one the relay runs with ``--dev``.
             args: further ``serve`` options.
-            command: what runs ``crsync-relay`` (default: this Python, ``-m crsync_relay.cli``).
+            command: what runs ``crsync-relay`` (default: this Python, ``-m crsync_relay.cli``;
+                e.g. ``python -I -S crsync-relay.pyz`` for the single-file relay).
+            cwd: the relay's working directory (default: this process's).
+            env: the relay's environment (default: this process's without ``CRSYNC_RELAY_*``
+                variables, so that only the given options configure it).
             ready_timeout: how long to wait for the listening line.
             stop_timeout: how long SIGTERM may take before the process is killed.
         """
@@ -50,6 +56,12 @@ class RelayLauncher:
         self.args = tuple(args)
         self.command = (
             tuple(command) if command is not None else (sys.executable, "-m", "crsync_relay.cli")
+        )
+        self.cwd = cwd
+        self.env = (
+            dict(env)
+            if env is not None
+            else {k: v for k, v in os.environ.items() if not k.startswith("CRSYNC_RELAY_")}
         )
         self.ready_timeout = ready_timeout
         self.stop_timeout = stop_timeout
@@ -83,7 +95,6 @@ class RelayLauncher:
             *self.args,
         ]
         cmd += ["--secret-file", str(self.secret_file)] if self.secret_file else ["--dev"]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CRSYNC_RELAY_")}
         ports: queue.Queue[int | None] = queue.Queue()
         self.proc = subprocess.Popen(
             cmd,
@@ -91,7 +102,8 @@ class RelayLauncher:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
-            env=env,
+            cwd=self.cwd,
+            env=self.env,
         )
         self._reader = threading.Thread(
             target=self._read_log, args=(self.proc, ports), name="relay-log", daemon=True
