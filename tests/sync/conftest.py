@@ -9,6 +9,7 @@ refused).
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import subprocess
 import sys
@@ -89,25 +90,46 @@ def relay_cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.fixture
-def relay_factory(tmp_path: Path) -> Iterator[RelayFactory]:
-    """``relay_factory(*extra_args, dev=False, name="relay")`` starts a relay process."""
+@contextlib.contextmanager
+def relay_processes(tmp_path: Path, *, strict_stop: bool = True) -> Iterator[RelayFactory]:
+    """``make(*extra_args, dev=False, name="relay", data_dir=None)`` starts relay processes,
+    stopped when the block ends. ``strict_stop``: a relay that ignores SIGTERM fails the test
+    (else it is killed quietly, for tests that leave a relay in a bad state on purpose)."""
     started: list[RelayProcess] = []
 
-    def make(*extra_args: str, dev: bool = False, name: str = "relay") -> RelayProcess:
+    def make(
+        *extra_args: str, dev: bool = False, name: str = "relay", data_dir: Path | None = None
+    ) -> RelayProcess:
         secret_file = None
         if not dev:
             secret_file = tmp_path / f"{name}.secret"
             secret_file.write_text(secrets.token_urlsafe(48))
             secret_file.chmod(0o600)  # the relay refuses a secret others can read
-        r = RelayProcess(tmp_path / f"{name}-data", secret_file, tuple(extra_args))
+        r = RelayProcess(data_dir or tmp_path / f"{name}-data", secret_file, tuple(extra_args))
         started.append(r)
         r.start()
         return r
 
-    yield make
-    for r in started:
-        r.stop()
+    try:
+        yield make
+    finally:
+        stuck: list[AssertionError] = []
+        for r in started:
+            try:
+                r.stop()
+            except AssertionError as exc:
+                r.kill()
+                stuck.append(exc)
+        if stuck and strict_stop:
+            raise stuck[0]
+
+
+@pytest.fixture
+def relay_factory(tmp_path: Path) -> Iterator[RelayFactory]:
+    """``relay_factory(*extra_args, dev=False, name="relay", data_dir=None)`` starts a relay
+    process (see :func:`relay_processes`)."""
+    with relay_processes(tmp_path) as make:
+        yield make
 
 
 @pytest.fixture
