@@ -147,7 +147,7 @@ async def run(peers: int, work: Path) -> dict[str, Any]:
             socks = [client_that_never_reads(relay.port, hello) for _ in range(peers)]
             peak = figures["rss_after_expanding_hello"]
             deadline = time.monotonic() + 120
-            while sum("relay.peer_stalled" in line for line in relay.log) < peers:
+            while sum("relay.peer_stalled" in line for line in relay.lines) < peers:
                 peak = max(peak, rss_mib(relay.pid))
                 if time.monotonic() > deadline:
                     raise RuntimeError("the relay did not drop the stalled peers")

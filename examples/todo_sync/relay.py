@@ -47,4 +47,4 @@ def local_relay(workdir: Path, store: str = "todos") -> Iterator[LocalRelay]:
         ready_timeout=READY_TIMEOUT,
         stop_timeout=STOP_TIMEOUT,
     ) as relay:
-        yield LocalRelay(relay.url, store, token, relay.log)
+        yield LocalRelay(relay.url, store, token, relay.lines)

@@ -17,6 +17,9 @@ import attrs
 import jwt
 
 from crsync.errors import AuthError, CrsyncError
+from crsync.protocol import ErrorCode
+
+from .refusal import Refusal
 
 ALGORITHM = "HS256"
 MIN_SECRET_BYTES = 32
@@ -122,10 +125,11 @@ def verify_token(secret: bytes, token: str | None, now: float | None = None) -> 
     """Check a token's signature and expiry.
 
     Raises:
-        AuthError: with ``code`` ``unauthorized`` or ``token_expired``.
+        TokenInvalid: the token is missing or invalid (code ``unauthorized``).
+        TokenExpired: the token has expired (code ``token_expired``).
     """
     if not token:
-        raise _auth("unauthorized", "this relay requires a token")
+        raise TokenInvalid("this relay requires a token")
     try:
         claims = (
             jwt.decode(
@@ -144,18 +148,24 @@ def verify_token(secret: bytes, token: str | None, now: float | None = None) -> 
             )
         )
     except jwt.ExpiredSignatureError:
-        raise _auth("token_expired", "the token has expired") from None
+        raise TokenExpired("the token has expired") from None
     except jwt.InvalidTokenError as exc:
-        raise _auth("unauthorized", f"invalid token: {exc}") from None
+        raise TokenInvalid(f"invalid token: {exc}") from None
     if now is not None and claims["exp"] <= now:
-        raise _auth("token_expired", "the token has expired")
+        raise TokenExpired("the token has expired")
     stores = claims.get("stores")
     if not isinstance(stores, list) or not all(isinstance(s, str) for s in stores):
-        raise _auth("unauthorized", "invalid token: 'stores' must be a list of store ids")
+        raise TokenInvalid("invalid token: 'stores' must be a list of store ids")
     return TokenClaims(str(claims.get("sub", "")), tuple(stores), int(claims["exp"]))
 
 
-def _auth(code: str, reason: str) -> AuthError:
-    err = AuthError(reason)
-    err.code = code  # type: ignore[attr-defined]
-    return err
+class TokenInvalid(AuthError, Refusal):
+    """A missing, malformed, forged or wrongly scoped token."""
+
+    code = ErrorCode.UNAUTHORIZED.value
+
+
+class TokenExpired(AuthError, Refusal):
+    """A token past its expiry."""
+
+    code = ErrorCode.TOKEN_EXPIRED.value

@@ -16,12 +16,8 @@ from pathlib import Path
 
 from crsync.errors import CrsyncError
 
-from .datadir import exclusive
-from .hub import STORE_SUFFIX, check_store_id
-
-
-def _read_only_uri(path: Path) -> str:
-    return path.resolve().as_uri() + "?mode=ro"
+from .datadir import DataDir
+from .store import RelayStore
 
 
 def _create_exclusive(path: Path) -> None:
@@ -35,21 +31,6 @@ def _create_exclusive(path: Path) -> None:
         raise CrsyncError(f"cannot create {path}: {exc.strerror or exc}") from None
 
 
-def _check_store_file(path: Path) -> None:
-    """A readable relay store that passes SQLite's integrity check, or CrsyncError."""
-    try:
-        conn = sqlite3.connect(_read_only_uri(path), uri=True)
-        try:
-            conn.execute("SELECT value FROM relay_meta WHERE key = 'epoch'").fetchone()
-            ok = conn.execute("PRAGMA integrity_check").fetchone()[0]
-        finally:
-            conn.close()
-    except sqlite3.Error as exc:
-        raise CrsyncError(f"{path} is not a relay store backup: {exc}") from None
-    if ok != "ok":
-        raise CrsyncError(f"{path} fails its integrity check: {ok}")
-
-
 def backup_store(data_dir: Path, store: str, dest: Path) -> int:
     """Copy a store to ``dest`` with SQLite's online backup: consistent, the relay keeps serving.
 
@@ -59,31 +40,17 @@ def backup_store(data_dir: Path, store: str, dest: Path) -> int:
     Raises:
         CrsyncError: no such store, the destination exists (or is a link), or the copy fails.
     """
-    src = data_dir / (check_store_id(store) + STORE_SUFFIX)
-    if not src.exists():
-        raise CrsyncError(f"no store {store!r} in {data_dir}")
+    src = DataDir(data_dir).existing_store(store)
     _create_exclusive(dest)
     try:
-        source = sqlite3.connect(_read_only_uri(src), uri=True)
-        try:
-            target = sqlite3.connect(dest)
-            try:
-                source.backup(target)
-                head = target.execute(
-                    "SELECT value FROM relay_meta WHERE key = 'head'"
-                ).fetchone()
-                check = target.execute("PRAGMA integrity_check").fetchone()[0]
-            finally:
-                target.close()
-        finally:
-            source.close()
+        head, check = RelayStore.backup_file(src, dest)
     except sqlite3.Error as exc:
         dest.unlink(missing_ok=True)
         raise CrsyncError(f"the backup of {store!r} failed: {exc}") from None
     if check != "ok":
         dest.unlink(missing_ok=True)
         raise CrsyncError(f"the backup of {store!r} failed its integrity check: {check}")
-    return int(head[0]) if head else 0
+    return head
 
 
 def restore_store(data_dir: Path, store: str, backup: Path, *, force: bool = False) -> str:
@@ -101,46 +68,26 @@ def restore_store(data_dir: Path, store: str, backup: Path, *, force: bool = Fal
         CrsyncError: the backup is not a store file, the store exists and ``force`` is false,
             or a relay is serving the data directory.
     """
-    dest = data_dir / (check_store_id(store) + STORE_SUFFIX)
+    layout = DataDir(data_dir)
+    dest = layout.store_path(store)
     if not backup.is_file():
         raise CrsyncError(f"no backup file {backup}")
-    _check_store_file(backup)
+    RelayStore.check_file(backup)
     if dest.exists() and not force:
         raise CrsyncError(f"store {store!r} exists; pass --force to replace it")
-    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with exclusive(data_dir, f"a relay is serving {data_dir}; stop it before restoring a store"):
+    layout.create()
+    with layout.exclusive(f"a relay is serving {data_dir}; stop it before restoring a store"):
         tmp = dest.with_name(dest.name + ".restoring")
         tmp.unlink(missing_ok=True)
         _create_exclusive(tmp)
         shutil.copyfile(backup, tmp)
         try:
-            _check_store_file(tmp)  # the copy itself, not only its source
-            _set_epoch(tmp, uuid.uuid4().hex)
+            RelayStore.check_file(tmp)  # the copy itself, not only its source
+            RelayStore.set_file_epoch(tmp, uuid.uuid4().hex)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
         for suffix in ("-wal", "-shm"):
             Path(str(dest) + suffix).unlink(missing_ok=True)
         tmp.replace(dest)
-        return _epoch(dest)
-
-
-def _set_epoch(path: Path, epoch: str) -> None:
-    try:
-        conn = sqlite3.connect(path)
-        try:
-            with conn:
-                conn.execute("UPDATE relay_meta SET value = ? WHERE key = 'epoch'", (epoch,))
-        finally:
-            conn.close()
-    except sqlite3.Error as exc:
-        raise CrsyncError(f"cannot set the epoch of {path}: {exc}") from None
-
-
-def _epoch(path: Path) -> str:
-    conn = sqlite3.connect(_read_only_uri(path), uri=True)
-    try:
-        return str(conn.execute("SELECT value FROM relay_meta WHERE key = 'epoch'").fetchone()[0])
-    finally:
-        conn.close()
-
+        return RelayStore.file_epoch(dest)

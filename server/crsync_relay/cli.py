@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import enum
 import os
 import sys
 import time
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 import trio
@@ -16,15 +17,31 @@ from crsync.errors import CrsyncError
 
 from . import logconfig
 from .auth import issue_token, load_secret
-from .hub import STORE_SUFFIX, check_store_id
+from .datadir import DataDir, check_store_id
 from .server import RelayConfig, describe_store, run_relay
 
 ENV_PREFIX = "CRSYNC_RELAY_"
 
 
-def _fail(msg: str) -> None:
+class ExitStatus(enum.IntEnum):
+    """Exit statuses of ``crsync-relay``: the same table as ``crsync``'s (0 ok, 1 error,
+    2 usage)."""
+
+    OK = 0
+    ERROR = 1
+    """The command could not do its job (no such store, a relay serves the directory, the
+    port is taken, ...)."""
+    USAGE = 2
+    """Bad options, arguments, environment or configuration (click's own usage errors too)."""
+
+
+def _fail(msg: str, status: ExitStatus = ExitStatus.ERROR) -> NoReturn:
     click.echo(f"crsync-relay: error: {msg}", err=True)
-    sys.exit(2)
+    sys.exit(status)
+
+
+def _usage(msg: str) -> NoReturn:
+    _fail(msg, ExitStatus.USAGE)
 
 
 def _config_file(path: str | None) -> dict[str, Any]:
@@ -34,12 +51,12 @@ def _config_file(path: str | None) -> dict[str, Any]:
         with open(path, "rb") as f:
             data = tomllib.load(f)
     except OSError as exc:
-        _fail(f"cannot read config file {path}: {exc.strerror}")
+        _usage(f"cannot read config file {path}: {exc.strerror}")
     except tomllib.TOMLDecodeError as exc:
-        _fail(f"config file {path} is not valid TOML: {exc}")
+        _usage(f"config file {path} is not valid TOML: {exc}")
     relay = data.get("relay", data)
     if not isinstance(relay, dict):
-        _fail(f"config file {path}: [relay] must be a table")
+        _usage(f"config file {path}: [relay] must be a table")
     return dict(relay)
 
 
@@ -182,21 +199,21 @@ def serve(**opts: Any) -> None:
             try:
                 return conv(env)
             except ValueError:
-                _fail(f"{ENV_PREFIX + name.upper()}={env!r} is not a valid {conv.__name__}")
+                _usage(f"{ENV_PREFIX + name.upper()}={env!r} is not a valid {conv.__name__}")
         if name in file_cfg:
             return file_cfg[name]
         return default
 
     data_dir = pick("data_dir")
     if not data_dir:
-        _fail("--data-dir is required (or CRSYNC_RELAY_DATA_DIR, or data_dir in --config)")
+        _usage("--data-dir is required (or CRSYNC_RELAY_DATA_DIR, or data_dir in --config)")
     dev = bool(pick("dev", False, bool))
     secret = None
     if not dev:
         try:
             secret = load_secret(pick("secret_file"))
         except CrsyncError as exc:
-            _fail(str(exc))
+            _usage(str(exc))
     cert, key = pick("tls_cert"), pick("tls_key")
     config = RelayConfig(
         data_dir=Path(data_dir),
@@ -230,6 +247,9 @@ def serve(**opts: Any) -> None:
     try:
         config.check()
         config.reactor = config.reactor_handler()  # loaded once; fails fast with a message
+    except CrsyncError as exc:
+        _usage(str(exc))
+    try:
         trio.run(run_relay, config)
     except CrsyncError as exc:
         _fail(str(exc))
@@ -262,7 +282,7 @@ def token(stores: tuple[str, ...], ttl: int, subject: str, secret_file: str | No
         secret = load_secret(secret_file or os.environ.get(ENV_PREFIX + "SECRET_FILE"))
         click.echo(issue_token(secret, list(stores), ttl, subject))
     except CrsyncError as exc:
-        _fail(str(exc))
+        _usage(str(exc))
 
 
 @main.command()
@@ -276,11 +296,10 @@ def stores(data_dir: str) -> None:
     if not d.is_dir():
         _fail(f"no such directory: {d}")
     click.echo(f"{'store':<32} {'bytes':>12} {'cells':>10} {'peers':>6} {'head':>8}  last activity")
-    for path in sorted(d.glob("*" + STORE_SUFFIX)):
+    for name, path in DataDir(d).stores():
         st = describe_store(path)
         last = st["last_activity"]
         when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(last)) if last else "-"
-        name = path.name[: -len(STORE_SUFFIX)]
         click.echo(
             f"{name:<32} {st['bytes']:>12} {st['cells']:>10} {st['peers']:>6} {st['head']:>8}  "
             f"{when}"

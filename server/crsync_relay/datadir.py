@@ -1,5 +1,8 @@
-"""The data directory's lock: one relay serves a directory at a time, and operator commands
-that rewrite store files (restore, repairs) refuse while a relay serves it.
+"""The relay's data directory: its layout (one ``<store id>.store.sqlite3`` file per store,
+the lock file, the store index), store ids, and the lock.
+
+One relay serves a directory at a time, and operator commands that rewrite store files
+(restore, repairs) refuse while a relay serves it.
 
 On POSIX the lock is ``flock`` on a descriptor opened read-only, so it never keeps a file open
 for writing (a file system can still be remounted read-only under a running relay) and it dies
@@ -10,14 +13,44 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import attrs
 import filelock
 
 from crsync.errors import CrsyncError
+from crsync.protocol import ErrorCode, quote
+
+from .refusal import Refusal
 
 RELAY_LOCK = ".crsync-relay.lock"
+"""File in the data directory a serving relay holds an OS lock on (one relay per directory;
+``restore`` refuses while it is held)."""
+STORE_SUFFIX = ".store.sqlite3"
+STORE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+class BadStoreId(Refusal):
+    """A store id that is not acceptable (charset, length, path-like)."""
+
+    code = ErrorCode.BAD_STORE.value
+
+
+def check_store_id(store: str) -> str:
+    """Validate a store id: 1-128 of ``A-Z a-z 0-9 _ . -``, starting alphanumeric.
+
+    Raises:
+        BadStoreId: naming the problem; path-like ids (``../x``, ``/etc/x``, ``a/b``) included.
+    """
+    if not isinstance(store, str) or not STORE_ID_RE.fullmatch(store) or ".." in store:
+        raise BadStoreId(
+            f"invalid store id {quote(store)}: use 1-128 characters from A-Z a-z 0-9 _ . - "
+            "starting with a letter or digit"
+        )
+    return store
+
 
 try:
     import fcntl
@@ -78,19 +111,6 @@ class DataDirLock:
             self._portable = None
 
 
-@contextlib.contextmanager
-def exclusive(data_dir: Path, refusal: str) -> Iterator[DataDirLock]:
-    """Hold the data directory's lock for a block; CrsyncError (``refusal``, then the lock
-    file's path) if someone else holds it."""
-    lock = DataDirLock(data_dir)
-    if not lock.try_acquire():
-        raise CrsyncError(f"{refusal} (it holds {lock.path})")
-    try:
-        yield lock
-    finally:
-        lock.release()
-
-
 STORE_INDEX = ".crsync-relay-stores.sqlite3"
 
 
@@ -131,3 +151,52 @@ class StoreIndex:
     def close(self) -> None:
         """Close the index."""
         self.conn.close()
+
+
+@attrs.frozen
+class DataDir:
+    """The layout of a relay's data directory: where each store's file is, which stores exist,
+    the lock, the store index."""
+
+    path: Path
+
+    def create(self) -> None:
+        """Create the directory (owner-only) if it is missing."""
+        self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    def store_path(self, store: str) -> Path:
+        """File of a store.
+
+        Raises:
+            BadStoreId: the id is not acceptable.
+        """
+        return self.path / (check_store_id(store) + STORE_SUFFIX)
+
+    def existing_store(self, store: str) -> Path:
+        """File of a store that exists; CrsyncError if there is none."""
+        path = self.store_path(store)
+        if not path.exists():
+            raise CrsyncError(f"no store {store!r} in {self.path}")
+        return path
+
+    def stores(self) -> list[tuple[str, Path]]:
+        """Every store in the directory, ``(id, file)``, sorted by file name."""
+        return [
+            (p.name[: -len(STORE_SUFFIX)], p) for p in sorted(self.path.glob("*" + STORE_SUFFIX))
+        ]
+
+    @contextlib.contextmanager
+    def exclusive(self, refusal: str) -> Iterator[DataDirLock]:
+        """Hold the directory's lock for a block; CrsyncError (``refusal``, then the lock
+        file's path) if someone else holds it."""
+        lock = DataDirLock(self.path)
+        if not lock.try_acquire():
+            raise CrsyncError(f"{refusal} (it holds {lock.path})")
+        try:
+            yield lock
+        finally:
+            lock.release()
+
+    def store_index(self) -> StoreIndex:
+        """Open the directory's store index."""
+        return StoreIndex(self.path)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import re
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping, Sequence
@@ -35,21 +34,14 @@ import attrs
 import trio
 
 from crsync.change import Change
-from crsync.errors import CrsyncError
-from crsync.protocol import quote
+from crsync.protocol import ErrorCode
 
-from .datadir import StoreIndex
+from .datadir import DataDir, StoreIndex
 from .metrics import RelayMetrics
+from .refusal import Refusal
 from .store import Page, RelayStore
 
 log = logging.getLogger(__name__)
-
-STORE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
-STORE_SUFFIX = ".store.sqlite3"
-RELAY_LOCK = ".crsync-relay.lock"
-"""File in the data directory a serving relay holds an OS lock on (one relay per directory;
-``restore`` refuses while it is held)."""
-
 
 
 RECENT_MAX_CELLS = 2000  # largest batch kept in a store's in-memory ring (16 batches at most)
@@ -69,30 +61,16 @@ def batch_bytes(changes: Sequence[Change]) -> int:
     return n
 
 
-class BadStoreId(CrsyncError):
-    """A store id that is not acceptable (charset, length, path-like)."""
+class Overloaded(Refusal):
+    """Too many stores (or connections) are in use to serve another one."""
+
+    code = ErrorCode.OVERLOADED.value
 
 
-class Overloaded(CrsyncError):
-    """Too many stores are in use to open another one."""
-
-
-class QuotaExceeded(CrsyncError):
+class QuotaExceeded(Refusal):
     """A store is over its byte quota; it accepts no more pushes."""
 
-
-def check_store_id(store: str) -> str:
-    """Validate a store id: 1-128 of ``A-Z a-z 0-9 _ . -``, starting alphanumeric.
-
-    Raises:
-        BadStoreId: naming the problem; path-like ids (``../x``, ``/etc/x``, ``a/b``) included.
-    """
-    if not isinstance(store, str) or not STORE_ID_RE.fullmatch(store) or ".." in store:
-        raise BadStoreId(
-            f"invalid store id {quote(store)}: use 1-128 characters from A-Z a-z 0-9 _ . - "
-            "starting with a letter or digit"
-        )
-    return store
+    code = ErrorCode.QUOTA_EXCEEDED.value
 
 
 @attrs.define(eq=False)
@@ -144,7 +122,8 @@ class Hub:
         ``max_open_per_subject`` (0: a quarter of ``max_open``) and
         ``max_new_stores_per_minute`` (0: unlimited): per token subject."""
         self.data_dir = data_dir
-        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # owner-only
+        self.layout = DataDir(data_dir)
+        self.layout.create()  # owner-only
         self.max_open = max_open
         self.idle_seconds = idle_seconds
         self.max_store_bytes = max_store_bytes
@@ -158,19 +137,13 @@ class Hub:
         self._creation_bucket: dict[str, tuple[float, float]] = {}
         self._open: OrderedDict[str, StoreHandle] = OrderedDict()
         self._opening: dict[str, trio.Event] = {}
-        self.stats = {"stores_opened": 0, "stores_closed": 0, "merged": 0, "pushes": 0}
         self.metrics = metrics if metrics is not None else RelayMetrics()
         # Called (synchronously, must not block) after a push advanced a store's head.
         self.push_listeners: list[Callable[[StoreHandle], None]] = []
 
     def path_for(self, store: str) -> Path:
         """File of a store (the id was validated)."""
-        return self.data_dir / (check_store_id(store) + STORE_SUFFIX)
-
-    @property
-    def open_count(self) -> int:
-        """Number of stores currently open."""
-        return len(self._open)
+        return self.layout.store_path(store)
 
     async def acquire(self, store: str, subject: str | None = None) -> StoreHandle:
         """Open (or create) a store and count one user of it.
@@ -210,7 +183,7 @@ class Hub:
 
     def _index(self) -> StoreIndex:
         if self._store_index is None:
-            self._store_index = StoreIndex(self.data_dir)
+            self._store_index = self.layout.store_index()
         return self._store_index
 
     def _admit(self, store: str, subject: str, path: Path) -> None:
@@ -272,7 +245,6 @@ class Hub:
             h = StoreHandle(store, writer, reader, writer.head, writer.epoch)
             h.users = 1
             self._open[store] = h
-            self.stats["stores_opened"] += 1
             self.metrics.stores_open.set(len(self._open))
             log.info(
                 "relay.store.open store=%s epoch=%s head=%d",
@@ -307,7 +279,6 @@ class Hub:
         async with h.write_lock, h.read_lock:
             await trio.to_thread.run_sync(h.writer.close)
             await trio.to_thread.run_sync(h.reader.close)
-        self.stats["stores_closed"] += 1
         self.metrics.stores_open.set(len(self._open))
         log.info("relay.store.close store=%s", h.store_id, extra={"store": h.store_id})
 
@@ -376,7 +347,6 @@ class Hub:
             self.metrics.merge_seconds.observe(time.perf_counter() - started)
             self.metrics.changes_received.inc(len(changes))
             self.metrics.changes_merged.inc(wins)
-            self.stats["pushes"] += 1
             if head != base:
                 # Someone else may want this batch: keep small ones in memory (bounded per
                 # store); big ones are served from disk, so memory never grows with batch size.
@@ -390,7 +360,6 @@ class Hub:
                         while sum(e[4] for e in h.recent) > RING_BYTES:
                             h.recent.popleft()
                 h.head = head
-                self.stats["merged"] += wins
                 h.wake()
                 for listener in self.push_listeners:
                     listener(h)
@@ -482,7 +451,3 @@ class Hub:
     async def charge(self, h: StoreHandle, cells: int = 1) -> None:
         """Charge a message that costs the store work (a hello) to its push rate."""
         await self._throttle(h, cells)
-
-    def list_stores(self) -> list[str]:
-        """Ids of every store in the data directory."""
-        return sorted(p.name[: -len(STORE_SUFFIX)] for p in self.data_dir.glob("*" + STORE_SUFFIX))

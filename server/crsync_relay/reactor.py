@@ -27,10 +27,8 @@ import importlib.util
 import inspect
 import logging
 import random
-import sqlite3
 import sys
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,7 +40,7 @@ from crsync.change import MAX_CLOCK, SENTINEL, Change, validate_changes
 from crsync.errors import CrsyncError
 from crsync.pack import SqlValue, pack_pk, unpack_pk
 
-from .hub import STORE_SUFFIX, Hub, Overloaded, StoreHandle
+from .hub import Hub, Overloaded, StoreHandle
 from .store import RelayStore
 
 log = logging.getLogger(__name__)
@@ -134,7 +132,6 @@ class ReactorBatch:
 
     def __init__(
         self,
-        manager: ReactorManager,
         handle: StoreHandle,
         site_id: bytes,
         changes: list[Change],
@@ -142,7 +139,6 @@ class ReactorBatch:
         upto: int,
         attempt: int,
     ) -> None:
-        self._manager = manager
         self._handle = handle
         self.store = handle.store_id
         self.site_id = site_id
@@ -222,58 +218,15 @@ class ReactorBatch:
 
 
 def _read_row(store: RelayStore, table: str, pk: bytes) -> StoreRow | None:
-    rows = store.conn.execute(
-        "SELECT cid, val, col_version, cl FROM relay_cells WHERE tbl = ? AND pk = ?", (table, pk)
-    ).fetchall()
-    if not rows:
+    cells = store.row_cells(table, pk)
+    if not cells:
         return None
-    cl = rows[0][3]
-    r = StoreRow(table, unpack_pk(pk), cl, {}, {})
-    for cid, val, cv, _cl in rows:
+    r = StoreRow(table, unpack_pk(pk), cells[0][3], {}, {})
+    for cid, val, cv, _cl in cells:
         if cid != SENTINEL:
             r.values[cid] = val
             r.versions[cid] = cv
     return r
-
-
-def _site_and_cursor(store: RelayStore) -> tuple[bytes, int]:
-    conn = store.conn
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        conn.execute(
-            "INSERT OR IGNORE INTO relay_meta VALUES ('relay_site', ?)", (uuid.uuid4().bytes,)
-        )
-        site = conn.execute("SELECT value FROM relay_meta WHERE key = 'relay_site'").fetchone()[0]
-        row = conn.execute("SELECT value FROM relay_meta WHERE key = 'reactor_cursor'").fetchone()
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    return bytes(site), int(row[0]) if row else 0
-
-
-def _save_cursor(store: RelayStore, cursor: int) -> None:
-    store.conn.execute("INSERT OR REPLACE INTO relay_meta VALUES ('reactor_cursor', ?)", (cursor,))
-
-
-def _behind(path: Path) -> bool:
-    """True if a store file's reactor cursor is behind its head (read-only peek)."""
-    try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    except sqlite3.Error:
-        return False
-    try:
-        meta = dict(
-            conn.execute(
-                "SELECT key, value FROM relay_meta WHERE key IN ('head', 'reactor_cursor')"
-            ).fetchall()
-        )
-    except sqlite3.Error:
-        return False
-    finally:
-        conn.close()
-    return int(meta.get("reactor_cursor", 0)) < int(meta.get("head", 0))
 
 
 class ReactorManager:
@@ -330,10 +283,9 @@ class ReactorManager:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             task_status.started()
-            paths = sorted(self.hub.data_dir.glob("*" + STORE_SUFFIX))
-            for path in paths:
-                store = path.name[: -len(STORE_SUFFIX)]
-                if self.wants(store) and await trio.to_thread.run_sync(_behind, path):
+            for store, path in self.hub.layout.stores():
+                behind = RelayStore.reactor_behind
+                if self.wants(store) and await trio.to_thread.run_sync(behind, path):
                     log.info("relay.reactor.catch_up store=%s", store, extra={"store": store})
                     self.kick(store)
             await trio.sleep_forever()
@@ -367,7 +319,7 @@ class ReactorManager:
     async def _drain(self, h: StoreHandle, attempt: int) -> int:
         """Handle every batch up to the store's head; return the attempt count (0 when done)."""
         async with h.write_lock:
-            site, cursor = await trio.to_thread.run_sync(_site_and_cursor, h.writer)
+            site, cursor = await trio.to_thread.run_sync(h.writer.reactor_state)
         while cursor < h.head:
             # After max_attempts failed deliveries, deliver one relay version at a time, so that
             # what is set aside in the end is only the version the handler cannot process.
@@ -377,7 +329,7 @@ class ReactorManager:
             if not changes:  # only the reactor's own writes
                 cursor = upto
                 continue
-            batch = ReactorBatch(self, h, site, changes, cursor, upto, attempt + 1)
+            batch = ReactorBatch(h, site, changes, cursor, upto, attempt + 1)
             started = time.perf_counter()
             try:
                 await self.handler(batch)
@@ -423,7 +375,7 @@ class ReactorManager:
                 await self.hub.push(h, site, upto + 1, writes, meta={"reactor_cursor": upto})
             else:
                 async with h.write_lock:
-                    await trio.to_thread.run_sync(_save_cursor, h.writer, upto)
+                    await trio.to_thread.run_sync(h.writer.save_reactor_cursor, upto)
             self.handled_batches += 1
             log.debug(
                 "relay.reactor.batch store=%s base=%d upto=%d changes=%d writes=%d seconds=%.3f",

@@ -11,18 +11,16 @@ from pathlib import Path
 from crsync.errors import CrsyncError
 from crsync.pack import pack_pk
 
-from .datadir import exclusive
-from .hub import STORE_SUFFIX, check_store_id
+from .datadir import DataDir
 from .store import RelayStore
 
 
 @contextlib.contextmanager
 def stopped_store(data_dir: Path, store: str) -> Iterator[RelayStore]:
     """Open an existing store while holding the data directory's relay lock."""
-    path = data_dir / (check_store_id(store) + STORE_SUFFIX)
-    if not path.exists():
-        raise CrsyncError(f"no store {store!r} in {data_dir}")
-    with exclusive(data_dir, f"a relay is serving {data_dir}; stop it first"):
+    layout = DataDir(data_dir)
+    path = layout.existing_store(store)
+    with layout.exclusive(f"a relay is serving {data_dir}; stop it first"):
         s = RelayStore(path, create=False)
         try:
             yield s

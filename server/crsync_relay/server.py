@@ -19,7 +19,7 @@ from websockets.trio.server import Server, ServerConnection, serve
 from crsync import protocol as p
 from crsync.errors import CrsyncError
 
-from .datadir import exclusive
+from .datadir import DataDir
 from .hub import Hub
 from .metrics import MetricsServer, RelayMetrics
 from .session import ConnectionLimits, RelaySettings, handle_connection
@@ -173,7 +173,7 @@ def fit_open_files(max_open_stores: int, connections: int = 0) -> tuple[int, int
     return stores, conns
 
 
-def _health(hub: Hub, connection: ServerConnection, request: Request) -> Response | None:
+def _health(connection: ServerConnection, request: Request) -> Response | None:
     if request.path == "/healthz":
         return connection.respond(200, "ok\n")
     return None
@@ -195,14 +195,14 @@ async def run_relay(
         share = conns / (config.max_connections + config.max_unauthenticated)
         config.max_connections = max(1, int(config.max_connections * share))
         config.max_unauthenticated = max(1, int(config.max_unauthenticated * share))
+    layout = DataDir(config.data_dir)
     try:
-        config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # owner-only
+        layout.create()  # owner-only
     except OSError as exc:
         raise CrsyncError(f"cannot create data directory {config.data_dir}: {exc}") from None
     # One relay per data directory: two processes would each keep their own head, epoch and
     # ring for the same store files.
-    with exclusive(
-        config.data_dir,
+    with layout.exclusive(
         f"another relay serves {config.data_dir}; stop it first, or give this relay its own "
         "--data-dir",
     ):
@@ -305,7 +305,7 @@ async def _serve(
                         # pages always send Origin; programs do not), so that a page the
                         # developer visits cannot read or write local stores.
                         origins=[None] if config.dev else None,
-                        process_request=functools.partial(_health, hub),
+                        process_request=_health,
                         compression=None,
                     )
                 )

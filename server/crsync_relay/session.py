@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from typing import Any
 
 import attrs
 import trio
@@ -15,10 +14,12 @@ from websockets.trio.server import ServerConnection
 from crsync import protocol as p
 from crsync._trio_util import open_nursery
 from crsync.change import Change
-from crsync.errors import AuthError, InvalidChangeError, ProtocolError
+from crsync.errors import InvalidChangeError, ProtocolError
 
 from .auth import verify_token
-from .hub import BadStoreId, Hub, Overloaded, QuotaExceeded, StoreHandle, check_store_id
+from .datadir import check_store_id
+from .hub import Hub, Overloaded, StoreHandle
+from .refusal import Refusal
 
 log = logging.getLogger(__name__)
 
@@ -44,17 +45,15 @@ class ConnectionLimits:
     per_store: dict[str, int] = attrs.Factory(dict)
 
     def enter(self, ip: str = "") -> None:
-        """Count a new, not yet authenticated connection, or raise :class:`_Closing`."""
+        """Count a new, not yet authenticated connection, or raise :class:`Overloaded`."""
         n = self.per_ip.get(ip, 0)
         if self.unauthenticated >= self.max_unauthenticated:
-            raise _Closing(
-                p.ErrorCode.OVERLOADED.value,
+            raise Overloaded(
                 f"{self.unauthenticated} connections are authenticating (the cap is "
                 f"{self.max_unauthenticated})",
             )
         if n >= self.max_unauthenticated_per_ip:
-            raise _Closing(
-                p.ErrorCode.OVERLOADED.value,
+            raise Overloaded(
                 f"this address has {n} connections authenticating (the cap is "
                 f"{self.max_unauthenticated_per_ip})",
             )
@@ -69,10 +68,9 @@ class ConnectionLimits:
             self.per_ip[ip] = n
 
     def authenticated(self) -> None:
-        """Count an authenticated connection, or raise :class:`_Closing` (overloaded)."""
+        """Count an authenticated connection, or raise :class:`Overloaded`."""
         if self.total >= self.max_total:
-            raise _Closing(
-                p.ErrorCode.OVERLOADED.value,
+            raise Overloaded(
                 f"the relay serves {self.total} connections (the cap is {self.max_total})",
             )
         self.total += 1
@@ -82,11 +80,10 @@ class ConnectionLimits:
         self.total -= 1
 
     def enter_store(self, store: str) -> None:
-        """Count a connection to ``store``, or raise :class:`_Closing` (overloaded) at the cap."""
+        """Count a connection to ``store``, or raise :class:`Overloaded` at the cap."""
         n = self.per_store.get(store, 0)
         if n >= self.max_per_store:
-            raise _Closing(
-                p.ErrorCode.OVERLOADED.value,
+            raise Overloaded(
                 f"store {store!r} has {n} connections (the cap is {self.max_per_store})",
             )
         self.per_store[store] = n + 1
@@ -118,13 +115,12 @@ class _Stalled(Exception):
     """The peer stopped reading: drop the connection without an error frame."""
 
 
-class _Closing(Exception):
-    """Stop this connection after sending an error frame."""
+class _Closing(Refusal):
+    """Stop this connection after sending an error frame with ``code``."""
 
     def __init__(self, code: str, reason: str) -> None:
         super().__init__(reason)
         self.code = code
-        self.reason = reason
 
 
 class Session:
@@ -202,10 +198,7 @@ class Session:
                 if not parts and msg.more:
                     # The first part of a multi-part unit: refuse a store over its quota now,
                     # before holding the unit in memory.
-                    try:
-                        await self.hub.check_quota(self.handle)
-                    except QuotaExceeded as exc:
-                        raise _Closing(p.ErrorCode.QUOTA_EXCEEDED.value, str(exc)) from None
+                    await self.hub.check_quota(self.handle)
                 parts.extend(msg.changes)
                 unit_bytes += len(raw)
                 if (
@@ -229,8 +222,6 @@ class Session:
                     )
                 except InvalidChangeError as exc:
                     raise _Closing(p.ErrorCode.INVALID_CHANGES.value, str(exc)) from None
-                except QuotaExceeded as exc:
-                    raise _Closing(p.ErrorCode.QUOTA_EXCEEDED.value, str(exc)) from None
                 self.log.debug(
                     "relay.push store=%s cells=%d wins=%d head=%d",
                     self.hello.store,
@@ -272,15 +263,9 @@ async def handle_connection(ws: ServerConnection, hub: Hub, settings: RelaySetti
             raw = await ws.recv()
         hello = proto.receive(raw)
         assert isinstance(hello, p.Hello)
-        try:
-            check_store_id(hello.store)
-        except BadStoreId as exc:
-            raise _Closing(p.ErrorCode.BAD_STORE.value, str(exc)) from None
+        check_store_id(hello.store)
         if settings.secret is not None:
-            try:
-                claims = verify_token(settings.secret, hello.token)
-            except AuthError as exc:
-                raise _Closing(getattr(exc, "code", "unauthorized"), str(exc)) from None
+            claims = verify_token(settings.secret, hello.token)
             if not claims.allows(hello.store):
                 raise _Closing(
                     p.ErrorCode.FORBIDDEN.value,
@@ -297,10 +282,7 @@ async def handle_connection(ws: ServerConnection, hub: Hub, settings: RelaySetti
         ws.protocol.max_message_size = 2 * settings.max_frame
         limits.enter_store(hello.store)
         counted_store = True
-        try:
-            handle = await hub.acquire(hello.store, subject if settings.secret else None)
-        except Overloaded as exc:
-            raise _Closing(p.ErrorCode.OVERLOADED.value, str(exc)) from None
+        handle = await hub.acquire(hello.store, subject if settings.secret else None)
         await hub.charge(handle)
         async with handle.write_lock:
             if hello.site == await trio.to_thread.run_sync(handle.writer.relay_site):
@@ -341,7 +323,7 @@ async def handle_connection(ws: ServerConnection, hub: Hub, settings: RelaySetti
         finally:
             handle.sessions -= 1
             hub.metrics.connections_active.dec()
-    except _Closing as exc:
+    except Refusal as exc:
         reason = _cap(exc.reason)
         if _REFUSAL_LOG.allow():
             log.warning("relay.refused peer=%s code=%s reason=%s", peer, exc.code, reason)
@@ -356,7 +338,7 @@ async def handle_connection(ws: ServerConnection, hub: Hub, settings: RelaySetti
         hub.metrics.errors.labels(code="stalled").inc()
         with trio.move_on_after(1):
             await ws.aclose(1008, "stalled")
-    except TooSlow:
+    except trio.TooSlowError:
         await _send_error(
             ws, p.ErrorCode.BAD_FRAME.value, "no hello within the handshake timeout", hub
         )
@@ -391,7 +373,6 @@ async def handle_connection(ws: ServerConnection, hub: Hub, settings: RelaySetti
             limits.leave_unauthenticated(ip)
 
 
-TooSlow = trio.TooSlowError
 MAX_REASON = 500
 
 
@@ -430,8 +411,3 @@ def _cap(reason: str) -> str:
     """An error reason cut to a bounded length for the log and the error frame (reasons quote
     what peers sent; every quote is already bounded, this bounds their sum)."""
     return reason if len(reason) <= MAX_REASON else reason[: MAX_REASON - 3] + "..."
-
-
-def describe(handle: StoreHandle) -> dict[str, Any]:
-    """Live figures of an open store (for status pages)."""
-    return {"store": handle.store_id, "head": handle.head, "sessions": handle.sessions}

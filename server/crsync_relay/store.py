@@ -70,6 +70,12 @@ _ADDED_COLUMNS = [
 ]
 
 
+def _read_only_uri(path: Path) -> str:
+    """A read-only ``file:`` URI naming exactly ``path`` (``#``, ``?`` and ``%`` in a file name
+    are never read as URI syntax)."""
+    return path.resolve().as_uri() + "?mode=ro"
+
+
 @attrs.frozen
 class Page:
     """One read for a peer (see :meth:`RelayStore.read_page`)."""
@@ -284,9 +290,7 @@ class RelayStore:
         conn = self.conn
         with self._transaction():
             if cid is None:
-                cur = conn.execute(
-                    "DELETE FROM relay_cells WHERE tbl = ? AND pk = ?", (table, pk)
-                )
+                cur = conn.execute("DELETE FROM relay_cells WHERE tbl = ? AND pk = ?", (table, pk))
             else:
                 cur = conn.execute(
                     "DELETE FROM relay_cells WHERE tbl = ? AND pk = ? AND cid = ?",
@@ -317,14 +321,119 @@ class RelayStore:
             )
             conn.execute("INSERT OR REPLACE INTO relay_meta VALUES ('reactor_cursor', ?)", (upto,))
 
-    def reactor_set_aside(self) -> list[tuple[int, int, str, float]]:
-        """Version ranges the reactor skipped: ``(base, upto, reason, at)``, oldest first."""
+    def reactor_state(self) -> tuple[bytes, int]:
+        """The site id the store's reactor writes under (minted on first use) and the relay
+        version its reactor has handled up to (0 if it never ran)."""
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO relay_meta VALUES ('relay_site', ?)", (uuid.uuid4().bytes,)
+            )
+            site = self._meta("relay_site")
+            cursor = self._meta("reactor_cursor")
+        return bytes(site), 0 if cursor is None else int(cursor)
+
+    def save_reactor_cursor(self, cursor: int) -> None:
+        """Record that the store's reactor handled every relay version up to ``cursor``."""
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO relay_meta VALUES ('reactor_cursor', ?)", (cursor,)
+            )
+
+    def row_cells(self, table: str, pk: bytes) -> list[tuple[str, SqlValue, int, int]]:
+        """The cells the store holds for one row: ``(cid, value, col_version, cl)`` each
+        (the sentinel included), none if the row was never written."""
         return [
-            (int(b), int(u), str(r), float(a))
-            for b, u, r, a in self.conn.execute(
-                "SELECT base, upto, reason, at FROM reactor_set_aside ORDER BY base"
+            (str(cid), val, int(cv), int(cl))
+            for cid, val, cv, cl in self.conn.execute(
+                "SELECT cid, val, col_version, cl FROM relay_cells WHERE tbl = ? AND pk = ?",
+                (table, pk),
             )
         ]
+
+    # ---------------------------------------------------- store files not open as a store
+
+    @staticmethod
+    def reactor_behind(path: Path) -> bool:
+        """True if a store file's reactor cursor is behind its head (a read-only peek; False
+        if the file cannot be read as a store)."""
+        try:
+            conn = sqlite3.connect(_read_only_uri(path), uri=True)
+        except sqlite3.Error:
+            return False
+        try:
+            meta = dict(
+                conn.execute(
+                    "SELECT key, value FROM relay_meta WHERE key IN ('head', 'reactor_cursor')"
+                ).fetchall()
+            )
+        except sqlite3.Error:
+            return False
+        finally:
+            conn.close()
+        return int(meta.get("reactor_cursor", 0)) < int(meta.get("head", 0))
+
+    @staticmethod
+    def check_file(path: Path) -> None:
+        """A readable relay store that passes SQLite's integrity check, or CrsyncError."""
+        try:
+            conn = sqlite3.connect(_read_only_uri(path), uri=True)
+            try:
+                conn.execute("SELECT value FROM relay_meta WHERE key = 'epoch'").fetchone()
+                ok = conn.execute("PRAGMA integrity_check").fetchone()[0]
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            raise CrsyncError(f"{path} is not a relay store backup: {exc}") from None
+        if ok != "ok":
+            raise CrsyncError(f"{path} fails its integrity check: {ok}")
+
+    @staticmethod
+    def backup_file(src: Path, dest: Path) -> tuple[int, str]:
+        """Copy the store file ``src`` into the existing empty file ``dest`` with SQLite's
+        online backup (consistent while a relay writes ``src``).
+
+        Returns:
+            The relay version (head) captured in the copy and the copy's integrity check
+            result (``"ok"`` if sound).
+
+        Raises:
+            sqlite3.Error: the copy failed.
+        """
+        source = sqlite3.connect(_read_only_uri(src), uri=True)
+        try:
+            target = sqlite3.connect(dest)
+            try:
+                source.backup(target)
+                head = target.execute("SELECT value FROM relay_meta WHERE key = 'head'").fetchone()
+                check = target.execute("PRAGMA integrity_check").fetchone()[0]
+            finally:
+                target.close()
+        finally:
+            source.close()
+        return (int(head[0]) if head else 0), str(check)
+
+    @staticmethod
+    def set_file_epoch(path: Path, epoch: str) -> None:
+        """Give a store file (not open anywhere) a new epoch."""
+        try:
+            conn = sqlite3.connect(path)
+            try:
+                with conn:
+                    conn.execute("UPDATE relay_meta SET value = ? WHERE key = 'epoch'", (epoch,))
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            raise CrsyncError(f"cannot set the epoch of {path}: {exc}") from None
+
+    @staticmethod
+    def file_epoch(path: Path) -> str:
+        """A store file's epoch (read-only)."""
+        conn = sqlite3.connect(_read_only_uri(path), uri=True)
+        try:
+            row = conn.execute("SELECT value FROM relay_meta WHERE key = 'epoch'").fetchone()
+            return str(row[0])
+        finally:
+            conn.close()
 
     def relay_site(self) -> bytes | None:
         """The site id this store's reactor writes under (None until a reactor ran)."""
@@ -366,15 +475,6 @@ class RelayStore:
             if not hmac.compare_digest(again, digest):  # another connection bound it first
                 return f"site id {site_id.hex()} is bound to another device's key"
         return None
-
-    def peers(self) -> list[PeerPosition]:
-        """Every peer the store has seen."""
-        return [
-            PeerPosition(*r)
-            for r in self.conn.execute(
-                "SELECT site_id, pushed_upto, received_upto, last_seen FROM relay_peers"
-            )
-        ]
 
     def record_received(self, site_id: bytes, upto: int) -> None:
         """Record that a peer merged everything up to relay version ``upto`` (no write when
@@ -536,9 +636,7 @@ class RelayStore:
                     s = st.sentinel
                     dbv = version if s[1] == MERGE_VERSION else s[1]
                     via = site_id if dbv == version else via_of.get((table, pk, SENTINEL))
-                    rows_out.append(
-                        (table, pk, SENTINEL, None, st.cl, s[2], st.cl, s[3], dbv, via)
-                    )
+                    rows_out.append((table, pk, SENTINEL, None, st.cl, s[2], st.cl, s[3], dbv, via))
             if dead:
                 conn.executemany("DELETE FROM relay_cells WHERE tbl = ? AND pk = ?", dead)
                 conn.executemany(

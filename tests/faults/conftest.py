@@ -8,17 +8,14 @@ without it every test here is sized for CI.
 from __future__ import annotations
 
 import os
-import secrets
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sync.conftest import RelayProcess
+from sync.conftest import RelayFactory, RelayProcess, relay_processes
 
 LONG = os.environ.get("CRSYNC_LONG_FAULTS", "") not in ("", "0")
-
-RelayFactory = Callable[..., RelayProcess]
 
 
 def integrity(path: Path) -> str:
@@ -34,27 +31,8 @@ def integrity(path: Path) -> str:
 def relay_factory(tmp_path: Path) -> Iterator[RelayFactory]:
     """``relay_factory(*extra_args, dev=False, name="relay", data_dir=None)``: a relay process
     (stopped, SIGKILL if need be, at the end of the test)."""
-    started: list[RelayProcess] = []
-
-    def make(
-        *extra_args: str, dev: bool = False, name: str = "relay", data_dir: Path | None = None
-    ) -> RelayProcess:
-        secret_file = None
-        if not dev:
-            secret_file = tmp_path / f"{name}.secret"
-            secret_file.write_text(secrets.token_urlsafe(48))
-            secret_file.chmod(0o600)  # the relay refuses a secret others can read
-        r = RelayProcess(data_dir or tmp_path / f"{name}-data", secret_file, tuple(extra_args))
-        started.append(r)
-        r.start()
-        return r
-
-    yield make
-    for r in started:
-        try:
-            r.stop()
-        except AssertionError:
-            r.kill()
+    with relay_processes(tmp_path, strict_stop=False) as make:
+        yield make
 
 
 @pytest.fixture

@@ -95,22 +95,27 @@ async def test_failing_reactor_in_one_store_leaves_other_stores_and_sync_untouch
     assert "RuntimeError: boom in the handler" in failures[0].getMessage()
 
 
-async def test_relay_restart_redelivers_changes_the_reactor_had_not_finished(
-    tmp_path: Path,
-) -> None:
+async def leave_a_batch_unhandled(data: Path, a: crsync.Database) -> None:
+    """Push a request to store ``s`` of a relay whose reactor never finishes, then stop it."""
     started = trio.Event()
 
     async def stuck(batch: Any) -> None:
         started.set()
         await trio.sleep_forever()  # never finishes: the relay stops under it
 
+    async with relay(data, stuck) as (url, _hub), peer(a, url, "s") as pa:
+        a.conn.execute("INSERT INTO requests (id, question) VALUES ('r', 'later')")
+        await pa.wait_synced()
+        await started.wait()
+
+
+async def test_relay_restart_redelivers_changes_the_reactor_had_not_finished(
+    tmp_path: Path,
+) -> None:
     a = device(tmp_path / "a.db")
     data = tmp_path / "relay"
     with trio.fail_after(LIMIT):
-        async with relay(data, stuck) as (url, _hub), peer(a, url, "s") as pa:
-            a.conn.execute("INSERT INTO requests (id, question) VALUES ('r', 'later')")
-            await pa.wait_synced()
-            await started.wait()
+        await leave_a_batch_unhandled(data, a)
         assert store_meta(data, "s").get("reactor_cursor", 0) == 0
         async with (  # restart, nobody pushes
             relay(data, answer_questions) as (url, _hub),
@@ -118,6 +123,27 @@ async def test_relay_restart_redelivers_changes_the_reactor_had_not_finished(
         ):
             assert await answered(a, "r") == "retal"
     assert store_meta(data, "s")["reactor_cursor"] >= 1
+
+
+async def test_restart_catch_up_finds_stores_in_a_data_dir_whose_name_holds_uri_syntax(
+    tmp_path: Path,
+) -> None:
+    """The startup peek at each store's reactor cursor opens the file by its exact path: a
+    ``#`` or ``?`` in the data directory's name is not read as URI syntax."""
+    a = device(tmp_path / "a.db")
+    data = tmp_path / "relay #1?x=%41"
+    with trio.fail_after(LIMIT):
+        await leave_a_batch_unhandled(data, a)
+        answered_now = trio.Event()
+
+        async def answer(batch: Any) -> None:
+            await answer_questions(batch)
+            answered_now.set()
+
+        # Restart with no device connected and nothing pushed: only the startup peek at the
+        # store's cursor can hand the batch to the reactor again.
+        async with relay(data, answer):
+            await answered_now.wait()
 
 
 async def test_reactor_stores_pattern_restricts_which_stores_run_it(tmp_path: Path) -> None:

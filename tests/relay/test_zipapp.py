@@ -9,12 +9,8 @@ between two databases through it.
 from __future__ import annotations
 
 import os
-import queue
-import re
-import signal
 import subprocess
 import sys
-import threading
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from crsync_relay.process import RelayLauncher
 
 import crsync
 from crsync.peer import Peer
@@ -30,7 +27,6 @@ ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "server" / "build_zipapp.py"
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
-_LISTENING = re.compile(r"relay\.listening .*\bport=(\d+)")
 
 
 def _clean_env() -> dict[str, str]:
@@ -38,59 +34,24 @@ def _clean_env() -> dict[str, str]:
 
 
 @contextmanager
-def relay_process(args: list[str], cwd: Path) -> Iterator[tuple[int, list[str]]]:
-    """Run a relay command; yield (port, log lines) once ``relay.listening`` appears on stderr.
-
-    On exit: SIGTERM, a bounded wait, and a check that it stopped cleanly (exit status 0).
-    """
-    proc = subprocess.Popen(
-        args,
-        cwd=cwd,
+def pyz_relay(relay_pyz: Path, tmp_path: Path) -> Iterator[RelayLauncher]:
+    """The single-file relay (``--dev``), isolated from this environment; yield it once it
+    listens. On exit: SIGTERM and a check that it stopped cleanly (exit status 0)."""
+    relay = RelayLauncher(
+        tmp_path / "relay-data",
+        command=[sys.executable, "-I", "-S", str(relay_pyz)],
+        cwd=tmp_path,
         env=_clean_env(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+        ready_timeout=READY_TIMEOUT,
+        stop_timeout=STOP_TIMEOUT,
     )
-    lines: list[str] = []
-    q: queue.Queue[str | None] = queue.Queue()
-
-    def read() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            lines.append(line.rstrip("\n"))
-            q.put(line)
-        q.put(None)
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
+    relay.start()
     try:
-        port = None
-        while port is None:
-            try:
-                line = q.get(timeout=READY_TIMEOUT)
-            except queue.Empty:
-                raise AssertionError(
-                    f"no relay.listening within {READY_TIMEOUT}s:\n" + "\n".join(lines)
-                ) from None
-            if line is None:
-                raise AssertionError("relay exited before listening:\n" + "\n".join(lines))
-            m = _LISTENING.search(line)
-            if m:
-                port = int(m.group(1))
-        yield port, lines
+        yield relay
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=STOP_TIMEOUT)
-            raise AssertionError("relay ignored SIGTERM:\n" + "\n".join(lines)) from None
-        reader.join(timeout=STOP_TIMEOUT)
-    assert code == 0, "\n".join(lines)
-    assert any("relay.stopped" in line for line in lines), "\n".join(lines)
+        code = relay.stop()
+    assert code == 0, relay.log
+    assert relay.count("relay.stopped"), relay.log
 
 
 @pytest.fixture(scope="module")
@@ -149,9 +110,6 @@ def test_pyz_holds_pure_python_relay_without_watchfiles(relay_pyz: Path) -> None
 
 @pytest.mark.e2e
 async def test_pyz_relay_syncs_a_row_between_two_databases(relay_pyz: Path, tmp_path: Path) -> None:
-    data_dir = tmp_path / "relay-data"
-    args = [sys.executable, "-I", "-S", str(relay_pyz), "serve", "--dev"]
-    args += ["--data-dir", str(data_dir), "--host", "127.0.0.1", "--port", "0"]
     schema = "CREATE TABLE notes (id TEXT PRIMARY KEY NOT NULL, body TEXT)"
     a = crsync.connect(tmp_path / "a.db")
     b = crsync.connect(tmp_path / "b.db")
@@ -160,8 +118,8 @@ async def test_pyz_relay_syncs_a_row_between_two_databases(relay_pyz: Path, tmp_
         db.track("notes")
     a.conn.execute("INSERT INTO notes VALUES ('n1', 'shipped as one file')")
 
-    with relay_process(args, cwd=tmp_path) as (port, _log):
-        url = f"ws://127.0.0.1:{port}"
+    with pyz_relay(relay_pyz, tmp_path) as relay:
+        url = relay.url
         with trio.fail_after(30):
             async with Peer(a, url, store="notes") as pa:
                 await pa.wait_synced()
@@ -173,6 +131,6 @@ async def test_pyz_relay_syncs_a_row_between_two_databases(relay_pyz: Path, tmp_
     assert b.conn.execute("SELECT id, body FROM notes").fetchall() == [
         ("n1", "shipped as one file")
     ]
-    assert (data_dir / "notes.store.sqlite3").is_file()
+    assert (relay.data_dir / "notes.store.sqlite3").is_file()
     a.close()
     b.close()

@@ -7,7 +7,8 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from crsync_relay.hub import BadStoreId, Hub, check_store_id
+from crsync_relay.datadir import BadStoreId, check_store_id
+from crsync_relay.hub import Hub
 from crsync_relay.store import RelayStore
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
