@@ -840,11 +840,48 @@ class Peer:
             log.info(
                 "crsync.peer.connected store=%s head=%d cursor=%d", self.store, msg.head, pull_upto
             )
-            async with open_nursery(self._rank) as nursery:
-                full_push = full_push or self._full_push_next or bool(self._full_push_token)
-                nursery.start_soon(self._pusher, ws, full_push)
-                await self._receiver(ws, proto)
-                nursery.cancel_scope.cancel()
+            try:
+                async with open_nursery(self._rank) as nursery:
+                    full_push = full_push or self._full_push_next or bool(self._full_push_token)
+                    nursery.start_soon(self._pusher, ws, full_push)
+                    await self._receiver(ws, proto)
+                    nursery.cancel_scope.cancel()
+            except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                # A relay refusing a push sends an error frame, then closes; a send failing on
+                # the closed connection can end the session before the receiver read the frame.
+                # The refusal, not the closing, is the outcome.
+                await self._refusal_left(ws, proto, exc)
+                raise
+
+    async def _refusal_left(
+        self, ws: ClientConnection, proto: p.PeerConnection, closed: BaseException
+    ) -> None:
+        """Raise the relay's refusal if the connection ended with one: an error frame still
+        buffered, or a close frame whose reason is a fatal error code (code 1008)."""
+        with trio.move_on_after(1):
+            try:
+                while True:
+                    msg = proto.receive(await ws.recv())
+                    if isinstance(msg, p.Error):
+                        err = p.error_from(msg)
+                        if msg.code in {c.value for c in p.FATAL_FOR_PEER}:
+                            raise _Fatal(err) from closed
+                        raise err from closed
+            except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            except ProtocolError:
+                return
+        rcvd = getattr(closed, "rcvd", None)
+        if (
+            rcvd is not None
+            and rcvd.code == 1008
+            and rcvd.reason in {c.value for c in p.FATAL_FOR_PEER}
+        ):
+            raise _Fatal(
+                p.error_from(
+                    p.Error(rcvd.reason, f"the relay closed the connection ({rcvd.reason})")
+                )
+            ) from closed
 
     async def _site_taken(self, msg: p.Error) -> None:
         """The relay has this site id bound to another key: another file holds this site id

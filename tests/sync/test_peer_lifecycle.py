@@ -652,3 +652,39 @@ async def test_the_most_telling_error_wins_whichever_task_failed_first(
             nursery.start_soon(raise_local)
     assert info2.value is local
     assert sqlite_cause(info2.value) is busy
+
+
+@pytest.mark.parametrize("how", ["frame", "frame-after-push", "close-frame-only"])
+async def test_a_refusal_is_the_outcome_even_when_the_relay_closed_before_it_was_read(
+    tmp_path: Path, how: str
+) -> None:
+    """A relay refusing a push sends an error frame and closes. The Peer's send may fail on
+    the closed connection first: the refusal (fatal) must win over the closing (retryable),
+    or the device reconnects and pushes again (seen as two quota_exceeded refusals)."""
+    from crsync import protocol as p
+
+    connections = 0
+
+    async def handler(ws: ServerConnection) -> None:
+        nonlocal connections
+        connections += 1
+        hello = p.decode(await ws.recv())
+        assert isinstance(hello, p.Hello)
+        await ws.send(p.encode(p.Welcome(1, "epoch", 0, 0)))
+        if how == "frame-after-push":
+            await ws.recv()  # the push
+        if how != "close-frame-only":
+            await ws.send(p.encode(p.Error("quota_exceeded", "store 's' is over its quota")))
+        # the refusal's code is also the close frame's reason (what a relay does)
+        await ws.aclose(1008, "quota_exceeded")
+
+    db, _path = _app_db(tmp_path)
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(functools.partial(serve, handler, 0, host="127.0.0.1"))
+        port = server.listeners[0].socket.getsockname()[1]
+        with trio.fail_after(20):
+            async with Peer(db, f"ws://127.0.0.1:{port}", store="s", **FAST) as peer:  # type: ignore[arg-type]
+                await peer.wait_state(PeerState.ERROR)
+                assert peer.error is not None and "quota_exceeded" in str(peer.error)
+        nursery.cancel_scope.cancel()
+    assert connections == 1
