@@ -95,6 +95,7 @@ class Database:
         self._owns = owns_connection
         self._tracked: dict[str, Tracked] = {}
         self._schema_version = -1
+        self._descriptions: tuple[int, dict[str, dict[str, object]]] | None = None
         self._site_ord: dict[bytes, int] = {}
         self._site_blob: dict[int, bytes] = {}
         self._broken: dict[str, SchemaError] = {}  # tracked tables crsync cannot re-adopt
@@ -459,14 +460,21 @@ class Database:
     def schema_descriptions(self) -> dict[str, dict[str, object]]:
         """Replicated schema of every tracked table, as plain data (for handshakes)."""
         self._refresh()
-        return {
-            n: {
-                **t.info.describe(),
-                "notnull": sorted(c.name for c in t.info.columns if c.notnull),
-                "integer_key": is_rowid_alias(self.conn, t.info),
-            }
-            for n, t in self._tracked.items()
-        }
+        cached = self._descriptions
+        if cached is None or cached[0] != self._schema_version:
+            # Computed once per schema (the Peer compares it on every push round).
+            cached = self._descriptions = (
+                self._schema_version,
+                {
+                    n: {
+                        **t.info.describe(),
+                        "notnull": sorted(c.name for c in t.info.columns if c.notnull),
+                        "integer_key": is_rowid_alias(self.conn, t.info),
+                    }
+                    for n, t in self._tracked.items()
+                },
+            )
+        return {n: dict(d) for n, d in cached[1].items()}
 
     # ------------------------------------------------------------------ versions
 
