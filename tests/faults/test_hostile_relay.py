@@ -29,6 +29,7 @@ from crsync import Change, pack_pk
 from crsync import protocol as p
 from crsync.peer import Peer, PeerState
 
+from .attack import rss_kib
 from .conftest import LONG, RelayFactory, integrity
 
 pytestmark = pytest.mark.e2e
@@ -37,13 +38,6 @@ MAX_FRAME = 64 * 1024
 CONNECTIONS = 2000 if LONG else 160
 SCHEMA = {"todos": p.TableSchema(("id",), ("data", "done", "title"))}
 OPTS: dict[str, Any] = {"backoff_initial": 0.05, "backoff_max": 0.3}
-
-
-def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0  # pragma: no cover
 
 
 def _value(rnd: random.Random) -> Any:
@@ -196,7 +190,7 @@ async def test_fuzzed_frames_over_sockets_leave_the_relay_serving_and_stores_int
         hon = {"store": "honest", "token": relay.token("honest"), **OPTS}
         async with Peer(a, relay.url, **hon) as g1, Peer(b, relay.url, **hon) as g2:
             await _honest_round([g1, g2], a, b, "warm")
-            rss_before = _rss_kib(relay.proc.pid)
+            rss_before = rss_kib(relay.proc.pid)
             async with trio.open_nursery() as nursery:
                 for i in range(4):
                     nursery.start_soon(
@@ -205,7 +199,7 @@ async def test_fuzzed_frames_over_sockets_leave_the_relay_serving_and_stores_int
                 for i in range(5):  # honest traffic keeps flowing during the attack
                     await _honest_round([g1, g2], a, b, f"during{i}")
             await _honest_round([g1, g2], a, b, "after")
-            rss_after = _rss_kib(relay.proc.pid)
+            rss_after = rss_kib(relay.proc.pid)
         # an honest device on the attacked store can still sync everything that was accepted
         v = open_db(tmp_path / "v.db", TODOS)
         async with Peer(v, relay.url, store="victim", token=token, **OPTS) as pv:

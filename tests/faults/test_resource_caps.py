@@ -6,23 +6,20 @@ multi-part push is capped in bytes."""
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 from sync.helpers import open_db
-from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed
-from websockets.protocol import State
 from websockets.trio.client import connect as ws_connect
-from websockets.uri import parse_uri
 
 from crsync import Change, pack_pk
 from crsync import protocol as p
 from crsync.peer import Peer
 
+from .attack import client_that_never_reads, rss_kib
 from .conftest import RelayFactory
 
 pytestmark = pytest.mark.e2e
@@ -40,30 +37,6 @@ async def _hello_answer(url: str, hello: p.Hello, **kw: Any) -> p.Message:
             pass  # refused at once: its error frame is still there to read
         with trio.fail_after(10):
             return p.decode(await ws.recv())
-
-
-def _client_that_never_reads(port: int, hello: bytes) -> socket.socket:
-    """A WebSocket client (websockets' sans-I/O protocol over a plain socket with a tiny
-    receive buffer) that sends its hello and then never reads again."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(("127.0.0.1", port))
-    proto = ClientProtocol(parse_uri(f"ws://127.0.0.1:{port}"), max_size=None)
-    proto.send_request(proto.connect())
-    sock.sendall(b"".join(proto.data_to_send()))
-    while proto.handshake_exc is None and proto.state is not State.OPEN:
-        proto.receive_data(sock.recv(4096))
-    assert proto.state is State.OPEN
-    proto.send_binary(hello)
-    sock.sendall(b"".join(proto.data_to_send()))
-    return sock
-
-
-def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0  # pragma: no cover
 
 
 async def test_idle_unauthenticated_sockets_are_capped_per_address_and_devices_get_in(
@@ -171,7 +144,7 @@ async def test_a_peer_that_stops_reading_is_dropped_and_its_memory_freed(
     rss = []
     for wave in range(1, 4):
         # Three peers that never read: each holds a ~19 MiB catch-up send until dropped.
-        stalled = [_client_that_never_reads(relay.port, hello) for _ in range(3)]
+        stalled = [client_that_never_reads(relay.port, hello) for _ in range(3)]
         try:
             with trio.fail_after(30):
                 while relay.count(r"relay\.peer_stalled") < 3 * wave:  # noqa: ASYNC110
@@ -179,7 +152,7 @@ async def test_a_peer_that_stops_reading_is_dropped_and_its_memory_freed(
         finally:
             for sock in stalled:
                 sock.close()
-        rss.append(_rss_kib(relay.proc.pid))
+        rss.append(rss_kib(relay.proc.pid))
     # What a dropped peer held is released: later waves reuse it instead of adding to it (the
     # review saw each non-reading peer keep its memory for good).
     assert rss[2] - rss[0] < 32 * 1024, rss

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
 import msgpack
 import pytest
@@ -20,30 +19,12 @@ from websockets.trio.client import connect as ws_connect
 
 from crsync import protocol as p
 
+from .attack import expanding_hello, rss_kib
 from .conftest import RelayFactory
 
 pytestmark = pytest.mark.e2e
 
 SCHEMA = {"todos": p.TableSchema(("id",), ("title",))}
-
-
-def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0  # pragma: no cover
-
-
-def _expanding_hello(size: int) -> bytes:
-    """A hello-shaped map whose extra key holds ``size`` empty arrays: 1 byte each on the wire,
-    about 64 bytes each once decoded."""
-    n = size - 64
-    head = msgpack.packb({"t": "hello", "v": 1, "store": "x"})
-    # map of 4 entries instead of 3: the last value is an array32 of n empty arrays
-    body = bytearray(head)
-    body[0] = 0x84
-    body += msgpack.packb("pad") + b"\xdd" + n.to_bytes(4, "big") + b"\x90" * n
-    return bytes(body)
 
 
 async def _honest_pinger(
@@ -83,14 +64,14 @@ async def test_unauthenticated_expanding_frame_costs_bounded_memory_and_never_st
     relay: RelayProcess, size: int
 ) -> None:
     assert relay.proc is not None
-    before = _rss_kib(relay.proc.pid)
+    before = rss_kib(relay.proc.pid)
     gaps: list[float] = []
     stop = trio.Event()
     send, receive = trio.open_memory_channel[float](10_000)
 
     async def attack() -> str:
         with trio.fail_after(10):
-            return await _send_unauthenticated(relay.url, _expanding_hello(size))
+            return await _send_unauthenticated(relay.url, expanding_hello(size))
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_honest_pinger, relay.url, relay.token("honest"), stop, send)
@@ -106,7 +87,7 @@ async def test_unauthenticated_expanding_frame_costs_bounded_memory_and_never_st
             # round trips measured while the attack is under way, and 5 after
             while not answers:
                 gaps.append(await receive.receive())
-        peak = _rss_kib(relay.proc.pid)
+        peak = rss_kib(relay.proc.pid)
         for _ in range(5):
             gaps.append(await receive.receive())
         stop.set()  # the channel's buffer holds the pinger's last round trips
@@ -120,7 +101,7 @@ async def test_unauthenticated_expanding_frame_costs_bounded_memory_and_never_st
 async def test_frames_just_over_the_hello_cap_are_refused_without_decoding(
     relay: RelayProcess,
 ) -> None:
-    frame = _expanding_hello(p.MAX_HELLO_BYTES + 1024)
+    frame = expanding_hello(p.MAX_HELLO_BYTES + 1024)
     with trio.fail_after(10):
         answer = await _send_unauthenticated(relay.url, frame)
     assert answer == "frame_too_large"

@@ -47,29 +47,34 @@ def test_refused_token_is_one_line_and_nonzero(relay: RelayProcess, tmp_path: Pa
     ]
 
 
-def test_watch_keeps_syncing_and_ctrl_c_exits_cleanly(relay: RelayProcess, tmp_path: Path) -> None:
-    a = open_db(tmp_path / "a.db")
-    b = open_db(tmp_path / "b.db")
-    tok = relay.token("w")
-    proc = subprocess.Popen(
+def _watch(db: Path, url: str, store: str, token: str) -> subprocess.Popen[str]:
+    """``crsync sync DB --watch`` as a real process (stdout and stderr piped)."""
+    return subprocess.Popen(
         [
             sys.executable,
             "-m",
             "crsync",
             "sync",
-            str(tmp_path / "a.db"),
+            str(db),
             "--url",
-            relay.url,
+            url,
             "--store",
-            "w",
+            store,
             "--token",
-            tok,
+            token,
             "--watch",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def test_watch_keeps_syncing_and_ctrl_c_exits_cleanly(relay: RelayProcess, tmp_path: Path) -> None:
+    a = open_db(tmp_path / "a.db")
+    b = open_db(tmp_path / "b.db")
+    tok = relay.token("w")
+    proc = _watch(tmp_path / "a.db", relay.url, "w", tok)
     try:
         assert proc.stderr is not None
         first = proc.stderr.readline()  # printed once the peer runs
@@ -129,25 +134,7 @@ def test_watch_survives_the_app_holding_a_write_lock_past_the_busy_timeout(
     a = open_db(tmp_path / "a.db")
     open_db(tmp_path / "b.db")
     tok = relay.token("w")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "crsync",
-            "sync",
-            str(tmp_path / "a.db"),
-            "--url",
-            relay.url,
-            "--store",
-            "w",
-            "--token",
-            tok,
-            "--watch",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _watch(tmp_path / "a.db", relay.url, "w", tok)
     try:
         assert proc.stderr is not None
         assert "Ctrl-C to stop" in proc.stderr.readline()
