@@ -148,7 +148,6 @@ def test_a_missing_library_names_the_extra() -> None:
 
 
 @pytest.mark.e2e
-@pytest.mark.slow
 async def test_orm_sessions_in_threads_while_peers_sync_through_a_relay(
     relay: RelayProcess, tmp_path: Path
 ) -> None:
