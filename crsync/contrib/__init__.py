@@ -35,13 +35,14 @@ def is_crsync_table(name: str) -> bool:
     return name.startswith("crsync_") or name.endswith("__crsync")
 
 
-def sqlite_file(database: str | None, *, uri: bool, source: str) -> str:
+def sqlite_file(database: str | None, *, uri: bool, source: str, hint: str = "") -> str:
     """The file (or ``file:`` URI) a SQLite database name designates, refusing in-memory ones.
 
     Args:
         database: the database name an engine or settings entry gives SQLite.
         uri: the name is a ``file:`` URI.
         source: what gave the name, for the error message.
+        hint: how to give it a file, appended to the error message.
 
     Raises:
         UnsupportedDatabaseError: the database is in memory (no file another device could sync
@@ -49,8 +50,7 @@ def sqlite_file(database: str | None, *, uri: bool, source: str) -> str:
     """
     if not database or database == ":memory:":
         raise UnsupportedDatabaseError(
-            f"{source} is an in-memory SQLite database; crsync syncs a database file: "
-            "give the engine a file path (sqlite:///app.db)"
+            f"{source} is an in-memory SQLite database; crsync syncs a database file{hint}"
         )
     if uri or database.startswith("file:"):
         parsed = urllib.parse.urlsplit(database)

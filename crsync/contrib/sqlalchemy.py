@@ -85,7 +85,10 @@ def database_path(bind: Engine | Connection) -> str:
 
             database = f"{database}?{urlencode(params)}"
     return sqlite_file(
-        database, uri=uri, source=f"engine {url.render_as_string(hide_password=True)}"
+        database,
+        uri=uri,
+        source=f"engine {url.render_as_string(hide_password=True)}",
+        hint=": give the engine a file path (sqlite:///app.db)",
     )
 
 

@@ -1,0 +1,11 @@
+"""Minimal Django settings of the integration tests (run in a subprocess: ``run.py``)."""
+
+import os
+
+SECRET_KEY = "crsync-tests"
+USE_TZ = True
+INSTALLED_APPS = ["notes", "crsync.contrib.django"]
+DATABASES = {
+    "default": {"ENGINE": "django.db.backends.sqlite3", "NAME": os.environ["CRSYNC_TEST_DB"]}
+}
+CRSYNC = {"models": ["notes.Note", "notes.Tag"]}
