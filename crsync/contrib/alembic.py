@@ -99,7 +99,7 @@ def migrations(bind: Connection | Engine, *models: Any) -> Iterator[Database]:
 def _commit(bind: Connection | Engine) -> None:
     """End the transaction Alembic's connection may still hold (a version-table query
     autobegins one), so crsync's connection can write."""
-    if not isinstance(bind, _sa.Engine) and bind.in_transaction():
+    if isinstance(bind, _sa.Connection) and bind.in_transaction():
         bind.commit()
 
 

@@ -224,7 +224,8 @@ def track_on_create(metadata: MetaData, *models: Any) -> None:
     Installs an ``after_create`` listener on ``metadata``: after ``create_all`` created the
     tables (on every call, also when they existed already), the tables of ``models`` (default:
     every table of ``metadata``, see :func:`replicated_tables`) are tracked on the same
-    connection, so a table is never written untracked. Installing it again replaces the previous listener.
+    connection, so a table is never written untracked. Installing it again replaces the
+    previous listener.
 
     ``create_all`` raises :class:`crsync.SchemaError` if a table cannot replicate, and
     :class:`crsync.UnsupportedDatabaseError` on a database that is not a SQLite file.

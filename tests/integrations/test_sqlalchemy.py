@@ -36,7 +36,8 @@ class Note(Base):
 class Tag(Base):
     __tablename__ = "tags"
     id: Mapped[str] = mapped_column(primary_key=True)
-    note_id: Mapped[int | None] = mapped_column(index=True)  # no FOREIGN KEY: rows arrive in any order
+    # No FOREIGN KEY: replicas receive rows in any order.
+    note_id: Mapped[int | None] = mapped_column(index=True)
 
 
 class Scratch(Base):

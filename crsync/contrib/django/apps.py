@@ -6,7 +6,7 @@ from django.apps import AppConfig
 from django.db.models.signals import post_migrate
 
 
-class CrsyncConfig(AppConfig):
+class CrsyncConfig(AppConfig):  # type: ignore[misc]  # Django has no type hints
     """Tracks the models of ``settings.CRSYNC["models"]`` after each ``migrate``."""
 
     name = "crsync.contrib.django"

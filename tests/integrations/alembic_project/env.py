@@ -9,7 +9,6 @@ from alembic import context
 import crsync
 from crsync.contrib.alembic import include_name, migrations
 
-
 target_metadata = sa.MetaData()
 
 # The new app version's table (Alembic loads env.py outside sys.modules, so Core rather than
@@ -32,8 +31,7 @@ try:
             render_as_batch=True,
             include_name=include_name,
         )
-        with migrations(connection, target_metadata):
-            with context.begin_transaction():
-                context.run_migrations()
+        with migrations(connection, target_metadata), context.begin_transaction():
+            context.run_migrations()
 finally:
     engine.dispose()
