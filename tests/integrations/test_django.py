@@ -5,6 +5,7 @@ settings and app registry are process-global)."""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -20,10 +21,18 @@ pytest.importorskip("django")
 RUN = Path(__file__).parent / "django_project" / "run.py"
 
 
-def step(db: Path | str, name: str) -> dict[str, Any]:
-    proc = subprocess.run(
-        [sys.executable, str(RUN), str(db), name], capture_output=True, text=True, timeout=120
+def run(db: Path | str, name: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(RUN), str(db), name],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **env},
     )
+
+
+def step(db: Path | str, name: str) -> dict[str, Any]:
+    proc = run(db, name)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     return report
@@ -46,6 +55,7 @@ def test_migrate_tracks_models_and_retracks_after_a_rebuild(tmp_path: Path) -> N
     assert [c[:2] for c in first["captured"]] == [
         ["notes_note", "done"],
         ["notes_note", "title"],
+        ["notes_tag", "color"],  # the insert records every column (NULL here)
         ["notes_tag", "name"],
         ["notes_tag", "note_id"],
     ]
@@ -56,15 +66,30 @@ def test_migrate_tracks_models_and_retracks_after_a_rebuild(tmp_path: Path) -> N
     assert ["notes_note", "title", "written after 0002"] in second["captured"]
     assert ["notes_tag", "name", "0002"] in second["captured"]
 
-    step(b, "0002")  # another device, migrated straight to the new schema, writing too
+    third = step(a, "0003")  # RemoveField: crsync's backend rebuilds notes_tag
+    assert "color" not in third["tag_schema"]
+    assert ["notes_tag", "name", "0003"] in third["captured"]
+
+    step(b, "0003")  # another device, migrated straight to the new schema, writing too
     da, db_ = crsync.connect(a), crsync.connect(b)
     db_.merge(da.changes())
     da.merge(db_.changes())
     for table in ("notes_note", "notes_tag"):
         assert rows(a, table) == rows(b, table)
-    assert len(rows(b, "notes_note")) == 3
+    assert len(rows(b, "notes_note")) == 4
     titles = {r[2] for r in rows(b, "notes_note")}
-    assert titles == {"written after 0001", "written after 0002"}
+    assert titles == {"written after 0001", "written after 0002", "written after 0003"}
+
+
+def test_removing_a_field_needs_the_crsync_backend(tmp_path: Path) -> None:
+    """Django's own backend drops the column with ALTER TABLE, which SQLite refuses on a
+    tracked table; nothing is half-applied (the migration rolls back)."""
+    path = tmp_path / "a.db"
+    step(path, "0002")
+    proc = run(path, "0003", CRSYNC_TEST_ENGINE="django.db.backends.sqlite3")
+    assert proc.returncode != 0
+    assert "error in trigger notes_tag__crsync_upd after drop column" in proc.stderr
+    assert "color" not in step(path, "0003")["tag_schema"]  # crsync's backend then works
 
 
 def test_an_in_memory_database_is_not_tracked_and_cannot_sync(tmp_path: Path) -> None:

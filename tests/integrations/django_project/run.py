@@ -1,12 +1,12 @@
 """One step of the Django integration test, in a process of its own (Django's settings and
 app registry are process-global): ``run.py DB STEP``; prints a JSON report.
 
-Steps: ``0001`` and ``0002`` migrate the ``notes`` app to that migration, then write through
-the ORM and report what crsync captured; ``memory`` migrates an in-memory database.
+Steps: ``0001``, ``0002`` and ``0003`` migrate the ``notes`` app to that migration, then write
+through the ORM and report what crsync captured; ``memory`` migrates an in-memory database.
 """
 
 import json
-import os
+import os  # CRSYNC_TEST_ENGINE: the database backend (default: crsync's)
 import sys
 from pathlib import Path
 
@@ -38,7 +38,10 @@ before = db.db_version
 call_command("migrate", "notes", step, verbosity=0)
 tracked = db.tracked_tables()
 after_migrate = db.db_version
-schema = db.conn.execute("SELECT sql FROM sqlite_schema WHERE name = 'notes_note'").fetchone()[0]
+schema, tag_schema = (
+    db.conn.execute("SELECT sql FROM sqlite_schema WHERE name = ?", (t,)).fetchone()[0]
+    for t in ("notes_note", "notes_tag")
+)
 note = Note.objects.create(title=f"written after {step}")
 tag = Tag.objects.create(note=note, name=step)
 Note.objects.filter(title__startswith="written after 0001").update(done=True)
@@ -48,6 +51,7 @@ print(
         {
             "tracked": tracked,
             "schema": schema,
+            "tag_schema": tag_schema,
             "readopted": sum(1 for c in db.changes(since=before) if c.db_version <= after_migrate),
             "captured": captured,
             "tag_id": tag.id,

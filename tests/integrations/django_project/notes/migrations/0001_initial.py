@@ -35,6 +35,7 @@ class Migration(migrations.Migration):
                     ),
                 ),
                 ("name", models.CharField(max_length=50, db_default="")),
+                ("color", models.CharField(max_length=20, null=True)),
             ],
         ),
     ]
