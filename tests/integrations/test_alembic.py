@@ -6,6 +6,7 @@ upgraded later and receiving A's new-column values."""
 from __future__ import annotations
 
 import shutil
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -148,3 +149,59 @@ async def test_upgrade_rolls_out_while_old_and_new_versions_sync(
     assert by_id[ids[3]][1:] == ("from b, still v1", 0, "sunday")
     for e in (engine_a, engine_b):
         e.dispose()
+
+
+def add_migration(tmp_path: Path, revision: str, down: str, body: str) -> None:
+    """A migration file written into the copied migrations directory."""
+    (tmp_path / "migrations" / "versions" / f"{revision}.py").write_text(
+        "import sqlalchemy as sa\nfrom alembic import op\n\n"
+        f"revision = {revision!r}\ndown_revision = {down!r}\n"
+        "branch_labels = None\ndepends_on = None\n\n\n"
+        f"def upgrade() -> None:\n{textwrap.indent(textwrap.dedent(body), '    ')}\n\n"
+        "def downgrade() -> None:\n    pass\n"
+    )
+
+
+def test_a_migration_that_breaks_replication_fails_the_upgrade(tmp_path: Path) -> None:
+    path = tmp_path / "app.db"
+    cfg = alembic_config(tmp_path, path)
+    command.upgrade(cfg, "head")
+    add_migration(
+        tmp_path, "0003", "0002", 'op.create_index("notes_title", "notes", ["title"], unique=True)'
+    )
+    with pytest.raises(crsync.SchemaError, match="UNIQUE index notes_title") as info:
+        command.upgrade(cfg, "head")
+    assert info.value.table == "notes"
+
+
+def test_tables_created_before_a_failing_migration_are_tracked(tmp_path: Path) -> None:
+    path = tmp_path / "app.db"
+    cfg = alembic_config(tmp_path, path)
+    add_migration(
+        tmp_path,
+        "0003",
+        "0002",
+        """
+        op.create_table(
+            "tags",
+            sa.Column("id", sa.String(), primary_key=True),
+            sa.Column("note_id", sa.Integer(), index=True),
+        )
+        """,
+    )
+    add_migration(tmp_path, "0004", "0003", 'raise RuntimeError("a broken migration")')
+    with pytest.raises(RuntimeError, match="a broken migration"):
+        command.upgrade(cfg, "head")
+    assert crsync.connect(path).tracked_tables() == ["notes", "tags"]
+
+
+def test_a_tracked_table_dropped_and_no_longer_declared_is_untracked(tmp_path: Path) -> None:
+    path = tmp_path / "app.db"
+    cfg = alembic_config(tmp_path, path)
+    command.upgrade(cfg, "head")
+    db = crsync.connect(path)
+    db.conn.execute("CREATE TABLE legacy (id TEXT PRIMARY KEY NOT NULL, v TEXT)")
+    db.track("legacy")
+    add_migration(tmp_path, "0003", "0002", 'op.drop_table("legacy")')
+    command.upgrade(cfg, "head")
+    assert db.tracked_tables() == ["notes"]  # no SchemaError about a dropped table

@@ -22,6 +22,14 @@ notes = sa.Table(
     sa.Column("due", sa.String, nullable=True),
 )
 
+# Declared by the app, created by no migration of the base chain (tests add one).
+tags = sa.Table(
+    "tags",
+    target_metadata,
+    sa.Column("id", sa.String, primary_key=True),
+    sa.Column("note_id", sa.Integer, index=True),
+)
+
 engine = sa.create_engine(context.config.get_main_option("sqlalchemy.url"))
 try:
     with engine.connect() as connection:
