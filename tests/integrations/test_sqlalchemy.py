@@ -8,6 +8,7 @@ import sys
 import threading
 import types
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -98,6 +99,32 @@ def test_an_integer_key_without_new_id_is_refused_with_the_model_fix(tmp_path: P
         Other.metadata.create_all(engine)
     assert "default=crsync.new_id" in str(info.value)
     assert "server_default" in str(info.value)
+    engine.dispose()
+
+
+def test_create_all_inside_an_open_transaction_says_what_to_do(tmp_path: Path) -> None:
+    """SQLAlchemy's recipe for real SQLite transactions (BEGIN on begin) runs create_all in an
+    open transaction, where crsync cannot track: a clear error names the alternative."""
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'a.db'}")
+
+    @sa.event.listens_for(engine, "connect")
+    def no_driver_transactions(dbapi_connection: Any, record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @sa.event.listens_for(engine, "begin")
+    def begin(conn: sa.Connection) -> None:
+        conn.exec_driver_sql("BEGIN")
+
+    hooked = sa.MetaData()
+    Note.__table__.to_metadata(hooked)
+    crsync_sa.track_on_create(hooked)
+    with pytest.raises(crsync.CrsyncError, match=r"crsync.contrib.sqlalchemy.track\(db"):
+        hooked.create_all(engine)  # rolled back: nothing was created untracked
+    plain = sa.MetaData()
+    Note.__table__.to_metadata(plain)
+    plain.create_all(engine)
+    db = crsync_sa.connect(engine)
+    assert crsync_sa.track(db, plain) == ["notes"]  # the alternative works
     engine.dispose()
 
 
