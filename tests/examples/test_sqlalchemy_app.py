@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_sqlalchemy_app_example_rolls_out_an_upgrade_and_converges(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "sqlalchemy_app" / "app.py"), "--keep",

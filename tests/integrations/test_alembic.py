@@ -119,6 +119,8 @@ async def test_upgrade_rolls_out_while_old_and_new_versions_sync(
             # Device A updates the app; B keeps writing on the old schema meanwhile.
             await trio.to_thread.run_sync(command.upgrade, cfg_a, "head")
             assert "due" in columns(engine_a)
+            # (A's upgrade re-stamped its rows one col_version up; B's edit ties with it and
+            # the larger value, 1, wins on both devices.)
             write(engine_b, "UPDATE notes SET done = 1 WHERE id = :id", id=ids[0])
             write(engine_a, "UPDATE notes SET due = 'monday' WHERE id = :id", id=ids[1])
             write(engine_a, insert + "", id=ids[2], title="from a, v2")

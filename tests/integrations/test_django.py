@@ -46,6 +46,7 @@ def rows(path: Path, table: str) -> list[tuple[object, ...]]:
         conn.close()
 
 
+@pytest.mark.slow
 def test_migrate_tracks_models_and_retracks_after_a_rebuild(tmp_path: Path) -> None:
     a, b = tmp_path / "a.db", tmp_path / "b.db"
 
