@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import urllib.parse
 from typing import TYPE_CHECKING, Any
 
 import crsync
@@ -60,6 +61,9 @@ out; ``{"crsync": {"integer_keys": "app-assigned"}}`` opts an integer key in."""
 
 APP_ASSIGNED = "app-assigned"
 
+# Query arguments of a sqlite:// URL that the pysqlite dialect passes to sqlite3.connect().
+_DRIVER_ARGS = {"timeout", "isolation_level", "detect_types", "check_same_thread"}
+
 
 def database_path(bind: Engine | Connection) -> str:
     """The SQLite file (or ``file:`` URI) an engine or connection uses.
@@ -81,20 +85,13 @@ def database_path(bind: Engine | Connection) -> str:
         flat = {k: v if isinstance(v, str) else v[-1] for k, v in query.items()}
         params = {k: v for k, v in flat.items() if k not in _DRIVER_ARGS}
         if params:
-            from urllib.parse import urlencode
-
-            database = f"{database}?{urlencode(params)}"
+            database = f"{database}?{urllib.parse.urlencode(params)}"
     return sqlite_file(
         database,
         uri=uri,
         source=f"engine {url.render_as_string(hide_password=True)}",
         hint=": give the engine a file path (sqlite:///app.db)",
     )
-
-
-# Query arguments of a sqlite:// URL that the pysqlite dialect passes to sqlite3.connect().
-_DRIVER_ARGS = {"timeout", "isolation_level", "detect_types", "check_same_thread",
-                "cached_statements"}
 
 
 def connect(bind: Engine | Connection, **kwargs: Any) -> Database:

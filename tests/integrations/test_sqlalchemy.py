@@ -144,6 +144,19 @@ def test_in_memory_engines_are_refused(url: str) -> None:
     engine.dispose()
 
 
+@pytest.mark.parametrize(
+    ("url", "path"),
+    [
+        ("sqlite:///app.db", "app.db"),
+        ("sqlite:////srv/app.db?timeout=3", "/srv/app.db"),
+        ("sqlite:///file:app.db?mode=ro&uri=true&timeout=3", "file:app.db?mode=ro"),
+    ],
+)
+def test_the_file_of_an_engine(url: str, path: str) -> None:
+    engine = sa.create_engine(url)
+    assert crsync_sa.database_path(engine) == path
+
+
 def test_a_non_sqlite_engine_is_refused() -> None:
     """(A stand-in connection: no PostgreSQL driver is installed; only the URL is read.)"""
     url = sa.engine.make_url("postgresql://app@db.invalid/app")
