@@ -18,6 +18,7 @@ from .errors import (
     CrsyncError,
     InvalidChangeError,
     LocalStorageError,
+    MissingExtraError,
     NotTrackedError,
     PackError,
     PeerFailedError,
@@ -29,6 +30,7 @@ from .errors import (
     SchemaMismatchError,
     SyncError,
     SyncTimeoutError,
+    UnsupportedDatabaseError,
 )
 from .ids import new_id, rekey
 from .pack import pack_pk, unpack_pk
@@ -74,6 +76,7 @@ __all__ = [
     "Database",
     "InvalidChangeError",
     "LocalStorageError",
+    "MissingExtraError",
     "NotTrackedError",
     "PackError",
     "Peer",
@@ -88,6 +91,7 @@ __all__ = [
     "SchemaMismatchError",
     "SyncError",
     "SyncTimeoutError",
+    "UnsupportedDatabaseError",
     "connect",
     "new_id",
     "pack_pk",

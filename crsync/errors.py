@@ -93,3 +93,16 @@ class SyncTimeoutError(SyncError):
         self.state = state
         self.reason = reason
         super().__init__(message)
+
+
+# ---------------------------------------------------------------- integrations (crsync.contrib)
+
+
+class UnsupportedDatabaseError(CrsyncError):
+    """An ORM engine, connection or settings entry names a database crsync cannot sync: not
+    SQLite, or in memory (nothing another device could sync with). Raised by ``crsync.contrib``."""
+
+
+class MissingExtraError(CrsyncError, ImportError):
+    """A ``crsync.contrib`` module needs a library that is not installed; the message names the
+    extra that installs it (``pip install 'crsync[sqlalchemy]'``)."""

@@ -249,3 +249,48 @@ def test_the_checks_see_what_they_forbid() -> None:
         "    return db._tracked\n"
     )
     assert len(found) == 5, found
+
+
+# ---------------------------------------------------------------- integrations (crsync.contrib)
+
+CONTRIB = sorted((PACKAGE / "contrib").rglob("*.py"))
+# Django's documented model metadata API (``Model._meta``) is public despite its name.
+_THIRD_PARTY_PUBLIC = ("._meta",)
+
+
+def _contrib_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+@pytest.mark.parametrize("path", CONTRIB, ids=_contrib_name)
+def test_contrib_uses_the_public_api_only(path: Path) -> None:
+    """The integrations import only ``crsync``'s public names (and each other), run no SQL
+    on crsync's metadata and use no private member of crsync's objects: what they do, an app
+    can do by hand."""
+    source = path.read_text(encoding="utf-8")
+    tree = ast.parse(source)
+    bad = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            bad += [
+                a.name
+                for a in node.names
+                if a.name.startswith("crsync.") and not a.name.startswith("crsync.contrib")
+            ]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            module = node.module or ""
+            if module == "crsync":
+                bad += [a.name for a in node.names if a.name not in crsync.__all__]
+            elif module.startswith("crsync.") and not module.startswith("crsync.contrib"):
+                bad.append(module)
+    assert bad == []
+    violations = [
+        v for v in _violations(source) if not any(ok in v for ok in _THIRD_PARTY_PUBLIC)
+    ]
+    assert violations == []
+
+
+def test_every_contrib_module_is_in_the_code_map() -> None:
+    text = (PACKAGE.parent / "docs" / "code-map.md").read_text(encoding="utf-8")
+    assert [n for n in map(_contrib_name, CONTRIB) if f"`{n}`" not in text] == []
