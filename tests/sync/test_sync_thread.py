@@ -309,7 +309,6 @@ def test_a_peer_in_another_process_waits_while_a_sync_thread_syncs_the_file(
     assert sync.wait_state(PeerState.SYNCED, timeout=TIMEOUT) is PeerState.SYNCED
 
 
-@pytest.mark.slow
 def test_relay_killed_and_restarted_the_thread_reconnects_and_its_state_says_so(
     tmp_path: Path, relay: RelayProcess, threads: Callable[..., SyncThread]
 ) -> None:
@@ -439,3 +438,50 @@ def test_the_thread_keeps_no_database_connection_of_the_apps(tmp_path: Path) -> 
     sync = SyncThread(db, f"ws://127.0.0.1:{free_port()}", store="s")
     assert sync.path == db.path and sync.status.state is PeerState.STOPPED
     db.close()
+
+
+def test_a_callback_may_stop_the_thread_it_runs_on(
+    tmp_path: Path, relay: RelayProcess, threads: Callable[..., SyncThread]
+) -> None:
+    open_db(tmp_path / "a.db").close()
+    sync = threads(tmp_path / "a.db", relay.url, token=relay.token("s"))
+    answers: list[bool] = []
+
+    def stop_when_synced(status: SyncStatus) -> None:
+        if status.state is PeerState.SYNCED:
+            answers.append(sync.stop())  # on the sync thread: asks, cannot join itself
+
+    sync.on_state(stop_when_synced)
+    sync.start()
+    assert sync.wait_state(PeerState.STOPPED, timeout=TIMEOUT) is PeerState.STOPPED
+    assert sync.stop(TIMEOUT) and answers == [False]
+
+
+def test_start_and_stop_racing_from_several_threads_leave_one_clean_end(
+    tmp_path: Path, relay: RelayProcess, threads: Callable[..., SyncThread]
+) -> None:
+    open_db(tmp_path / "a.db").close()
+    sync = threads(tmp_path / "a.db", relay.url, token=relay.token("s"))
+    errors: list[BaseException] = []
+
+    def churn() -> None:
+        try:
+            for _ in range(5):
+                sync.start()
+                sync.notify()
+                sync.stop(TIMEOUT)
+        except BaseException as exc:  # any exception is the failure this test looks for
+            errors.append(exc)
+
+    workers = [threading.Thread(target=churn) for _ in range(3)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join(TIMEOUT * 2)
+    assert not any(t.is_alive() for t in workers)
+    assert errors == []
+    assert sync.stop(TIMEOUT) and sync.status.state is PeerState.STOPPED
+    # The lock is free and the file still syncs.
+    other = threads(tmp_path / "a.db", relay.url, token=relay.token("s"))
+    other.start()
+    assert other.wait_synced(TIMEOUT)
