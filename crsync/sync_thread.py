@@ -31,7 +31,7 @@ from typing import Any
 import attrs
 import trio
 
-from ._sqlite_errors import is_transient, sqlite_cause
+from ._sqlite_errors import error_name, is_transient, sqlite_cause
 from .database import Database, connect
 from .errors import CrsyncError, LocalStorageError, PeerFailedError, PeerStoppedError
 from .live import RowChange
@@ -520,19 +520,20 @@ class SyncThread:
 
     async def _async_open(self) -> Database:
         """Open the file (for the peer's path and site id), waiting while it is busy."""
+        busy_ms = int(float(self.peer_options.get("busy_timeout", 10.0)) * 1000)
         delay = 0.1
         while True:
             try:
                 return await trio.to_thread.run_sync(
-                    lambda: connect(self.path, check_same_thread=False)
+                    lambda: connect(self.path, check_same_thread=False, busy_timeout_ms=busy_ms)
                 )
-            except CrsyncError as exc:
+            except Exception as exc:
                 sq = sqlite_cause(exc)
                 if sq is None or not is_transient(sq):
-                    raise
-                reason = f"local database unavailable: {exc}"
-            except OSError as exc:
-                raise LocalStorageError(f"cannot open {self.path}: {exc}") from exc
+                    if isinstance(exc, CrsyncError):
+                        raise
+                    raise LocalStorageError(f"cannot open {self.path}: {exc}") from exc
+                reason = f"local database unavailable ({error_name(sq)}: {sq})"
             self._publish(SyncStatus(PeerState.OFFLINE, reason))
             await trio.sleep(delay)  # retry backoff (a timer)
             delay = min(delay * 2, _REOPEN_MAX)

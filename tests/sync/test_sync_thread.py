@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import queue
 import socket
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -485,3 +486,24 @@ def test_start_and_stop_racing_from_several_threads_leave_one_clean_end(
     other = threads(tmp_path / "a.db", relay.url, token=relay.token("s"))
     other.start()
     assert other.wait_synced(TIMEOUT)
+
+
+def test_a_file_locked_by_the_app_at_start_shows_offline_then_syncs_when_released(
+    tmp_path: Path, relay: RelayProcess, threads: Callable[..., SyncThread]
+) -> None:
+    path = tmp_path / "a.db"
+    app = sqlite3.connect(path, isolation_level=None)  # a plain file crsync has not opened yet
+    app.execute(TODOS)
+    app.execute("BEGIN EXCLUSIVE")  # the app holds the file: crsync cannot even read it
+    sync = threads(path, relay.url, token=relay.token("s"), busy_timeout=0.1)
+    sync.start()
+    try:
+        # Within a few busy_timeouts, not the default 10 s wait for the lock.
+        assert sync.wait_state(PeerState.OFFLINE, timeout=5) is PeerState.OFFLINE
+        assert "database is locked" in (sync.reason or ""), sync.status
+        assert sync.running
+    finally:
+        app.execute("COMMIT")
+        app.close()
+    assert sync.wait_synced(TIMEOUT)
+    assert sync.status == SyncStatus(PeerState.SYNCED)
