@@ -229,13 +229,16 @@ class SyncThread:
                 previous: _Run | None = run
             else:
                 previous = None
-        if previous is not None:  # stopping: let it end first (bounded)
+        here = previous is not None and previous.thread is threading.current_thread()
+        if previous is not None and not here:  # stopping: let it end first (bounded)
             previous.thread.join(STOP_TIMEOUT)
         with self._lock:
             current = self._run
             if current is not previous and current is not None and current.thread.is_alive():
                 return  # another thread started it meanwhile
-            if previous is not None and previous.thread.is_alive():
+            # (from a callback of the ending run, once its loop has ended: it holds nothing)
+            ended_here = here and previous is not None and previous.token is None
+            if previous is not None and previous.thread.is_alive() and not ended_here:
                 log.warning(
                     "crsync.sync_thread.start_refused store=%s reason=previous-run-still-stopping",
                     self.store,

@@ -507,3 +507,23 @@ def test_a_file_locked_by_the_app_at_start_shows_offline_then_syncs_when_release
         app.close()
     assert sync.wait_synced(TIMEOUT)
     assert sync.status == SyncStatus(PeerState.SYNCED)
+
+
+def test_a_callback_may_start_the_thread_again_once_it_stopped(
+    tmp_path: Path, relay: RelayProcess, threads: Callable[..., SyncThread]
+) -> None:
+    open_db(tmp_path / "a.db").close()
+    sync = threads(tmp_path / "a.db", relay.url, token=relay.token("s"))
+    restarts: list[SyncStatus] = []
+
+    def restart_once(status: SyncStatus) -> None:
+        if status.state is PeerState.STOPPED and not restarts:
+            restarts.append(status)
+            sync.start()  # on the ending thread, after its loop released everything
+
+    sync.start()
+    assert sync.wait_synced(TIMEOUT)
+    sync.on_state(restart_once)
+    assert sync.stop(TIMEOUT)
+    assert sync.wait_state(PeerState.SYNCED, timeout=TIMEOUT) is PeerState.SYNCED
+    assert restarts and sync.running
