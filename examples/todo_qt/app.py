@@ -22,6 +22,8 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
+import socket
 import sys
 import tempfile
 from collections.abc import Callable
@@ -30,7 +32,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make ``examples`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from PySide6.QtCore import QObject, Qt, Signal, Slot
+from PySide6.QtCore import QObject, QSocketNotifier, Qt, Signal, Slot
 from PySide6.QtGui import QCloseEvent, QFont
 from PySide6.QtWidgets import (
     QApplication,
@@ -253,6 +255,26 @@ def open_window(
 SEED = ("buy milk", "call mum", "water the plants")
 
 
+_KEEP: list[object] = []
+
+
+def quit_on_signals(app: QApplication) -> None:
+    """Quit the Qt loop (closing the windows, so their sync threads stop) on Ctrl-C and SIGTERM.
+
+    Python runs signal handlers only when the interpreter gets control; Qt's loop runs in C.
+    The signal also writes to a socket that Qt watches, which runs a Python slot at once.
+    """
+    r, w = socket.socketpair()
+    r.setblocking(False)
+    w.setblocking(False)
+    signal.set_wakeup_fd(w.fileno())
+    notifier = QSocketNotifier(r.fileno(), QSocketNotifier.Type.Read, app)
+    notifier.activated.connect(lambda *_: r.recv(64))
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: app.closeAllWindows())
+    _KEEP.extend((r, w, notifier))  # alive as long as the process
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="A Qt todo list that syncs through crsync.")
     parser.add_argument("--db", type=Path, help="the database file of this device")
@@ -266,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--db is required (or use --demo)")
 
     app = QApplication(sys.argv[:1])
+    quit_on_signals(app)
     call_soon = GuiCallSoon()
     if not args.demo:
         window = open_window(
