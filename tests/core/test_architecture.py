@@ -30,7 +30,7 @@ PURE = ("errors", "pack", "values", "change", "merge_rules", "protocol")
 SQL_TEXT_ONLY = ("triggers",)
 IO_MODULES = {"sqlite3", "trio", "websockets", "watchfiles"}
 
-SYNC_LAYER = ("peer", "live", "cli", "__init__")
+SYNC_LAYER = ("peer", "live", "sync_thread", "cli", "__init__")
 STORAGE = (
     "database",
     "tracking",
@@ -145,7 +145,8 @@ MAY_IMPORT: dict[str, set[str]] = {
     "live": _LOW | {"database", "feed"},
     "peer": _LOW | {"database", "positions"} | _HELPERS,
     "cli": _LOW | {"database", "peer", "positions", "tracking", "trigger_sql"} | _HELPERS,
-    "__init__": _LOW | {"database", "peer", "tracking"},
+    "sync_thread": _LOW | {"database", "live", "peer", "_sqlite_errors"},
+    "__init__": _LOW | {"database", "peer", "sync_thread", "tracking"},
     "__main__": {"cli"},
 }
 
