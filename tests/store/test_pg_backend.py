@@ -1,0 +1,237 @@
+"""What only the PostgreSQL backend has: moving stores to and from SQLite store files (the
+core of ``migrate-stores`` and of backups), the layout, the optional dependency, the quota
+figure kept by every write."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from crsync_relay.store import RelayStore
+
+import crsync
+from crsync.protocol import TableSchema
+
+from .helpers import A, B, SCHEMA, cell, feed, sentinel, state
+
+VALUES = [
+    None, 0, 1, -1, (1 << 63) - 1, -(1 << 63), 0.0, -0.0, 1.5, -2.25, float("inf"),
+    float("-inf"), 5e-324, 1.7976931348623157e308, "", "plain", "a\x00b\x00", "é\u2603\U0001f600",
+    "x" * 10_000, b"", b"\x00", b"\x00\xff\x80", bytes(range(256)) * 40,
+]  # fmt: skip
+
+
+def _same(a: object, b: object) -> bool:
+    return type(a) is type(b) and repr(a) == repr(b)
+
+
+def _everything(s: Any) -> dict[str, Any]:
+    """A store's whole observable state."""
+    return {
+        "epoch": s.epoch,
+        "head": s.head,
+        "feed": feed(s),
+        "schema": s.schema(),
+        "peers": {site: s.peer(site) for site in (A, B, bytes(16))},
+        "reactor": s.reactor_state(),
+    }
+
+
+def _populated_sqlite(path: Path) -> RelayStore:
+    s = RelayStore(path)
+    assert s.check_schema(dict(SCHEMA)) is None
+    assert s.check_schema({"odd\x00name": TableSchema(("k",), ("v\x00col",))}) is None
+    s.merge_push(A, 3, [cell(i, "data", v, 1 + i % 4, seq=i) for i, v in enumerate(VALUES)])
+    s.merge_push(B, 2, [sentinel(3, 2, site=B), cell((1, "x"), "body", "n", table="notes")])
+    s.merge_push(B, 5, [cell(1, "v\x00col", "nul names", table="odd\x00name", site=B)])
+    s.record_received(A, 2)
+    assert s.bind_site(A, b"a's key") is None
+    site, _ = s.reactor_state()
+    s.merge_push(site, 1, [cell("r", "title", "reactor", site=site)], {"reactor_cursor": 3})
+    s.set_aside_reactor_batch(1, 2, "poison")
+    return s
+
+
+def test_import_keeps_every_value_version_position_and_epoch(
+    pg_database: Any, tmp_path: Path
+) -> None:
+    src = _populated_sqlite(tmp_path / "src.store.sqlite3")
+    want = _everything(src)
+    src.close()
+    sid = f"imp-{uuid.uuid4().hex[:8]}"
+    epoch = pg_database.import_store(sid, tmp_path / "src.store.sqlite3")
+    assert epoch == want["epoch"]
+    got = _everything(pg_database.open_store(sid, create=False))
+    assert got == want
+    for (_, a), (_, b) in zip(got["feed"], want["feed"], strict=True):
+        assert all(_same(x[3], y[3]) for x, y in zip(a, b, strict=True))
+    assert pg_database.open_store(sid).bind_site(A, b"another key") is not None
+    # A device resumes where it was: same epoch, its cursor still names the same versions.
+    s = pg_database.open_store(sid)
+    assert s.changes_since(2, None) == RelayStore(tmp_path / "src.store.sqlite3").changes_since(
+        2, None
+    )
+
+
+def test_export_then_import_round_trips_exactly(pg_database: Any, tmp_path: Path) -> None:
+    _populated_sqlite(tmp_path / "a.store.sqlite3").close()
+    sid = f"rt-{uuid.uuid4().hex[:8]}"
+    pg_database.import_store(sid, tmp_path / "a.store.sqlite3")
+    pg = pg_database.open_store(sid)
+    pg.merge_push(A, 9, [cell("after", "title", "written in PostgreSQL")])
+    head, check = pg_database.export_store(sid, tmp_path / "b.store.sqlite3")
+    assert (head, check) == (pg.head, "ok")
+    exported = RelayStore(tmp_path / "b.store.sqlite3", create=False)
+    assert _everything(exported) == _everything(pg)
+    assert exported.stats()["cells"] == pg.stats()["cells"]
+    raw = exported.conn.execute("SELECT key, value FROM relay_meta").fetchall()
+    assert {k for k, _ in raw} >= {"epoch", "head", "created", "relay_site", "reactor_cursor"}
+    assert exported.conn.execute("SELECT count(*) FROM reactor_set_aside").fetchone() == (1,)
+    # And back again, under another id: still the same store.
+    again = f"rt2-{uuid.uuid4().hex[:8]}"
+    pg_database.import_store(again, tmp_path / "b.store.sqlite3")
+    assert _everything(pg_database.open_store(again)) == _everything(pg)
+    assert pg_database.open_store(again).set_aside_batches()[0][:3] == (1, 2, "poison")
+
+
+def test_import_refuses_an_existing_store_unless_replacing(
+    pg_database: Any, tmp_path: Path
+) -> None:
+    _populated_sqlite(tmp_path / "a.store.sqlite3").close()
+    sid = f"ex-{uuid.uuid4().hex[:8]}"
+    s = pg_database.open_store(sid)
+    s.merge_push(A, 1, [cell("k", "title", "mine")])
+    with pytest.raises(crsync.CrsyncError, match="exists"):
+        pg_database.import_store(sid, tmp_path / "a.store.sqlite3")
+    assert s.head == 1 and [c[3] for c in state(s)] == ["mine"]  # untouched
+    epoch = pg_database.import_store(sid, tmp_path / "a.store.sqlite3", replace=True, epoch="e2")
+    assert epoch == "e2" == pg_database.store_epoch(sid)
+    assert "mine" not in [c[3] for c in state(s)]
+
+
+def test_import_refuses_a_file_that_is_not_a_store(pg_database: Any, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.store.sqlite3"
+    bad.write_bytes(b"not a database" * 100)
+    sid = f"bad-{uuid.uuid4().hex[:8]}"
+    with pytest.raises(crsync.CrsyncError, match="not a relay store"):
+        pg_database.import_store(sid, bad)
+    assert not pg_database.has_store(sid)
+
+
+def test_export_refuses_a_missing_store_or_a_used_file(pg_database: Any, tmp_path: Path) -> None:
+    with pytest.raises(crsync.CrsyncError, match="no store"):
+        pg_database.export_store("never-made", tmp_path / "x.store.sqlite3")
+    used = tmp_path / "used.store.sqlite3"
+    used.write_bytes(b"data")
+    pg_database.open_store("exported-once")
+    with pytest.raises(crsync.CrsyncError, match="not empty"):
+        pg_database.export_store("exported-once", used)
+
+
+def test_store_level_operations(pg_database: Any) -> None:
+    sid = f"ops-{uuid.uuid4().hex[:8]}"
+    s = pg_database.open_store(sid)
+    assert sid in pg_database.store_ids() and pg_database.has_store(sid)
+    s.merge_push(A, 1, [cell("k", "title", "x")])
+    assert pg_database.reactor_behind(sid)  # no reactor cursor: 0, behind the head
+    s.save_reactor_cursor(1)
+    assert not pg_database.reactor_behind(sid)
+    pg_database.check_store(sid)
+    pg_database.set_epoch(sid, "fresh")
+    assert pg_database.store_epoch(sid) == "fresh"
+    pg_database.drop_store(sid)
+    assert not pg_database.has_store(sid) and sid not in pg_database.store_ids()
+    with pytest.raises(crsync.CrsyncError, match="no store"):
+        pg_database.drop_store(sid)
+    with pytest.raises(crsync.CrsyncError):
+        _ = s.head  # an instance of a dropped store says so
+
+
+def test_reactor_behind_matches_the_sqlite_store(pg_database: Any, tmp_path: Path) -> None:
+    path = tmp_path / "r.store.sqlite3"
+    s = RelayStore(path)
+    s.merge_push(A, 1, [cell("k", "title", "x")])
+    s.close()
+    sid = f"rb-{uuid.uuid4().hex[:8]}"
+    pg_database.import_store(sid, path)
+    assert pg_database.reactor_behind(sid) == RelayStore.reactor_behind(path)
+
+
+def test_the_quota_figure_follows_every_write(pg_database: Any) -> None:
+    """``data_bytes`` is a counter kept by merges and repairs: it must equal the figure
+    recomputed from the cells after any sequence of writes."""
+    from crsync_relay.pg_store import CELL_OVERHEAD
+
+    s = pg_database.open_store(f"q-{uuid.uuid4().hex[:8]}")
+
+    def recomputed() -> int:
+        with pg_database.pool.connection() as conn:
+            row = conn.execute(
+                "SELECT coalesce(sum(%s + octet_length(tbl) + octet_length(pk) + "
+                "octet_length(cid) + coalesce(octet_length(data), 0)), 0) "
+                "FROM crsync_relay.cells WHERE store_id = %s",
+                (CELL_OVERHEAD, s.store_id),
+            ).fetchone()
+        return int(row[0])
+
+    assert s.check_schema(dict(SCHEMA)) is None
+    s.merge_push(A, 1, [cell(str(i), "title", "x" * i) for i in range(20)])
+    assert s.data_bytes() == recomputed() > 0
+    s.merge_push(B, 1, [cell(str(i), "title", "y", 2, site=B) for i in range(10)])
+    s.merge_push(B, 2, [sentinel(str(i), 2, site=B) for i in range(5, 15)])
+    assert s.data_bytes() == recomputed()
+    from crsync import pack_pk
+
+    s.remove_cells("todos", pack_pk(["1"]), "title")
+    s.remove_cells("todos", pack_pk(["18"]), None)
+    assert s.data_bytes() == recomputed()
+    s.merge_push(A, 2, [cell((1, "b"), "body", "z", table="notes")])
+    s.forget_table("todos")
+    assert s.data_bytes() == recomputed() > 0
+
+
+def test_the_layout_is_created_once_and_a_newer_one_refused(pg_server: Any) -> None:
+    from crsync_relay.pg_store import PgDatabase, PgStoreError
+
+    conninfo = pg_server.create_database(f"layout_{uuid.uuid4().hex[:8]}")
+    with pytest.raises(PgStoreError, match="no relay stores"):
+        PgDatabase(conninfo, create=False)
+    first = PgDatabase(conninfo, max_size=2)
+    first.open_store("kept").merge_push(A, 1, [cell("k", "title", "x")])
+    second = PgDatabase(conninfo, max_size=2)  # a second node: the layout is there already
+    assert second.open_store("kept").head == 1
+    with first.pool.connection() as conn:
+        conn.execute("UPDATE crsync_relay.layout SET version = 99")
+    with pytest.raises(PgStoreError, match="newer crsync"):
+        PgDatabase(conninfo, max_size=1)
+    first.close()
+    second.close()
+
+
+def test_the_base_install_never_imports_psycopg() -> None:
+    code = (
+        "import sys\n"
+        "import crsync_relay.server, crsync_relay.cli, crsync_relay.hub, crsync_relay.store_api\n"
+        "assert 'psycopg' not in sys.modules, 'psycopg imported'\n"
+        "sys.modules['psycopg'] = None  # as if the extra were not installed\n"
+        "from crsync_relay.pg_store import PgDatabase, PgStoreError\n"
+        "try:\n"
+        "    PgDatabase('host=127.0.0.1')\n"
+        "except PgStoreError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "pip install 'crsync[postgres]'" in out.stdout
+
+
+def test_text_that_is_not_utf8_is_refused_not_stored(pg_database: Any) -> None:
+    s = pg_database.open_store(f"u-{uuid.uuid4().hex[:8]}")
+    with pytest.raises(crsync.InvalidChangeError, match="UTF-8"):
+        s.merge_push(A, 1, [cell("ok", "title", "x"), cell("k", "title", "\udc80")])
+    assert s.head == 0 and state(s) == []
