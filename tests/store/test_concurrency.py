@@ -107,10 +107,10 @@ def test_schema_announcements_on_two_nodes_at_once_keep_every_column(
         stores = [n.open_store("schema-race") for n in nodes]
         for s in stores:
             s.schema()  # both cache the empty schema first
+        errors: list[BaseException] = []
         for round_ in range(8):
             table = f"t{round_}"
             barrier = threading.Barrier(2)
-            errors: list[BaseException] = []
 
             def announce(i: int, table: str = table, barrier: threading.Barrier = barrier) -> None:
                 try:

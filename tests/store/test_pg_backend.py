@@ -16,7 +16,7 @@ from crsync_relay.store import RelayStore
 import crsync
 from crsync.protocol import TableSchema
 
-from .helpers import A, B, SCHEMA, cell, feed, sentinel, state
+from .helpers import SCHEMA, A, B, cell, feed, sentinel, state
 
 VALUES = [
     None, 0, 1, -1, (1 << 63) - 1, -(1 << 63), 0.0, -0.0, 1.5, -2.25, float("inf"),
