@@ -35,7 +35,12 @@ class PostgresUnavailable(Exception):
 
 
 def find_bindir() -> Path:
-    """The directory holding ``initdb`` and ``postgres``."""
+    """The directory holding ``initdb`` and ``postgres`` (``CRSYNC_PG_BINDIR`` if set)."""
+    forced = os.environ.get("CRSYNC_PG_BINDIR")
+    if forced:
+        if (Path(forced) / "initdb").exists() and (Path(forced) / "postgres").exists():
+            return Path(forced)
+        raise PostgresUnavailable(f"CRSYNC_PG_BINDIR={forced} holds no initdb and postgres")
     found = shutil.which("initdb")
     if found:
         bindir = Path(found).resolve().parent

@@ -4,6 +4,7 @@ figure kept by every write."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import uuid
@@ -235,3 +236,25 @@ def test_text_that_is_not_utf8_is_refused_not_stored(pg_database: Any) -> None:
     with pytest.raises(crsync.InvalidChangeError, match="UTF-8"):
         s.merge_push(A, 1, [cell("ok", "title", "x"), cell("k", "title", "\udc80")])
     assert s.head == 0 and state(s) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("required", [False, True], ids=["skips", "fails-in-ci"])
+def test_without_postgresql_the_suite_skips_with_the_reason_unless_required(
+    required: bool,
+) -> None:
+    env = {**os.environ, "CRSYNC_PG_BINDIR": "/nonexistent/pg/bin"}
+    env.pop("CRSYNC_REQUIRE_PG", None)
+    if required:
+        env["CRSYNC_REQUIRE_PG"] = "1"
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+         "tests/store/test_merge.py", "-k", "higher_col_version"],
+        cwd=Path(__file__).parents[2], env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    if required:
+        assert out.returncode != 0 and "1 passed" in out.stdout and "1 error" in out.stdout
+        assert "CRSYNC_REQUIRE_PG=1 but" in out.stdout
+    else:
+        assert out.returncode == 0 and "1 passed" in out.stdout and "1 skipped" in out.stdout
+        assert "holds no initdb and postgres" in out.stdout
