@@ -60,6 +60,7 @@ psycopg is an optional dependency (``pip install 'crsync[postgres]'``), imported
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import hmac
 import json
@@ -68,9 +69,9 @@ import struct
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from crsync.change import SENTINEL, Change
 from crsync.errors import CrsyncError, InvalidChangeError, PackError
@@ -135,6 +136,12 @@ def _load_psycopg() -> tuple[Any, Any]:
     except ImportError as exc:
         raise PgStoreError(f"PostgreSQL stores need psycopg ({exc}); {EXTRA_HINT}") from None
     return psycopg, psycopg_pool
+
+
+def pg_pool_errors() -> tuple[type[BaseException], ...]:
+    """The pool's own errors (a timeout waiting for a connection, a closed pool)."""
+    _, pool_module = _load_psycopg()
+    return (pool_module.PoolTimeout, pool_module.PoolClosed)
 
 
 # ---------------------------------------------------------------------------- values
@@ -412,6 +419,15 @@ class PgDatabase:
     def close(self) -> None:
         """Close the pool (every store of this database is unusable afterwards)."""
         self.pool.close()
+
+    def lost_connection(self, exc: BaseException) -> bool:
+        """True if ``exc`` says a connection was lost (not a refusal, not a timeout waiting
+        for the pool): a call that failed so may be run again on another connection."""
+        pg = self._psycopg
+        if not isinstance(exc, pg.OperationalError) or isinstance(exc, pg_pool_errors()):
+            return False
+        state = exc.sqlstate
+        return state is None or state.startswith(("08", "57P"))
 
     def __enter__(self) -> PgDatabase:
         return self
@@ -766,6 +782,29 @@ class PgDatabase:
 
 # ---------------------------------------------------------------------------- one store
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _reconnecting(
+    method: Callable[Concatenate[PgRelayStore, _P], _R],
+) -> Callable[Concatenate[PgRelayStore, _P], _R]:
+    """Run an idempotent store call again, once, if it failed because its pooled connection
+    was lost (a PostgreSQL restart, a dropped TCP connection): the pool's idle connections
+    are checked first, so the retry gets a live one. Any other error propagates as is."""
+
+    def call(self: PgRelayStore, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as exc:
+            if not self.db.lost_connection(exc):
+                raise
+            self.db.pool.check()
+            return method(self, *args, **kwargs)
+
+    functools.update_wrapper(call, method)
+    return call
+
 
 class PgRelayStore:
     """One store in a :class:`PgDatabase` (the interface of
@@ -814,6 +853,7 @@ class PgRelayStore:
         return int(row[0]), int(row[1])
 
     @property
+    @_reconnecting
     def head(self) -> int:
         """The latest relay version."""
         row = self._one(f"SELECT head FROM {_S}.stores WHERE store_id = %s", (self.store_id,))
@@ -856,6 +896,7 @@ class PgRelayStore:
             self._schema, self._unconstrained, self._schema_gen = schema, unconstrained, gen
         return schema
 
+    @_reconnecting
     def schema(self) -> dict[str, TableSchema]:
         """The union of the replicated schemas peers announced (cached per schema generation:
         one small query tells whether another node changed it)."""
@@ -867,6 +908,7 @@ class PgRelayStore:
                 raise PgStoreError(f"store {self.store_id!r} was removed from the database")
             return dict(self._schema_for(conn, int(row[0])))
 
+    @_reconnecting
     def check_schema(self, schema: dict[str, TableSchema]) -> str | None:
         """Compare a peer's replicated schema with the store's; record additive differences
         (see :meth:`RelayStore.check_schema`). Writes only when the peer announces something
@@ -957,6 +999,7 @@ class PgRelayStore:
 
     # ------------------------------------------------------------------ peers
 
+    @_reconnecting
     def peer(self, site_id: bytes) -> PeerPosition:
         """Recorded positions of a peer (zeros if never seen)."""
         row = self._one(
@@ -968,6 +1011,7 @@ class PgRelayStore:
             return PeerPosition(site_id, 0, 0, None)
         return PeerPosition(site_id, int(row[0]), int(row[1]), row[2])
 
+    @_reconnecting
     def bind_site(self, site_id: bytes, site_key: bytes | None) -> str | None:
         """Check a hello's claim to speak for ``site_id``; bind the site to its key on first
         use (see :meth:`RelayStore.bind_site`)."""
@@ -997,6 +1041,7 @@ class PgRelayStore:
                 return f"site id {site_id.hex()} is bound to another device's key"
         return None
 
+    @_reconnecting
     def record_received(self, site_id: bytes, upto: int) -> None:
         """Record that a peer merged everything up to relay version ``upto`` (one statement;
         no write when that is not news)."""
@@ -1011,6 +1056,7 @@ class PgRelayStore:
 
     # ------------------------------------------------------------------ reactor
 
+    @_reconnecting
     def relay_site(self) -> bytes | None:
         """The site id this store's reactor writes under (None until a reactor ran)."""
         if self._relay_site is None:
@@ -1019,6 +1065,7 @@ class PgRelayStore:
             self._relay_site = None if site is None else bytes(site)  # type: ignore[arg-type]
         return self._relay_site
 
+    @_reconnecting
     def reactor_state(self) -> tuple[bytes, int]:
         """The reactor's site id (minted on first use) and the relay version it handled up to
         (0 if it never ran)."""
@@ -1033,11 +1080,13 @@ class PgRelayStore:
         assert isinstance(site, bytes)
         return site, 0 if cursor is None else int(cursor)
 
+    @_reconnecting
     def save_reactor_cursor(self, cursor: int) -> None:
         """Record that the store's reactor handled every relay version up to ``cursor``."""
         with self._tx() as conn:
             self._set_meta(conn, {"reactor_cursor": cursor})
 
+    @_reconnecting
     def set_aside_reactor_batch(self, base: int, upto: int, reason: str) -> None:
         """Skip relay versions ``(base, upto]`` for the reactor: record them with the reason
         and move the reactor's cursor past them, in one transaction."""
@@ -1050,6 +1099,7 @@ class PgRelayStore:
             )
             self._set_meta(conn, {"reactor_cursor": upto})
 
+    @_reconnecting
     def set_aside_batches(self) -> list[tuple[int, int, str, float]]:
         """The reactor batches set aside: ``(base, upto, reason, at)`` each, by base."""
         with self.db.pool.connection() as conn:
@@ -1062,6 +1112,7 @@ class PgRelayStore:
                 )
             ]
 
+    @_reconnecting
     def row_cells(self, table: str, pk: bytes) -> list[tuple[str, SqlValue, int, int]]:
         """The cells the store holds for one row: ``(cid, value, col_version, cl)`` each
         (the sentinel included), none if the row was never written."""
@@ -1077,6 +1128,7 @@ class PgRelayStore:
 
     # ------------------------------------------------------------------ merge
 
+    @_reconnecting
     def merge_push(
         self,
         site_id: bytes,
@@ -1230,6 +1282,7 @@ class PgRelayStore:
         page = self.read_page(cursor, exclude_site, max_cells, max_bytes, split=False)
         return page.changes, page.upto, page.complete
 
+    @_reconnecting
     def read_page(
         self,
         cursor: int,
@@ -1327,12 +1380,14 @@ class PgRelayStore:
 
     # ------------------------------------------------------------------ sizes
 
+    @_reconnecting
     def data_bytes(self) -> int:
         """The store's quota figure: its cells' keys and values plus
         :data:`CELL_OVERHEAD` per cell, kept by every write (one indexed read)."""
         row = self._one(f"SELECT cell_bytes FROM {_S}.stores WHERE store_id = %s", (self.store_id,))
         return 0 if row is None else int(row[0])
 
+    @_reconnecting
     def size_bytes(self) -> int:
         """Bytes PostgreSQL stores for the store's rows (``pg_column_size`` of each row; not
         indexes). Reads every row: an operator's figure, not for hot paths."""
@@ -1347,6 +1402,7 @@ class PgRelayStore:
                 total += int(row[0]) if row else 0
         return total
 
+    @_reconnecting
     def stats(self) -> dict[str, Any]:
         """Size and activity figures for operators (the keys of :meth:`RelayStore.stats`)."""
         with self._tx(snapshot=True) as conn:

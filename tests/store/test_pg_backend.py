@@ -258,3 +258,32 @@ def test_without_postgresql_the_suite_skips_with_the_reason_unless_required(
     else:
         assert out.returncode == 0 and "1 passed" in out.stdout and "1 skipped" in out.stdout
         assert "holds no initdb and postgres" in out.stdout
+
+
+@pytest.mark.slow
+def test_stores_recover_by_themselves_after_a_postgresql_restart(pg_server: Any) -> None:
+    """Every pooled connection is cut by the restart: the next calls still succeed (the lost
+    connection is noticed, the pool checked, the call run again on a live one)."""
+    from crsync_relay.pg_store import PgDatabase
+
+    from .pg_server import PrivatePostgres
+
+    server = PrivatePostgres()  # a server of its own: the session's stays up
+    db = None
+    try:
+        server.start()
+        db = PgDatabase(server.create_database("restart"), min_size=3, max_size=3)
+        s = db.open_store("r")
+        s.merge_push(A, 1, [cell("k", "title", "before")])
+        port = server.port
+        server.stop()
+        server.start()
+        assert server.port == port
+        assert s.head == 1
+        assert s.merge_push(A, 2, [cell("k", "title", "after", 2)]) == (2, 1)
+        assert [c.val for c in s.changes_since(0, None)[0]] == ["after"]
+        assert s.peer(A).pushed_upto == 2
+    finally:
+        if db is not None:
+            db.close()
+        server.cleanup()
