@@ -115,8 +115,14 @@ _DDL = [
     f"CREATE TABLE IF NOT EXISTS {_S}.reactor_set_aside (store_id text NOT NULL, "
     "base bigint NOT NULL, upto bigint NOT NULL, reason text NOT NULL, "
     "at double precision NOT NULL, PRIMARY KEY (store_id, base))",
+    # Who created each store (a token subject): the per-subject store caps. A reference table
+    # under Citus (small, read by creator).
+    f"CREATE TABLE IF NOT EXISTS {_S}.store_creators (store_id text PRIMARY KEY, "
+    "creator text NOT NULL, created_at double precision NOT NULL)",
+    f"CREATE INDEX IF NOT EXISTS store_creators_creator ON {_S}.store_creators (creator)",
 ]
 _PER_STORE_TABLES = ("cells", "peers", "tables", "reactor_set_aside", "meta", "stores")
+# (store_creators is not dropped with a store: a subject's cap counts the stores it created.)
 _STORE_ROW_KEYS = frozenset({"epoch", "head", "created"})  # relay_meta keys kept in ``stores``
 _DDL_LOCK = 0x63727379  # advisory lock key serialising layout creation ("crsy")
 CELL_OVERHEAD = 96
@@ -778,6 +784,35 @@ class PgDatabase:
                     ],
                 )
         return new_epoch
+
+
+class PgStoreIndex:
+    """Who created each store, in the database (the counterpart of
+    :class:`crsync_relay.datadir.StoreIndex`, shared by every node): caps the stores one
+    token subject may create."""
+
+    def __init__(self, db: PgDatabase) -> None:
+        self.db = db
+
+    def created_by(self, subject: str) -> int:
+        """How many stores ``subject`` created."""
+        with self.db.pool.connection() as conn:
+            row = conn.execute(
+                f"SELECT count(*) FROM {_S}.store_creators WHERE creator = %s", (subject,)
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    def add(self, store: str, subject: str) -> None:
+        """Record that ``subject`` created ``store`` (the first record stays)."""
+        with self.db.pool.connection() as conn:
+            conn.execute(
+                f"INSERT INTO {_S}.store_creators (store_id, creator, created_at) "
+                "VALUES (%s, %s, %s) ON CONFLICT (store_id) DO NOTHING",
+                (store, subject, time.time()),
+            )
+
+    def close(self) -> None:
+        """Nothing to release: connections belong to the database's pool."""
 
 
 # ---------------------------------------------------------------------------- one store

@@ -287,3 +287,16 @@ def test_stores_recover_by_themselves_after_a_postgresql_restart(pg_server: Any)
         if db is not None:
             db.close()
         server.cleanup()
+
+
+def test_the_store_index_counts_the_stores_each_subject_created(pg_database: Any) -> None:
+    from crsync_relay.pg_store import PgStoreIndex
+
+    index, other_node = PgStoreIndex(pg_database), PgStoreIndex(pg_database)
+    subject = f"alice-{uuid.uuid4().hex[:8]}"
+    assert index.created_by(subject) == 0
+    index.add(f"{subject}-1", subject)
+    other_node.add(f"{subject}-2", subject)
+    other_node.add(f"{subject}-2", "mallory")  # the first creator stays
+    assert index.created_by(subject) == other_node.created_by(subject) == 2
+    assert index.created_by("mallory") == 0
