@@ -150,6 +150,16 @@ def pg_pool_errors() -> tuple[type[BaseException], ...]:
     return (pool_module.PoolTimeout, pool_module.PoolClosed)
 
 
+HEADS_CHANNEL = "crsync_relay_heads"
+"""The channel name the relay is meant to use for ``notify_channel``."""
+
+
+def parse_head_notification(payload: str) -> tuple[str, int]:
+    """``(store id, head)`` from a head notification's payload (see ``notify_channel``)."""
+    store, _, head = payload.rpartition(" ")
+    return store, int(head)
+
+
 # ---------------------------------------------------------------------------- values
 
 
@@ -395,15 +405,26 @@ class PgDatabase:
         max_size: int = 10,
         timeout: float = 30.0,
         create: bool = True,
+        notify_channel: str | None = None,
     ) -> None:
         """Open the pool and check (or, with ``create``, make) the layout.
 
+        ``notify_channel``: every merge that makes a relay version also sends
+        ``NOTIFY <channel>, '<store id> <head>'`` in its transaction (delivered when it
+        commits, never for a rolled back one), for nodes that fan changes out (see
+        :func:`parse_head_notification`).
+
         Raises:
-            PgStoreError: psycopg is missing, or the layout is newer than this crsync.
-            psycopg.OperationalError: the database cannot be reached within ``timeout``.
+            PgStoreError: psycopg is missing, the database cannot be reached (PostgreSQL's
+                reason), or the layout is newer than this crsync.
         """
         pg, pool_module = _load_psycopg()
         self._psycopg = pg
+        self.notify_channel = notify_channel
+        try:  # fail fast, with PostgreSQL's own reason (a pool would only time out)
+            pg.connect(conninfo, connect_timeout=max(1, int(timeout))).close()
+        except pg.OperationalError as exc:
+            raise PgStoreError(f"cannot connect to PostgreSQL: {exc}".strip()) from None
         self.pool: psycopg_pool.ConnectionPool[psycopg.Connection[tuple[Any, ...]]] = (
             pool_module.ConnectionPool(
                 conninfo,
@@ -1252,11 +1273,19 @@ class PgRelayStore:
                 ) as copy:
                     for r in rows_out:
                         copy.write_row(r)
-                conn.execute(
+                update = (
                     f"UPDATE {_S}.stores SET head = %s, cell_bytes = cell_bytes + %s "
-                    "WHERE store_id = %s",
-                    (version, added - freed, self.store_id),
+                    "WHERE store_id = %s"
                 )
+                if self.db.notify_channel is None:
+                    conn.execute(update, (version, added - freed, self.store_id))
+                else:  # the same round trip; PostgreSQL delivers it at COMMIT, in commit order
+                    conn.execute(
+                        f"WITH u AS ({update} RETURNING head) "
+                        "SELECT pg_notify(%s, %s || ' ' || head) FROM u",
+                        (version, added - freed, self.store_id, self.db.notify_channel,
+                         self.store_id),
+                    )  # fmt: skip
                 head = version
             conn.execute(
                 f"INSERT INTO {_S}.peers (store_id, site_id, pushed_upto, last_seen) "

@@ -300,3 +300,39 @@ def test_the_store_index_counts_the_stores_each_subject_created(pg_database: Any
     other_node.add(f"{subject}-2", "mallory")  # the first creator stays
     assert index.created_by(subject) == other_node.created_by(subject) == 2
     assert index.created_by("mallory") == 0
+
+
+def test_a_merge_notifies_its_new_head_at_commit_only(pg_server: Any, pg_database: Any) -> None:
+    """With ``notify_channel``, a node listening hears ``<store> <head>`` for each committed
+    relay version, in version order, and nothing for a push refused or making no version."""
+    import psycopg
+    from crsync_relay.pg_store import HEADS_CHANNEL, PgDatabase, parse_head_notification
+
+    conninfo = pg_server.conninfo("crsync_store_tests")
+    db = PgDatabase(conninfo, max_size=2, notify_channel=HEADS_CHANNEL)
+    try:
+        with psycopg.connect(conninfo, autocommit=True) as listener:
+            listener.execute(f"LISTEN {HEADS_CHANNEL}")
+            s = db.open_store(f"n-{uuid.uuid4().hex[:8]}")
+            s.merge_push(A, 1, [cell("k", "title", "x")])
+            s.merge_push(A, 2, [cell("k", "title", "x")])  # loses: no version, no notice
+            with pytest.raises(crsync.InvalidChangeError):
+                s.merge_push(A, 3, [cell("k", "title", "y", 2), cell(1, "c", 1, table="t" * 3000)])
+            s.merge_push(B, 1, [cell("j", "title", "z", site=B)])
+            got = [
+                parse_head_notification(n.payload)
+                for n in listener.notifies(timeout=10, stop_after=2)
+            ]
+            assert got == [(s.store_id, 1), (s.store_id, 2)]
+            assert not list(listener.notifies(timeout=0.2))  # nothing else was sent
+    finally:
+        db.close()
+
+
+def test_an_unreachable_database_is_reported_at_once_with_the_reason(pg_server: Any) -> None:
+    from crsync_relay.pg_store import PgDatabase, PgStoreError
+
+    with pytest.raises(PgStoreError, match=r"cannot connect.*does not exist"):
+        PgDatabase(pg_server.conninfo("no_such_database"), timeout=20)
+    with pytest.raises(PgStoreError, match="password authentication failed"):
+        PgDatabase(pg_server.conninfo().replace(pg_server.password, "wrong"), timeout=20)
