@@ -336,3 +336,26 @@ def test_an_unreachable_database_is_reported_at_once_with_the_reason(pg_server: 
         PgDatabase(pg_server.conninfo("no_such_database"), timeout=20)
     with pytest.raises(PgStoreError, match="password authentication failed"):
         PgDatabase(pg_server.conninfo().replace(pg_server.password, "wrong"), timeout=20)
+
+
+def test_versions_stay_gap_free_when_the_server_defaults_to_another_isolation(
+    pg_server: Any, pg_database: Any
+) -> None:
+    """A DBA's ``default_transaction_isolation`` does not change the store's transactions."""
+    from crsync_relay.pg_store import PgDatabase
+
+    conninfo = pg_server.conninfo("crsync_store_tests")
+    strict = PgDatabase(
+        conninfo + " options='-c default_transaction_isolation=serializable'", max_size=4
+    )
+    try:
+        s = strict.open_store(f"iso-{uuid.uuid4().hex[:8]}")
+        with strict.transaction() as conn:
+            assert conn.execute("SHOW transaction_isolation").fetchone() == ("read committed",)
+        with strict.transaction(snapshot=True) as conn:
+            assert conn.execute("SHOW transaction_isolation").fetchone() == ("repeatable read",)
+            assert conn.execute("SHOW transaction_read_only").fetchone() == ("on",)
+        s.merge_push(A, 1, [cell("k", "title", "x")])
+        assert s.head == 1 and s.read_page(0, None).upto == 1
+    finally:
+        strict.close()
