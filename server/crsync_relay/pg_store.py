@@ -594,89 +594,98 @@ class PgDatabase:
         """
         if dest.exists() and dest.stat().st_size:
             raise PgStoreError(f"{dest} exists and is not empty")
+        if not self.has_store(store_id):
+            raise PgStoreError(f"no store {store_id!r} in the database")
         target = RelayStore(dest)
         try:
-            sq = target.conn
-            with self.transaction(snapshot=True) as conn:
-                row = conn.execute(
-                    f"SELECT epoch, head, created FROM {_S}.stores WHERE store_id = %s",
-                    (store_id,),
-                ).fetchone()
-                if row is None:
-                    raise PgStoreError(f"no store {store_id!r} in the database")
-                epoch, head, created = row
-                sq.execute("BEGIN IMMEDIATE")
-                try:
-                    meta: list[tuple[str, Any]] = [
-                        ("epoch", epoch),
-                        ("head", int(head)),
-                        ("created", float(created)),
-                    ]
-                    for key, kind, data in conn.execute(
-                        f"SELECT key, kind, data FROM {_S}.meta WHERE store_id = %s", (store_id,)
-                    ):
-                        meta.append((key, decode_value(kind, data)))
-                    sq.executemany("INSERT OR REPLACE INTO relay_meta VALUES (?, ?)", meta)
-                    with conn.cursor(name="crsync_export") as cur:
-                        cur.itersize = 1000
-                        cur.execute(
-                            f"SELECT {_CELL_COLS} FROM {_S}.cells WHERE store_id = %s",
+            head, check = self._export(store_id, target)
+        except BaseException:
+            target.close()
+            for suffix in ("", "-wal", "-shm", "-journal"):  # no half-written store left
+                Path(str(dest) + suffix).unlink(missing_ok=True)
+            raise
+        target.close()
+        return head, check
+
+    def _export(self, store_id: str, target: RelayStore) -> tuple[int, str]:
+        sq = target.conn
+        with self.transaction(snapshot=True) as conn:
+            row = conn.execute(
+                f"SELECT epoch, head, created FROM {_S}.stores WHERE store_id = %s",
+                (store_id,),
+            ).fetchone()
+            if row is None:
+                raise PgStoreError(f"no store {store_id!r} in the database")
+            epoch, head, created = row
+            sq.execute("BEGIN IMMEDIATE")
+            try:
+                meta: list[tuple[str, Any]] = [
+                    ("epoch", epoch),
+                    ("head", int(head)),
+                    ("created", float(created)),
+                ]
+                for key, kind, data in conn.execute(
+                    f"SELECT key, kind, data FROM {_S}.meta WHERE store_id = %s", (store_id,)
+                ):
+                    meta.append((key, decode_value(kind, data)))
+                sq.executemany("INSERT OR REPLACE INTO relay_meta VALUES (?, ?)", meta)
+                with conn.cursor(name="crsync_export") as cur:
+                    cur.itersize = 1000
+                    cur.execute(
+                        f"SELECT {_CELL_COLS} FROM {_S}.cells WHERE store_id = %s",
+                        (store_id,),
+                    )
+                    batch: list[tuple[Any, ...]] = []
+                    for r in cur:
+                        kind, data = r[3], r[4]
+                        text = kind == 3
+                        val = None if text else decode_value(kind, data)
+                        batch.append(
+                            (bytes(r[0]), bytes(r[1]), bytes(r[2]), text,
+                             bytes(data) if text else None, val,
+                             *r[5:10], None if r[10] is None else bytes(r[10]))
+                        )  # fmt: skip
+                        if len(batch) >= 1000:
+                            self._export_cells(sq, batch)
+                            batch = []
+                    self._export_cells(sq, batch)
+                sq.executemany(
+                    "INSERT INTO relay_peers (site_id, pushed_upto, received_upto, "
+                    "last_seen, key_hash) VALUES (?, ?, ?, ?, ?)",
+                    (
+                        (bytes(r[0]), r[1], r[2], r[3], None if r[4] is None else bytes(r[4]))
+                        for r in conn.execute(
+                            "SELECT site_id, pushed_upto, received_upto, last_seen, "
+                            f"key_hash FROM {_S}.peers WHERE store_id = %s",
                             (store_id,),
                         )
-                        batch: list[tuple[Any, ...]] = []
-                        for r in cur:
-                            kind, data = r[3], r[4]
-                            text = kind == 3
-                            val = None if text else decode_value(kind, data)
-                            batch.append(
-                                (bytes(r[0]), bytes(r[1]), bytes(r[2]), text,
-                                 bytes(data) if text else None, val,
-                                 *r[5:10], None if r[10] is None else bytes(r[10]))
-                            )  # fmt: skip
-                            if len(batch) >= 1000:
-                                self._export_cells(sq, batch)
-                                batch = []
-                        self._export_cells(sq, batch)
-                    sq.executemany(
-                        "INSERT INTO relay_peers (site_id, pushed_upto, received_upto, "
-                        "last_seen, key_hash) VALUES (?, ?, ?, ?, ?)",
-                        (
-                            (bytes(r[0]), r[1], r[2], r[3], None if r[4] is None else bytes(r[4]))
-                            for r in conn.execute(
-                                "SELECT site_id, pushed_upto, received_upto, last_seen, "
-                                f"key_hash FROM {_S}.peers WHERE store_id = %s",
-                                (store_id,),
-                            )
-                        ),
-                    )
-                    sq.executemany(
-                        "INSERT INTO relay_schema (tbl, pk, columns, not_null, intkey) "
-                        "VALUES (CAST(? AS TEXT), ?, ?, ?, ?)",
-                        (
-                            (bytes(r[0]), r[1], r[2], r[3], None if r[4] is None else int(r[4]))
-                            for r in conn.execute(
-                                "SELECT tbl, pk, columns, not_null, intkey FROM "
-                                f"{_S}.tables WHERE store_id = %s",
-                                (store_id,),
-                            )
-                        ),
-                    )
-                    sq.executemany(
-                        "INSERT INTO reactor_set_aside (base, upto, reason, at) "
-                        "VALUES (?, ?, ?, ?)",
-                        conn.execute(
-                            "SELECT base, upto, reason, at FROM "
-                            f"{_S}.reactor_set_aside WHERE store_id = %s",
+                    ),
+                )
+                sq.executemany(
+                    "INSERT INTO relay_schema (tbl, pk, columns, not_null, intkey) "
+                    "VALUES (CAST(? AS TEXT), ?, ?, ?, ?)",
+                    (
+                        (bytes(r[0]), r[1], r[2], r[3], None if r[4] is None else int(r[4]))
+                        for r in conn.execute(
+                            "SELECT tbl, pk, columns, not_null, intkey FROM "
+                            f"{_S}.tables WHERE store_id = %s",
                             (store_id,),
-                        ).fetchall(),
-                    )
-                except BaseException:
-                    sq.execute("ROLLBACK")
-                    raise
-                sq.execute("COMMIT")
-            check = sq.execute("PRAGMA integrity_check").fetchone()[0]
-        finally:
-            target.close()
+                        )
+                    ),
+                )
+                sq.executemany(
+                    "INSERT INTO reactor_set_aside (base, upto, reason, at) VALUES (?, ?, ?, ?)",
+                    conn.execute(
+                        "SELECT base, upto, reason, at FROM "
+                        f"{_S}.reactor_set_aside WHERE store_id = %s",
+                        (store_id,),
+                    ).fetchall(),
+                )
+            except BaseException:
+                sq.execute("ROLLBACK")
+                raise
+            sq.execute("COMMIT")
+        check = sq.execute("PRAGMA integrity_check").fetchone()[0]
         return int(head), str(check)
 
     @staticmethod

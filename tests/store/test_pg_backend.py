@@ -126,6 +126,7 @@ def test_import_refuses_a_file_that_is_not_a_store(pg_database: Any, tmp_path: P
 def test_export_refuses_a_missing_store_or_a_used_file(pg_database: Any, tmp_path: Path) -> None:
     with pytest.raises(crsync.CrsyncError, match="no store"):
         pg_database.export_store("never-made", tmp_path / "x.store.sqlite3")
+    assert not (tmp_path / "x.store.sqlite3").exists()
     used = tmp_path / "used.store.sqlite3"
     used.write_bytes(b"data")
     pg_database.open_store("exported-once")
@@ -359,3 +360,20 @@ def test_versions_stay_gap_free_when_the_server_defaults_to_another_isolation(
         assert s.head == 1 and s.read_page(0, None).upto == 1
     finally:
         strict.close()
+
+
+def test_a_failed_export_leaves_no_store_file(
+    pg_database: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from crsync_relay.pg_store import PgDatabase
+
+    sid = f"fx-{uuid.uuid4().hex[:8]}"
+    pg_database.open_store(sid).merge_push(A, 1, [cell("k", "title", "x")])
+
+    def broken(*args: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(PgDatabase, "_export_cells", staticmethod(broken))
+    with pytest.raises(OSError, match="disk full"):
+        pg_database.export_store(sid, tmp_path / "half.store.sqlite3")
+    assert list(tmp_path.iterdir()) == []
