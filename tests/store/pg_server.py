@@ -80,6 +80,11 @@ def _run_as() -> tuple[list[str], int | None, int | None]:
     setpriv = shutil.which("setpriv")
     if setpriv:  # execs in place: the child's pid is the server's (signals reach it)
         prefix = [setpriv, f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--clear-groups"]
+        help_text = subprocess.run(
+            [setpriv, "--help"], capture_output=True, text=True, timeout=30, check=False
+        ).stdout
+        if "--pdeathsig" in help_text:  # a test run killed hard leaves no server behind
+            prefix.append("--pdeathsig=SIGINT")
     else:
         prefix = [shutil.which("runuser") or "runuser", "-u", pw.pw_name, "--"]
     return prefix, pw.pw_uid, pw.pw_gid
