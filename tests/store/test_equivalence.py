@@ -3,6 +3,7 @@ same relay state and the same feeds (property-based)."""
 
 from __future__ import annotations
 
+import functools
 import uuid
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from crsync import Change, pack_pk
+from crsync.protocol import TableSchema
 
 from .helpers import feed
 
@@ -44,10 +46,35 @@ def changes(draw: st.DrawFn) -> Change:
 
 
 pushes = st.lists(
-    st.tuples(st.sampled_from(SITES), st.lists(changes(), min_size=0, max_size=6)),
+    st.tuples(st.sampled_from(SITES), st.lists(changes(), min_size=0, max_size=6), st.booleans()),
     min_size=1,
     max_size=8,
 )
+schemas = st.lists(
+    st.fixed_dictionaries(
+        {
+            "t1": st.builds(
+                TableSchema,
+                st.just(("id",)),
+                st.sets(st.sampled_from(["a", "b", "c"])).map(lambda s: tuple(sorted(s))),
+                st.sets(st.sampled_from(["a", "b"])).map(lambda s: tuple(sorted(s))),
+                st.booleans(),
+            ),
+            "t2": st.sampled_from(
+                [TableSchema(("id",), ("a", "b")), TableSchema(("id", "x"), ("a",))]
+            ),
+        }
+    ),
+    max_size=3,
+)
+
+
+def _outcome(call: Any) -> Any:
+    """A call's result, or its error's type and message."""
+    try:
+        return call()
+    except Exception as exc:
+        return (type(exc).__name__, str(exc))
 
 
 def _answers(s: Any) -> dict[str, Any]:
@@ -86,15 +113,29 @@ def _typed(x: Any) -> Any:
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(pushes)
+@given(schemas, pushes)
 def test_random_pushes_give_the_same_store_on_both_backends(
-    pg_database: Any, tmp_path: Path, units: list[tuple[bytes, list[Change]]]
+    pg_database: Any,
+    tmp_path: Path,
+    announcements: list[dict[str, TableSchema]],
+    units: list[tuple[bytes, list[Change], bool]],
 ) -> None:
+    """Announcements (accepted or refused, with the same message), pushes from devices
+    (``announced_only``) and internal writers: the same outcome on both, then the same
+    store."""
     sqlite_store = RelayStore(tmp_path / f"{uuid.uuid4().hex}.store.sqlite3")
     pg_store = pg_database.open_store(f"eq-{uuid.uuid4().hex[:12]}")
+    both = (sqlite_store, pg_store)
     try:
-        for i, (site, unit) in enumerate(units):
-            got = [s.merge_push(site, i + 1, unit) for s in (sqlite_store, pg_store)]
+        for schema in announcements:
+            got = [_outcome(functools.partial(s.check_schema, dict(schema))) for s in both]
+            assert got[0] == got[1]
+        assert sqlite_store.schema() == pg_store.schema()
+        for i, (site, unit, limited) in enumerate(units):
+            got = [
+                _outcome(functools.partial(s.merge_push, site, i + 1, unit, announced_only=limited))
+                for s in both
+            ]
             assert got[0] == got[1], (i, got)
         assert _typed(_answers(sqlite_store)) == _typed(_answers(pg_store))
     finally:
