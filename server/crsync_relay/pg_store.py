@@ -820,6 +820,55 @@ class PgDatabase:
         return new_epoch
 
 
+def migrate_data_dir(
+    data_dir: Path, db: PgDatabase, *, replace: bool = False
+) -> list[tuple[str, str, int]]:
+    """Move every store of a relay's data directory into the database (the core of
+    ``crsync-relay migrate-stores``): each store keeps its epoch, relay versions and peer
+    positions, so devices resume from their cursors without a full re-push; the directory's
+    store index (who created each store) comes along. The directory is left as it was.
+
+    Holds the directory's lock: refused while a relay serves it. Every store id is checked
+    first: if one exists in the database already (and not ``replace``), nothing is imported.
+    Each store is imported in its own transaction.
+
+    Returns:
+        ``(store id, epoch, head)`` of each store moved, by id.
+    """
+    from .datadir import STORE_INDEX, DataDir
+
+    layout = DataDir(data_dir)
+    if not data_dir.is_dir():
+        raise PgStoreError(f"no relay data directory at {data_dir}")
+    with layout.exclusive(f"a relay is serving {data_dir}; stop it before migrating its stores"):
+        stores = layout.stores()
+        if not replace:
+            there = [sid for sid, _ in stores if db.has_store(sid)]
+            if there:
+                raise PgStoreError(
+                    f"{len(there)} of the stores exist in the database already "
+                    f"({', '.join(there[:5])}); nothing was migrated"
+                )
+        moved = []
+        for sid, path in stores:
+            epoch = db.import_store(sid, path, replace=replace)
+            moved.append((sid, epoch, db.open_store(sid, create=False).head))
+        index = data_dir / STORE_INDEX
+        if index.exists():
+            conn = sqlite3.connect(index.resolve().as_uri() + "?mode=ro", uri=True)
+            try:
+                rows = conn.execute("SELECT store, creator, created_at FROM stores").fetchall()
+            finally:
+                conn.close()
+            with db.transaction() as pg, pg.cursor() as cur:
+                cur.executemany(
+                    f"INSERT INTO {_S}.store_creators (store_id, creator, created_at) "
+                    "VALUES (%s, %s, %s) ON CONFLICT (store_id) DO NOTHING",
+                    rows,
+                )
+    return moved
+
+
 class PgStoreIndex:
     """Who created each store, in the database (the counterpart of
     :class:`crsync_relay.datadir.StoreIndex`, shared by every node): caps the stores one

@@ -377,3 +377,46 @@ def test_a_failed_export_leaves_no_store_file(
     with pytest.raises(OSError, match="disk full"):
         pg_database.export_store(sid, tmp_path / "half.store.sqlite3")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_migrating_a_data_directory_keeps_every_store_and_its_creators(
+    pg_database: Any, tmp_path: Path
+) -> None:
+    from crsync_relay.datadir import DataDir, DataDirLock
+    from crsync_relay.pg_store import PgStoreIndex, migrate_data_dir
+
+    data = tmp_path / "data"
+    layout = DataDir(data)
+    layout.create()
+    tag = uuid.uuid4().hex[:8]
+    want = {}
+    for n in range(3):
+        sid = f"mig-{tag}-{n}"
+        s = RelayStore(layout.store_path(sid))
+        s.merge_push(A, 5, [cell(str(i), "title", f"{sid} {i}") for i in range(n + 1)])
+        s.record_received(A, 1)
+        want[sid] = _everything(s)
+        s.close()
+    index = layout.store_index()
+    index.add(f"mig-{tag}-0", f"alice-{tag}")
+    index.close()
+
+    lock = DataDirLock(data)
+    assert lock.try_acquire()  # a relay serves the directory: refused
+    with pytest.raises(crsync.CrsyncError, match="stop it before migrating"):
+        migrate_data_dir(data, pg_database)
+    lock.release()
+    moved = migrate_data_dir(data, pg_database)
+    assert [(sid, epoch) for sid, epoch, _ in moved] == [
+        (sid, w["epoch"]) for sid, w in sorted(want.items())
+    ]
+    for sid, w in want.items():
+        assert _everything(pg_database.open_store(sid, create=False)) == w
+    assert PgStoreIndex(pg_database).created_by(f"alice-{tag}") == 1
+    # Again: every store exists now, so nothing is touched unless replacing.
+    pg_database.open_store(f"mig-{tag}-1").merge_push(B, 1, [cell("new", "title", "x")])
+    with pytest.raises(crsync.CrsyncError, match="3 of the stores exist"):
+        migrate_data_dir(data, pg_database)
+    assert pg_database.open_store(f"mig-{tag}-1").head == 2
+    migrate_data_dir(data, pg_database, replace=True)
+    assert _everything(pg_database.open_store(f"mig-{tag}-1")) == want[f"mig-{tag}-1"]
