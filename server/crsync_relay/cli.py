@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 import os
 import sys
 import time
@@ -13,7 +12,7 @@ from typing import Any, NoReturn
 import click
 import trio
 
-from crsync.errors import CrsyncError
+from crsync.errors import CrsyncError, ExitStatus
 
 from . import logconfig
 from .auth import issue_token, load_secret
@@ -21,18 +20,6 @@ from .datadir import DataDir, check_store_id
 from .server import RelayConfig, describe_store, run_relay
 
 ENV_PREFIX = "CRSYNC_RELAY_"
-
-
-class ExitStatus(enum.IntEnum):
-    """Exit statuses of ``crsync-relay``: the same table as ``crsync``'s (0 ok, 1 error,
-    2 usage)."""
-
-    OK = 0
-    ERROR = 1
-    """The command could not do its job (no such store, a relay serves the directory, the
-    port is taken, ...)."""
-    USAGE = 2
-    """Bad options, arguments, environment or configuration (click's own usage errors too)."""
 
 
 def _fail(msg: str, status: ExitStatus = ExitStatus.ERROR) -> NoReturn:

@@ -135,11 +135,12 @@ class RelayStore:
         self.conn.close()
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (BEGIN IMMEDIATE): committed when the block ends, rolled back
-        if it raises. Every write to the store file goes through it."""
+    def _transaction(self, *, read: bool = False) -> Iterator[sqlite3.Connection]:
+        """One transaction: committed when the block ends, rolled back if it raises. Every
+        write to the store file goes through it (BEGIN IMMEDIATE); ``read``: a read of one
+        consistent snapshot (a deferred BEGIN, never writing)."""
         conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("BEGIN" if read else "BEGIN IMMEDIATE")
         try:
             yield conn
         except BaseException:
@@ -734,9 +735,7 @@ class RelayStore:
         and ``resume`` says where the next part starts (pass it as ``after``); the parts of
         one version form one atomic unit for the receiver. ``after``: continue such a version.
         """
-        conn = self.conn
-        conn.execute("BEGIN")
-        try:
+        with self._transaction(read=True) as conn:
             head = self.head
             if after is not None:
                 return self._version_part(after, exclude_site, max_cells, max_bytes, head)
@@ -775,8 +774,6 @@ class RelayStore:
             cur.close()
             if stopped:
                 upto, complete = rows[-1][5], False
-        finally:
-            conn.execute("COMMIT")
         out = [Change(*r[:9]) for r in rows if r[9] != exclude_site]
         return Page(out, upto, complete, None)
 
