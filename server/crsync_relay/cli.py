@@ -47,7 +47,18 @@ def _config_file(path: str | None) -> dict[str, Any]:
     return dict(relay)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """The command group: a :class:`CrsyncError` a command lets out ends it with
+    ``crsync-relay: error: ...`` and :attr:`ExitStatus.ERROR`."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CrsyncError as exc:
+            _fail(str(exc))
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """The crsync relay: many stores, one process."""
 
@@ -304,10 +315,7 @@ def backup(data_dir: str, store: str, dest: str) -> None:
     """
     from .backup import backup_store
 
-    try:
-        head = backup_store(Path(data_dir), store, Path(dest))
-    except CrsyncError as exc:
-        _fail(str(exc))
+    head = backup_store(Path(data_dir), store, Path(dest))
     click.echo(f"backed up store {store} at relay version {head} to {dest}")
 
 
@@ -324,10 +332,7 @@ def restore(data_dir: str, store: str, src: str, force: bool) -> None:
     """
     from .backup import restore_store
 
-    try:
-        epoch = restore_store(Path(data_dir), store, Path(src), force=force)
-    except CrsyncError as exc:
-        _fail(str(exc))
+    epoch = restore_store(Path(data_dir), store, Path(src), force=force)
     click.echo(f"restored store {store} from {src}; new epoch {epoch}")
 
 
@@ -354,10 +359,7 @@ def remove(
     from .repair import parse_key
     from .repair import remove as remove_cells
 
-    try:
-        n = remove_cells(Path(data_dir), store, table, parse_key(key_json, pk_hex), column)
-    except CrsyncError as exc:
-        _fail(str(exc))
+    n = remove_cells(Path(data_dir), store, table, parse_key(key_json, pk_hex), column)
     click.echo(f"removed {n} cell(s) from store {store}")
 
 
@@ -373,10 +375,7 @@ def forget_table(data_dir: str, store: str, table: str) -> None:
     """
     from .repair import forget_table as forget
 
-    try:
-        n = forget(Path(data_dir), store, table)
-    except CrsyncError as exc:
-        _fail(str(exc))
+    n = forget(Path(data_dir), store, table)
     click.echo(f"forgot table {table} of store {store} ({n} cells removed)")
 
 
