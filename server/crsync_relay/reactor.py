@@ -372,7 +372,7 @@ class ReactorManager:
                 raise _HandlerFailed(str(exc)) from exc
             writes = validate_changes(batch._writes)
             if writes:
-                await self.hub.push(h, site, upto + 1, writes, meta={"reactor_cursor": upto})
+                await self.hub.push(h, site, upto + 1, writes, reactor_cursor=upto)
             else:
                 async with h.write_lock:
                     await trio.to_thread.run_sync(h.writer.save_reactor_cursor, upto)

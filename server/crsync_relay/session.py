@@ -39,10 +39,11 @@ class ConnectionLimits:
     max_per_store: int = 1_000
     max_unauthenticated: int = 1_000
     max_unauthenticated_per_ip: int = 64
-    total: int = 0
-    unauthenticated: int = 0
-    per_ip: dict[str, int] = attrs.Factory(dict)
-    per_store: dict[str, int] = attrs.Factory(dict)
+    # What is counted now (not configuration).
+    total: int = attrs.field(default=0, init=False)
+    unauthenticated: int = attrs.field(default=0, init=False)
+    per_ip: dict[str, int] = attrs.field(factory=dict, init=False)
+    per_store: dict[str, int] = attrs.field(factory=dict, init=False)
 
     def enter(self, ip: str = "") -> None:
         """Count a new, not yet authenticated connection, or raise :class:`Overloaded`."""

@@ -696,14 +696,10 @@ class RelayStore:
     # ------------------------------------------------------------------ reads
 
     def changes_since(
-        self,
-        cursor: int,
-        exclude_site: bytes | None,
-        max_cells: int = 5000,
-        max_bytes: int = 8 << 20,
+        self, cursor: int, exclude: bytes | None, max_cells: int = 5000, max_bytes: int = 8 << 20
     ) -> tuple[list[Change], int, bool]:
         """Changes of relay versions after ``cursor``, whole versions at a time, leaving out
-        the cells ``exclude_site``'s connections pushed (whatever author they claim; cells
+        the cells site ``exclude``'s connections pushed (whatever author they claim; cells
         stored before the pushing site was recorded fall back to their author).
 
         Reads stop at the first version boundary past ``max_cells`` cells or ``max_bytes``
@@ -715,7 +711,7 @@ class RelayStore:
             ``(changes, upto, complete)``: ``upto`` is the last version fully included;
             ``complete`` is true if nothing after ``upto`` exists (at read time).
         """
-        page = self.read_page(cursor, exclude_site, max_cells, max_bytes, split=False)
+        page = self.read_page(cursor, exclude, max_cells, max_bytes, split=False)
         return page.changes, page.upto, page.complete
 
     def read_page(
