@@ -23,7 +23,7 @@ _LISTENING = re.compile(r"relay\.listening .*\bport=(\d+)")
 
 
 class RelayLauncher:
-    """One relay process on a data directory: started, stopped and restarted on the same
+    """One relay process on a data directory: started, stopped and started again on the same
     port, its log collected line by line."""
 
     def __init__(
@@ -155,15 +155,6 @@ class RelayLauncher:
         proc.kill()
         proc.wait(timeout=self.stop_timeout)
         self._join_reader()
-
-    def restart(self, *, hard: bool = True) -> None:
-        """Kill (SIGKILL if ``hard``, else SIGTERM) and start again on the same data directory
-        and port."""
-        if hard:
-            self.kill()
-        else:
-            self.stop()
-        self.start()
 
     def _join_reader(self) -> None:
         if self._reader is not None:
