@@ -19,8 +19,9 @@ connection (its error is classified as today).
    push_upto, pull_upto), ``positions.site_and_full_push()`` (site, full-push token, site
    key) and the replicated schema (``_schema(db)``); send
    ``hello = s.connect(Stored(epoch, push_upto, pull_upto), site, site_key, token, schema)``.
-2. Read one frame within ``open_timeout``: ``msg = s.decode(raw)``; read the local version
-   ``db.db_version``; perform ``s.handshake(msg, local_version)``:
+2. Read one frame within ``open_timeout``: ``msg = s.decode(raw)``; if
+   ``s.needs_local_version(msg)`` read ``local = db.db_version`` (else None); perform
+   ``s.handshake(msg, local)``:
 
    * ``ResetPositions(epoch, ...)``: ``positions.reset(key, epoch)`` (log ``epoch_changed``
      when ``old_epoch`` is set);
@@ -30,9 +31,9 @@ connection (its error is classified as today).
    * ``Reconnect(reason)``: raise ``_Reconnect(reason)``;
    * ``Fail(error, fatal)``: raise ``_Fatal(error)`` if ``fatal`` else ``error``.
 
-   Afterwards ``s.established`` says the connection is open (stats.connects += 1, state
-   SYNCING, ``reason = None``); ``s.full_push`` says whether the first push round pushes
-   every site's changes (the loop needs nothing else to know).
+   Afterwards the connection is open (``s.connected``: stats.connects += 1, state SYNCING,
+   ``reason = None``); ``s.full_push`` says whether the first push round pushes every site's
+   changes (the loop needs nothing else to know).
 3. Then, concurrently, until one of them ends the connection:
 
    * push loop (``Peer._pusher``): forever: clear the local-change event; read
@@ -204,7 +205,7 @@ class DeviceSession:
         self.pull_upto = 0  # relay version merged here
         self.relay_head = 0
         self.local_sealed = 0  # last local version a push round looked at
-        self.established = False  # this connection got the relay's welcome
+        self.connected = False  # the current connection got the relay's welcome
         self.full_push = False  # the next push round pushes every site's changes
         self.full_push_next = False  # a site reset asks the next connection for a full push
         self.full_push_token: str | None = None  # a site reset's persisted full-push request
@@ -260,9 +261,23 @@ class DeviceSession:
         """
         return self._conn.receive(data)
 
-    def handshake(self, msg: p.Message, local_version: int) -> list[Action]:
+    def needs_local_version(self, msg: p.Message) -> bool:
+        """Whether :meth:`handshake` needs the database's version for this answer: a welcome
+        under the recorded epoch saying the relay holds more than recorded (the database may
+        have been restored from a backup)."""
+        old = self._stored
+        return (
+            isinstance(msg, p.Welcome)
+            and msg.epoch == old.epoch
+            and msg.head >= old.pull_upto
+            and msg.acked > old.push_upto
+        )
+
+    def handshake(self, msg: p.Message, local_version: int | None = None) -> list[Action]:
         """The relay's answer to the hello (``welcome`` or ``error``); ``local_version``: the
-        database's db_version now."""
+        database's db_version now, when :meth:`needs_local_version` says so."""
+        if local_version is None and self.needs_local_version(msg):
+            raise RuntimeError("handshake() needs the local version for this welcome")
         if isinstance(msg, p.Error):
             if msg.code != p.ErrorCode.SITE_FORBIDDEN.value:
                 return [_fail(msg)]
@@ -291,7 +306,7 @@ class DeviceSession:
             out.append(ResetPositions(msg.epoch, old.epoch, msg.head, went_back))
             push_upto = pull_upto = 0
             full_push = bool(old.epoch) or msg.head == 0
-        elif msg.acked > local_version:
+        elif local_version is not None and msg.acked > local_version:
             # The relay holds more of this site's changes than the file: it was restored from
             # a backup or copied. Writes made under this identity after the backup would be
             # shadowed forever; continue under a new site id, pushing every site's changes
@@ -309,7 +324,7 @@ class DeviceSession:
         self.pull_upto = pull_upto
         self.relay_head = max(msg.head, pull_upto)
         self.site_resets_refused = 0
-        self.established = True
+        self.connected = True
         self.full_push = full_push or self.full_push_next or bool(self.full_push_token)
         return out
 
@@ -320,7 +335,7 @@ class DeviceSession:
 
     def disconnected(self) -> None:
         """The connection ended: what was half received is dropped."""
-        self.established = False
+        self.connected = False
         self._parts = []
         self._unit_upto = None
         self._merging = None
@@ -343,7 +358,7 @@ class DeviceSession:
     ) -> list[Action]:
         """One push round: the database's changes after :attr:`push_upto` (all sites', in
         db_version order) up to its sealed version ``sealed``, and its replicated schema now."""
-        if not self.established:
+        if not self.connected:
             raise RuntimeError("push_round() before the relay's welcome")
         if dict(schema) != self._hello_schema:
             # A table tracked (or migrated) while connected: announce the schema (the relay
@@ -448,7 +463,7 @@ class DeviceSession:
     def synced(self) -> bool:
         """Connected, caught up with the relay's head, and nothing sealed left to push."""
         return (
-            self.established
+            self.connected
             and self.pull_upto >= self.relay_head
             and self.push_upto >= self.local_sealed
         )

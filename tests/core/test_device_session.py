@@ -59,14 +59,14 @@ def test_only_welcome_or_error_may_answer_the_hello() -> None:
     with pytest.raises(ProtocolError) as err:
         s.decode(p.encode(p.Ack(1, 1, 1)))
     assert err.value.code == p.ErrorCode.UNEXPECTED.value
-    assert not s.established
+    assert not s.connected
 
 
 def test_resume_under_the_same_epoch_keeps_the_positions() -> None:
     s, actions = _connected()
     assert actions == []
     assert (s.epoch, s.push_upto, s.pull_upto, s.relay_head) == ("E", 5, 20, 30)
-    assert s.established and not s.full_push
+    assert s.connected and not s.full_push
 
 
 def test_the_relay_holding_more_than_recorded_moves_the_push_position() -> None:
@@ -96,6 +96,20 @@ def test_first_connection_pushes_every_site_only_to_an_empty_store(head: int, fu
     assert s.full_push is full
 
 
+def test_the_local_version_is_needed_only_when_the_relay_holds_more_than_recorded() -> None:
+    s = _session()
+    s.connect(RECORDED, SITE, None, None, SCHEMA)  # epoch E, pushed 5, merged 20
+    more = p.Welcome(p.PROTOCOL_VERSION, "E", 30, 8)
+    assert s.needs_local_version(more)
+    assert not s.needs_local_version(p.Welcome(p.PROTOCOL_VERSION, "E", 30, 5))
+    assert not s.needs_local_version(p.Welcome(p.PROTOCOL_VERSION, "X", 30, 8))  # new epoch
+    assert not s.needs_local_version(p.Welcome(p.PROTOCOL_VERSION, "E", 12, 8))  # went back
+    assert not s.needs_local_version(p.Error("overloaded", "busy"))
+    with pytest.raises(RuntimeError):
+        s.handshake(more)
+    assert s.handshake(p.Welcome(p.PROTOCOL_VERSION, "E", 30, 5)) == []
+
+
 def test_relay_acked_beyond_the_local_version_resets_the_site() -> None:
     """The file was restored from a backup: continue under a new site id, full push."""
     s, actions = _connected(welcome=p.Welcome(p.PROTOCOL_VERSION, "E", 30, 12), local=9)
@@ -103,7 +117,7 @@ def test_relay_acked_beyond_the_local_version_resets_the_site() -> None:
         ds.ResetSite("relay-acked-12-beyond-local"),
         ds.Reconnect("site id reset; reconnecting under the new identity"),
     ]
-    assert not s.established
+    assert not s.connected
     s.site_reset(NEW)
     s.connect(ds.Stored("E", 5, 20), NEW, None, None, SCHEMA)
     s.handshake(p.Welcome(p.PROTOCOL_VERSION, "E", 30, 0), 9)
