@@ -2,7 +2,8 @@
 
 * The pure core (the change value type, packing, value order, the merge rules, the wire codec,
   the device and relay sync sessions) does no I/O: it imports no sqlite3, trio, websockets,
-  watchfiles or anyio, and only other pure modules of the package. ``triggers`` generates SQL text and imports none of them directly.
+  watchfiles or anyio, and only other pure modules of the package. ``triggers`` generates SQL
+  text and imports none of them directly.
 * Storage never imports the sync layer when imported (no cycle between ``database`` and
   ``live``).
 * Only the storage modules touch crsync's metadata: the sync layer (``peer``, ``live``, the
