@@ -149,6 +149,11 @@ class RelayState(enum.Enum):
     CLOSED = "closed"  # an error was (or is being) sent
 
 
+class Refused(ProtocolError):
+    """The relay refuses the peer by its rules (its site, its schema, a unit too large): not
+    a malformed message, though it ends the connection the same way."""
+
+
 def _unexpected(reason: str) -> ProtocolError:
     return ProtocolError(p.ErrorCode.UNEXPECTED.value, reason)
 
@@ -213,7 +218,8 @@ class RelaySession:
         """A decoded message from the peer (``size``: its frame's length in bytes).
 
         Raises:
-            ProtocolError: the message breaks the protocol here.
+            ProtocolError: the message breaks the protocol here (:class:`Refused`: a unit
+                larger than this relay accepts).
         """
         if self.state is RelayState.HELLO:
             if not isinstance(msg, p.Hello):
@@ -244,7 +250,7 @@ class RelaySession:
         self._parts.extend(msg.changes)
         self._unit_bytes += size
         if len(self._parts) > self.max_unit_cells or self._unit_bytes > self.max_unit_bytes:
-            raise ProtocolError(
+            raise Refused(
                 p.ErrorCode.INVALID_CHANGES.value,
                 "a multi-part push is larger than this relay accepts "
                 f"({self.max_unit_cells} cells, {self.max_unit_bytes} bytes)",
@@ -260,20 +266,20 @@ class RelaySession:
         """The store is open for the hello (after :class:`Admit`).
 
         Raises:
-            ProtocolError: ``forbidden`` (the relay's own site), ``site_forbidden`` (the site
-                is bound to another key) or ``schema_mismatch``.
+            Refused: ``forbidden`` (the relay's own site), ``site_forbidden`` (the site is
+                bound to another key) or ``schema_mismatch``.
         """
         if self.state is not RelayState.ADMITTING or self.hello is None:
             raise RuntimeError("admitted() without a hello being admitted")
         if view.own_site:
-            raise ProtocolError(
+            raise Refused(
                 p.ErrorCode.FORBIDDEN.value,
                 "this site id is the relay's own (its reactor's); a device cannot use it",
             )
         if view.site_claim is not None:
-            raise ProtocolError(p.ErrorCode.SITE_FORBIDDEN.value, view.site_claim)
+            raise Refused(p.ErrorCode.SITE_FORBIDDEN.value, view.site_claim)
         if view.schema_problem is not None:
-            raise ProtocolError(p.ErrorCode.SCHEMA_MISMATCH.value, view.schema_problem)
+            raise Refused(p.ErrorCode.SCHEMA_MISMATCH.value, view.schema_problem)
         hello = self.hello
         same_epoch = hello.epoch == view.epoch
         self.epoch = view.epoch
@@ -349,6 +355,7 @@ __all__ = [
     "MergeUnit",
     "ReadChanges",
     "RecordReceived",
+    "Refused",
     "RelaySession",
     "RelayState",
     "Send",

@@ -317,7 +317,7 @@ async def handle_connection(ws: ServerConnection, hub: Hub, settings: RelaySetti
         finally:
             handle.sessions -= 1
             hub.metrics.connections_active.dec()
-    except Refusal as exc:
+    except (Refusal, rs.Refused) as exc:
         close = rules.fail(exc.code, exc.reason)
         if _REFUSAL_LOG.allow():
             log.warning("relay.refused peer=%s code=%s reason=%s", peer, close.code, close.reason)

@@ -98,7 +98,7 @@ def test_store_checks_refuse_with_their_code(view: rs.StoreView, code: p.ErrorCo
     s = rs.RelaySession()
     raw = _hello()
     s.receive(s.decode(raw), len(raw))
-    with pytest.raises(ProtocolError) as err:
+    with pytest.raises(rs.Refused) as err:  # logged as a refusal, not a protocol error
         s.admitted(view)
     assert err.value.code == code.value
     assert s.state is rs.RelayState.ADMITTING  # never opened: no welcome
@@ -189,7 +189,7 @@ def test_no_push_is_handled_while_a_unit_is_being_merged() -> None:
 def test_an_oversized_multi_part_unit_is_refused(cells: int, frame_bytes: int) -> None:
     s, _ = _open(max_unit_cells=cells, max_unit_bytes=200)
     s.receive(p.Push(1, 7, 9, [_change(8), _change(8, 1)], more=True), frame_bytes)
-    with pytest.raises(ProtocolError) as err:
+    with pytest.raises(rs.Refused) as err:
         s.receive(p.Push(2, 7, 9, [_change(9), _change(9, 1)], more=True), frame_bytes)
     assert err.value.code == p.ErrorCode.INVALID_CHANGES.value
 
