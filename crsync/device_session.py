@@ -4,8 +4,8 @@
 one store on a relay: the hello, positions and epochs, acks, push rounds, merging what the
 relay sends and telling it ``received``, pings and ``wait_synced`` bookkeeping, multi-part
 units, full-push requests, the site reset on ``site_forbidden`` and schema re-announcement.
-It does no I/O (no sqlite3, trio, websockets or file watching): ``crsync.Peer`` is the trio
-loop around it that reads the database, talks to the relay and performs the actions the
+It does no I/O (no sqlite3, trio, anyio, websockets or file watching): ``crsync.Peer`` is
+the async loop around it that reads the database, talks to the relay and performs the actions the
 session returns. One session object lives as long as the ``Peer`` (what it knows carries over
 reconnections); :meth:`DeviceSession.connect` starts each connection.
 
@@ -46,16 +46,21 @@ connection (its error is classified as today).
    * receive loop (``Peer._receiver``): for each frame, perform ``s.receive(s.decode(raw))``:
      ``RecordPush``/``ClearFullPush`` (an ack), ``MergeUnit(changes, epoch, upto)``
      (``wins, rejected = positions.merge_and_record(changes, key, epoch, upto)``; a merge
-     failure that is not the local file's is fatal; then perform ``s.merged(len, wins,
-     rejected)`` -> ``Send(Received)``, and call ``on_progress(s.pull_upto, s.relay_head)``),
+     failure that is not the local file's is fatal; count the stats; then perform
+     ``s.merged()`` -> ``Send(Received)``, and call ``on_progress(s.pull_upto, s.relay_head)``),
      ``Fail``; then update the state from ``s.synced`` (this wakes ``AwaitAck`` and
      ``wait_synced``).
    * ``wait_synced``: ``target = db.db_version``; ``ping = s.ping()``, send it while connected
      and wait until ``s.pong(ping.id)`` is not None (that is the relay's head; a lost
      connection: ping again on the next one); then wait until ``s.synced_to(target, head)``.
-4. When the connection ends: ``s.disconnected()``. If it ended by a closed socket, read what
-   is still buffered (``s.decode`` then ``s.receive``: a ``Fail`` is the outcome) and ask
-   ``s.closed(code, reason)`` about the close frame: a ``Fail`` is the outcome.
+4. When the connection ends by a closed socket, read what is still buffered (``s.decode``,
+   then ``s.receive`` of an ``error``: its ``Fail`` is the outcome) and ask
+   ``s.closed(code, reason)`` about the close frame (a ``Fail`` is the outcome). However it
+   ended: ``s.disconnected()`` before the next :meth:`~DeviceSession.connect`.
+
+The ``Peer`` of this repository drives it exactly so (its protocol-rule lines are marked
+``WIRING``); the loop keeps only I/O: sockets, the database calls, backoff, file watching,
+the sync lock, states and stats.
 
 Where today's ``peer.py`` rules go: ``_session``'s hello and welcome branches ->
 :meth:`~DeviceSession.connect` and :meth:`~DeviceSession.handshake`; ``_site_taken`` ->
