@@ -53,44 +53,67 @@ def _decode_key(table: str, blob: bytes) -> tuple[SqlValue, ...]:
     return key
 
 
+def _key_of(table: str, blob: bytes) -> tuple[SqlValue, ...]:
+    """:func:`_decode_key`, with an inlined fast path for a one-column non-negative integer
+    key in its canonical encoding (decoded exactly as :func:`unpack_pk` would)."""
+    if len(blob) >= 2 and blob[0] == 1 and blob[1] & 7 == 1 and len(blob) == 2 + (blob[1] >> 3):
+        n = blob[1] >> 3
+        if n < 8:
+            return (int.from_bytes(blob[2:], "big"),)
+    return _decode_key(table, blob)
+
+
 def merge_locked(db: Database, conn: sqlite3.Connection, batch: list[Change]) -> int:
     """Inside a write transaction: merge a validated batch; returns how many changes won."""
     db._sync_site()
     open_v = conn.execute("SELECT db_version FROM crsync_clock").fetchone()[0]
     # 1. Sort into rows per table (decoding every pk) before writing anything.
-    by_blob: dict[tuple[str, bytes], list[Change]] = {}
+    by_table: dict[str, dict[bytes, list[Change]]] = {}
     pending: list[Change] = []
     tracked = db._tracked
+    last: str | None = None
+    tr: Tracked | None = None
+    groups: dict[bytes, list[Change]] = {}
     for c in batch:
-        tr = tracked.get(c.table)
-        if tr is None or (c.cid != SENTINEL and c.cid not in tr.slots):
+        table = c[0]
+        if table != last:
+            last = table
+            tr = tracked.get(table)
+            if tr is not None:
+                groups = by_table.setdefault(table, {})
+        cid = c[2]
+        if tr is None or (cid != SENTINEL and cid not in tr.slots):
             pending.append(c)
             continue
-        group = by_blob.get((c.table, c.pk))
+        group = groups.get(c[1])
         if group is None:
-            by_blob[(c.table, c.pk)] = [c]
+            groups[c[1]] = [c]
         else:
             group.append(c)
     for c in pending:  # kept aside, but must be applicable once the table exists
         _decode_key(c.table, c.pk)
     per_table: dict[str, dict[tuple[SqlValue, ...], list[Change]]] = {}
-    for (table, blob), group in by_blob.items():
+    for table, blobs in by_table.items():
         npk = tracked[table].npk
-        key = _decode_key(table, blob)
-        if len(key) != npk:
-            raise InvalidChangeError(
-                f"table {table!r}: pk {blob.hex()} has {len(key)} values, the table's "
-                f"primary key has {npk} columns"
-            )
-        rows = per_table.setdefault(table, {})
-        if key in rows:  # two encodings of one key (e.g. 1 and 1.0)
-            rows[key] += group
-        else:
-            rows[key] = group
+        rows: dict[tuple[SqlValue, ...], list[Change]] = {}
+        for blob, group in blobs.items():
+            key = _key_of(table, blob)
+            if len(key) != npk:
+                raise InvalidChangeError(
+                    f"table {table!r}: pk {blob.hex()} has {len(key)} values, the table's "
+                    f"primary key has {npk} columns"
+                )
+            if key in rows:  # two encodings of one key (e.g. 1 and 1.0)
+                rows[key] += group
+            else:
+                rows[key] = group
+        if rows:
+            per_table[table] = rows
     conn.execute("UPDATE crsync_clock SET merging = 1")
     wins = 0
     top = open_v
     written: list[tuple[Tracked, tuple[SqlValue, ...], RowState]] = []
+    fresh: list[tuple[Tracked, tuple[SqlValue, ...], list[Change]]] = []
     for tname, rows in per_table.items():
         tr = db._tracked[tname]
         rows = canonical_keys(db, tr, rows)
@@ -99,6 +122,16 @@ def merge_locked(db: Database, conn: sqlite3.Connection, batch: list[Change]) ->
         for key, changes in rows.items():
             st = states.get(key)
             if st is None:
+                if _all_fresh_cells(changes):
+                    # A row this database never saw, arriving as cells of its first life
+                    # with distinct columns (a plain insert elsewhere): by rules 4 and 5 every
+                    # cell wins and the row gets cl 1 and no sentinel.
+                    fresh.append((tr, key, changes))
+                    wins += len(changes)
+                    for c in changes:
+                        if c[5] > top:
+                            top = c[5]
+                    continue
                 st = RowState()
             for c in changes:
                 if apply_change(st, c, row_defaults):
@@ -107,16 +140,67 @@ def merge_locked(db: Database, conn: sqlite3.Connection, batch: list[Change]) ->
                         top = c.db_version
             if st.changed:
                 written.append((tr, key, st))
-    if written:
+    if written or fresh:
         write_rows(db, conn, written, top)
+        write_fresh_rows(db, conn, fresh, top)
         conn.execute("UPDATE crsync_clock SET db_version = ? WHERE db_version < ?", (top, top))
     if pending:
         conn.executemany(
-            "INSERT OR IGNORE INTO crsync_pending VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [c.as_tuple() for c in pending],
+            "INSERT OR IGNORE INTO crsync_pending VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", pending
         )
     conn.execute("UPDATE crsync_clock SET merging = 0")
     return wins
+
+
+def _all_fresh_cells(changes: list[Change]) -> bool:
+    """Whether every change is a cell (not ``-1``) of causal length 1, each of another column."""
+    cids = set()
+    for c in changes:
+        if c[7] != 1 or c[2] == SENTINEL:
+            return False
+        cids.add(c[2])
+    return len(cids) == len(changes)
+
+
+def write_fresh_rows(
+    db: Database,
+    conn: sqlite3.Connection,
+    fresh: list[tuple[Tracked, tuple[SqlValue, ...], list[Change]]],
+    version: int,
+) -> None:
+    """Write rows created by :func:`merge_locked`'s fresh-row case: every change won, the
+    row has cl 1, no sentinel, and the merge's version on every cell (what
+    :func:`write_rows` writes for the same :class:`RowState`)."""
+    upserts: dict[tuple[str, tuple[str, ...]], list[tuple[SqlValue, ...]]] = {}
+    metas: dict[str, list[tuple[SqlValue, ...]]] = {}
+    ords: dict[bytes, int] = {}
+    ordinal = db._site_ordinal
+    layouts: dict[tuple[str, tuple[str, ...]], tuple[tuple[str, ...], list[int], list[int]]] = {}
+    for tr, key, changes in fresh:
+        name = tr.info.name
+        cids = tuple([c[2] for c in changes])
+        lay = layouts.get((name, cids))
+        if lay is None:
+            cols = tuple(sorted(cids))
+            lay = (cols, [cids.index(c) for c in cols], [4 * tr.slots[c] for c in cids])
+            layouts[(name, cids)] = lay
+        cols, order, offsets = lay
+        upserts.setdefault((name, cols), []).append(key + tuple([changes[i][3] for i in order]))
+        cells: list[Any] = [None] * (4 * tr.nslots)
+        for c, off in zip(changes, offsets):
+            site = c[6]
+            o = ords.get(site)
+            if o is None:
+                o = ords[site] = ordinal(site)
+            cells[off] = c[4]
+            cells[off + 1] = version
+            cells[off + 2] = o
+            cells[off + 3] = c[8]
+        metas.setdefault(name, []).append((*key, 1, None, None, None, version, *cells))
+    for (name, cols), rows in upserts.items():
+        conn.executemany(upsert_sql(db, db._tracked[name], cols), rows)
+    for name, rows in metas.items():
+        conn.executemany(db._tracked[name].meta_write_sql, rows)
 
 
 def canonical_keys(

@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 import attrs
 import msgpack
 
-from .change import Change, validate_change
+from .change import Change, validate_changes
 from .errors import CrsyncError, InvalidChangeError, ProtocolError
 
 PROTOCOL_VERSION = 1
@@ -190,10 +190,6 @@ Message = Hello | Welcome | Push | Ack | Changes | Received | Ping | Pong | Erro
 # ---------------------------------------------------------------------------- encoding
 
 
-def _change_row(c: Change) -> list[Any]:
-    return [c.table, c.pk, c.cid, c.val, c.col_version, c.db_version, c.site_id, c.cl, c.seq]
-
-
 def encode(msg: Message) -> bytes:
     """Encode a message as one msgpack map (a binary WebSocket frame)."""
     body: dict[str, Any] = {"t": msg.TYPE}
@@ -216,7 +212,7 @@ def encode(msg: Message) -> bytes:
             batch=msg.batch,
             base=msg.base,
             upto=msg.upto,
-            changes=[_change_row(c) for c in msg.changes],
+            changes=list(msg.changes),  # a Change is a tuple: packed as the 9-array
             more=msg.more,
         )
     elif isinstance(msg, Ack):
@@ -225,7 +221,7 @@ def encode(msg: Message) -> bytes:
         body.update(
             base=msg.base,
             upto=msg.upto,
-            changes=[_change_row(c) for c in msg.changes],
+            changes=list(msg.changes),  # a Change is a tuple: packed as the 9-array
             more=msg.more,
         )
     elif isinstance(msg, Received):
@@ -266,13 +262,10 @@ def _version(body: Mapping[str, Any], key: str) -> int:
 
 def _changes(body: Mapping[str, Any]) -> list[Change]:
     rows = _get(body, "changes", list)
-    out = []
-    for i, row in enumerate(rows):
-        try:
-            out.append(validate_change(row, i))
-        except InvalidChangeError as exc:
-            raise ProtocolError(ErrorCode.INVALID_CHANGES.value, str(exc)) from None
-    return out
+    try:
+        return validate_changes(rows)
+    except InvalidChangeError as exc:
+        raise ProtocolError(ErrorCode.INVALID_CHANGES.value, str(exc)) from None
 
 
 def _schema_body(s: TableSchema) -> dict[str, Any]:
