@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 from . import rejected
 from .change import SENTINEL, Change
 from .errors import InvalidChangeError, PackError
-from .merge_rules import MERGE_VERSION, Clock, RowState, apply_change
-from .pack import SqlValue, unpack_pk
+from .merge_rules import MERGE_VERSION, Clock, RowState, all_fresh_cells, apply_change
+from .pack import SqlValue, small_int_key, unpack_pk
 from .schema import quote_ident
 
 if TYPE_CHECKING:
@@ -54,13 +54,9 @@ def _decode_key(table: str, blob: bytes) -> tuple[SqlValue, ...]:
 
 
 def _key_of(table: str, blob: bytes) -> tuple[SqlValue, ...]:
-    """:func:`_decode_key`, with an inlined fast path for a one-column non-negative integer
-    key in its canonical encoding (decoded exactly as :func:`unpack_pk` would)."""
-    if len(blob) >= 2 and blob[0] == 1 and blob[1] & 7 == 1 and len(blob) == 2 + (blob[1] >> 3):
-        n = blob[1] >> 3
-        if n < 8:
-            return (int.from_bytes(blob[2:], "big"),)
-    return _decode_key(table, blob)
+    """:func:`_decode_key`, with a fast path for the common one-integer key."""
+    k = small_int_key(blob)
+    return (k,) if k is not None else _decode_key(table, blob)
 
 
 def merge_locked(db: Database, conn: sqlite3.Connection, batch: list[Change]) -> int:
@@ -122,10 +118,9 @@ def merge_locked(db: Database, conn: sqlite3.Connection, batch: list[Change]) ->
         for key, changes in rows.items():
             st = states.get(key)
             if st is None:
-                if _all_fresh_cells(changes):
-                    # A row this database never saw, arriving as cells of its first life
-                    # with distinct columns (a plain insert elsewhere): by rules 4 and 5 every
-                    # cell wins and the row gets cl 1 and no sentinel.
+                if all_fresh_cells(changes):
+                    # A row this database never saw, arriving as cells of its first life:
+                    # every cell wins (see all_fresh_cells), written without a RowState.
                     fresh.append((tr, key, changes))
                     wins += len(changes)
                     for c in changes:
@@ -150,16 +145,6 @@ def merge_locked(db: Database, conn: sqlite3.Connection, batch: list[Change]) ->
         )
     conn.execute("UPDATE crsync_clock SET merging = 0")
     return wins
-
-
-def _all_fresh_cells(changes: list[Change]) -> bool:
-    """Whether every change is a cell (not ``-1``) of causal length 1, each of another column."""
-    cids = set()
-    for c in changes:
-        if c[7] != 1 or c[2] == SENTINEL:
-            return False
-        cids.add(c[2])
-    return len(cids) == len(changes)
 
 
 def write_fresh_rows(
@@ -253,25 +238,38 @@ def load_states(
         for k in keys:
             rows += conn.execute(tr.state_sql, k).fetchall()
     npk = tr.npk
-    cur = [(c.name, tr.slots[c.name]) for c in tr.info.columns if c.name in tr.slots]
+    names = [c.name for c in tr.info.columns if c.name in tr.slots]
     cbase = npk + 5
-    vbase = cbase + 4 * len(cur)
+    vbase = cbase + 4 * len(names)
+    cols = [(name, cbase + 4 * j, vbase + j) for j, name in enumerate(names)]
     site_of = db._site_of
+    sites: dict[int, bytes] = {}
+
+    def site(ordinal: int) -> bytes:
+        b = sites.get(ordinal)
+        if b is None:
+            b = sites[ordinal] = site_of(ordinal)
+        return b
+
     for row in rows:
         key = tuple(row[:npk])
-        cl, sd, ss, sq = row[npk : npk + 4]
+        cl = row[npk]
+        sd = row[npk + 1]
         exists = row[-1] is not None
         st = RowState(cl, exists)
         if sd is not None:
-            st.sentinel = (cl, sd, site_of(ss), sq)
-        for j, (name, _slot) in enumerate(cur):
-            c0 = cbase + 4 * j
-            if row[c0] is not None:
-                st.cells[name] = (row[c0], row[c0 + 1], site_of(row[c0 + 2]), row[c0 + 3])
+            st.sentinel = (cl, sd, site(row[npk + 2]), row[npk + 3])
+        cells = st.cells
+        for name, c0, vi in cols:
+            v = row[c0]
+            if v is not None:
+                so = row[c0 + 2]
+                b = sites.get(so)
+                cells[name] = (v, row[c0 + 1], b if b is not None else site(so), row[c0 + 3])
             else:
-                st.cells[name] = None
-            if exists:
-                st.values[name] = row[vbase + j]
+                cells[name] = None
+        if exists:
+            st.values = {name: row[vi] for name, _c0, vi in cols}
         out[key] = st
     return out
 
