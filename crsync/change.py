@@ -56,7 +56,7 @@ class Change(NamedTuple):
 
     def as_tuple(self) -> tuple[str, bytes, str, SqlValue, int, int, bytes, int, int]:
         """The nine fields in ``crsql_changes`` column order, as a plain tuple."""
-        return tuple.__new__(tuple, self)  # type: ignore[return-value]
+        return tuple.__new__(tuple, self)
 
 
 @attrs.frozen(slots=True)
@@ -190,7 +190,7 @@ def validate_changes(changes: Iterable[object]) -> list[Change]:
                 append(c)  # type: ignore[arg-type]
                 continue
         elif (tc is list or tc is tuple) and len(c) == 9:  # type: ignore[arg-type]
-            ch = new(Change, c)
+            ch = new(Change, c)  # type: ignore[arg-type]
             if _well_formed(ch):
                 append(ch)
                 continue

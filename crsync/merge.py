@@ -172,7 +172,7 @@ def write_fresh_rows(
         cols, order, offsets = lay
         upserts.setdefault((name, cols), []).append(key + tuple([changes[i][3] for i in order]))
         cells: list[Any] = [None] * (4 * tr.nslots)
-        for c, off in zip(changes, offsets):
+        for c, off in zip(changes, offsets, strict=True):
             site = c[6]
             o = ords.get(site)
             if o is None:
@@ -260,7 +260,7 @@ def load_states(
         if sd is not None:
             st.sentinel = (cl, sd, site(row[npk + 2]), row[npk + 3])
         cells = st.cells
-        for name, c0, vi in cols:
+        for name, c0, _vi in cols:
             v = row[c0]
             if v is not None:
                 so = row[c0 + 2]

@@ -688,8 +688,7 @@ class RelayStore:
                 bad.append(
                     (
                         i,
-                        f"change #{i}: table {quote(table)} has no announced column "
-                        f"{quote(cid)}",
+                        f"change #{i}: table {quote(table)} has no announced column {quote(cid)}",
                     )
                 )
             elif cid in ts.notnull:

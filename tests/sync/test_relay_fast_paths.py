@@ -37,7 +37,9 @@ def _state(s: RelayStore) -> list[tuple[object, ...]]:
 def _device(path: Path, seed: int) -> crsync.Database:
     rng = random.Random(seed)
     db = crsync.connect(path)
-    db.conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, a TEXT, b INTEGER NOT NULL DEFAULT 0)")
+    db.conn.execute(
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, a TEXT, b INTEGER NOT NULL DEFAULT 0)"
+    )
     db.conn.execute("CREATE TABLE notes (k TEXT PRIMARY KEY NOT NULL, body)")
     db.track("items", integer_keys="app-assigned")
     db.track("notes")
@@ -74,14 +76,13 @@ def test_refusals_name_the_first_bad_change_in_push_order(tmp_path: Path) -> Non
     ok = Change("items", pack_pk([1]), "a", "x", 1, 1, SITE, 1, 0)
     null = Change("items", pack_pk([2]), "b", None, 1, 1, SITE, 1, 1)
     unknown = Change("items", pack_pk([3]), "zz", 1, 1, 1, SITE, 1, 2)
-    with pytest.raises(InvalidChangeError, match="change #1: .* NOT NULL"):
+    with pytest.raises(InvalidChangeError, match=r"change #1: .* NOT NULL"):
         s.merge_push(SITE, 1, [ok, null, unknown], announced_only=True)
-    with pytest.raises(InvalidChangeError, match="change #1: .* no announced column"):
+    with pytest.raises(InvalidChangeError, match=r"change #1: .* no announced column"):
         s.merge_push(SITE, 1, [ok, unknown, null], announced_only=True)
     long = Change("items", pack_pk([4]), "c" * 3000, 1, 1, 1, SITE, 1, 3)
     with pytest.raises(InvalidChangeError, match="change #2: name longer"):
         s.merge_push(SITE, 1, [ok, unknown, long], announced_only=True)
-    with pytest.raises(InvalidChangeError, match="pk .* is not an integer"):
+    with pytest.raises(InvalidChangeError, match=r"pk .* is not an integer"):
         s.merge_push(SITE, 1, [ok._replace(pk=pack_pk(["1"]))], announced_only=True)
     assert _state(s) == []
-
