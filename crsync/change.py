@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import attrs
 
@@ -145,54 +145,47 @@ def validate_change(c: object, index: int = 0) -> Change:
     return Change(table, pk, cid, val, col_version, db_version, site_id, cl, seq)
 
 
-def _well_formed(c: Change) -> bool:
-    """Fast check of a Change built by crsync itself (the common case)."""
-    table, pk, cid, v, cv, dv, site, cl, seq = c
-    tv = type(v)
-    return (
-        type(table) is str
-        and type(pk) is bytes
-        and type(cid) is str
-        and type(site) is bytes
-        and type(cv) is int
-        and type(dv) is int
-        and type(cl) is int
-        and type(seq) is int
-        and len(site) == 16
-        and 0 <= cv <= MAX_CLOCK
-        and 0 <= dv <= MAX_CLOCK
-        and 1 <= cl <= MAX_CLOCK
-        and 0 <= seq <= I64_MAX
-        and table != ""
-        and cid != ""
-        and pk != b""
-        and (
-            v is None
-            or tv is str
-            or tv is bytes
-            or (tv is int and I64_MIN <= v <= I64_MAX)  # type: ignore[operator]
-            or (tv is float and v == v)
-        )
-    )
-
-
 def validate_changes(changes: Iterable[object]) -> list[Change]:
     """Validate a whole batch; raise on the first bad change (nothing is applied).
 
-    Accepts :class:`Change` objects and 9-sequences (tuples, lists: decoded wire rows)."""
+    Accepts :class:`Change` objects and 9-sequences (tuples, lists: decoded wire rows). The
+    common case, fields of exactly the expected types and in range, is checked inline; any
+    other change goes through :func:`validate_change`, which normalises or refuses it."""
     out: list[Change] = []
     append = out.append
     new = tuple.__new__
+    c: Any
     for i, c in enumerate(changes):
         tc = type(c)
-        if tc is Change:
-            if _well_formed(c):  # type: ignore[arg-type]
-                append(c)  # type: ignore[arg-type]
-                continue
-        elif (tc is list or tc is tuple) and len(c) == 9:  # type: ignore[arg-type]
-            ch = new(Change, c)  # type: ignore[arg-type]
-            if _well_formed(ch):
-                append(ch)
+        if tc is Change or ((tc is list or tc is tuple) and len(c) == 9):
+            table, pk, cid, v, cv, dv, site, cl, seq = c
+            tv = type(v)
+            if (
+                type(table) is str
+                and type(pk) is bytes
+                and type(cid) is str
+                and type(site) is bytes
+                and type(cv) is int
+                and type(dv) is int
+                and type(cl) is int
+                and type(seq) is int
+                and len(site) == 16
+                and 0 <= cv <= MAX_CLOCK
+                and 0 <= dv <= MAX_CLOCK
+                and 1 <= cl <= MAX_CLOCK
+                and 0 <= seq <= I64_MAX
+                and table != ""
+                and cid != ""
+                and pk != b""
+                and (
+                    v is None
+                    or tv is str
+                    or tv is bytes
+                    or (tv is int and I64_MIN <= v <= I64_MAX)
+                    or (tv is float and v == v)
+                )
+            ):
+                append(c if tc is Change else new(Change, c))
                 continue
         append(validate_change(c, i))
     return out
