@@ -794,6 +794,22 @@ class RelayStore:
                 return self._version_part(after, exclude_site, max_cells, max_bytes, head)
             if cursor >= head:
                 return Page([], head, True, None)
+            if split:
+                # A first version over the cell budget is read in parts (below, that is found
+                # only after sorting all of it by seq): counted first, on the index.
+                first = conn.execute(
+                    "SELECT min(version) FROM relay_cells WHERE version > ?", (cursor,)
+                ).fetchone()[0]
+                if first is not None and first <= head:
+                    n = conn.execute(
+                        "SELECT count(*) FROM (SELECT 1 FROM relay_cells WHERE version = ? "
+                        "LIMIT ?)",
+                        (first, max_cells + 1),
+                    ).fetchone()[0]
+                    if n > max_cells:
+                        return self._version_part(
+                            (first, "", b"", ""), exclude_site, max_cells, max_bytes, head
+                        )
             rows: list[tuple[Any, ...]] = []
             size = 0
             upto, complete = head, True

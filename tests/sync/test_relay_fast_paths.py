@@ -86,3 +86,26 @@ def test_refusals_name_the_first_bad_change_in_push_order(tmp_path: Path) -> Non
     with pytest.raises(InvalidChangeError, match=r"pk .* is not an integer"):
         s.merge_push(SITE, 1, [ok._replace(pk=pack_pk(["1"]))], announced_only=True)
     assert _state(s) == []
+
+
+def test_a_first_version_over_the_cell_budget_is_read_in_parts(tmp_path: Path) -> None:
+    s = _store(tmp_path / "s.sqlite3")
+    big = [Change("items", pack_pk([i]), "a", f"v{i}", 1, 1, SITE, 1, i) for i in range(47)]
+    small = [Change("notes", pack_pk([f"k{i}"]), "body", i, 1, 2, SITE, 1, i) for i in range(3)]
+    s.merge_push(SITE, 1, big, announced_only=True)
+    s.merge_push(SITE, 2, small, announced_only=True)
+    whole = s.read_page(0, None, max_cells=10**6, split=False)
+    assert whole.complete and len(whole.changes) == 50
+    seen: list[Change] = []
+    page = s.read_page(0, None, max_cells=10)
+    assert page.resume is not None and page.upto == 1 and len(page.changes) == 10
+    while page.resume is not None:
+        seen += page.changes
+        page = s.read_page(0, None, max_cells=10, after=page.resume)
+    seen += page.changes
+    assert page.upto == 1 and not page.complete
+    assert sorted(seen) == sorted(c for c in whole.changes if c.table == "items")
+    rest = s.read_page(1, None, max_cells=10)
+    assert rest.complete and rest.resume is None
+    assert sorted(rest.changes) == sorted(c for c in whole.changes if c.table == "notes")
+    assert s.read_page(0, SITE, max_cells=10).changes == []  # the pusher's own cells: none
