@@ -40,6 +40,15 @@ def _natural(aff: str, v: SqlValue) -> bool:
     return isinstance(v, str)
 
 
+_NATURAL_TYPES: dict[str, frozenset[type]] = {
+    "INTEGER": frozenset((int, bytes, type(None))),
+    "NUMERIC": frozenset((int, bytes, type(None))),
+    "REAL": frozenset((float, bytes, type(None))),
+    "TEXT": frozenset((str, bytes, type(None))),
+}
+"""The value types :func:`_natural` accepts per affinity (BLOB: every type)."""
+
+
 def _decode_key(table: str, blob: bytes) -> tuple[SqlValue, ...]:
     """Unpack an incoming pk, refusing blobs that can never name a row."""
     try:
@@ -193,7 +202,11 @@ def canonical_keys(
 ) -> dict[tuple[SqlValue, ...], list[Change]]:
     """Apply the pk columns' affinity to incoming keys, as SQLite will when storing them."""
     affs = tr.pk_affinity
-    odd = [k for k in rows if not all(_natural(a, v) for a, v in zip(affs, k, strict=True))]
+    if len(affs) == 1:  # one pass over the keys' types (keys come from unpack_pk: exact types)
+        natural = _NATURAL_TYPES.get(affs[0])
+        odd = [] if natural is None else [k for k in rows if type(k[0]) not in natural]
+    else:
+        odd = [k for k in rows if not all(_natural(a, v) for a, v in zip(affs, k, strict=True))]
     if not odd:
         return rows
     cols = ", ".join(f"k{j} {c.decltype}".rstrip() for j, c in enumerate(tr.info.pk))

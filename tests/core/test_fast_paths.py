@@ -191,3 +191,17 @@ def test_small_int_key_declines_other_keys() -> None:
 
 def test_real_and_struct_sanity() -> None:
     assert canon(1.0) == ("real", struct.pack(">d", 1.0))
+
+
+def test_keys_take_the_key_columns_affinity_before_rows_are_grouped() -> None:
+    r = open_db(site=bytes(16))
+    r.conn.execute("CREATE TABLE s (k TEXT PRIMARY KEY NOT NULL, a, b)")
+    r.track("s")
+    batch = [
+        Change("s", pack_pk([5]), "a", "by int", 1, 1, SITE_A, 1, 0),
+        Change("s", pack_pk(["5"]), "b", "by text", 1, 1, SITE_A, 1, 1),
+    ]
+    assert r.merge(batch) == 2
+    assert r.conn.execute("SELECT k, typeof(k), a, b FROM s").fetchall() == [
+        ("5", "text", "by int", "by text")
+    ]
