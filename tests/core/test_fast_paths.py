@@ -205,3 +205,25 @@ def test_keys_take_the_key_columns_affinity_before_rows_are_grouped() -> None:
     assert r.conn.execute("SELECT k, typeof(k), a, b FROM s").fetchall() == [
         ("5", "text", "by int", "by text")
     ]
+
+
+def test_decoding_a_frame_leaves_the_garbage_collector_as_it_found_it() -> None:
+    import gc
+
+    from crsync import protocol as p
+
+    frame = p.encode(p.Changes(0, 1, [Change("t", pack_pk([1]), "a", 1, 1, 1, SITE_A, 1, 0)]))
+    was = gc.isenabled()
+    try:
+        gc.enable()
+        assert len(p.decode(frame).changes) == 1  # type: ignore[union-attr]
+        assert gc.isenabled()
+        with pytest.raises(crsync.ProtocolError):
+            p.decode(b"\xc1")  # not msgpack
+        assert gc.isenabled()
+        gc.disable()
+        p.decode(frame)
+        assert not gc.isenabled()
+    finally:
+        if was:
+            gc.enable()
