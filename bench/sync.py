@@ -389,6 +389,15 @@ def write_report(path: Path, r: dict[str, dict[str, float]], quick: bool) -> Non
         f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}. A real relay "
         "process on 127.0.0.1; peers in one other process (so both share the same 2 cores).",
         "",
+    ]
+    measured = [
+        k
+        for k in ("latency", "throughput", "bootstrap", "relay_merge", "memory")
+        if any(key.startswith(k) for key in r)
+    ]
+    if len(measured) < 5:
+        lines += [f"Figures measured in this run (`--only`): {', '.join(measured)}.", ""]
+    lines += [
         "| figure | value | target |",
         "|---|---|---|",
     ]
