@@ -59,23 +59,10 @@ class Change(NamedTuple):
         return tuple.__new__(tuple, self)
 
 
-@attrs.frozen(slots=True)
-class _ChangeFields:
-    """The same fields as an attrs class: :class:`Change` carries its ``__attrs_attrs__``, so
-    ``attrs.evolve``, ``attrs.asdict`` and ``attrs.fields`` keep working on changes (Change
-    was an attrs class before it became a named tuple)."""
-
-    table: str
-    pk: bytes
-    cid: str
-    val: SqlValue
-    col_version: int
-    db_version: int
-    site_id: bytes
-    cl: int
-    seq: int
-
-
+# An attrs class of the same fields lends Change its ``__attrs_attrs__``, so ``attrs.evolve``,
+# ``attrs.asdict`` and ``attrs.fields`` keep working on changes (Change was an attrs class
+# before it became a named tuple).
+_ChangeFields = attrs.make_class("Change", list(Change._fields), frozen=True, slots=True)
 Change.__attrs_attrs__ = _ChangeFields.__attrs_attrs__  # type: ignore[attr-defined]
 
 make_change = functools.partial(tuple.__new__, Change)
