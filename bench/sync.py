@@ -103,7 +103,10 @@ def relay_merge(work: Path, cells: int, repeats: int = 3) -> dict[str, float]:
     frames = [
         p.encode(p.Push(1, 0, 1, part, False)) for part in p.split_frames(changes, 5000, 8 << 20)
     ]
-    bare = [(c[0], c[1], c[2], c[3], c[4], c[6], c[7], c[8], 1, c[6]) for c in changes]
+    bare = [
+        (c.table, c.pk, c.cid, c.val, c.col_version, c.site_id, c.cl, c.seq, 1, c.site_id)
+        for c in changes
+    ]
     merge_s: list[float] = []
     decode_s: list[float] = []
     floor_s: list[float] = []
