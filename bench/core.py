@@ -611,7 +611,7 @@ INSERT_BOUND = (
 )
 UPDATE_BOUND = (
     "The extra time is spent inside SQLite running the AFTER UPDATE trigger: one upsert of the "
-    "row's 21-column metadata row (the changed cell's clock and the row's dbv) and the move of "
+    "row's 22-column metadata row (the changed cell's clock and the row's dbv) and the move of "
     "its dbv index entry, besides the table's own write; per statement, the trigger program "
     "costs about as much as the update it follows. No Python code is involved."
 )
@@ -682,7 +682,7 @@ def bound_sentence(key: str, p: Profile | None, s: Samples) -> str:
             "read (the same wide join as (d) raw, by key: "
             f"{s.med('d_raw') / s.med('c_plain'):.2f}x the plain insert for a full read), then "
             "each change is compared with its cell in Python (validation alone is ~0.4 us per "
-            "change). A re-merge is a read of 25 values per row where the baseline writes 5."
+            "change). A re-merge is a read of 27 values per row where the baseline writes 5."
         )
     if p is None:
         return ""
@@ -694,7 +694,7 @@ def bound_sentence(key: str, p: Profile | None, s: Samples) -> str:
     if key in ("d1", "d3"):
         raw = s.med("d_raw")
         text += (
-            f" The SQL read alone (see (d) raw: 25 values per row, the metadata joined to the "
+            f" The SQL read alone (see (d) raw: 26 values per row, the metadata joined to the "
             f"table) takes {raw / s.med('d_plain'):.2f}x the plain read of 5 values per row and "
             f"~{raw / s.med('d_changes') * 100:.0f}% of changes(); the rest is one Change per "
             "cell (a tuple built at C speed, ~0.3 us each with its loop), one packed key per "
