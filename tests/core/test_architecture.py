@@ -1,8 +1,9 @@
 """The layering of the ``crsync`` package, checked on its source (see docs/code-map.md).
 
-* The pure core (the change value type, packing, value order, the merge rules, the wire codec)
-  does no I/O: it imports no sqlite3, trio, websockets or watchfiles, and only other pure
-  modules of the package. ``triggers`` generates SQL text and imports none of them directly.
+* The pure core (the change value type, packing, value order, the merge rules, the wire codec,
+  the device and relay sync sessions) does no I/O: it imports no sqlite3, trio, websockets,
+  watchfiles or anyio, and only other pure modules of the package. ``triggers`` generates SQL
+  text and imports none of them directly.
 * Storage never imports the sync layer when imported (no cycle between ``database`` and
   ``live``).
 * Only the storage modules touch crsync's metadata: the sync layer (``peer``, ``live``, the
@@ -26,9 +27,18 @@ import crsync
 
 PACKAGE = Path(crsync.__file__).parent
 
-PURE = ("errors", "pack", "values", "change", "merge_rules", "protocol")
+PURE = (
+    "errors",
+    "pack",
+    "values",
+    "change",
+    "merge_rules",
+    "protocol",
+    "device_session",
+    "relay_session",
+)
 SQL_TEXT_ONLY = ("triggers",)
-IO_MODULES = {"sqlite3", "trio", "websockets", "watchfiles"}
+IO_MODULES = {"sqlite3", "trio", "websockets", "watchfiles", "anyio"}
 
 SYNC_LAYER = ("peer", "live", "sync_thread", "cli", "__init__")
 STORAGE = (
@@ -125,6 +135,8 @@ MAY_IMPORT: dict[str, set[str]] = {
     "change": {"errors", "pack"},
     "merge_rules": {"change", "pack", "values"},
     "protocol": {"change", "errors"},
+    "device_session": {"change", "errors", "protocol"},
+    "relay_session": {"change", "errors", "protocol"},
     "schema": _CORE,
     "triggers": _CORE | {"schema"},
     "ids": _CORE | {"schema"},
