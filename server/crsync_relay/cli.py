@@ -17,7 +17,7 @@ from crsync.errors import CrsyncError, ExitStatus
 from . import logconfig
 from .auth import issue_token, load_secret
 from .datadir import DataDir, check_store_id
-from .server import RelayConfig, describe_store, run_relay
+from .server import DATABASE_POOL_SIZE, RelayConfig, describe_store, run_relay
 
 ENV_PREFIX = "CRSYNC_RELAY_"
 
@@ -72,6 +72,18 @@ def main() -> None:
     help="TOML file with a [relay] table (keys as the long options, with _).",
 )
 @click.option("--data-dir", default=None, help="Directory holding one SQLite file per store.")
+@click.option(
+    "--database",
+    default=None,
+    help="postgresql:// URL: keep every store in PostgreSQL instead of --data-dir (several "
+    "relay nodes may serve the same database).",
+)
+@click.option(
+    "--database-pool-size",
+    type=int,
+    default=None,
+    help="PostgreSQL connections this node holds at most (default 16, plus one for LISTEN).",
+)
 @click.option("--host", default=None, help="Address to bind (default 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Port (default 8765; 0 picks one).")
 @click.option("--secret-file", default=None, help="File holding the token signing secret.")
@@ -203,8 +215,17 @@ def serve(**opts: Any) -> None:
         return default
 
     data_dir = pick("data_dir")
-    if not data_dir:
-        _usage("--data-dir is required (or CRSYNC_RELAY_DATA_DIR, or data_dir in --config)")
+    database = pick("database")
+    if data_dir and database:
+        _usage(
+            "--data-dir and --database exclude each other: the relay keeps its stores in a "
+            "directory of SQLite files or in PostgreSQL, not both"
+        )
+    if not data_dir and not database:
+        _usage(
+            "--data-dir or --database is required (or CRSYNC_RELAY_DATA_DIR / "
+            "CRSYNC_RELAY_DATABASE, or data_dir / database in --config)"
+        )
     dev = bool(pick("dev", False, bool))
     secret = None
     if not dev:
@@ -214,7 +235,9 @@ def serve(**opts: Any) -> None:
             _usage(str(exc))
     cert, key = pick("tls_cert"), pick("tls_key")
     config = RelayConfig(
-        data_dir=Path(data_dir),
+        data_dir=Path(data_dir) if data_dir else None,
+        database=database or None,
+        database_pool_size=int(pick("database_pool_size", DATABASE_POOL_SIZE, int)),
         host=pick("host", "127.0.0.1"),
         port=int(pick("port", 8765, int)),
         secret=secret,

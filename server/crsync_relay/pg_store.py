@@ -554,6 +554,31 @@ class PgDatabase:
                 f"UPDATE {_S}.stores SET epoch = %s WHERE store_id = %s", (epoch, store_id)
             )
 
+    def heads(self, store_ids: Sequence[str]) -> dict[str, int]:
+        """The heads of some stores in one query (a relay node's safety re-read of the stores
+        it has open); stores missing from the database are left out."""
+        with self.pool.connection() as conn:
+            return {
+                str(r[0]): int(r[1])
+                for r in conn.execute(
+                    f"SELECT store_id, head FROM {_S}.stores WHERE store_id = ANY(%s)",
+                    (list(store_ids),),
+                )
+            }
+
+    def ping(self, timeout: float = 2.0) -> bool:
+        """True if a pooled connection answers ``SELECT 1`` within ``timeout`` seconds (the
+        relay's health check); a failure makes the pool check its idle connections, so that
+        broken ones are replaced once the server is back."""
+        try:
+            with self.pool.connection(timeout=timeout) as conn:
+                conn.execute("SELECT 1")
+            return True
+        except Exception:
+            with contextlib.suppress(Exception):
+                self.pool.check()
+            return False
+
     def reactor_behind(self, store_id: str) -> bool:
         """True if a store's reactor cursor is behind its head (False if no such store)."""
         with self.pool.connection() as conn:
@@ -1470,6 +1495,34 @@ class PgRelayStore:
                 upto, complete = rows[-1][6], False
         out = [_change(r) for r in rows if r[10] != exclude_site]
         return Page(out, upto, complete, None)
+
+    @_reconnecting
+    def recent_since(
+        self, cursor: int, max_cells: int, max_bytes: int
+    ) -> tuple[list[Change], list[bytes], int, int]:
+        """Every change of relay versions after ``cursor`` with the site that pushed each
+        (``via``), in one snapshot, for a node's in-memory ring of recent batches:
+        ``(changes, vias, upto, head)``. Over the budget: nothing (``([], [], cursor, head)``):
+        sessions then read from the database themselves."""
+        with self._tx(snapshot=True) as conn:
+            row = conn.execute(
+                f"SELECT head FROM {_S}.stores WHERE store_id = %s", (self.store_id,)
+            ).fetchone()
+            if row is None:
+                raise PgStoreError(f"store {self.store_id!r} was removed from the database")
+            head = int(row[0])
+            if cursor >= head:
+                return [], [], head, head
+            rows = conn.execute(
+                f"SELECT {_READ_COLS} FROM {_S}.cells WHERE store_id = %s "
+                "AND version > %s AND version <= %s ORDER BY version, seq, tbl, pk, cid "
+                "LIMIT %s",
+                (self.store_id, cursor, head, max_cells + 1),
+            ).fetchall()
+        size = sum(120 + len(r[1]) + r[11] for r in rows)
+        if len(rows) > max_cells or size > max_bytes:
+            return [], [], cursor, head
+        return [_change(r) for r in rows], [bytes(r[10]) for r in rows], head, head
 
     def _version_part(
         self,

@@ -42,6 +42,7 @@ from crsync.pack import SqlValue, pack_pk, unpack_pk
 
 from .hub import Hub, Overloaded, StoreHandle
 from .store import RelayStore
+from .store_api import StoreBackend
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +218,7 @@ class ReactorBatch:
         )
 
 
-def _read_row(store: RelayStore, table: str, pk: bytes) -> StoreRow | None:
+def _read_row(store: StoreBackend, table: str, pk: bytes) -> StoreRow | None:
     cells = store.row_cells(table, pk)
     if not cells:
         return None
@@ -282,12 +283,23 @@ class ReactorManager:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             task_status.started()
-            for store, path in self.hub.layout.stores():
-                behind = RelayStore.reactor_behind
-                if self.wants(store) and await trio.to_thread.run_sync(behind, path):
+            for store, behind in await trio.to_thread.run_sync(self._behind_stores):
+                if behind:
                     log.info("relay.reactor.catch_up store=%s", store, extra={"store": store})
                     self.kick(store)
             await trio.sleep_forever()
+
+    def _behind_stores(self) -> list[tuple[str, bool]]:
+        """Each store this reactor runs for, and whether its cursor is behind (blocking)."""
+        db = self.hub.database
+        if db is not None:
+            return [(s, db.reactor_behind(s)) for s in db.store_ids() if self.wants(s)]
+        assert self.hub.layout is not None
+        return [
+            (s, RelayStore.reactor_behind(path))
+            for s, path in self.hub.layout.stores()
+            if self.wants(s)
+        ]
 
     async def _store_task(self, store: str) -> None:
         backoff = self.backoff_initial
