@@ -68,6 +68,8 @@ def _excluding(batch: list[Change], via: bytes | list[bytes], site: bytes) -> li
     if isinstance(via, bytes):
         return [] if via == site else batch
     return [c for c, v in zip(batch, via, strict=True) if v != site]
+
+
 READ_BYTES = 2 << 20  # one catch-up read of a session (a larger version goes out in parts)
 
 
@@ -533,9 +535,7 @@ class Hub:
                 )
                 self._recheck.set()
                 return
-            self.metrics.db_seconds.labels(op="fanout_read").observe(
-                time.perf_counter() - started
-            )
+            self.metrics.db_seconds.labels(op="fanout_read").observe(time.perf_counter() - started)
             if upto > base and h.sessions > 0:
                 h.recent.append((base, upto, batch, vias, batch_bytes(batch)))
                 while sum(e[4] for e in h.recent) > RING_BYTES:

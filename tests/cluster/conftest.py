@@ -1,0 +1,55 @@
+"""Fixtures of the cluster tests: relay nodes (real ``crsync-relay serve --database``
+processes) on a private PostgreSQL server (see :mod:`store.pg_server`), a fresh database per
+test."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from crsync_relay.process import RelayLauncher
+from store.pg_fixtures import REQUIRE_PG, pg_server
+from store.pg_server import PrivatePostgres
+
+__all__ = ["REQUIRE_PG", "pg_server"]
+
+READY_TIMEOUT = 30.0
+
+NodeFactory = Callable[..., RelayLauncher]
+
+
+@pytest.fixture
+def pg_url(pg_server: PrivatePostgres) -> str:
+    """A ``postgresql://`` URL of a fresh, empty database."""
+    name = f"relay_{uuid.uuid4().hex[:12]}"
+    pg_server.create_database(name)
+    return pg_server.url(name)
+
+
+@pytest.fixture
+def nodes(pg_url: str, tmp_path: Path) -> Iterator[NodeFactory]:
+    """``nodes(*extra_args, database=pg_url)`` starts a ``--dev`` relay node on the test's
+    database (``database``: another URL); every node is stopped at the end."""
+    started: list[RelayLauncher] = []
+
+    def make(*extra_args: str, database: str | None = None) -> RelayLauncher:
+        node = RelayLauncher(
+            None,
+            database=database or pg_url,
+            args=("--log-level", "debug", *extra_args),
+            ready_timeout=READY_TIMEOUT,
+        )
+        started.append(node)
+        node.start()
+        return node
+
+    try:
+        yield make
+    finally:
+        for node in started:
+            try:
+                node.stop()
+            except RuntimeError:
+                node.kill()

@@ -1,0 +1,160 @@
+"""``crsync-relay serve --database``: real relay processes on a private PostgreSQL server,
+real devices (:class:`crsync.Peer`)."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import pytest
+import trio
+from crsync_relay.process import RelayLauncher
+from sync.helpers import eventually, open_db, rows, snapshot
+
+import crsync
+from crsync.peer import Peer
+
+from .conftest import NodeFactory
+
+FAST = {"backoff_initial": 0.05, "backoff_max": 0.5}
+
+pytestmark = pytest.mark.e2e
+
+
+@contextlib.asynccontextmanager
+async def peers(url: str, store: str, *dbs: crsync.Database) -> AsyncIterator[list[Peer]]:
+    """One Peer per database on a store of a --dev relay."""
+    async with contextlib.AsyncExitStack() as stack:
+        out = []
+        for db in dbs:
+            out.append(
+                await stack.enter_async_context(Peer(db, url, store=store, **FAST))  # type: ignore[arg-type]
+            )
+        yield out
+
+
+async def converge(ps: Sequence[Peer]) -> None:
+    """Two rounds of wait_synced: everybody pushed, then everybody pulled everything."""
+    for _ in range(2):
+        for p in ps:
+            await p.wait_synced()
+
+
+def relay_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "crsync_relay.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+async def test_devices_sync_through_a_relay_on_postgres_and_resume_after_its_restart(
+    nodes: NodeFactory, tmp_path: Path
+) -> None:
+    node = nodes()
+    assert "database=postgresql://" in node.log and ":***@" in node.log  # no password logged
+    a, b = open_db(tmp_path / "a.db"), open_db(tmp_path / "b.db")
+    a.conn.executemany("INSERT INTO todos (id) VALUES (?)", [(str(i),) for i in range(200)])
+    b.conn.executemany("INSERT INTO notes VALUES (?, 'b', 'x')", [(i,) for i in range(50)])
+    with trio.fail_after(60):
+        async with peers(node.url, "resume", a, b) as ps:
+            await converge(ps)
+            assert ps[1].stats.received_changes > 0
+        node.stop()
+        node.start()  # same port, same database: positions and epoch kept
+        async with peers(node.url, "resume", a, b) as ps:
+            await converge(ps)
+            for p in ps:
+                assert p.stats.received_changes == 0
+                assert p.stats.pushed_changes == 0
+                assert p.stats.connects == 1
+        a.conn.execute("UPDATE todos SET title = 'new' WHERE id = '7'")
+        async with peers(node.url, "resume", a, b) as (pa, pb):
+            await converge([pa, pb])
+            assert pa.stats.pushed_changes == 1
+            assert pb.stats.received_changes == 1
+    assert snapshot(a) == snapshot(b)
+
+
+async def test_a_write_on_one_node_reaches_a_device_on_another_node_without_reconnecting(
+    nodes: NodeFactory, tmp_path: Path
+) -> None:
+    node1, node2 = nodes(), nodes()
+    a, b = open_db(tmp_path / "a.db"), open_db(tmp_path / "b.db")
+    with trio.fail_after(60):
+        async with peers(node1.url, "fan", a) as (pa,), peers(node2.url, "fan", b) as (pb,):
+            await pa.wait_synced()
+            await pb.wait_synced()
+            for i in range(5):
+                a.conn.execute("INSERT INTO todos (id, title) VALUES (?, 'from A')", (str(i),))
+                await pa.wait_synced()  # acknowledged by node 1 (committed in PostgreSQL)
+                await eventually(
+                    lambda i=i: len(rows(b)) == i + 1, f"write {i} of A to reach B on node 2"
+                )
+            b.conn.execute("UPDATE todos SET done = 1 WHERE id = '3'")
+            await pb.wait_synced()
+            await eventually(
+                lambda: a.conn.execute("SELECT done FROM todos WHERE id = '3'").fetchone() == (1,),
+                "B's write to reach A on node 1",
+            )
+            assert pa.stats.connects == 1 and pb.stats.connects == 1
+    assert snapshot(a) == snapshot(b)
+    # node 2 heard node 1's merges (and read each batch into its ring, once per node)
+    node2.wait_for(r"relay\.listening_heads")
+
+
+def test_serve_refuses_both_a_data_directory_and_a_database(tmp_path: Path) -> None:
+    res = relay_cli(
+        "serve", "--dev", "--data-dir", str(tmp_path / "d"),
+        "--database", "postgresql://x@127.0.0.1:1/y",
+    )  # fmt: skip
+    assert res.returncode == 2
+    assert "--data-dir and --database exclude each other" in res.stderr
+    res = relay_cli("serve", "--dev")
+    assert res.returncode == 2 and "--data-dir or --database is required" in res.stderr
+
+
+def test_serve_takes_the_database_from_the_environment_and_config_file(
+    tmp_path: Path, pg_url: str
+) -> None:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRSYNC_RELAY_")}
+    node = RelayLauncher(
+        None,
+        args=("--dev", "--port", "0"),
+        env={**env, "CRSYNC_RELAY_DATABASE": pg_url},
+    )
+    node.start()
+    try:
+        assert "database=postgresql://" in node.log
+    finally:
+        node.stop()
+    cfg = tmp_path / "relay.toml"
+    cfg.write_text(f'[relay]\ndatabase = "{pg_url}"\ndata_dir = "{tmp_path / "d"}"\n')
+    res = relay_cli("serve", "--dev", "--config", str(cfg))
+    assert res.returncode == 2 and "exclude each other" in res.stderr
+    cfg.write_text(f'[relay]\ndatabase = "{pg_url}"\n')
+    node = RelayLauncher(None, args=("--dev", "--port", "0", "--config", str(cfg)), env=env)
+    node.start()
+    try:
+        assert "database=postgresql://" in node.log
+    finally:
+        node.stop()
+
+
+def test_serve_with_an_unreachable_database_fails_with_postgresqls_reason(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    res = relay_cli(
+        "serve", "--dev", "--port", "0", "--database", f"postgresql://x@127.0.0.1:{port}/y"
+    )
+    assert res.returncode == 1
+    assert "cannot connect to PostgreSQL" in res.stderr
