@@ -590,20 +590,19 @@ class Hub:
                 self.metrics.db_seconds.labels(op="merge").observe(elapsed)
             self.metrics.changes_received.inc(len(changes))
             self.metrics.changes_merged.inc(wins)
-            if head != base:
-                # Someone else may want this batch: keep small ones in memory (bounded per
-                # store); big ones are served from disk, so memory never grows with batch size.
-                # (Only a version made by this push alone: with PostgreSQL, other nodes' versions
-                # may lie between ``base`` and ``head``; those come through follow_heads.)
-                if h.sessions > 1 and wins <= RECENT_MAX_CELLS and head == base + 1:
-                    batch, upto_read, complete = await trio.to_thread.run_sync(
-                        h.writer.changes_since, base, None, RECENT_MAX_CELLS
-                    )
-                    size = batch_bytes(batch)
-                    if complete and upto_read == head and size <= RECENT_MAX_BYTES:
-                        h.recent.append((base, head, batch, site, size))
-                        while sum(e[4] for e in h.recent) > RING_BYTES:
-                            h.recent.popleft()
+            # Someone else may want this batch: keep small ones in memory (bounded per store);
+            # big ones are served from disk, so memory never grows with batch size. Only a
+            # version made by this push alone (with PostgreSQL, other nodes' versions may lie
+            # between ``base`` and ``head``; those come through follow_heads).
+            if head == base + 1 and h.sessions > 1 and wins <= RECENT_MAX_CELLS:
+                batch, upto_read, complete = await trio.to_thread.run_sync(
+                    h.writer.changes_since, base, None, RECENT_MAX_CELLS
+                )
+                size = batch_bytes(batch)
+                if complete and upto_read == head and size <= RECENT_MAX_BYTES:
+                    h.recent.append((base, head, batch, site, size))
+                    while sum(e[4] for e in h.recent) > RING_BYTES:
+                        h.recent.popleft()
             if head > h.head:
                 h.head = head
                 h.wake()
