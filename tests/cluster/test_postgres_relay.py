@@ -158,3 +158,83 @@ def test_serve_with_an_unreachable_database_fails_with_postgresqls_reason(tmp_pa
     )
     assert res.returncode == 1
     assert "cannot connect to PostgreSQL" in res.stderr
+
+
+async def test_devices_of_a_migrated_data_directory_resume_without_a_full_re_push(
+    nodes: NodeFactory, pg_url: str, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "sqlite-relay"
+    a, b = open_db(tmp_path / "a.db"), open_db(tmp_path / "b.db")
+    a.conn.executemany("INSERT INTO todos (id) VALUES (?)", [(str(i),) for i in range(100)])
+    b.conn.executemany("INSERT INTO notes VALUES (?, 'b', 'x')", [(i,) for i in range(30)])
+    sqlite_relay = RelayLauncher(data_dir)
+    sqlite_relay.start()
+    try:
+        with trio.fail_after(60):
+            async with peers(sqlite_relay.url, "moving", a, b) as ps:
+                await converge(ps)
+                assert ps[0].stats.pushed_changes > 0 and ps[1].stats.received_changes > 0
+        # a relay serving the directory refuses the migration
+        busy = relay_cli("migrate-stores", "--from", str(data_dir), "--to", pg_url)
+        assert busy.returncode == 1 and "stop it before migrating" in busy.stderr
+    finally:
+        sqlite_relay.stop()
+    res = relay_cli("migrate-stores", "--from", str(data_dir), "--to", pg_url)
+    assert res.returncode == 0, res.stderr
+    assert "migrated store moving" in res.stdout and "migrated 1 store(s)" in res.stdout
+    again = relay_cli("migrate-stores", "--from", str(data_dir), "--to", pg_url)
+    assert again.returncode == 1 and "exist in the database already" in again.stderr
+    node = nodes()
+    with trio.fail_after(60):
+        async with peers(node.url, "moving", a, b) as ps:
+            await converge(ps)
+            for p in ps:  # same epoch and positions: nothing pushed or sent again
+                assert p.stats.pushed_changes == 0
+                assert p.stats.received_changes == 0
+        a.conn.execute("UPDATE todos SET title = 'after' WHERE id = '3'")
+        async with peers(node.url, "moving", a, b) as (pa, pb):
+            await converge([pa, pb])
+            assert pa.stats.pushed_changes == 1
+            assert pb.stats.received_changes == 1
+    assert snapshot(a) == snapshot(b)
+
+
+async def test_backup_and_restore_of_a_store_in_postgres(
+    nodes: NodeFactory, pg_url: str, tmp_path: Path
+) -> None:
+    node = nodes()
+    a = open_db(tmp_path / "a.db")
+    a.conn.executemany("INSERT INTO todos (id) VALUES (?)", [(str(i),) for i in range(20)])
+    with trio.fail_after(60):
+        async with peers(node.url, "kept", a) as (pa,):
+            await pa.wait_synced()
+    bak = tmp_path / "kept.bak"
+    res = relay_cli("backup", "--database", pg_url, "--store", "kept", "--to", str(bak))
+    assert res.returncode == 0, res.stderr
+    assert "at relay version 1" in res.stdout
+    listed = relay_cli("stores", "--database", pg_url)
+    assert listed.returncode == 0 and listed.stdout.splitlines()[1].startswith("kept ")
+    node.stop()
+    refused = relay_cli("restore", "--database", pg_url, "--store", "kept", "--from", str(bak))
+    assert refused.returncode == 1 and "pass --force" in refused.stderr
+    res = relay_cli(
+        "restore", "--database", pg_url, "--store", "copy", "--from", str(bak)
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    res = relay_cli(
+        "restore", "--database", pg_url, "--store", "kept", "--from", str(bak), "--force"
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    node.start()
+    b = open_db(tmp_path / "b.db")
+    with trio.fail_after(60):
+        async with peers(node.url, "copy", b) as (pb,):
+            await pb.wait_synced()
+        assert len(rows(b)) == 20
+        # the restored store has a new epoch: its device re-pushes everything it holds
+        async with peers(node.url, "kept", a) as (pa,):
+            await pa.wait_synced()
+            assert pa.stats.pushed_changes > 0
+    both = relay_cli("backup", "--database", pg_url, "--data-dir", str(tmp_path), "--store", "x",
+                     "--to", str(tmp_path / "x.bak"))  # fmt: skip
+    assert both.returncode == 2 and "exclude each other" in both.stderr
