@@ -1,0 +1,79 @@
+"""Health and metrics of relay nodes on PostgreSQL, through a PostgreSQL restart."""
+
+from __future__ import annotations
+
+import re
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import trio
+from store.pg_server import PrivatePostgres
+from sync.helpers import eventually, open_db, rows, snapshot
+
+from .conftest import NodeFactory
+from .test_postgres_relay import peers
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:  # loopback only
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def _metrics_port(log: str) -> int:
+    m = re.search(r"relay\.metrics host=\S+ port=(\d+)", log)
+    assert m, log
+    return int(m.group(1))
+
+
+def _metric(text: str, name: str, labels: str = "") -> float:
+    m = re.search(rf"^{name}{re.escape(labels)} (\S+)$", text, re.M)
+    assert m, f"{name}{labels} not in metrics:\n{text}"
+    return float(m.group(1))
+
+
+async def test_healthz_reports_the_database_and_nodes_and_devices_recover_from_its_restart(
+    nodes: NodeFactory, pg_server: PrivatePostgres, tmp_path: Path
+) -> None:
+    node1 = nodes("--metrics-port", "0")
+    node2 = nodes("--metrics-port", "0")
+    health1 = f"http://127.0.0.1:{_metrics_port(node1.log)}/healthz"
+    metrics2 = f"http://127.0.0.1:{_metrics_port(node2.log)}/metrics"
+    assert await trio.to_thread.run_sync(_get, health1) == (200, "ok\n")
+    a, b = open_db(tmp_path / "a.db"), open_db(tmp_path / "b.db")
+    with trio.fail_after(90):
+        async with peers(node1.url, "h", a) as (pa,), peers(node2.url, "h", b) as (pb,):
+            a.conn.execute("INSERT INTO todos (id, title) VALUES ('1', 'before')")
+            await pa.wait_synced()
+            await eventually(lambda: len(rows(b)) == 1, "A's write to reach B")
+            _, text = await trio.to_thread.run_sync(_get, metrics2)
+            assert _metric(text, "crsync_relay_notifications_total") >= 1
+            assert _metric(text, "crsync_relay_connections_active") == 1
+            assert _metric(text, "crsync_relay_database_up") in (0, 1)  # present
+            b.conn.execute("INSERT INTO todos (id, title) VALUES ('2', 'from B')")
+            await pb.wait_synced()
+            _, text = await trio.to_thread.run_sync(_get, metrics2)
+            assert _metric(text, "crsync_relay_db_seconds_count", '{op="merge"}') >= 1
+
+            await trio.to_thread.run_sync(pg_server.stop)
+            try:
+                status, body = await trio.to_thread.run_sync(_get, health1)
+                assert (status, body) == (503, "unavailable\n")
+                a.conn.execute("INSERT INTO todos (id, title) VALUES ('3', 'while down')")
+            finally:
+                await trio.to_thread.run_sync(pg_server.start)
+            await eventually(
+                lambda: _get(health1) == (200, "ok\n"), "node 1 to be healthy again", 30
+            )
+            # devices push what they wrote meanwhile; nodes hear each other again
+            await eventually(lambda: len(rows(b)) == 3, "A's write during the outage", 60)
+            b.conn.execute("INSERT INTO todos (id, title) VALUES ('4', 'after')")
+            await eventually(lambda: len(rows(a)) == 4, "B's write after the restart", 60)
+    assert snapshot(a) == snapshot(b)
+    node1.wait_for(r"relay\.listening_heads", count=2, timeout=30)  # LISTEN made again
