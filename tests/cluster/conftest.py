@@ -13,6 +13,8 @@ from crsync_relay.process import RelayLauncher
 from store.pg_fixtures import REQUIRE_PG, pg_server
 from store.pg_server import PrivatePostgres
 
+from .nginx import REQUIRE_NGINX, Nginx, NginxUnavailable, find_nginx
+
 __all__ = ["REQUIRE_PG", "pg_server"]
 
 READY_TIMEOUT = 30.0
@@ -53,3 +55,36 @@ def nodes(pg_url: str, tmp_path: Path) -> Iterator[NodeFactory]:
                 node.stop()
             except RuntimeError:
                 node.kill()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def balancer(tmp_path: Path) -> Iterator[Callable[[list[int]], Nginx]]:
+    """``balancer(ports)`` starts nginx on a free loopback port balancing WebSockets over the
+    relay nodes on ``ports``; skips where nginx is absent (fails with CRSYNC_REQUIRE_NGINX=1)."""
+    try:
+        find_nginx()
+    except NginxUnavailable as exc:
+        if REQUIRE_NGINX:
+            pytest.fail(f"CRSYNC_REQUIRE_NGINX=1 but {exc}")
+        pytest.skip(str(exc))
+    started: list[Nginx] = []
+
+    def make(ports: list[int]) -> Nginx:
+        lb = Nginx(tmp_path / f"nginx{len(started)}", free_port(), ports)
+        started.append(lb)
+        lb.start()
+        return lb
+
+    try:
+        yield make
+    finally:
+        for lb in started:
+            lb.stop()
