@@ -579,6 +579,21 @@ class PgDatabase:
                 self.pool.check()
             return False
 
+    def stores_behind(self) -> list[str]:
+        """Stores whose reactor cursor is behind their head (one query), by id."""
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                f"SELECT s.store_id, s.head, m.kind, m.data FROM {_S}.stores s "
+                f"LEFT JOIN {_S}.meta m ON m.store_id = s.store_id AND m.key = 'reactor_cursor' "
+                "WHERE s.head > 0 ORDER BY 1"
+            ).fetchall()
+        out = []
+        for sid, head, kind, data in rows:
+            cursor = 0 if kind is None else decode_value(kind, data)
+            if int(cursor or 0) < int(head):
+                out.append(str(sid))
+        return out
+
     def reactor_behind(self, store_id: str) -> bool:
         """True if a store's reactor cursor is behind its head (False if no such store)."""
         with self.pool.connection() as conn:
