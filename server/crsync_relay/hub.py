@@ -446,11 +446,11 @@ class Hub:
             self._stale_trio.set()
 
     def _listen_thread(self, token: trio.lowlevel.TrioToken, stop: threading.Event) -> None:
-        from .pg_store import HEADS_CHANNEL, parse_head_notification
+        from .pg_store import HeadListener
 
         assert self.database is not None
-        pg = self.database._psycopg
-        conninfo = self.database.pool.conninfo
+        db = self.database
+        pg = db._psycopg
 
         def call(fn: Callable[..., None], *args: Any) -> bool:
             try:
@@ -461,20 +461,15 @@ class Hub:
 
         while not stop.is_set():
             try:
-                with pg.connect(conninfo, autocommit=True, connect_timeout=5) as conn:
-                    conn.execute(f"LISTEN {HEADS_CHANNEL}")
+                with HeadListener(db) as listener:
                     if not call(self._listen_state, True):
                         return
                     while not stop.is_set():
-                        for n in conn.notifies(timeout=0.5):
-                            try:
-                                store, head = parse_head_notification(n.payload)
-                            except ValueError:
-                                continue
+                        for store, head in listener.heads(timeout=0.5):
                             if not call(self._notified, store, head):
                                 return
             except pg.Error as exc:
-                log.warning("relay.listen_lost error=%s", str(exc).strip().splitlines()[0:1])
+                log.warning("relay.listen_lost error=%s", type(exc).__name__)
             if not call(self._listen_state, False):
                 return
             stop.wait(LISTEN_RETRY_SECONDS)

@@ -909,6 +909,61 @@ def migrate_data_dir(
     return moved
 
 
+class HeadListener:
+    """A dedicated connection (not pooled) listening on :data:`HEADS_CHANNEL`: the heads
+    other merges reach, ``(store id, head)``, in commit order. Blocking; one thread."""
+
+    def __init__(self, db: PgDatabase) -> None:
+        self.conn = db._psycopg.connect(db.pool.conninfo, autocommit=True, connect_timeout=5)
+        try:
+            self.conn.execute(f"LISTEN {HEADS_CHANNEL}")
+        except BaseException:
+            self.conn.close()
+            raise
+
+    def heads(self, timeout: float) -> Iterator[tuple[str, int]]:
+        """Notifications received within ``timeout`` seconds (malformed payloads skipped)."""
+        for n in self.conn.notifies(timeout=timeout):
+            try:
+                yield parse_head_notification(n.payload)
+            except ValueError:
+                continue
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> HeadListener:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class LeaseConnection:
+    """A dedicated connection (not pooled) holding session-level advisory locks: what a
+    relay node holds is released when the node (or the connection) dies."""
+
+    def __init__(self, db: PgDatabase) -> None:
+        self.conn = db._psycopg.connect(db.pool.conninfo, autocommit=True, connect_timeout=5)
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.conn.closed)
+
+    def try_lock(self, key: str) -> bool:
+        """Take the lock named ``key`` if it is free (or held here already)."""
+        row = self.conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (key,)).fetchone()
+        return bool(row and row[0])
+
+    def alive(self) -> bool:
+        """True if the connection answers (raises if it is broken)."""
+        row = self.conn.execute("SELECT 1").fetchone()
+        return bool(row and row[0] == 1)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
 class PgStoreIndex:
     """Who created each store, in the database (the counterpart of
     :class:`crsync_relay.datadir.StoreIndex`, shared by every node): caps the stores one

@@ -68,20 +68,17 @@ class ReactorLeases:
         self._lock = trio.Lock()  # one statement at a time on the lease connection
         self.on_lost: Callable[[], None] = lambda: None
 
-    def _connect(self) -> Any:
-        pg = self.db._psycopg
-        return pg.connect(self.db.pool.conninfo, autocommit=True, connect_timeout=5)
+    async def _run(self, op: Callable[[Any], Any]) -> Any:
+        """``op(lease connection)`` in a worker thread (the connection made if needed); None
+        if it failed (then every lease is lost)."""
+        from .pg_store import LeaseConnection
 
-    async def _run(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        """One statement on the lease connection (made if needed); None if it failed (then
-        every lease is lost)."""
         async with self._lock:
             try:
                 if self._conn is None or self._conn.closed:
-                    self._conn = await trio.to_thread.run_sync(self._connect)
+                    self._conn = await trio.to_thread.run_sync(LeaseConnection, self.db)
                 conn = self._conn
-                row = await trio.to_thread.run_sync(lambda: conn.execute(sql, params).fetchone())
-                return row[0] if row else None
+                return await trio.to_thread.run_sync(op, conn)
             except Exception as exc:
                 self._lose(exc)
                 return None
@@ -104,9 +101,8 @@ class ReactorLeases:
         """True if this node runs the store's reactor (taking the lease if free)."""
         if store in self.owned:
             return True
-        got = await self._run(
-            "SELECT pg_try_advisory_lock(hashtext(%s))", ("crsync_relay.reactor:" + store,)
-        )
+        key = "crsync_relay.reactor:" + store
+        got = await self._run(lambda conn: conn.try_lock(key))
         if got:
             self.owned.add(store)
             log.info("relay.reactor.lease store=%s", store, extra={"store": store})
@@ -114,7 +110,7 @@ class ReactorLeases:
 
     async def check(self) -> bool:
         """True if the lease connection answers (False: every lease was lost)."""
-        return bool(await self._run("SELECT 1") == 1)
+        return bool(await self._run(lambda conn: conn.alive()))
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
