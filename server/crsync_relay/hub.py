@@ -433,7 +433,7 @@ class Hub:
                     for store, head in stale.items():
                         h = self._open.get(store)
                         if h is not None and head > h.head:
-                            nursery.start_soon(self._catch_up_store, h)
+                            nursery.start_soon(self._catch_up_store, h, head)
         finally:
             stop.set()
             with trio.CancelScope(shield=True):
@@ -508,7 +508,7 @@ class Hub:
                 if h is not None and head > h.head:
                     self._heard(store, head)
 
-    async def _catch_up_store(self, h: StoreHandle) -> None:
+    async def _catch_up_store(self, h: StoreHandle, target: int) -> None:
         """Read what other nodes merged into an open store once (into its ring), advance its
         head, wake its sessions (and the reactor listeners)."""
         from .pg_store import PgRelayStore
@@ -516,6 +516,8 @@ class Hub:
         assert isinstance(h.reader, PgRelayStore)
         async with h.read_lock:
             base = h.head
+            if base >= target:
+                return  # an earlier read (or a push here) got it already
             started = time.perf_counter()
             try:
                 batch, vias, upto, head = await trio.to_thread.run_sync(
@@ -654,7 +656,9 @@ class Hub:
         if after is None:
             for base, upto, batch, via, _size in h.recent:
                 if base == cursor:
+                    self.metrics.reads.labels(source="ring").inc()
                     return Page(_excluding(batch, via, exclude_site), upto, upto >= h.head, None)
+        self.metrics.reads.labels(source="store").inc()
         async with h.read_lock:
             return await trio.to_thread.run_sync(
                 functools.partial(
@@ -674,7 +678,9 @@ class Hub:
         recent ring if possible, else disk."""
         for base, upto, batch, via, _size in h.recent:
             if base == cursor:
+                self.metrics.reads.labels(source="ring").inc()
                 return _excluding(batch, via, exclude_site), upto, upto >= h.head
+        self.metrics.reads.labels(source="store").inc()
         async with h.read_lock:
             return await trio.to_thread.run_sync(
                 h.reader.changes_since, cursor, exclude_site, max_cells, self.read_bytes

@@ -66,6 +66,13 @@ class RelayMetrics:
             "Head notifications this node heard from PostgreSQL (merges of every node)",
             registry=r,
         )
+        self.reads = Counter(
+            "crsync_relay_reads",
+            "Change reads for sessions and reactors, by source: the in-memory ring of recent "
+            "batches or the store",
+            ["source"],
+            registry=r,
+        )
         self.database_up = Gauge(
             "crsync_relay_database_up",
             "1 if the last PostgreSQL health check succeeded (absent without --database)",

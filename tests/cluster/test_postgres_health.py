@@ -77,3 +77,37 @@ async def test_healthz_reports_the_database_and_nodes_and_devices_recover_from_i
             await eventually(lambda: len(rows(a)) == 4, "B's write after the restart", 60)
     assert snapshot(a) == snapshot(b)
     node1.wait_for(r"relay\.listening_heads", count=2, timeout=30)  # LISTEN made again
+
+
+async def test_a_node_reads_each_remote_batch_once_for_all_its_sessions(
+    nodes: NodeFactory, tmp_path: Path
+) -> None:
+    node1 = nodes()
+    node2 = nodes("--metrics-port", "0")
+    metrics2 = f"http://127.0.0.1:{_metrics_port(node2.log)}/metrics"
+    a = open_db(tmp_path / "a.db")
+    bs = [open_db(tmp_path / f"b{i}.db") for i in range(3)]
+
+    async def figures() -> tuple[float, float]:
+        _, text = await trio.to_thread.run_sync(_get, metrics2)
+        fan = re.search(r'^crsync_relay_db_seconds_count\{op="fanout_read"\} (\S+)$', text, re.M)
+        store = re.search(r'^crsync_relay_reads_total\{source="store"\} (\S+)$', text, re.M)
+        return (float(fan.group(1)) if fan else 0.0, float(store.group(1)) if store else 0.0)
+
+    with trio.fail_after(60):
+        async with peers(node1.url, "once", a) as (pa,), peers(node2.url, "once", *bs) as pbs:
+            a.conn.execute("INSERT INTO todos (id) VALUES ('0')")
+            await pa.wait_synced()
+            for i, b in enumerate(bs):
+                await eventually(lambda b=b: len(rows(b)) == 1, f"first write on device {i}")
+            fan0, store0 = await figures()
+            for k in range(1, 4):
+                a.conn.execute("INSERT INTO todos (id) VALUES (?)", (str(k),))
+                await pa.wait_synced()
+                for b in bs:
+                    await eventually(lambda b=b, k=k: len(rows(b)) == k + 1, f"write {k}")
+            fan1, store1 = await figures()
+            assert all(p.stats.connects == 1 for p in [pa, *pbs])
+    # three batches from node 1: three reads by node 2, none by its three sessions
+    assert fan1 - fan0 == 3
+    assert store1 == store0
