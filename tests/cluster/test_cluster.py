@@ -107,3 +107,42 @@ async def test_nodes_behind_nginx_survive_a_node_kill_and_a_postgres_restart(
                 lost = set(w.acked[i]) - have
                 assert not lost, f"acknowledged writes of device {i} lost: {sorted(lost)[:5]}"
     assert all(r.proc is not None and r.proc.poll() is None for r in survivors)
+
+
+def test_the_deploy_nginx_config_is_valid_nginx(tmp_path: Path, balancer: object) -> None:
+    """server/deploy's nginx file, included in an ``http`` block, passes ``nginx -t`` (its
+    certificate paths replaced by a throwaway self-signed pair)."""
+    import shutil
+    import subprocess
+
+    from .nginx import find_nginx
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed")
+    deploy = Path(__file__).parents[2] / "server" / "deploy" / "nginx-crsync-relay-cluster.conf"
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+         "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    text = deploy.read_text()
+    text = text.replace("/etc/letsencrypt/live/sync.example.com/fullchain.pem", str(cert))
+    text = text.replace("/etc/letsencrypt/live/sync.example.com/privkey.pem", str(key))
+    assert "proxy_http_version 1.1;" in text and "$connection_upgrade" in text
+    site = tmp_path / "site.conf"
+    site.write_text(text)
+    main = tmp_path / "nginx.conf"
+    main.write_text(
+        f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\n"
+        "events { worker_connections 64; }\n"
+        f"http {{ client_body_temp_path {tmp_path}/b; proxy_temp_path {tmp_path}/p; "
+        f"fastcgi_temp_path {tmp_path}/f; uwsgi_temp_path {tmp_path}/u; "
+        f"scgi_temp_path {tmp_path}/s; include {site}; }}\n"
+    )
+    res = subprocess.run(
+        [find_nginx(), "-t", "-p", str(tmp_path), "-c", str(main)],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
