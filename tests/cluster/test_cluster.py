@@ -20,8 +20,8 @@ from .conftest import NodeFactory
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-STORES = 6
-DEVICES = 8
+STORES = 10
+DEVICES = 20
 FAST = {"backoff_initial": 0.05, "backoff_max": 0.5}
 CONVERGE_SECONDS = 20.0
 
@@ -37,6 +37,12 @@ class Writers:
     async def wait_each(self, count: int) -> None:
         async with self.cond:
             while min(len(a) for a in self.acked) < count:
+                await self.cond.wait()
+
+    async def wait_beyond(self, counts: list[int]) -> None:
+        """Until every device acknowledged a write beyond ``counts``."""
+        async with self.cond:
+            while any(len(a) <= c for a, c in zip(self.acked, counts, strict=True)):
                 await self.cond.wait()
 
     async def write(self, i: int, db: crsync.Database, peer: Peer) -> None:
@@ -73,8 +79,12 @@ async def test_nodes_behind_nginx_survive_a_node_kill_and_a_postgres_restart(
                     nursery.start_soon(w.write, i, dbs[i], ps[i])
                 await w.wait_each(5)
                 victim = max(relays, key=lambda r: r.count(r"relay\.connect "))
+                counts = [len(a) for a in w.acked]
+                started = time.monotonic()
                 victim.kill()  # kill -9, mid-traffic
-                killed_at = sum(len(a) for a in w.acked)
+                killed_at = sum(counts)
+                await w.wait_beyond(counts)
+                failover = time.monotonic() - started
                 await w.wait_each(12)  # every device acknowledged writes after the kill
                 await trio.to_thread.run_sync(pg_server.stop)
                 await trio.to_thread.run_sync(pg_server.start)
@@ -88,6 +98,8 @@ async def test_nodes_behind_nginx_survive_a_node_kill_and_a_postgres_restart(
                 for p in ps:
                     await p.wait_synced()
             converged = time.monotonic() - written_at
+    print(f"failover {failover:.2f} s; converged {converged:.2f} s after the last write")
+    assert failover < CONVERGE_SECONDS
     assert converged < CONVERGE_SECONDS
     for s in sorted(set(store_of)):
         members = [i for i in range(DEVICES) if store_of[i] == s]
