@@ -32,14 +32,18 @@ def pg_url(pg_server: PrivatePostgres) -> str:
 
 @pytest.fixture
 def nodes(pg_url: str, tmp_path: Path) -> Iterator[NodeFactory]:
-    """``nodes(*extra_args, database=pg_url)`` starts a ``--dev`` relay node on the test's
-    database (``database``: another URL); every node is stopped at the end."""
+    """``nodes(*extra_args, database=pg_url, secret_file=None)`` starts a relay node on the
+    test's database (``database``: another URL; without ``secret_file``, ``--dev``); every
+    node is stopped at the end."""
     started: list[RelayLauncher] = []
 
-    def make(*extra_args: str, database: str | None = None) -> RelayLauncher:
+    def make(
+        *extra_args: str, database: str | None = None, secret_file: Path | None = None
+    ) -> RelayLauncher:
         node = RelayLauncher(
             None,
             database=database or pg_url,
+            secret_file=secret_file,
             args=("--log-level", "debug", *extra_args),
             ready_timeout=READY_TIMEOUT,
         )

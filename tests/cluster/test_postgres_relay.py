@@ -238,3 +238,43 @@ async def test_backup_and_restore_of_a_store_in_postgres(
     both = relay_cli("backup", "--database", pg_url, "--data-dir", str(tmp_path), "--store", "x",
                      "--to", str(tmp_path / "x.bak"))  # fmt: skip
     assert both.returncode == 2 and "exclude each other" in both.stderr
+
+
+async def test_tokens_and_the_byte_quota_hold_across_nodes(
+    nodes: NodeFactory, tmp_path: Path
+) -> None:
+    import secrets as secrets_module
+
+    from crsync_relay.auth import issue_token
+
+    from crsync.errors import AuthError, ProtocolError
+    from crsync.peer import PeerState
+
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(secrets_module.token_urlsafe(48))
+    secret_file.chmod(0o600)
+    secret = secret_file.read_bytes().strip()
+    quota = 150_000
+    node1 = nodes("--max-store-bytes", str(quota), secret_file=secret_file)
+    node2 = nodes("--max-store-bytes", str(quota), secret_file=secret_file)
+    token = issue_token(secret, ["full"], 3600, subject="t")
+    w1, w2, other = (open_db(tmp_path / f"{n}.db") for n in ("w1", "w2", "other"))
+    with trio.fail_after(60):
+        async with Peer(w1, node1.url, store="full", token=token, **FAST) as p1:  # type: ignore[arg-type]
+            with w1.conn:
+                w1.conn.executemany(
+                    "INSERT INTO todos (id, title, data) VALUES (?, 't', ?)",
+                    [(f"r{i:02}", bytes(8192)) for i in range(40)],
+                )
+            await p1.wait_synced()
+        # the store is over its quota for every node: node 2 refuses a push to it
+        w2.conn.execute("INSERT INTO todos (id, title) VALUES ('late', 'x')")
+        async with Peer(w2, node2.url, store="full", token=token, **FAST) as p2:  # type: ignore[arg-type]
+            with pytest.raises(ProtocolError, match="quota_exceeded"):
+                await p2.wait_synced()
+            assert p2.state is PeerState.ERROR
+        # a token for one store does not open another, on any node
+        async with Peer(other, node2.url, store="other", token=token, **FAST) as po:  # type: ignore[arg-type]
+            with pytest.raises(AuthError, match="forbidden"):
+                await po.wait_synced()
+    assert node2.wait_for(r"code=quota_exceeded") == 1
