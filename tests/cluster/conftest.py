@@ -30,8 +30,18 @@ def pg_url(pg_server: PrivatePostgres) -> str:
     return pg_server.url(name)
 
 
+def start_node(node: RelayLauncher, server: PrivatePostgres) -> None:
+    """Start a relay node; if it does not listen, fail with its log and PostgreSQL's."""
+    try:
+        node.start()
+    except RuntimeError as exc:
+        raise AssertionError(
+            f"{exc}\n--- PostgreSQL on port {server.port}:\n{server.log_tail()}"
+        ) from None
+
+
 @pytest.fixture
-def nodes(pg_url: str, tmp_path: Path) -> Iterator[NodeFactory]:
+def nodes(pg_url: str, pg_server: PrivatePostgres, tmp_path: Path) -> Iterator[NodeFactory]:
     """``nodes(*extra_args, database=pg_url, secret_file=None)`` starts a relay node on the
     test's database (``database``: another URL; without ``secret_file``, ``--dev``); every
     node is stopped at the end."""
@@ -48,7 +58,7 @@ def nodes(pg_url: str, tmp_path: Path) -> Iterator[NodeFactory]:
             ready_timeout=READY_TIMEOUT,
         )
         started.append(node)
-        node.start()
+        start_node(node, pg_server)
         return node
 
     try:

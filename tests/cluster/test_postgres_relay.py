@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 import trio
 from crsync_relay.process import RelayLauncher
+from store.pg_server import PrivatePostgres
 from sync.helpers import eventually, open_db, rows, snapshot
 
 import crsync
 from crsync.peer import Peer
 
-from .conftest import NodeFactory
+from .conftest import NodeFactory, start_node
 
 FAST = {"backoff_initial": 0.05, "backoff_max": 0.5}
 
@@ -119,7 +120,7 @@ def test_serve_refuses_both_a_data_directory_and_a_database(tmp_path: Path) -> N
 
 
 def test_serve_takes_the_database_from_the_environment_and_config_file(
-    tmp_path: Path, pg_url: str
+    tmp_path: Path, pg_url: str, pg_server: PrivatePostgres
 ) -> None:
     import os
 
@@ -129,7 +130,7 @@ def test_serve_takes_the_database_from_the_environment_and_config_file(
         args=("--dev", "--port", "0"),
         env={**env, "CRSYNC_RELAY_DATABASE": pg_url},
     )
-    node.start()
+    start_node(node, pg_server)
     try:
         assert "database=postgresql://" in node.log
     finally:
@@ -140,7 +141,7 @@ def test_serve_takes_the_database_from_the_environment_and_config_file(
     assert res.returncode == 2 and "exclude each other" in res.stderr
     cfg.write_text(f'[relay]\ndatabase = "{pg_url}"\n')
     node = RelayLauncher(None, args=("--dev", "--port", "0", "--config", str(cfg)), env=env)
-    node.start()
+    start_node(node, pg_server)
     try:
         assert "database=postgresql://" in node.log
     finally:
