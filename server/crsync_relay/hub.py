@@ -183,6 +183,7 @@ class Hub:
         self._stale_trio = trio.Event()
         self.listening = False  # the LISTEN connection is up (PostgreSQL)
         self._recheck = trio.Event()
+        self._listen_tried = trio.Event()
         self.limits = limits if limits is not None else HubLimits()
         self.read_bytes = READ_BYTES  # catch-up reads stop at whole versions past this size
         self._subject_stores: dict[str, dict[str, int]] = {}
@@ -425,6 +426,9 @@ class Hub:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._recheck_heads)
+                # Serve once LISTEN is up (or its first attempt failed): /healthz tells.
+                with trio.move_on_after(10):
+                    await self._listen_tried.wait()
                 task_status.started()
                 while True:
                     await self._stale_trio.wait()
@@ -479,6 +483,7 @@ class Hub:
         self._heard(store, head)
 
     def _listen_state(self, up: bool) -> None:
+        self._listen_tried.set()
         was, self.listening = self.listening, up
         if up and not was:
             log.info("relay.listening_heads")

@@ -211,10 +211,19 @@ def fit_open_files(max_open_stores: int, connections: int = 0) -> tuple[int, int
     return stores, conns
 
 
-def _health(connection: ServerConnection, request: Request) -> Response | None:
-    if request.path == "/healthz":
-        return connection.respond(200, "ok\n")
-    return None
+def _health_of(hub: Hub) -> Callable[[ServerConnection, Request], Response | None]:
+    """``/healthz`` on the WebSocket port (what load balancers probe): ``ok`` while the
+    relay serves; with PostgreSQL, ``503`` while the node's LISTEN connection is down (the
+    database is unreachable: no blocking query on this path)."""
+
+    def health(connection: ServerConnection, request: Request) -> Response | None:
+        if request.path == "/healthz":
+            if hub.database is not None and not hub.listening:
+                return connection.respond(503, "database unavailable\n")
+            return connection.respond(200, "ok\n")
+        return None
+
+    return health
 
 
 async def run_relay(
@@ -382,7 +391,7 @@ async def _serve(
                         # pages always send Origin; programs do not), so that a page the
                         # developer visits cannot read or write local stores.
                         origins=[None] if config.dev else None,
-                        process_request=_health,
+                        process_request=_health_of(hub),
                         compression=None,
                     )
                 )

@@ -46,6 +46,8 @@ async def test_healthz_reports_the_database_and_nodes_and_devices_recover_from_i
     health1 = f"http://127.0.0.1:{_metrics_port(node1.log)}/healthz"
     metrics2 = f"http://127.0.0.1:{_metrics_port(node2.log)}/metrics"
     assert await trio.to_thread.run_sync(_get, health1) == (200, "ok\n")
+    ws_health2 = f"http://127.0.0.1:{node2.port}/healthz"  # what a load balancer probes
+    assert await trio.to_thread.run_sync(_get, ws_health2) == (200, "ok\n")
     a, b = open_db(tmp_path / "a.db"), open_db(tmp_path / "b.db")
     with trio.fail_after(90):
         async with peers(node1.url, "h", a) as (pa,), peers(node2.url, "h", b) as (pb,):
@@ -65,12 +67,17 @@ async def test_healthz_reports_the_database_and_nodes_and_devices_recover_from_i
             try:
                 status, body = await trio.to_thread.run_sync(_get, health1)
                 assert (status, body) == (503, "unavailable\n")
+                await eventually(
+                    lambda: _get(ws_health2) == (503, "database unavailable\n"),
+                    "node 2's WebSocket port to report the database down",
+                )
                 a.conn.execute("INSERT INTO todos (id, title) VALUES ('3', 'while down')")
             finally:
                 await trio.to_thread.run_sync(pg_server.start)
             await eventually(
                 lambda: _get(health1) == (200, "ok\n"), "node 1 to be healthy again", 30
             )
+            await eventually(lambda: _get(ws_health2) == (200, "ok\n"), "node 2 healthy", 30)
             # devices push what they wrote meanwhile; nodes hear each other again
             await eventually(lambda: len(rows(b)) == 3, "A's write during the outage", 60)
             b.conn.execute("INSERT INTO todos (id, title) VALUES ('4', 'after')")
