@@ -401,6 +401,7 @@ def restore(data_dir: str | None, database: str | None, store: str, src: str, fo
         if not Path(src).is_file():
             _fail(f"no backup file {src}")
         with _open_database(database, create=True) as db:
+            db.require_stopped()
             if db.has_store(store) and not force:
                 _fail(f"store {store!r} exists; pass --force to replace it")
             epoch = db.import_store(store, Path(src), replace=force, epoch=uuid.uuid4().hex)
@@ -432,14 +433,16 @@ def migrate_stores(src: str, dest: str, replace: bool) -> None:
 
 
 @main.command()
-@click.option("--data-dir", required=True, help="The relay's data directory.")
+@click.option("--data-dir", default=None, help="The relay's data directory.")
+@click.option("--database", default=None, help="Or the relay's PostgreSQL database URL.")
 @click.option("--store", required=True, help="Store id to repair.")
 @click.option("--table", required=True, help="Table of the cell or row.")
 @click.option("--key", "key_json", default=None, help='Primary key as a JSON array: ["t1"].')
 @click.option("--pk-hex", default=None, help="Packed primary key in hex (as errors print it).")
 @click.option("--column", default=None, help="Remove only this column's cell (default: the row).")
 def remove(
-    data_dir: str,
+    data_dir: str | None,
+    database: str | None,
     store: str,
     table: str,
     key_json: str | None,
@@ -454,15 +457,18 @@ def remove(
     from .repair import parse_key
     from .repair import remove as remove_cells
 
-    n = remove_cells(Path(data_dir), store, table, parse_key(key_json, pk_hex), column)
+    _one_source(data_dir, database)
+    source = database if database else Path(str(data_dir))
+    n = remove_cells(source, store, table, parse_key(key_json, pk_hex), column)
     click.echo(f"removed {n} cell(s) from store {store}")
 
 
 @main.command("forget-table")
-@click.option("--data-dir", required=True, help="The relay's data directory.")
+@click.option("--data-dir", default=None, help="The relay's data directory.")
+@click.option("--database", default=None, help="Or the relay's PostgreSQL database URL.")
 @click.option("--store", required=True, help="Store id to repair.")
 @click.option("--table", required=True, help="Table to forget.")
-def forget_table(data_dir: str, store: str, table: str) -> None:
+def forget_table(data_dir: str | None, database: str | None, store: str, table: str) -> None:
     """Forget a table's announced schema and its cells in a store (stop the relay first), for
     a table announced with a wrong primary key: the next device announces it afresh.
 
@@ -470,7 +476,8 @@ def forget_table(data_dir: str, store: str, table: str) -> None:
     """
     from .repair import forget_table as forget
 
-    n = forget(Path(data_dir), store, table)
+    _one_source(data_dir, database)
+    n = forget(database if database else Path(str(data_dir)), store, table)
     click.echo(f"forgot table {table} of store {store} ({n} cells removed)")
 
 

@@ -150,6 +150,10 @@ def pg_pool_errors() -> tuple[type[BaseException], ...]:
     return (pool_module.PoolTimeout, pool_module.PoolClosed)
 
 
+NODE_APP_NAME = "crsync-relay-node"
+"""``application_name`` of a serving relay node's LISTEN connection: one per node, so that
+offline operator commands can refuse while nodes serve the database."""
+
 HEADS_CHANNEL = "crsync_relay_heads"
 """The channel name the relay is meant to use for ``notify_channel``."""
 
@@ -554,6 +558,23 @@ class PgDatabase:
                 f"UPDATE {_S}.stores SET epoch = %s WHERE store_id = %s", (epoch, store_id)
             )
 
+    def serving_nodes(self) -> int:
+        """How many relay nodes serve this database now (their LISTEN connections)."""
+        with self.pool.connection() as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s "
+                "AND datname = current_database() AND pid <> pg_backend_pid()",
+                (NODE_APP_NAME,),
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    def require_stopped(self) -> None:
+        """Raise PgStoreError if a relay node serves the database (a node keeps epochs and
+        schemas in memory: operator rewrites need every node stopped)."""
+        n = self.serving_nodes()
+        if n:
+            raise PgStoreError(f"{n} relay node(s) serve this database; stop every node first")
+
     def heads(self, store_ids: Sequence[str]) -> dict[str, int]:
         """The heads of some stores in one query (a relay node's safety re-read of the stores
         it has open); stores missing from the database are left out."""
@@ -914,7 +935,9 @@ class HeadListener:
     other merges reach, ``(store id, head)``, in commit order. Blocking; one thread."""
 
     def __init__(self, db: PgDatabase) -> None:
-        self.conn = db._psycopg.connect(db.pool.conninfo, autocommit=True, connect_timeout=5)
+        self.conn = db._psycopg.connect(
+            db.pool.conninfo, autocommit=True, connect_timeout=5, application_name=NODE_APP_NAME
+        )
         try:
             self.conn.execute(f"LISTEN {HEADS_CHANNEL}")
         except BaseException:

@@ -215,7 +215,23 @@ async def test_backup_and_restore_of_a_store_in_postgres(
     assert "at relay version 1" in res.stdout
     listed = relay_cli("stores", "--database", pg_url)
     assert listed.returncode == 0 and listed.stdout.splitlines()[1].startswith("kept ")
+    # rewrites of a store refuse while a node serves the database
+    for args in (
+        ["restore", "--store", "copy", "--from", str(bak)],
+        ["remove", "--store", "kept", "--table", "todos", "--key", '["3"]'],
+        ["forget-table", "--store", "kept", "--table", "todos"],
+    ):
+        busy = relay_cli(*args, "--database", pg_url)
+        assert busy.returncode == 1 and "stop every node first" in busy.stderr, busy.stderr
     node.stop()
+    res = relay_cli(
+        "remove", "--database", pg_url, "--store", "kept", "--table", "todos", "--key", '["3"]'
+    )  # fmt: skip
+    assert res.returncode == 0 and res.stdout.startswith("removed 3 cell(s)"), res.stderr
+    gone = relay_cli(
+        "remove", "--database", pg_url, "--store", "kept", "--table", "todos", "--key", '["3"]'
+    )  # fmt: skip
+    assert gone.returncode == 1 and "has no row" in gone.stderr
     refused = relay_cli("restore", "--database", pg_url, "--store", "kept", "--from", str(bak))
     assert refused.returncode == 1 and "pass --force" in refused.stderr
     res = relay_cli(
