@@ -73,7 +73,7 @@ async def test_healthz_reports_the_database_and_nodes_and_devices_recover_from_i
                 )
                 a.conn.execute("INSERT INTO todos (id, title) VALUES ('3', 'while down')")
             finally:
-                await trio.to_thread.run_sync(pg_server.start)
+                pg_server.start()  # main thread: see PrivatePostgres.start (blocks briefly)
             await eventually(
                 lambda: _get(health1) == (200, "ok\n"), "node 1 to be healthy again", 30
             )

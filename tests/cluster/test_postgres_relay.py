@@ -294,4 +294,4 @@ async def test_tokens_and_the_byte_quota_hold_across_nodes(
         async with Peer(other, node2.url, store="other", token=token, **FAST) as po:  # type: ignore[arg-type]
             with pytest.raises(AuthError, match="forbidden"):
                 await po.wait_synced()
-    assert node2.wait_for(r"code=quota_exceeded") == 1
+    assert node2.wait_for(r"code=quota_exceeded") >= 1
