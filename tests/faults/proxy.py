@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
+import anyio
 import trio
 
 FAULTS = ("none", "delay", "stall", "cut_up", "cut_down", "drop")
@@ -32,7 +33,7 @@ FAULTS = ("none", "delay", "stall", "cut_up", "cut_down", "drop")
 class _Link:
     client: trio.SocketStream
     server: trio.SocketStream
-    cancel: trio.CancelScope = attrs.Factory(trio.CancelScope)
+    cancel: anyio.CancelScope = attrs.Factory(anyio.CancelScope)
     damaged: bool = False
 
 
@@ -59,17 +60,17 @@ class FaultProxy:
         self.delay_max = 0.05
         self.stats = FaultStats()
         self._links: set[_Link] = set()
-        self._resume = trio.Event()
+        self._resume = anyio.Event()
         self._resume.set()
 
     @property
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
 
-    async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    async def serve(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         self.port = listeners[0].socket.getsockname()[1]
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as nursery:
             task_status.started()
             await trio.serve_listeners(self._handle, listeners, handler_nursery=nursery)
 
@@ -88,7 +89,7 @@ class FaultProxy:
                 if link.damaged:
                     self._reset(link)
         if fault == "stall":
-            self._resume = trio.Event()
+            self._resume = anyio.Event()
         if fault == "drop":
             for link in list(self._links):
                 self._reset(link)
@@ -110,7 +111,7 @@ class FaultProxy:
         self._links.add(link)
         try:
             with link.cancel:
-                async with trio.open_nursery() as nursery:
+                async with anyio.create_task_group() as nursery:
                     nursery.start_soon(self._pump, link, client, server, "up")
                     nursery.start_soon(self._pump, link, server, client, "down")
         finally:
@@ -129,7 +130,7 @@ class FaultProxy:
                 await self._resume.wait()
                 fault = self.fault
                 if fault == "delay":
-                    await trio.sleep(self.rnd.uniform(0, self.delay_max))  # injected latency
+                    await anyio.sleep(self.rnd.uniform(0, self.delay_max))  # injected latency
                 elif fault == f"cut_{direction}":
                     link.damaged = True
                     continue

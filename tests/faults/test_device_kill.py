@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+import anyio
 import trio
 from sync.conftest import RelayProcess
 from sync.helpers import TODOS, open_db, snapshot
@@ -41,7 +42,7 @@ async def main():
     async with Peer(db, url, store=store, token=token, watch_files=False) as peer:
         await peer.wait_synced()
         print("synced", flush=True)
-        await trio.sleep_forever()
+        await anyio.sleep_forever()
 trio.run(main)
 """
 
@@ -97,7 +98,7 @@ async def test_device_killed_mid_merge_keeps_batch_all_or_nothing_and_resumes(
             "INSERT INTO log VALUES (?, 'src', ?)",
             ((f"r{i:06d}-{'x' * 40}", i) for i in range(ROWS)),
         )
-    with trio.fail_after(120):
+    with anyio.fail_after(120):
         async with Peer(src, relay.url, store="big", token=token) as p:
             await p.wait_synced()
         outcomes = []
@@ -111,7 +112,7 @@ async def test_device_killed_mid_merge_keeps_batch_all_or_nothing_and_resumes(
                 stdout=subprocess.PIPE,
                 text=True,
             )
-            what = await trio.to_thread.run_sync(_kill_when, proc, Path(str(path) + "-wal"), how)
+            what = await anyio.to_thread.run_sync(_kill_when, proc, Path(str(path) + "-wal"), how)
             if kind == "synced":
                 whole = int(what.split("wal=")[1])
             assert integrity(path) == "ok"

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import anyio
 import trio
 from sync.helpers import open_db
 from websockets.exceptions import ConnectionClosed
@@ -35,7 +36,7 @@ async def _hello_answer(url: str, hello: p.Hello, **kw: Any) -> p.Message:
             await ws.send(p.encode(hello))
         except ConnectionClosed:
             pass  # refused at once: its error frame is still there to read
-        with trio.fail_after(10):
+        with anyio.fail_after(10):
             return p.decode(await ws.recv())
 
 
@@ -44,9 +45,9 @@ async def test_idle_unauthenticated_sockets_are_capped_per_address_and_devices_g
 ) -> None:
     relay = relay_factory("--max-unauthenticated-per-ip", "8", "--max-connections", "20")
     token = relay.token("s")
-    async with trio.open_nursery() as nursery:
-        idle_open = trio.Semaphore(0)
-        release = trio.Event()
+    async with anyio.create_task_group() as nursery:
+        idle_open = anyio.Semaphore(0)
+        release = anyio.Event()
 
         async def idle() -> None:
             # From 127.0.0.2: a WebSocket that never sends its hello.
@@ -65,7 +66,7 @@ async def test_idle_unauthenticated_sockets_are_capped_per_address_and_devices_g
         # A device from another address is not affected.
         a = open_db(tmp_path / "a.db")
         a.conn.execute("INSERT INTO todos (id, title) VALUES ('1', 'x')")
-        with trio.fail_after(30):
+        with anyio.fail_after(30):
             async with Peer(a, relay.url, store="s", token=token, **OPTS) as pa:
                 await pa.wait_synced()
         release.set()
@@ -80,9 +81,9 @@ async def test_one_token_subject_cannot_hold_every_open_store(
 
     mallory = issue_token(relay.secret, ["m*"], 3600, subject="mallory")
     bob = issue_token(relay.secret, ["bob"], 3600, subject="bob")
-    async with trio.open_nursery() as nursery:
-        held = trio.Semaphore(0)
-        release = trio.Event()
+    async with anyio.create_task_group() as nursery:
+        held = anyio.Semaphore(0)
+        release = anyio.Event()
 
         async def hold(store: str) -> None:
             async with ws_connect(relay.url, compression=None) as ws:
@@ -136,7 +137,7 @@ async def test_a_peer_that_stops_reading_is_dropped_and_its_memory_freed(
         a.conn.executemany(
             "INSERT INTO todos (id, data) VALUES (?, ?)", ((f"r{i}", blob) for i in range(300))
         )
-    with trio.fail_after(60):
+    with anyio.fail_after(60):
         async with Peer(a, relay.url, store="big", token=token, **OPTS) as pa:
             await pa.wait_synced()
     assert relay.proc is not None
@@ -146,9 +147,9 @@ async def test_a_peer_that_stops_reading_is_dropped_and_its_memory_freed(
         # Three peers that never read: each holds a ~19 MiB catch-up send until dropped.
         stalled = [client_that_never_reads(relay.port, hello) for _ in range(3)]
         try:
-            with trio.fail_after(30):
+            with anyio.fail_after(30):
                 while relay.count(r"relay\.peer_stalled") < 3 * wave:  # noqa: ASYNC110
-                    await trio.sleep(0.1)  # the relay's own send timeout is what this waits for
+                    await anyio.sleep(0.1)  # the relay's own send timeout is what this waits for
         finally:
             for sock in stalled:
                 sock.close()
@@ -158,7 +159,7 @@ async def test_a_peer_that_stops_reading_is_dropped_and_its_memory_freed(
     assert rss[2] - rss[0] < 32 * 1024, rss
     # The store's one 19 MiB version reaches a new device in parts (one atomic unit).
     b = open_db(tmp_path / "b.db")
-    with trio.fail_after(60):
+    with anyio.fail_after(60):
         async with Peer(b, relay.url, store="big", token=token, **OPTS) as pb:
             await pb.wait_synced()
     assert b.conn.execute("SELECT count(*) FROM todos").fetchone()[0] == 300
@@ -180,7 +181,7 @@ async def test_multi_part_push_is_capped_in_bytes(relay_factory: RelayFactory) -
         except ConnectionClosed:
             pass  # the relay refused and closed while parts were still going out
         try:
-            with trio.fail_after(10):
+            with anyio.fail_after(10):
                 answer = p.decode(await ws.recv())  # the error frame, received before the close
         except ConnectionClosed:
             pass
@@ -191,9 +192,9 @@ async def test_multi_part_push_is_capped_in_bytes(relay_factory: RelayFactory) -
 async def test_process_cap_counts_authenticated_connections(relay_factory: RelayFactory) -> None:
     relay = relay_factory("--max-connections", "2")
     token = relay.token("s")
-    async with trio.open_nursery() as nursery:
-        held = trio.Semaphore(0)
-        release = trio.Event()
+    async with anyio.create_task_group() as nursery:
+        held = anyio.Semaphore(0)
+        release = anyio.Event()
 
         async def hold() -> None:
             async with ws_connect(relay.url, compression=None) as ws:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import anyio
 import trio
 from sync.conftest import RelayProcess
 from sync.helpers import open_db, rows
@@ -38,7 +39,7 @@ class Raw:
         await self.ws.send(p.encode(msg))
 
     async def recv(self) -> p.Message:
-        with trio.fail_after(10):
+        with anyio.fail_after(10):
             return p.decode(await self.ws.recv())
 
     async def until(self, kind: type) -> Any:
@@ -133,7 +134,7 @@ async def test_a_forged_ack_cannot_drop_a_devices_offline_writes(
     token = relay.token("s")
     victim, other = open_db(tmp_path / "v.db"), open_db(tmp_path / "o.db")
     victim.conn.execute("INSERT INTO todos (id, title) VALUES ('r0', 'online')")
-    with trio.fail_after(30):
+    with anyio.fail_after(30):
         async with Peer(victim, relay.url, store="s", token=token, **OPTS) as pv:
             await pv.wait_synced()
             epoch = pv.epoch
@@ -146,7 +147,7 @@ async def test_a_forged_ack_cannot_drop_a_devices_offline_writes(
         await m.send(p.Hello(1, "s", site, SCHEMA, 0, epoch, token, None))
         msg = await m.recv()
         assert isinstance(msg, p.Error) and msg.code == "site_forbidden"
-    with trio.fail_after(30):
+    with anyio.fail_after(30):
         async with Peer(victim, relay.url, store="s", token=token, **OPTS) as pv:
             await pv.wait_synced()
         async with Peer(other, relay.url, store="s", token=token, **OPTS) as po:
@@ -162,7 +163,7 @@ async def test_devices_converge_on_a_write_forged_under_another_devices_site(
     token = relay.token("s")
     victim, other = open_db(tmp_path / "v.db"), open_db(tmp_path / "o.db")
     victim.conn.execute("INSERT INTO todos (id, title) VALUES ('r1', 'written by victim')")
-    with trio.fail_after(30):
+    with anyio.fail_after(30):
         async with (
             Peer(victim, relay.url, store="s", token=token, **OPTS) as pv,
             Peer(other, relay.url, store="s", token=token, **OPTS) as po,
@@ -193,7 +194,7 @@ async def test_a_device_whose_site_id_was_claimed_first_continues_under_a_new_on
         m = Raw(ws)
         await m.send(_hello("s", squatted, token, os.urandom(32)))
         assert isinstance(await m.recv(), p.Welcome)
-    with trio.fail_after(30):
+    with anyio.fail_after(30):
         async with Peer(dev, relay.url, store="s", token=token, **OPTS) as pd:
             await pd.wait_synced()
             assert pd.site_id != squatted

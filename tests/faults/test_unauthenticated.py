@@ -12,6 +12,7 @@ import time
 
 import msgpack
 import pytest
+import anyio
 import trio
 from sync.conftest import RelayProcess
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
@@ -28,7 +29,7 @@ SCHEMA = {"todos": p.TableSchema(("id",), ("title",))}
 
 
 async def _honest_pinger(
-    url: str, token: str, stop: trio.Event, gaps: trio.MemorySendChannel[float]
+    url: str, token: str, stop: anyio.Event, gaps: trio.MemorySendChannel[float]
 ) -> None:
     """An authenticated peer on another store pinging in a loop; records each round trip."""
     async with ws_connect(url, max_size=None, compression=None) as ws:
@@ -44,7 +45,7 @@ async def _honest_pinger(
                 if isinstance(msg, p.Pong) and msg.id == i:
                     break
             await gaps.send(time.monotonic() - t0)
-            await trio.sleep(0.01)  # pacing of the honest load, not a synchronisation
+            await anyio.sleep(0.01)  # pacing of the honest load, not a synchronisation
 
 
 async def _send_unauthenticated(url: str, frame: bytes) -> str:
@@ -66,14 +67,14 @@ async def test_unauthenticated_expanding_frame_costs_bounded_memory_and_never_st
     assert relay.proc is not None
     before = rss_kib(relay.proc.pid)
     gaps: list[float] = []
-    stop = trio.Event()
+    stop = anyio.Event()
     send, receive = trio.open_memory_channel[float](10_000)
 
     async def attack() -> str:
-        with trio.fail_after(10):
+        with anyio.fail_after(10):
             return await _send_unauthenticated(relay.url, expanding_hello(size))
 
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         nursery.start_soon(_honest_pinger, relay.url, relay.token("honest"), stop, send)
         for _ in range(5):  # the honest peer is in its loop
             await receive.receive()
@@ -82,7 +83,7 @@ async def test_unauthenticated_expanding_frame_costs_bounded_memory_and_never_st
         async def run_attack() -> None:
             answers.append(await attack())
 
-        async with trio.open_nursery() as inner:
+        async with anyio.create_task_group() as inner:
             inner.start_soon(run_attack)
             # round trips measured while the attack is under way, and 5 after
             while not answers:
@@ -102,7 +103,7 @@ async def test_frames_just_over_the_hello_cap_are_refused_without_decoding(
     relay: RelayProcess,
 ) -> None:
     frame = expanding_hello(p.MAX_HELLO_BYTES + 1024)
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         answer = await _send_unauthenticated(relay.url, frame)
     assert answer == "frame_too_large"
 
@@ -124,9 +125,9 @@ async def test_refusals_quote_attacker_strings_truncated_in_log_and_error_frame(
             reasons.append((msg.code, msg.reason))
     assert [code for code, _ in reasons] == ["bad_store", "unknown_type"]
     assert all(len(reason) < 600 for _, reason in reasons), reasons
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         while relay.count(r"relay\.(refused|protocol_error)") < 2:  # noqa: ASYNC110
-            await trio.sleep(0.02)  # the log reader thread catches up
+            await anyio.sleep(0.02)  # the log reader thread catches up
     assert max(len(line) for line in relay.lines) < 2000
 
 

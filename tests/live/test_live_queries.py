@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import anyio
 import trio
 
 import crsync
@@ -29,11 +30,11 @@ async def until_engine_looked(live: LiveQuery, looks: int) -> None:
     """Wait until the engine noticed a commit after ``looks`` (polls its counter)."""
     assert live.engine is not None
     while live.engine.looks <= looks:  # noqa: ASYNC110 - the engine exposes no event for this
-        await trio.sleep(0.01)
+        await anyio.sleep(0.01)
 
 
 async def nothing_within(live: LiveQuery, seconds: float) -> None:
-    with trio.move_on_after(seconds):
+    with anyio.move_on_after(seconds):
         rows = await live.__anext__()
         raise AssertionError(f"unexpected result {rows}")
 
@@ -41,7 +42,7 @@ async def nothing_within(live: LiveQuery, seconds: float) -> None:
 async def test_watch_yields_now_then_after_local_writes_on_any_connection(tmp_path: Path) -> None:
     db = make(tmp_path / "a.db")
     other = sqlite3.connect(tmp_path / "a.db", isolation_level=None)
-    with trio.fail_after(LIMIT):
+    with anyio.fail_after(LIMIT):
         async with db.watch("SELECT id, x FROM t ORDER BY id") as live:
             assert await live.__anext__() == []
             db.conn.execute("INSERT INTO t VALUES (1, 'a')")
@@ -53,7 +54,7 @@ async def test_watch_yields_now_then_after_local_writes_on_any_connection(tmp_pa
 
 async def test_watch_does_not_rerun_for_writes_to_tables_it_does_not_read(tmp_path: Path) -> None:
     db = make(tmp_path / "a.db")
-    with trio.fail_after(LIMIT):
+    with anyio.fail_after(LIMIT):
         async with db.watch("SELECT count(*) FROM t") as live:
             assert await live.__anext__() == [(0,)]
             assert live.engine is not None
@@ -72,7 +73,7 @@ async def test_watch_sees_writes_from_another_process(tmp_path: Path) -> None:
         "import sqlite3, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None); "
         "c.execute(\"INSERT INTO t VALUES (7, 'from another process')\")"
     )
-    with trio.fail_after(LIMIT):
+    with anyio.fail_after(LIMIT):
         async with db.watch("SELECT x FROM t WHERE id = 7") as live:
             assert await live.__anext__() == []
             await trio.run_process([sys.executable, "-c", code, str(tmp_path / "a.db")])
@@ -84,7 +85,7 @@ async def test_watch_sees_merged_remote_changes_and_feed_marks_them_remote(
 ) -> None:
     a, b = make(tmp_path / "a.db"), make(tmp_path / "b.db")
     a.conn.execute("INSERT INTO t VALUES (1, 'remote')")
-    with trio.fail_after(LIMIT):
+    with anyio.fail_after(LIMIT):
         async with b.watch("SELECT x FROM t") as live, b.changes_feed() as feed:
             assert await live.__anext__() == []
             b.merge(a.changes())
@@ -105,7 +106,7 @@ async def test_writes_at_one_open_version_from_fresh_connections_each_yield(
     """Fresh connections have equal total_changes(): equal seq stamps must not hide a write."""
     db = make(tmp_path / "a.db")
     db.conn.execute("INSERT INTO t VALUES (1, 'v0')")
-    with trio.fail_after(LIMIT):
+    with anyio.fail_after(LIMIT):
         async with db.watch("SELECT x FROM t") as live:
             assert await live.__anext__() == [("v0",)]
             for i in range(1, 6):
@@ -117,7 +118,7 @@ async def test_writes_at_one_open_version_from_fresh_connections_each_yield(
 
 async def test_slow_reader_gets_the_latest_result_once_not_a_backlog(tmp_path: Path) -> None:
     db = make(tmp_path / "a.db")
-    with trio.fail_after(LIMIT):
+    with anyio.fail_after(LIMIT):
         async with db.watch("SELECT max(id) FROM t") as live:
             assert await live.__anext__() == [(None,)]
             assert live.engine is not None
@@ -133,10 +134,10 @@ async def test_slow_reader_gets_the_latest_result_once_not_a_backlog(tmp_path: P
 
 async def test_cancelled_read_loses_nothing(tmp_path: Path) -> None:
     db = make(tmp_path / "a.db")
-    with trio.fail_after(LIMIT):
+    with anyio.fail_after(LIMIT):
         async with db.watch("SELECT count(*) FROM t") as live:
             assert await live.__anext__() == [(0,)]
-            with trio.move_on_after(0.05):
+            with anyio.move_on_after(0.05):
                 await live.__anext__()
             db.conn.execute("INSERT INTO t VALUES (1, 'a')")
             assert await live.__anext__() == [(1,)]
@@ -146,7 +147,7 @@ async def test_untracked_table_query_reruns_and_yields_only_changed_results(
     tmp_path: Path,
 ) -> None:
     db = make(tmp_path / "a.db")
-    with trio.fail_after(LIMIT):
+    with anyio.fail_after(LIMIT):
         async with db.watch("SELECT v FROM plain WHERE k = 'a'") as live:
             assert await live.__anext__() == []
             db.conn.execute("INSERT INTO plain VALUES ('a', '1')")
@@ -162,7 +163,7 @@ async def test_untracked_table_query_reruns_and_yields_only_changed_results(
 async def test_views_and_subqueries_report_their_underlying_tables(tmp_path: Path) -> None:
     db = make(tmp_path / "a.db")
     db.conn.execute("CREATE VIEW tv AS SELECT t.id, u.y FROM t JOIN u USING (id)")
-    with trio.fail_after(LIMIT):
+    with anyio.fail_after(LIMIT):
         async with db.watch("SELECT * FROM tv") as live:
             assert await live.__anext__() == []
             assert live.tables == {"t", "u", "tv"}
@@ -175,13 +176,13 @@ async def test_views_and_subqueries_report_their_underlying_tables(tmp_path: Pat
 async def test_on_change_callback_reports_table_pk_and_origin(tmp_path: Path) -> None:
     db = make(tmp_path / "a.db")
     got: list[RowChange] = []
-    arrived = trio.Event()
+    arrived = anyio.Event()
 
     def cb(changes: list[RowChange]) -> None:
         got.extend(changes)
         arrived.set()
 
-    with trio.fail_after(LIMIT):
+    with anyio.fail_after(LIMIT):
         handle = await db.on_change("t", cb)
         db.conn.execute("INSERT INTO u VALUES (5, 'ignored')")
         db.conn.execute("INSERT INTO t VALUES (5, 'seen')")
@@ -194,7 +195,7 @@ async def test_on_change_callback_reports_table_pk_and_origin(tmp_path: Path) ->
 
 async def test_watch_refuses_writes_bad_sql_and_memory_databases(tmp_path: Path) -> None:
     db = make(tmp_path / "a.db")
-    with trio.fail_after(LIMIT):
+    with anyio.fail_after(LIMIT):
         with pytest.raises(crsync.CrsyncError, match="only read"):
             await db.watch("DELETE FROM t").__anext__()
         with pytest.raises(crsync.CrsyncError, match="invalid live query"):
@@ -208,7 +209,7 @@ def test_watch_in_a_second_trio_run_gets_a_fresh_engine(tmp_path: Path) -> None:
     db = make(tmp_path / "a.db")
 
     async def once(v: str) -> None:
-        with trio.fail_after(LIMIT):
+        with anyio.fail_after(LIMIT):
             async with db.watch("SELECT x FROM t WHERE id = 1") as live:
                 await live.__anext__()
                 db.conn.execute("INSERT OR REPLACE INTO t VALUES (1, ?)", (v,))
@@ -222,7 +223,7 @@ def test_watch_used_without_async_with_ends_when_dropped(tmp_path: Path) -> None
     db = make(tmp_path / "a.db")
 
     async def main() -> None:
-        with trio.fail_after(LIMIT):
+        with anyio.fail_after(LIMIT):
             async for rows in db.watch("SELECT count(*) FROM t"):
                 if rows == [(0,)]:
                     db.conn.execute("INSERT INTO t VALUES (1, 'a')")

@@ -6,6 +6,7 @@ import functools
 import sys
 from pathlib import Path
 
+import anyio
 import trio
 from reactor.relay_util import answer_questions, device, relay
 
@@ -21,7 +22,7 @@ async def main():
     async with Peer(db, "ws://127.0.0.1:9", store="s", backoff_initial=0.05) as p:
         await p.wait_state(PeerState.CONNECTING, PeerState.OFFLINE)
         print("syncer", flush=True)
-        await trio.sleep_forever()
+        await anyio.sleep_forever()
 trio.run(main)
 """
 
@@ -44,8 +45,8 @@ async def test_one_syncer_per_file_across_processes_and_takeover_when_it_dies(
 ) -> None:
     path = tmp_path / "dev.db"
     db = device(path)
-    with trio.fail_after(LIMIT):
-        async with trio.open_nursery() as nursery:
+    with anyio.fail_after(LIMIT):
+        async with anyio.create_task_group() as nursery:
             run = functools.partial(
                 trio.run_process, [sys.executable, "-c", HOLDER, str(path)], stdout=-1, check=False
             )
@@ -69,7 +70,7 @@ async def test_ui_process_writes_while_sync_process_merges_without_lock_errors(
     path = tmp_path / "dev.db"
     db = device(path)
     other = device(tmp_path / "other.db")
-    with trio.fail_after(LIMIT):
+    with anyio.fail_after(LIMIT):
         async with (
             relay(tmp_path / "relay", answer_questions) as (url, _hub),
             Peer(db, url, store="s", backoff_initial=0.05) as p,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import anyio
 import trio
 
 import crsync
@@ -45,8 +46,8 @@ def snapshot(db: crsync.Database) -> dict[str, list[tuple[object, ...]]]:
 async def eventually(pred: Callable[[], bool], what: str, limit: float = 15.0) -> None:
     """Wait until ``pred()`` holds, polling (for effects with no event to wait on, such as a
     write by another process being noticed); fails after ``limit`` seconds."""
-    with trio.move_on_after(limit):
+    with anyio.move_on_after(limit):
         while not pred():  # noqa: ASYNC110 - polls an effect that has no event to wait on
-            await trio.sleep(0.02)
+            await anyio.sleep(0.02)
         return
     raise AssertionError(f"timed out after {limit}s waiting for {what}")

@@ -10,6 +10,7 @@ from typing import Any
 
 import msgpack
 import pytest
+import anyio
 import trio
 from crsync_relay.store import RelayStore
 from websockets.exceptions import ConnectionClosed
@@ -141,7 +142,7 @@ async def test_hostile_frame_gets_error_and_close_while_others_sync(
     a, b = open_db(tmp_path / "a.db"), open_db(tmp_path / "b.db")
     token_good, token_evil = relay.token("good"), relay.token("evil", "good")
     opts: dict[str, Any] = {"store": "good", "token": token_good, "backoff_max": 0.5}
-    with trio.fail_after(30):
+    with anyio.fail_after(30):
         async with Peer(a, relay.url, **opts) as g1, Peer(b, relay.url, **opts) as g2:
             await _honest_round(g1, g2, a, b, "before")
             error, close_code = await attack(relay.url, make_frames(token_evil))
@@ -164,7 +165,7 @@ async def test_hostile_frame_gets_error_and_close_while_others_sync(
 async def test_frame_far_beyond_the_limit_is_cut_off_by_websockets(
     relay: RelayProcess,
 ) -> None:
-    with trio.fail_after(20):
+    with anyio.fail_after(20):
         async with ws_connect(relay.url, proxy=None, compression=None) as ws:
             # The relay may close while the frame is still being sent: the send itself can
             # then fail, and a reset can swallow the close frame.
@@ -185,9 +186,9 @@ async def test_half_open_connections_do_not_block_honest_peers(
     """Many half-open connections do not stop an honest peer from syncing."""
     a, b = open_db(tmp_path / "a.db"), open_db(tmp_path / "b.db")
     opts: dict[str, Any] = {"store": "good", "token": relay.token("good")}
-    with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            idle = trio.Event()
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as nursery:
+            idle = anyio.Event()
 
             async def lurker() -> None:
                 async with ws_connect(relay.url, proxy=None) as ws:

@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import anyio
 import trio
 
 from crsync.peer import Peer
@@ -36,7 +37,7 @@ CHILD = textwrap.dedent(
         db = crsync.connect(path)
         async with Peer(db, url, store="full", token=token, backoff_max=0.2) as p:
             said = None
-            async with trio.open_nursery() as nursery:
+            async with anyio.create_task_group() as nursery:
                 async def report() -> None:
                     nonlocal said
                     while True:
@@ -65,13 +66,13 @@ async def test_a_full_disk_is_retried_and_the_peer_syncs_when_space_returns(
             [(f"r{i:03}",) for i in range(300)],
         )
     tok = relay.token("full")
-    with trio.fail_after(60):
+    with anyio.fail_after(60):
         async with Peer(a, relay.url, store="full", token=tok) as pa:
             await pa.wait_synced()
     b_path = tmp_path / "b.db"
     b = open_db(b_path)
     b.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    first, out, code, err = await trio.to_thread.run_sync(
+    first, out, code, err = await anyio.to_thread.run_sync(
         _sync_with_a_full_disk, relay.url, tok, b_path
     )
     assert first.startswith("offline local database unavailable (SQLITE_"), first

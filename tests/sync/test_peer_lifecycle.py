@@ -17,6 +17,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+import anyio
+import anyio.abc
 import trio
 import trustme
 from websockets.trio.server import ServerConnection, serve
@@ -136,17 +138,17 @@ def _closed_port() -> int:
 
 
 @asynccontextmanager
-async def silent_tcp_server() -> AsyncIterator[tuple[int, trio.Event]]:
+async def silent_tcp_server() -> AsyncIterator[tuple[int, anyio.Event]]:
     """Accepts connections and never answers (a relay hanging in the HTTP handshake)."""
-    accepted = trio.Event()
+    accepted = anyio.Event()
     streams: list[trio.SocketStream] = []
 
     async def handler(stream: trio.SocketStream) -> None:
         streams.append(stream)
         accepted.set()
-        await trio.sleep_forever()
+        await anyio.sleep_forever()
 
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         listeners = await nursery.start(
             functools.partial(trio.serve_tcp, handler, 0, host="127.0.0.1")
         )
@@ -155,16 +157,16 @@ async def silent_tcp_server() -> AsyncIterator[tuple[int, trio.Event]]:
 
 
 @asynccontextmanager
-async def mute_relay() -> AsyncIterator[tuple[int, trio.Event]]:
+async def mute_relay() -> AsyncIterator[tuple[int, anyio.Event]]:
     """Completes the WebSocket handshake, reads the hello and never welcomes."""
-    hello = trio.Event()
+    hello = anyio.Event()
 
     async def handler(ws: ServerConnection) -> None:
         await ws.recv()
         hello.set()
-        await trio.sleep_forever()
+        await anyio.sleep_forever()
 
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         server = await nursery.start(functools.partial(serve, handler, 0, host="127.0.0.1"))
         yield server.listeners[0].socket.getsockname()[1], hello
         nursery.cancel_scope.cancel()
@@ -178,7 +180,7 @@ def _app_db(tmp_path: Path) -> tuple[crsync.Database, Path]:
 
 
 async def _fresh_peer_syncs(db: crsync.Database, relay: RelayProcess, store: str) -> Peer:
-    with trio.fail_after(20):
+    with anyio.fail_after(20):
         async with Peer(db, relay.url, store=store, token=relay.token(store), **FAST) as p:  # type: ignore[arg-type]
             await p.wait_synced()
             await p.wait_state(PeerState.SYNCED)
@@ -197,10 +199,10 @@ async def test_cancelled_while_the_relay_is_down_releases_everything_every_time(
     base = Baseline(path)
     async with Peer(db, down, store="s", **FAST) as p:  # type: ignore[arg-type]
         # The check below can see a running watcher (so it can fail).
-        await trio.to_thread.run_sync(lambda: _wait_for(lambda: _threads_in_watch() == 1, 10))
+        await anyio.to_thread.run_sync(lambda: _wait_for(lambda: _threads_in_watch() == 1, 10))
         assert _threads_in_watch() == 1
     for _ in range(5):
-        with trio.move_on_after(0.3) as cs:
+        with anyio.move_on_after(0.3) as cs:
             async with Peer(db, down, store="s", **FAST) as p:  # type: ignore[arg-type]
                 await p.wait_synced()
         assert cs.cancelled_caught
@@ -226,7 +228,7 @@ async def test_cancelled_at_each_await_of_the_lifecycle_then_a_fresh_peer_syncs(
     async def cancelled_when(
         url: str, reached: Callable[[Peer], object], baseline: Baseline = base, lock: bool = True
     ) -> None:
-        with trio.fail_after(20), trio.CancelScope() as cs:
+        with anyio.fail_after(20), anyio.CancelScope() as cs:
             async with peer(url) as p:
                 await reached(p)  # type: ignore[misc]
                 cs.cancel()
@@ -236,14 +238,14 @@ async def test_cancelled_at_each_await_of_the_lifecycle_then_a_fresh_peer_syncs(
 
     for _round in range(3):
         # aenter: already cancelled when entering (the connection is never opened) ...
-        with trio.CancelScope() as cs:
+        with anyio.CancelScope() as cs:
             cs.cancel()
             async with peer():
                 pytest.fail("the body runs inside a cancelled scope")  # pragma: no cover
         assert_released(base)
         # ... and deadlines falling in the connect thread, the election, the first connection.
         for delay in (0, 0.0005, 0.002, 0.005, 0.01, 0.02, 0.05):
-            with trio.move_on_after(delay):
+            with anyio.move_on_after(delay):
                 async with peer() as p:
                     await p.wait_synced()
             assert_released(base)
@@ -269,7 +271,7 @@ async def test_cancelled_at_each_await_of_the_lifecycle_then_a_fresh_peer_syncs(
 
         # syncing: in the middle of pushing the bulk rows (a fresh store each round).
         store_round = f"s{_round}"
-        with trio.fail_after(20), trio.CancelScope() as cs:
+        with anyio.fail_after(20), anyio.CancelScope() as cs:
             async with Peer(
                 db, relay.url, store=store_round, token=relay.token(store_round), **FAST
             ) as p:  # type: ignore[arg-type]
@@ -280,21 +282,21 @@ async def test_cancelled_at_each_await_of_the_lifecycle_then_a_fresh_peer_syncs(
         assert_released(base)
 
         # wait_synced: cancelled while waiting on a connected peer.
-        with trio.fail_after(20), trio.CancelScope() as cs:
+        with anyio.fail_after(20), anyio.CancelScope() as cs:
             async with peer() as p:
                 await p.wait_state(PeerState.SYNCING, PeerState.SYNCED)
 
-                async def cancel_soon(scope: trio.CancelScope = cs) -> None:
-                    await trio.lowlevel.checkpoint()
+                async def cancel_soon(scope: anyio.CancelScope = cs) -> None:
+                    await anyio.lowlevel.checkpoint()
                     scope.cancel()
 
-                async with trio.open_nursery() as n:
+                async with anyio.create_task_group() as n:
                     n.start_soon(cancel_soon)
                     await p.wait_synced()
         assert_released(base)
 
         # aexit: the body is done, the exit runs with a cancellation pending.
-        with trio.fail_after(20), trio.CancelScope() as cs:
+        with anyio.fail_after(20), anyio.CancelScope() as cs:
             async with peer() as p:
                 await p.wait_state(PeerState.SYNCING, PeerState.SYNCED)
                 cs.cancel()
@@ -312,7 +314,7 @@ async def test_cancelled_at_each_await_of_the_lifecycle_then_a_fresh_peer_syncs(
 async def test_a_stopped_peer_raises_instead_of_waiting_forever(tmp_path: Path) -> None:
     db, _ = _app_db(tmp_path)
     p = Peer(db, f"ws://127.0.0.1:{_closed_port()}", store="s")
-    with trio.fail_after(5):
+    with anyio.fail_after(5):
         with pytest.raises(PeerStoppedError):
             await p.wait_synced()
         async with p:
@@ -331,17 +333,17 @@ async def test_standby_names_the_lock_file_and_takes_over_when_it_is_released(
     tok = relay.token("s")
     lock = str(path) + ".crsync-sync.lock"
     caplog.set_level(logging.INFO, logger="crsync.peer")
-    release = trio.Event()
-    second_standby = trio.Event()
+    release = anyio.Event()
+    second_standby = anyio.Event()
 
-    async def first_syncer(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def first_syncer(task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         async with Peer(db, relay.url, store="s", token=tok, **FAST) as first:  # type: ignore[arg-type]
             await first.wait_synced()
             task_status.started()
             await release.wait()
 
-    with trio.fail_after(20):
-        async with trio.open_nursery() as nursery:
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as nursery:
             await nursery.start(first_syncer)
             async with Peer(db, relay.url, store="s", token=tok, **FAST) as second:  # type: ignore[arg-type]
                 assert await second.wait_state(PeerState.STANDBY) is PeerState.STANDBY
@@ -371,7 +373,7 @@ async def test_a_database_locked_past_the_busy_timeout_is_retried_not_fatal(
     b = open_db(tmp_path / "b.db")
     a.conn.execute("INSERT INTO todos (id, title) VALUES ('1', 'from a')")
     tok = relay.token("s")
-    with trio.fail_after(30):
+    with anyio.fail_after(30):
         async with Peer(a, relay.url, store="s", token=tok, **FAST) as pa:  # type: ignore[arg-type]
             await pa.wait_synced()
         # The app holds a write transaction on b far longer than the peer's busy timeout.
@@ -429,12 +431,12 @@ async def test_wait_synced_called_while_the_app_holds_the_lock_waits_then_succee
 ) -> None:
     db, _ = _app_db(tmp_path)
     tok = relay.token("s")
-    with trio.fail_after(30):
+    with anyio.fail_after(30):
         async with Peer(db, relay.url, store="s", token=tok, busy_timeout=0.05, **FAST) as p:  # type: ignore[arg-type]
             await p.wait_synced()
             db.conn.execute("BEGIN IMMEDIATE")
             db.conn.execute("INSERT INTO todos (id, title) VALUES ('2', 'late')")
-            async with trio.open_nursery() as n:
+            async with anyio.create_task_group() as n:
 
                 async def commit_later() -> None:
                     await p.wait_state(PeerState.OFFLINE)
@@ -459,7 +461,7 @@ async def test_an_exception_in_on_progress_stops_the_peer_with_a_crsync_error(
     def broken(done: int, head: int) -> None:
         raise ValueError("bug in the app's callback")
 
-    with trio.fail_after(20):
+    with anyio.fail_after(20):
         async with Peer(a, relay.url, store="s", token=tok, **FAST) as pa:  # type: ignore[arg-type]
             await pa.wait_synced()
         async with Peer(b, relay.url, store="s", token=tok, on_progress=broken, **FAST) as pb:  # type: ignore[arg-type]
@@ -503,7 +505,7 @@ def test_store_and_token_that_are_not_text_are_refused_at_once(
 async def test_a_host_that_can_never_resolve_stops_the_peer_at_once(tmp_path: Path) -> None:
     db, _ = _app_db(tmp_path)
     start = time.monotonic()
-    with trio.fail_after(20):
+    with anyio.fail_after(20):
         async with Peer(db, "ws://relay.crsync.invalid:8765", store="s", **FAST) as p:  # type: ignore[arg-type]
             with pytest.raises(ConnectError, match=r"relay host 'relay\.crsync\.invalid'"):
                 await p.wait_synced()
@@ -530,7 +532,7 @@ async def test_a_certificate_that_does_not_verify_stops_the_peer_with_the_reason
     relay, _ca = _tls_relay(relay_factory, tmp_path)
     db, _ = _app_db(tmp_path)
     untrusting = ssl.create_default_context()  # does not know the test CA
-    with trio.fail_after(20):
+    with anyio.fail_after(20):
         async with Peer(
             db, f"wss://localhost:{relay.port}", store="s", ssl=untrusting, **FAST
         ) as p:  # type: ignore[arg-type]
@@ -545,7 +547,7 @@ async def test_wss_to_a_relay_without_tls_stops_the_peer_with_the_reason(
 ) -> None:
     relay = relay_factory(dev=True)
     db, _ = _app_db(tmp_path)
-    with trio.fail_after(20):
+    with anyio.fail_after(20):
         async with Peer(db, f"wss://127.0.0.1:{relay.port}", store="s", **FAST) as p:  # type: ignore[arg-type]
             with pytest.raises(ConnectError, match="does not speak TLS"):
                 await p.wait_synced()
@@ -554,7 +556,7 @@ async def test_wss_to_a_relay_without_tls_stops_the_peer_with_the_reason(
 
 async def test_an_unreachable_relay_is_retried_and_says_why(tmp_path: Path) -> None:
     db, _ = _app_db(tmp_path)
-    with trio.fail_after(20):
+    with anyio.fail_after(20):
         async with Peer(db, f"ws://127.0.0.1:{_closed_port()}", store="s", **FAST) as p:  # type: ignore[arg-type]
             await p.wait_state(PeerState.OFFLINE)
             assert p.reason is not None and "refused" in p.reason.lower(), p.reason
@@ -579,9 +581,9 @@ async def test_wait_for_sees_a_relay_log_line_written_after_the_call(
     def watch_log() -> None:
         seen.append(relay.wait_for(r"relay\.connect store=logged", 1, timeout=20))
 
-    with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(trio.to_thread.run_sync, watch_log)
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as nursery:
+            nursery.start_soon(anyio.to_thread.run_sync, watch_log)
             async with Peer(
                 db, relay.url, store="logged", token=relay.token("logged"), **FAST
             ) as p:  # type: ignore[arg-type]
@@ -610,13 +612,13 @@ async def test_the_most_telling_error_wins_whichever_task_failed_first(
 
     db, _ = _app_db(tmp_path)
     peer = Peer(db, "ws://127.0.0.1:1", store="s")
-    order = [trio.Event(), trio.Event()]
+    order = [anyio.Event(), anyio.Event()]
 
     async def fail(i: int, exc: Exception) -> None:
         if i:
             # Shielded: the first failure cancels the nursery, and this one must still fail
             # (second) rather than be cancelled.
-            with trio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True):
                 await order[i - 1].wait()
         try:
             raise exc
@@ -648,7 +650,7 @@ async def test_the_most_telling_error_wins_whichever_task_failed_first(
 
     with pytest.raises(CrsyncError) as info2:
         async with open_nursery(peer._rank) as nursery:
-            nursery.start_soon(trio.sleep_forever)
+            nursery.start_soon(anyio.sleep_forever)
             nursery.start_soon(raise_local)
     assert info2.value is local
     assert sqlite_cause(info2.value) is busy
@@ -679,10 +681,10 @@ async def test_a_refusal_is_the_outcome_even_when_the_relay_closed_before_it_was
         await ws.aclose(1008, "quota_exceeded")
 
     db, _path = _app_db(tmp_path)
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         server = await nursery.start(functools.partial(serve, handler, 0, host="127.0.0.1"))
         port = server.listeners[0].socket.getsockname()[1]
-        with trio.fail_after(20):
+        with anyio.fail_after(20):
             async with Peer(db, f"ws://127.0.0.1:{port}", store="s", **FAST) as peer:  # type: ignore[arg-type]
                 await peer.wait_state(PeerState.ERROR)
                 assert peer.error is not None and "quota_exceeded" in str(peer.error)

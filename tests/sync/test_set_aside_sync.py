@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import anyio
 import trio
 
 import crsync
@@ -38,7 +39,7 @@ async def test_a_row_another_app_version_cannot_apply_is_set_aside_and_sync_goes
     token = relay.token("s")
     old.conn.execute("INSERT INTO todos (id, title, done) VALUES ('a', 'fine', 1)")
     old.conn.execute("INSERT INTO todos (id, title, done) VALUES ('b', 'no done', NULL)")
-    with trio.fail_after(60):
+    with anyio.fail_after(60):
         async with (
             Peer(old, relay.url, store="s", token=token, **OPTS) as po,
             Peer(new, relay.url, store="s", token=token, **OPTS) as pn,
@@ -62,7 +63,7 @@ async def test_a_row_another_app_version_cannot_apply_is_set_aside_and_sync_goes
     # The old device fixes its row: the new device gets the fixed cell, and its set-aside
     # changes of that row now apply (the newer done = 0 wins over the NULL).
     old.conn.execute("UPDATE todos SET done = 0 WHERE id = 'b'")
-    with trio.fail_after(60):
+    with anyio.fail_after(60):
         async with (
             Peer(old, relay.url, store="s", token=token, **OPTS) as po,
             Peer(new, relay.url, store="s", token=token, **OPTS) as pn,

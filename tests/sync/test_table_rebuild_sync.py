@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import anyio
 import trio
 
 from .conftest import RelayProcess
@@ -37,7 +38,7 @@ async def test_rebuild_by_another_process_while_peers_run(
 ) -> None:
     a, b = open_db(tmp_path / "a.db"), open_db(tmp_path / "b.db")
     a.conn.execute("INSERT INTO todos (id, title) VALUES ('r1', 'one'), ('r2', 'two')")
-    with trio.fail_after(30):
+    with anyio.fail_after(30):
         async with peers(relay, "rebuild", a, b) as (pa, pb):
             await converge([pa, pb])
             assert len(rows(b)) == 2
@@ -69,7 +70,7 @@ async def test_dropping_a_tracked_table_stops_the_peer_with_a_clear_error(
     a = open_db(tmp_path / "a.db")
     a.conn.execute("INSERT INTO todos (id, title) VALUES ('r1', 'one')")
     token = relay.token("drop")
-    with trio.fail_after(30):
+    with anyio.fail_after(30):
         with pytest.raises(crsync.CrsyncError) as info:
             async with Peer(a, relay.url, store="drop", token=token) as pa:
                 await pa.wait_synced()
