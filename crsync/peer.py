@@ -142,6 +142,16 @@ _NOT_TLS = frozenset(
 )
 
 
+# How a TLS handshake with a server that does not speak TLS can fail: an SSL error (trio, or
+# asyncio when the server answers), or the server hanging up (asyncio reports the reset alone).
+_TLS_HANDSHAKE_FAILURES = (
+    ssl_module.SSLError,
+    ConnectionResetError,
+    ConnectionAbortedError,
+    BrokenPipeError,
+)
+
+
 def check_relay_url(url: object) -> tuple[str, int]:
     """Validate a relay URL; return (host, port). Raises :class:`RelayURLError`."""
     if not isinstance(url, str):
@@ -708,7 +718,7 @@ class Peer:
                 and outcome.error is None
                 and not self._established
                 and self.url.startswith("wss://")
-                and any(isinstance(e, ssl_module.SSLError) for e in causes(found))
+                and any(isinstance(e, _TLS_HANDSHAKE_FAILURES) for e in causes(found))
                 and await self._answers_plain_http()
             ):
                 outcome = _Outcome(

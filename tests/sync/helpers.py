@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import anyio
-import trio
+import sniffio
 
 import crsync
 
@@ -51,3 +54,28 @@ async def eventually(pred: Callable[[], bool], what: str, limit: float = 15.0) -
             await anyio.sleep(0.02)
         return
     raise AssertionError(f"timed out after {limit}s waiting for {what}")
+
+
+@asynccontextmanager
+async def ws_server(handler: Callable[[Any], Awaitable[None]]) -> AsyncIterator[int]:
+    """A WebSocket server on 127.0.0.1 in the test's own event loop (``websockets``' asyncio or
+    trio server, whichever runs); yields its port. A handler that waits for the client to
+    leave uses ``await ws.wait_closed()`` (both servers close connections when they stop)."""
+    if sniffio.current_async_library() == "trio":
+        from websockets.trio.server import serve as trio_serve
+
+        async with anyio.create_task_group() as tg:
+            server = await tg.start(functools.partial(trio_serve, handler, 0, host="127.0.0.1"))
+            yield server.listeners[0].socket.getsockname()[1]
+            tg.cancel_scope.cancel()
+    else:
+        from websockets.asyncio.server import serve as asyncio_serve
+
+        async with asyncio_serve(handler, "127.0.0.1", 0) as server:
+            yield next(iter(server.sockets)).getsockname()[1]
+
+
+async def ws_close(ws: Any, code: int, reason: str) -> None:
+    """Close a server-side connection of :func:`ws_server` with a close code and reason."""
+    close = getattr(ws, "aclose", None) or ws.close  # trio: aclose(); asyncio: close()
+    await close(code, reason)

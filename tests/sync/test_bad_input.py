@@ -8,10 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import msgpack
 import pytest
-import anyio
-import trio
 from crsync_relay.store import RelayStore
 from websockets.exceptions import ConnectionClosed
 from websockets.trio.client import connect as ws_connect

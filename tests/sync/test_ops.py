@@ -9,7 +9,6 @@ import urllib.request
 from pathlib import Path
 
 import anyio
-import trio
 
 from crsync.peer import Peer
 

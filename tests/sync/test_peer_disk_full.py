@@ -10,9 +10,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
 import anyio
-import trio
+import pytest
 
 from crsync.peer import Peer
 

@@ -4,7 +4,6 @@ URLs that cannot work, the sync lock and who holds it. Real relay processes, rea
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import socket
@@ -15,13 +14,12 @@ import types
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
-import pytest
 import anyio
 import anyio.abc
-import trio
+import pytest
 import trustme
-from websockets.trio.server import ServerConnection, serve
 
 import crsync
 from crsync.errors import (
@@ -35,9 +33,9 @@ from crsync.errors import (
 from crsync.peer import Peer, PeerState
 
 from .conftest import RelayFactory, RelayProcess
-from .helpers import eventually, open_db, rows
+from .helpers import eventually, open_db, rows, ws_close, ws_server
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
 FAST = {"backoff_initial": 0.05, "backoff_max": 0.3}
 LINUX = sys.platform.startswith("linux")
@@ -61,14 +59,18 @@ def _inotify_count() -> int:
 
 
 def _threads_in_watch() -> int:
-    """Threads now inside ``RustNotify.watch`` (watchfiles' blocking wait for file events)."""
+    """Threads now watching files: inside ``watchfiles``' loop around ``RustNotify.watch``
+    (its blocking wait for file events), which holds the OS watch."""
     n = 0
     for frame in sys._current_frames().values():
         f: types.FrameType | None = frame
         while f is not None:
             if any(
-                getattr(v, "__name__", None) == "watch"
-                and type(getattr(v, "__self__", None)).__name__ == "RustNotify"
+                type(v).__name__ == "RustNotify"
+                or (
+                    getattr(v, "__name__", None) == "watch"
+                    and type(getattr(v, "__self__", None)).__name__ == "RustNotify"
+                )
                 for v in f.f_locals.values()
             ):
                 n += 1
@@ -141,19 +143,18 @@ def _closed_port() -> int:
 async def silent_tcp_server() -> AsyncIterator[tuple[int, anyio.Event]]:
     """Accepts connections and never answers (a relay hanging in the HTTP handshake)."""
     accepted = anyio.Event()
-    streams: list[trio.SocketStream] = []
+    streams: list[anyio.abc.SocketStream] = []
 
-    async def handler(stream: trio.SocketStream) -> None:
+    async def handler(stream: anyio.abc.SocketStream) -> None:
         streams.append(stream)
         accepted.set()
         await anyio.sleep_forever()
 
-    async with anyio.create_task_group() as nursery:
-        listeners = await nursery.start(
-            functools.partial(trio.serve_tcp, handler, 0, host="127.0.0.1")
-        )
-        yield listeners[0].socket.getsockname()[1], accepted
-        nursery.cancel_scope.cancel()
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, handler)
+        yield listener.extra(anyio.abc.SocketAttribute.local_port), accepted
+        tg.cancel_scope.cancel()
 
 
 @asynccontextmanager
@@ -161,15 +162,13 @@ async def mute_relay() -> AsyncIterator[tuple[int, anyio.Event]]:
     """Completes the WebSocket handshake, reads the hello and never welcomes."""
     hello = anyio.Event()
 
-    async def handler(ws: ServerConnection) -> None:
+    async def handler(ws: Any) -> None:
         await ws.recv()
         hello.set()
-        await anyio.sleep_forever()
+        await ws.wait_closed()
 
-    async with anyio.create_task_group() as nursery:
-        server = await nursery.start(functools.partial(serve, handler, 0, host="127.0.0.1"))
-        yield server.listeners[0].socket.getsockname()[1], hello
-        nursery.cancel_scope.cancel()
+    async with ws_server(handler) as port:
+        yield port, hello
 
 
 def _app_db(tmp_path: Path) -> tuple[crsync.Database, Path]:
@@ -336,7 +335,9 @@ async def test_standby_names_the_lock_file_and_takes_over_when_it_is_released(
     release = anyio.Event()
     second_standby = anyio.Event()
 
-    async def first_syncer(task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def first_syncer(
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
         async with Peer(db, relay.url, store="s", token=tok, **FAST) as first:  # type: ignore[arg-type]
             await first.wait_synced()
             task_status.started()
@@ -606,8 +607,8 @@ async def test_the_most_telling_error_wins_whichever_task_failed_first(
     import sqlite3
 
     from crsync import AuthError
+    from crsync._async_util import open_task_group
     from crsync._sqlite_errors import sqlite_cause
-    from crsync._trio_util import open_nursery
     from crsync.peer import _Fatal
 
     db, _ = _app_db(tmp_path)
@@ -629,7 +630,7 @@ async def test_the_most_telling_error_wins_whichever_task_failed_first(
     lost = ConnectionResetError("connection lost")
     first, second = (refused, lost) if fatal_first else (lost, refused)
     with pytest.raises(_Fatal) as info:
-        async with open_nursery(peer._rank) as nursery:
+        async with open_task_group(peer._rank) as nursery:
             nursery.start_soon(fail, 0, first)
             nursery.start_soon(fail, 1, second)
     assert info.value is refused
@@ -649,7 +650,7 @@ async def test_the_most_telling_error_wins_whichever_task_failed_first(
         raise local
 
     with pytest.raises(CrsyncError) as info2:
-        async with open_nursery(peer._rank) as nursery:
+        async with open_task_group(peer._rank) as nursery:
             nursery.start_soon(anyio.sleep_forever)
             nursery.start_soon(raise_local)
     assert info2.value is local
@@ -667,7 +668,7 @@ async def test_a_refusal_is_the_outcome_even_when_the_relay_closed_before_it_was
 
     connections = 0
 
-    async def handler(ws: ServerConnection) -> None:
+    async def handler(ws: Any) -> None:
         nonlocal connections
         connections += 1
         hello = p.decode(await ws.recv())
@@ -678,15 +679,12 @@ async def test_a_refusal_is_the_outcome_even_when_the_relay_closed_before_it_was
         if how != "close-frame-only":
             await ws.send(p.encode(p.Error("quota_exceeded", "store 's' is over its quota")))
         # the refusal's code is also the close frame's reason (what a relay does)
-        await ws.aclose(1008, "quota_exceeded")
+        await ws_close(ws, 1008, "quota_exceeded")
 
     db, _path = _app_db(tmp_path)
-    async with anyio.create_task_group() as nursery:
-        server = await nursery.start(functools.partial(serve, handler, 0, host="127.0.0.1"))
-        port = server.listeners[0].socket.getsockname()[1]
+    async with ws_server(handler) as port:
         with anyio.fail_after(20):
             async with Peer(db, f"ws://127.0.0.1:{port}", store="s", **FAST) as peer:  # type: ignore[arg-type]
                 await peer.wait_state(PeerState.ERROR)
                 assert peer.error is not None and "quota_exceeded" in str(peer.error)
-        nursery.cancel_scope.cancel()
     assert connections == 1

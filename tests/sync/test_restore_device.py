@@ -6,7 +6,6 @@ import shutil
 from pathlib import Path
 
 import anyio
-import trio
 
 import crsync
 from crsync.peer import Peer

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import anyio
-import trio
+import pytest
 
 import crsync
 from crsync.peer import Peer, PeerState

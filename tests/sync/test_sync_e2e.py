@@ -12,8 +12,8 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
-import pytest
 import anyio
+import pytest
 import trio
 import trustme
 from crsync_relay.store import RelayStore

@@ -6,8 +6,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import pytest
 import anyio
+import pytest
 import trio
 
 from .conftest import RelayProcess
