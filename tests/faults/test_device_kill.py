@@ -19,9 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import anyio
-import trio
+import pytest
 from sync.conftest import RelayProcess
 from sync.helpers import TODOS, open_db, snapshot
 
@@ -29,7 +28,7 @@ from crsync.peer import Peer
 
 from .conftest import integrity
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
 LOG = "CREATE TABLE IF NOT EXISTS log (id TEXT PRIMARY KEY NOT NULL, dev TEXT, n INTEGER)"
 ROWS = 20_000
@@ -42,7 +41,7 @@ async def main():
     async with Peer(db, url, store=store, token=token, watch_files=False) as peer:
         await peer.wait_synced()
         print("synced", flush=True)
-        await anyio.sleep_forever()
+        await trio.sleep_forever()
 trio.run(main)
 """
 

@@ -23,9 +23,8 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import anyio
-import trio
+import pytest
 from sync.conftest import RelayProcess
 from sync.helpers import TODOS, eventually, open_db, rows
 
@@ -33,7 +32,7 @@ from crsync.peer import Peer
 
 from .conftest import RelayFactory, integrity
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
 
 @contextlib.contextmanager

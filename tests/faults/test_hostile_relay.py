@@ -15,15 +15,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import anyio
 import msgpack
 import pytest
-import anyio
 import trio
 from crsync_relay.auth import issue_token
 from sync.conftest import RelayProcess
-from sync.helpers import TODOS, open_db, rows
+from sync.helpers import TODOS, open_db, rows, ws_client
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
-from websockets.trio.client import connect as ws_connect
 
 import crsync
 from crsync import Change, pack_pk
@@ -33,7 +32,7 @@ from crsync.peer import Peer, PeerState
 from .attack import rss_kib
 from .conftest import LONG, RelayFactory, integrity
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
 MAX_FRAME = 64 * 1024
 CONNECTIONS = 2000 if LONG else 160
@@ -153,7 +152,7 @@ async def _hostile(url: str, rnd: random.Random, token: str, n: int, seen: dict[
     for _ in range(n):
         frames = _frames(rnd, token)
         try:
-            async with ws_connect(url, proxy=None, max_size=None, compression=None) as ws:
+            async with ws_client(url, proxy=None, max_size=None, compression=None) as ws:
                 for f in frames:
                     await ws.send(f)
                     seen["frames"] += 1
@@ -167,7 +166,13 @@ async def _hostile(url: str, rnd: random.Random, token: str, n: int, seen: dict[
                             ) from None
                         key = m.code if isinstance(m, p.Error) else m.TYPE
                         seen[key] = seen.get(key, 0) + 1
-        except (ConnectionClosed, InvalidHandshake, OSError, trio.BrokenResourceError):
+        except (
+            ConnectionClosed,
+            InvalidHandshake,
+            OSError,
+            anyio.BrokenResourceError,
+            trio.BrokenResourceError,  # (websockets' trio client, in a handshake)
+        ):
             pass
         seen["connections"] += 1
 
@@ -259,7 +264,7 @@ ALL_TYPES: list[p.Message] = [
 
 async def _exchange(url: str, frames: list[bytes]) -> list[p.Message]:
     got: list[p.Message] = []
-    async with ws_connect(url, proxy=None, compression=None) as ws:
+    async with ws_client(url, proxy=None, compression=None) as ws:
         for f in frames:
             try:
                 await ws.send(f)
@@ -385,7 +390,7 @@ async def test_keys_no_device_can_apply_are_refused_at_push(
 
 
 async def _exchange_until_ack(url: str, frames: list[bytes]) -> p.Message:
-    async with ws_connect(url, proxy=None, compression=None) as ws:
+    async with ws_client(url, proxy=None, compression=None) as ws:
         for f in frames:
             await ws.send(f)
         with anyio.fail_after(10):
@@ -415,7 +420,7 @@ async def test_prefix_scopes_grant_whole_segments_only(relay: RelayProcess) -> N
     outcomes = {}
     for scope, store, _ in PREFIX_SCOPES:
         hello = p.encode(p.Hello(1, store, os.urandom(16), SCHEMA, 0, "", relay.token(scope)))
-        async with ws_connect(relay.url, proxy=None, compression=None) as ws:
+        async with ws_client(relay.url, proxy=None, compression=None) as ws:
             await ws.send(hello)
             with anyio.fail_after(10):
                 msg = p.decode(await ws.recv())

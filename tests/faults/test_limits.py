@@ -17,19 +17,17 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-import pytest
 import anyio
-import trio
+import pytest
 from sync.conftest import RelayProcess
-from sync.helpers import eventually, open_db, rows
-from websockets.trio.client import connect as ws_connect
+from sync.helpers import eventually, open_db, rows, ws_client
 
 from crsync.errors import ProtocolError
 from crsync.peer import Peer, PeerState
 
 from .conftest import RelayFactory
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
 OPTS: dict[str, Any] = {"backoff_initial": 0.02, "backoff_max": 0.1}
 
@@ -97,7 +95,7 @@ async def test_connections_still_authenticating_have_their_own_cap(
             opened = anyio.Semaphore(0)
 
             async def lurker() -> None:  # connected, never says hello
-                async with ws_connect(relay.url, proxy=None) as ws:
+                async with ws_client(relay.url, proxy=None) as ws:
                     await ws.ping()
                     opened.release()
                     await release.wait()

@@ -15,9 +15,8 @@ import os
 import random
 from pathlib import Path
 
-import pytest
 import anyio
-import trio
+import pytest
 from sync.conftest import RelayProcess
 from sync.helpers import TODOS, open_db, snapshot
 
@@ -27,7 +26,7 @@ from crsync.peer import Peer
 from .conftest import LONG, integrity
 from .proxy import FAULTS, FaultProxy
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
 
 def _files(relay: RelayProcess, tmp_path: Path) -> list[Path]:

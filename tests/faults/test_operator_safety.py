@@ -12,9 +12,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-import pytest
 import anyio
-import trio
+import pytest
 from sync.conftest import RelayProcess
 from sync.conftest import relay_cli as _cli
 from sync.helpers import open_db
@@ -23,7 +22,7 @@ from crsync.peer import Peer
 
 from .conftest import RelayFactory
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
 
 def _mode(path: Path) -> int:

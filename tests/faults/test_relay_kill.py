@@ -15,9 +15,8 @@ import random
 import sqlite3
 from pathlib import Path
 
-import pytest
 import anyio
-import trio
+import pytest
 from sync.conftest import RelayProcess
 from sync.helpers import TODOS, open_db
 
@@ -27,7 +26,7 @@ from crsync.peer import Peer
 
 from .conftest import LONG, RelayFactory, integrity
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
 
 def _files(relay: RelayProcess, tmp_path: Path) -> list[Path]:

@@ -9,12 +9,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-import pytest
 import anyio
-import trio
-from sync.helpers import open_db
+import pytest
+from sync.helpers import open_db, ws_client
 from websockets.exceptions import ConnectionClosed
-from websockets.trio.client import connect as ws_connect
 
 from crsync import Change, pack_pk
 from crsync import protocol as p
@@ -23,7 +21,7 @@ from crsync.peer import Peer
 from .attack import client_that_never_reads, rss_kib
 from .conftest import RelayFactory
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
 SCHEMA = {"todos": p.TableSchema(("id",), ("data", "done", "title"))}
 OPTS: dict[str, Any] = {"backoff_initial": 0.05, "backoff_max": 0.3}
@@ -31,7 +29,7 @@ OPTS: dict[str, Any] = {"backoff_initial": 0.05, "backoff_max": 0.3}
 
 async def _hello_answer(url: str, hello: p.Hello, **kw: Any) -> p.Message:
     """Send a hello; the relay's answer (it may refuse before reading the hello)."""
-    async with ws_connect(url, compression=None, **kw) as ws:
+    async with ws_client(url, compression=None, **kw) as ws:
         try:
             await ws.send(p.encode(hello))
         except ConnectionClosed:
@@ -51,7 +49,7 @@ async def test_idle_unauthenticated_sockets_are_capped_per_address_and_devices_g
 
         async def idle() -> None:
             # From 127.0.0.2: a WebSocket that never sends its hello.
-            async with ws_connect(relay.url, compression=None, local_address="127.0.0.2"):
+            async with ws_client(relay.url, compression=None, local_address="127.0.0.2"):
                 idle_open.release()
                 await release.wait()
 
@@ -86,7 +84,7 @@ async def test_one_token_subject_cannot_hold_every_open_store(
         release = anyio.Event()
 
         async def hold(store: str) -> None:
-            async with ws_connect(relay.url, compression=None) as ws:
+            async with ws_client(relay.url, compression=None) as ws:
                 await ws.send(p.encode(p.Hello(1, store, os.urandom(16), SCHEMA, 0, "", mallory)))
                 msg = p.decode(await ws.recv())
                 assert isinstance(msg, p.Welcome), msg
@@ -169,7 +167,7 @@ async def test_multi_part_push_is_capped_in_bytes(relay_factory: RelayFactory) -
     relay = relay_factory("--max-unit-bytes", str(256 * 1024))
     token = relay.token("u")
     site = os.urandom(16)
-    async with ws_connect(relay.url, compression=None) as ws:
+    async with ws_client(relay.url, compression=None) as ws:
         await ws.send(p.encode(p.Hello(1, "u", site, SCHEMA, 0, "", token)))
         assert isinstance(p.decode(await ws.recv()), p.Welcome)
         answer = None
@@ -197,7 +195,7 @@ async def test_process_cap_counts_authenticated_connections(relay_factory: Relay
         release = anyio.Event()
 
         async def hold() -> None:
-            async with ws_connect(relay.url, compression=None) as ws:
+            async with ws_client(relay.url, compression=None) as ws:
                 await ws.send(p.encode(p.Hello(1, "s", os.urandom(16), SCHEMA, 0, "", token)))
                 assert isinstance(p.decode(await ws.recv()), p.Welcome)
                 held.release()

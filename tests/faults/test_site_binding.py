@@ -13,18 +13,16 @@ import os
 from pathlib import Path
 from typing import Any
 
-import pytest
 import anyio
-import trio
+import pytest
 from sync.conftest import RelayProcess
-from sync.helpers import open_db, rows
-from websockets.trio.client import connect as ws_connect
+from sync.helpers import open_db, rows, ws_client
 
 from crsync import Change, pack_pk
 from crsync import protocol as p
 from crsync.peer import Peer
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
 SCHEMA = {"todos": p.TableSchema(("id",), ("title",))}
 
@@ -60,7 +58,7 @@ async def test_a_bound_site_id_refuses_other_keys_and_leaks_no_position(
 ) -> None:
     token = relay.token("s")
     victim, key = os.urandom(16), os.urandom(32)
-    async with ws_connect(relay.url, compression=None) as ws:
+    async with ws_client(relay.url, compression=None) as ws:
         v = Raw(ws)
         await v.send(_hello("s", victim, token, key))
         welcome = await v.recv()
@@ -70,13 +68,13 @@ async def test_a_bound_site_id_refuses_other_keys_and_leaks_no_position(
         ack = await v.until(p.Ack)
         assert isinstance(ack, p.Ack) and ack.upto == 5
     for forged_key in (None, os.urandom(32)):
-        async with ws_connect(relay.url, compression=None) as ws:
+        async with ws_client(relay.url, compression=None) as ws:
             m = Raw(ws)
             await m.send(_hello("s", victim, token, forged_key, welcome.epoch))
             msg = await m.recv()
             assert isinstance(msg, p.Error) and msg.code == "site_forbidden", msg
     # The device itself still gets its own position back.
-    async with ws_connect(relay.url, compression=None) as ws:
+    async with ws_client(relay.url, compression=None) as ws:
         v = Raw(ws)
         await v.send(_hello("s", victim, token, key, welcome.epoch))
         again = await v.recv()
@@ -90,11 +88,11 @@ async def test_a_write_forged_under_another_sites_id_reaches_that_site(
     victim, vkey = os.urandom(16), os.urandom(32)
     mallory, mkey = os.urandom(16), os.urandom(32)
     forged = Change("todos", pack_pk(["r1"]), "title", "FORGED", 7, 1, victim, 1, 0)
-    async with ws_connect(relay.url, compression=None) as vws:
+    async with ws_client(relay.url, compression=None) as vws:
         v = Raw(vws)
         await v.send(_hello("s", victim, token, vkey))
         assert isinstance(await v.recv(), p.Welcome)
-        async with ws_connect(relay.url, compression=None) as mws:
+        async with ws_client(relay.url, compression=None) as mws:
             m = Raw(mws)
             await m.send(_hello("s", mallory, token, mkey))
             assert isinstance(await m.recv(), p.Welcome)
@@ -104,14 +102,14 @@ async def test_a_write_forged_under_another_sites_id_reaches_that_site(
         got = await v.until(p.Changes)
         assert isinstance(got, p.Changes) and got.changes == [forged]
     # ... also from disk (catch-up), not only from the in-memory ring.
-    async with ws_connect(relay.url, compression=None) as vws:
+    async with ws_client(relay.url, compression=None) as vws:
         v = Raw(vws)
         await v.send(_hello("s", victim, token, vkey))
         assert isinstance(await v.recv(), p.Welcome)
         got = await v.until(p.Changes)
         assert isinstance(got, p.Changes) and got.changes == [forged]
     # The pushing connection's own site does not get its write echoed back.
-    async with ws_connect(relay.url, compression=None) as mws:
+    async with ws_client(relay.url, compression=None) as mws:
         m = Raw(mws)
         await m.send(_hello("s", mallory, token, mkey))
         welcome = await m.recv()
@@ -142,7 +140,7 @@ async def test_a_forged_ack_cannot_drop_a_devices_offline_writes(
         victim.conn.execute("INSERT INTO todos (id, title) VALUES (?, ?)", (f"r{i}", "offline"))
     # The attacker learned the victim's site id (every broadcast carries it).
     site = victim.site_id
-    async with ws_connect(relay.url, compression=None) as ws:
+    async with ws_client(relay.url, compression=None) as ws:
         m = Raw(ws)
         await m.send(p.Hello(1, "s", site, SCHEMA, 0, epoch, token, None))
         msg = await m.recv()
@@ -171,7 +169,7 @@ async def test_devices_converge_on_a_write_forged_under_another_devices_site(
             await pv.wait_synced()
             await po.wait_synced()
             forged = Change("todos", pack_pk(["r1"]), "title", "FORGED", 9, 1, victim.site_id, 1, 0)
-            async with ws_connect(relay.url, compression=None) as ws:
+            async with ws_client(relay.url, compression=None) as ws:
                 m = Raw(ws)
                 await m.send(_hello("s", os.urandom(16), token, os.urandom(32), pv.epoch))
                 assert isinstance(await m.recv(), p.Welcome)
@@ -190,7 +188,7 @@ async def test_a_device_whose_site_id_was_claimed_first_continues_under_a_new_on
     dev, other = open_db(tmp_path / "d.db"), open_db(tmp_path / "o.db")
     dev.conn.execute("INSERT INTO todos (id, title) VALUES ('mine', 'x')")
     squatted = dev.site_id
-    async with ws_connect(relay.url, compression=None) as ws:
+    async with ws_client(relay.url, compression=None) as ws:
         m = Raw(ws)
         await m.send(_hello("s", squatted, token, os.urandom(32)))
         assert isinstance(await m.recv(), p.Welcome)

@@ -8,14 +8,12 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import anyio
 import attrs
 import pytest
-import anyio
-import trio
 from sync.conftest import RelayProcess
 from sync.conftest import relay_cli as _cli
-from sync.helpers import open_db
-from websockets.trio.client import connect as ws_connect
+from sync.helpers import open_db, ws_client
 
 from crsync import Change, pack_pk
 from crsync import protocol as p
@@ -23,7 +21,7 @@ from crsync.peer import Peer, PeerState
 
 from .conftest import RelayFactory
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
 SCHEMA = {"todos": p.TableSchema(("id",), ("data", "done", "title"))}
 OPTS = {"backoff_initial": 0.05, "backoff_max": 0.3}
@@ -38,7 +36,7 @@ async def _session(relay: RelayProcess, store: str, frames: list[p.Message]) -> 
     """Hello, then frames; return every answer until the relay has answered each frame."""
     token = relay.token(store)
     got: list[p.Message] = []
-    async with ws_connect(relay.url, compression=None) as ws:
+    async with ws_client(relay.url, compression=None) as ws:
         await ws.send(p.encode(p.Hello(1, store, SITE, SCHEMA, 0, "", token, KEY)))
         got.append(p.decode(await ws.recv()))
         for f in frames:
@@ -86,7 +84,7 @@ async def test_empty_pushes_are_charged_to_the_store_push_rate(
 async def test_announced_schemas_are_bounded(relay: RelayProcess) -> None:
     token = relay.token("big")
     wide = {"todos": p.TableSchema(("id",), tuple(f"c{i}" for i in range(2001)))}
-    async with ws_connect(relay.url, compression=None) as ws:
+    async with ws_client(relay.url, compression=None) as ws:
         await ws.send(p.encode(p.Hello(1, "big", SITE, wide, 0, "", token, KEY)))
         msg = p.decode(await ws.recv())
     assert isinstance(msg, p.Error) and msg.code == "schema_mismatch"
@@ -98,7 +96,7 @@ async def test_forget_table_frees_a_table_squatted_with_a_wrong_key(
 ) -> None:
     token = relay.token("sq")
     squat = {"todos": p.TableSchema(("nope",), ())}
-    async with ws_connect(relay.url, compression=None) as ws:
+    async with ws_client(relay.url, compression=None) as ws:
         await ws.send(p.encode(p.Hello(1, "sq", os.urandom(16), squat, 0, "", token, None)))
         assert isinstance(p.decode(await ws.recv()), p.Welcome)
     a = open_db(tmp_path / "a.db")
@@ -190,7 +188,7 @@ INTKEY = {"items": p.TableSchema(("id",), ("name",), (), True)}
 
 async def _push(relay: RelayProcess, store: str, schema: Any, change: Change) -> p.Message:
     token = relay.token(store)
-    async with ws_connect(relay.url, compression=None) as ws:
+    async with ws_client(relay.url, compression=None) as ws:
         await ws.send(p.encode(p.Hello(1, store, os.urandom(16), schema, 0, "", token, None)))
         assert isinstance(p.decode(await ws.recv()), p.Welcome)
         await ws.send(p.encode(p.Push(1, 0, 1, [change])))

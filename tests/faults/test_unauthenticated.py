@@ -10,29 +10,31 @@ from __future__ import annotations
 import os
 import time
 
+import anyio
 import msgpack
 import pytest
-import anyio
-import trio
+from anyio.streams.memory import MemoryObjectSendStream
 from sync.conftest import RelayProcess
+from sync.helpers import ws_client
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
-from websockets.trio.client import connect as ws_connect
 
 from crsync import protocol as p
 
 from .attack import expanding_hello, rss_kib
 from .conftest import RelayFactory
 
+# Only the relay process is under test here (raw WebSocket clients, no Peer): these tests run
+# on trio alone, asyncio would repeat the same checks against the same relay.
 pytestmark = pytest.mark.e2e
 
 SCHEMA = {"todos": p.TableSchema(("id",), ("title",))}
 
 
 async def _honest_pinger(
-    url: str, token: str, stop: anyio.Event, gaps: trio.MemorySendChannel[float]
+    url: str, token: str, stop: anyio.Event, gaps: MemoryObjectSendStream[float]
 ) -> None:
     """An authenticated peer on another store pinging in a loop; records each round trip."""
-    async with ws_connect(url, max_size=None, compression=None) as ws:
+    async with ws_client(url, max_size=None, compression=None) as ws:
         await ws.send(p.encode(p.Hello(1, "honest", os.urandom(16), SCHEMA, 0, "", token)))
         assert isinstance(p.decode(await ws.recv()), p.Welcome)
         i = 0
@@ -51,7 +53,7 @@ async def _honest_pinger(
 async def _send_unauthenticated(url: str, frame: bytes) -> str:
     """Send one frame without a token; what the relay answered (error code, or 'closed CODE')."""
     try:
-        async with ws_connect(url, max_size=None, compression=None) as ws:
+        async with ws_client(url, max_size=None, compression=None) as ws:
             await ws.send(frame)
             msg = p.decode(await ws.recv())
             assert isinstance(msg, p.Error)
@@ -68,7 +70,7 @@ async def test_unauthenticated_expanding_frame_costs_bounded_memory_and_never_st
     before = rss_kib(relay.proc.pid)
     gaps: list[float] = []
     stop = anyio.Event()
-    send, receive = trio.open_memory_channel[float](10_000)
+    send, receive = anyio.create_memory_object_stream[float](10_000)
 
     async def attack() -> str:
         with anyio.fail_after(10):
@@ -118,7 +120,7 @@ async def test_refusals_quote_attacker_strings_truncated_in_log_and_error_frame(
     ]
     reasons = []
     for frame in frames:
-        async with ws_connect(relay.url, max_size=None, compression=None) as ws:
+        async with ws_client(relay.url, max_size=None, compression=None) as ws:
             await ws.send(frame)
             msg = p.decode(await ws.recv())
             assert isinstance(msg, p.Error)
@@ -136,7 +138,7 @@ async def test_dev_relay_refuses_browser_origins(relay_factory: RelayFactory) ->
     hello = p.encode(p.Hello(1, "alice", os.urandom(16), SCHEMA, 0, "", None))
     # A web page's WebSocket always carries an Origin header: refused at the handshake.
     with pytest.raises(InvalidHandshake) as info:
-        async with ws_connect(
+        async with ws_client(
             relay.url, origin="https://evil.example", compression=None  # type: ignore[arg-type]
         ) as ws:
             await ws.send(hello)
@@ -144,6 +146,6 @@ async def test_dev_relay_refuses_browser_origins(relay_factory: RelayFactory) ->
     assert isinstance(info.value, InvalidStatus)
     assert info.value.response.status_code == 403
     # Programs (no Origin header) still connect.
-    async with ws_connect(relay.url, compression=None) as ws:
+    async with ws_client(relay.url, compression=None) as ws:
         await ws.send(hello)
         assert isinstance(p.decode(await ws.recv()), p.Welcome)

@@ -75,7 +75,25 @@ async def ws_server(handler: Callable[[Any], Awaitable[None]]) -> AsyncIterator[
             yield next(iter(server.sockets)).getsockname()[1]
 
 
+@asynccontextmanager
+async def ws_client(url: str, **options: Any) -> AsyncIterator[Any]:
+    """A raw WebSocket client connection (a hostile or hand-driven client) in the test's own
+    event loop: ``websockets``' asyncio or trio client, whichever runs. Options are
+    ``connect()``'s (``proxy=None``, ``max_size``...)."""
+    if sniffio.current_async_library() == "trio":
+        from websockets.trio.client import connect as trio_connect
+
+        async with trio_connect(url, **options) as ws:
+            yield ws
+    else:
+        from websockets.asyncio.client import connect as asyncio_connect
+
+        async with asyncio_connect(url, **options) as ws:
+            yield ws
+
+
 async def ws_close(ws: Any, code: int, reason: str) -> None:
-    """Close a server-side connection of :func:`ws_server` with a close code and reason."""
+    """Close a connection of :func:`ws_server` or :func:`ws_client` with a close code and
+    reason."""
     close = getattr(ws, "aclose", None) or ws.close  # trio: aclose(); asyncio: close()
     await close(code, reason)

@@ -13,7 +13,6 @@ import msgpack
 import pytest
 from crsync_relay.store import RelayStore
 from websockets.exceptions import ConnectionClosed
-from websockets.trio.client import connect as ws_connect
 
 import crsync
 from crsync import Change, pack_pk
@@ -21,9 +20,9 @@ from crsync import protocol as p
 from crsync.peer import Peer
 
 from .conftest import RelayFactory, RelayProcess
-from .helpers import open_db, rows
+from .helpers import open_db, rows, ws_client
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
 MAX_FRAME = 64 * 1024
 SITE = os.urandom(16)
@@ -101,7 +100,7 @@ CASES: dict[str, tuple[Frames, str]] = {
 
 async def attack(url: str, frames: list[bytes | str]) -> tuple[p.Error, int | None]:
     """Send frames; return the relay's error frame and the close code that followed it."""
-    async with ws_connect(url, proxy=None, max_size=None, compression=None) as ws:
+    async with ws_client(url, proxy=None, max_size=None, compression=None) as ws:
         for f in frames:
             try:
                 await ws.send(f)
@@ -165,7 +164,7 @@ async def test_frame_far_beyond_the_limit_is_cut_off_by_websockets(
     relay: RelayProcess,
 ) -> None:
     with anyio.fail_after(20):
-        async with ws_connect(relay.url, proxy=None, compression=None) as ws:
+        async with ws_client(relay.url, proxy=None, compression=None) as ws:
             # The relay may close while the frame is still being sent: the send itself can
             # then fail, and a reset can swallow the close frame.
             with pytest.raises(ConnectionClosed) as info:
@@ -174,7 +173,7 @@ async def test_frame_far_beyond_the_limit_is_cut_off_by_websockets(
         rcvd = info.value.rcvd
         assert rcvd is None or rcvd.code == 1009
         # the relay refused that frame and keeps serving
-        async with ws_connect(relay.url, proxy=None, compression=None) as ws:
+        async with ws_client(relay.url, proxy=None, compression=None) as ws:
             await ws.send(hello(relay.token("evil")))
             assert isinstance(p.decode(await ws.recv()), p.Welcome)
 
@@ -190,7 +189,7 @@ async def test_half_open_connections_do_not_block_honest_peers(
             idle = anyio.Event()
 
             async def lurker() -> None:
-                async with ws_connect(relay.url, proxy=None) as ws:
+                async with ws_client(relay.url, proxy=None) as ws:
                     await ws.ping()
                     await idle.wait()
 

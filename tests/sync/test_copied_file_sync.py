@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import anyio
+import pytest
 
 import crsync
 from crsync import identity
@@ -13,6 +14,8 @@ from crsync.peer import Peer
 
 from .conftest import RelayProcess
 from .helpers import eventually, open_db, rows
+
+pytestmark = pytest.mark.anyio
 
 
 async def _sync(db: crsync.Database, relay: RelayProcess, token: str) -> None:

@@ -9,12 +9,15 @@ import urllib.request
 from pathlib import Path
 
 import anyio
+import pytest
 
 from crsync.peer import Peer
 
 from .conftest import RelayFactory
 from .conftest import relay_cli as _cli
 from .helpers import open_db, rows
+
+pytestmark = pytest.mark.anyio
 
 
 def _get(url: str) -> tuple[int, str]:

@@ -20,6 +20,7 @@ from .helpers import open_db, rows
 
 pytestmark = [
     pytest.mark.e2e,
+    pytest.mark.anyio,
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prlimit is Linux-only"),
 ]
 
@@ -36,7 +37,7 @@ CHILD = textwrap.dedent(
         db = crsync.connect(path)
         async with Peer(db, url, store="full", token=token, backoff_max=0.2) as p:
             said = None
-            async with anyio.create_task_group() as nursery:
+            async with trio.open_nursery() as nursery:
                 async def report() -> None:
                     nonlocal said
                     while True:

@@ -93,8 +93,7 @@ def test_a_peer_syncs_without_fcntl(relay: RelayProcess, tmp_path: Path) -> None
     b = open_db(tmp_path / "b.db")
     code = """
         import sys
-        import anyio
-import trio
+        import trio
         import crsync
         from crsync.peer import Peer, PeerState
 
@@ -103,7 +102,7 @@ import trio
 
         async def main() -> None:
             db = crsync.connect(path)
-            with anyio.fail_after(30):
+            with trio.fail_after(30):
                 async with Peer(db, url, store="w", token=token, backoff_max=0.5) as p:
                     await p.wait_synced()
                     # a second Peer on the file in the same process waits its turn

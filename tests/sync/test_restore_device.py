@@ -6,12 +6,15 @@ import shutil
 from pathlib import Path
 
 import anyio
+import pytest
 
 import crsync
 from crsync.peer import Peer
 
 from .conftest import RelayProcess
 from .helpers import open_db, rows
+
+pytestmark = pytest.mark.anyio
 
 
 def test_reset_site_keeps_history_attributed_to_the_old_id(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from crsync.peer import Peer, PeerState
 
 from .conftest import RelayProcess
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
 OPTS = {"backoff_initial": 0.05, "backoff_max": 0.3}
 OLD = "CREATE TABLE todos (id TEXT PRIMARY KEY NOT NULL, title TEXT, done INTEGER)"

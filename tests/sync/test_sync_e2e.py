@@ -14,7 +14,6 @@ from pathlib import Path
 
 import anyio
 import pytest
-import trio
 import trustme
 from crsync_relay.store import RelayStore
 
@@ -25,7 +24,7 @@ from crsync.peer import Peer, PeerState
 from .conftest import RelayFactory, RelayProcess
 from .helpers import TODOS, eventually, open_db, rows, snapshot
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
 FAST = {"backoff_initial": 0.05, "backoff_max": 0.5}
 
@@ -416,7 +415,7 @@ async def test_writes_from_another_process_are_pushed_without_notify(
     with anyio.fail_after(30):
         async with peers(relay, "ext", a, b) as (pa, pb):
             await converge([pa, pb])
-            await trio.run_process([sys.executable, "-c", script, str(tmp_path / "a.db")])
+            await anyio.run_process([sys.executable, "-c", script, str(tmp_path / "a.db")])
             await eventually(
                 lambda: rows(b) == [("ext", "other process", 0, None)],
                 "the other process's write to reach B",

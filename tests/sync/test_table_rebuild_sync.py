@@ -8,13 +8,12 @@ from pathlib import Path
 
 import anyio
 import pytest
-import trio
 
 from .conftest import RelayProcess
 from .helpers import eventually, open_db, rows, snapshot
 from .test_sync_e2e import converge, peers
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
 REBUILD = """
 import sqlite3, sys
@@ -42,7 +41,7 @@ async def test_rebuild_by_another_process_while_peers_run(
         async with peers(relay, "rebuild", a, b) as (pa, pb):
             await converge([pa, pb])
             assert len(rows(b)) == 2
-            await trio.run_process([sys.executable, "-c", REBUILD, str(tmp_path / "a.db")])
+            await anyio.run_process([sys.executable, "-c", REBUILD, str(tmp_path / "a.db")])
             await eventually(
                 lambda: (
                     rows(b)
