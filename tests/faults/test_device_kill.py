@@ -32,17 +32,18 @@ pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
 LOG = "CREATE TABLE IF NOT EXISTS log (id TEXT PRIMARY KEY NOT NULL, dev TEXT, n INTEGER)"
 ROWS = 20_000
+# The killed device runs its Peer on the test's event loop (asyncio or trio).
 CHILD = """
-import sys, trio, crsync
+import sys, anyio, crsync
 from crsync.peer import Peer
-path, url, store, token = sys.argv[1:5]
+path, url, store, token, backend = sys.argv[1:6]
 async def main():
     db = crsync.connect(path)
     async with Peer(db, url, store=store, token=token, watch_files=False) as peer:
         await peer.wait_synced()
         print("synced", flush=True)
-        await trio.sleep_forever()
-trio.run(main)
+        await anyio.sleep_forever()
+anyio.run(main, backend=backend)
 """
 
 
@@ -87,8 +88,9 @@ def _kill_when(proc: subprocess.Popen[str], wal: Path, how: tuple[str, float]) -
 KILL_POINTS = [("synced", 0.0), ("after", 0.5), ("wal", 0.05), ("wal", 0.5), ("wal", 0.95)]
 
 
+@pytest.mark.slow
 async def test_device_killed_mid_merge_keeps_batch_all_or_nothing_and_resumes(
-    relay: RelayProcess, tmp_path: Path
+    relay: RelayProcess, tmp_path: Path, anyio_backend: str
 ) -> None:
     token = relay.token("big")
     src = open_db(tmp_path / "src.db", TODOS, LOG)
@@ -107,7 +109,7 @@ async def test_device_killed_mid_merge_keeps_batch_all_or_nothing_and_resumes(
             path = tmp_path / f"victim{i}.db"
             open_db(path, TODOS, LOG).close()
             proc = subprocess.Popen(  # noqa: ASYNC220 - starting it does not block
-                [sys.executable, "-c", CHILD, str(path), relay.url, "big", token],
+                [sys.executable, "-c", CHILD, str(path), relay.url, "big", token, anyio_backend],
                 stdout=subprocess.PIPE,
                 text=True,
             )

@@ -63,6 +63,7 @@ async def _writer(
         await anyio.sleep(0.004)  # pacing of the simulated user, not a sync
 
 
+@pytest.mark.slow
 async def test_relay_sigkilled_repeatedly_loses_no_acknowledged_change(
     relay_factory: RelayFactory, tmp_path: Path
 ) -> None:

@@ -49,7 +49,7 @@ async def test_idle_unauthenticated_sockets_are_capped_per_address_and_devices_g
 
         async def idle() -> None:
             # From 127.0.0.2: a WebSocket that never sends its hello.
-            async with ws_client(relay.url, compression=None, local_address="127.0.0.2"):
+            async with ws_client(relay.url, compression=None, local_host="127.0.0.2"):
                 idle_open.release()
                 await release.wait()
 
@@ -58,7 +58,7 @@ async def test_idle_unauthenticated_sockets_are_capped_per_address_and_devices_g
         for _ in range(8):
             await idle_open.acquire()
         hello = p.Hello(1, "s", os.urandom(16), SCHEMA, 0, "", token, None)
-        refused = await _hello_answer(relay.url, hello, local_address="127.0.0.2")
+        refused = await _hello_answer(relay.url, hello, local_host="127.0.0.2")
         assert isinstance(refused, p.Error) and refused.code == "overloaded"
         assert "this address" in refused.reason
         # A device from another address is not affected.

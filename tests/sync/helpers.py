@@ -76,18 +76,23 @@ async def ws_server(handler: Callable[[Any], Awaitable[None]]) -> AsyncIterator[
 
 
 @asynccontextmanager
-async def ws_client(url: str, **options: Any) -> AsyncIterator[Any]:
+async def ws_client(url: str, local_host: str | None = None, **options: Any) -> AsyncIterator[Any]:
     """A raw WebSocket client connection (a hostile or hand-driven client) in the test's own
     event loop: ``websockets``' asyncio or trio client, whichever runs. Options are
-    ``connect()``'s (``proxy=None``, ``max_size``...)."""
+    ``connect()``'s (``proxy=None``, ``max_size``...); ``local_host`` is the address to
+    connect from (e.g. ``127.0.0.2``)."""
     if sniffio.current_async_library() == "trio":
         from websockets.trio.client import connect as trio_connect
 
+        if local_host is not None:
+            options["local_address"] = local_host
         async with trio_connect(url, **options) as ws:
             yield ws
     else:
         from websockets.asyncio.client import connect as asyncio_connect
 
+        if local_host is not None:
+            options["local_addr"] = (local_host, 0)
         async with asyncio_connect(url, **options) as ws:
             yield ws
 
