@@ -166,19 +166,29 @@ class _Subscriber:
         self._wake()
 
     def close(self) -> None:
-        """End the subscription (synchronous form)."""
+        """End the subscription (synchronous form: the file's engine, if this was its last
+        subscriber, releases its connection and the file's watcher just after)."""
         self._closed = True
         self._wake()
         self._detach()
 
     async def aclose(self) -> None:
-        """End the subscription; a pending or later ``__anext__`` stops the iteration."""
-        self.close()
+        """End the subscription; a pending or later ``__anext__`` stops the iteration. The
+        last subscriber of a file returns once the engine released its connection and the
+        file's watcher (shielded from cancellation: a few milliseconds)."""
+        self._closed = True
+        self._wake()
+        stopped = self._detach()
+        if stopped is not None:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(stopped.thread.join)
 
-    def _detach(self) -> None:
+    def _detach(self) -> _Engine | None:
+        """Leave the engine; the engine if that stopped it."""
         eng, self.engine = self.engine, None
-        if eng is not None:
-            eng.remove(self)
+        if eng is not None and eng.remove(self):
+            return eng
+        return None
 
     async def _subscribe(self, add: Callable[[_Engine], T]) -> T:
         """Join the file's engine (in a worker thread: the first result is computed there)."""
@@ -379,14 +389,20 @@ class _Engine:
 
     # -- subscribers
 
-    def remove(self, sub: _Subscriber) -> None:
+    def remove(self, sub: _Subscriber) -> bool:
+        """Unsubscribe; True if that was the last subscriber (the engine's thread then stops
+        at once: a new subscriber starts another engine)."""
         with _REGISTRY:
             if isinstance(sub, LiveQuery):
                 self.queries.discard(sub)
             elif isinstance(sub, ChangeFeed):
                 self.feeds.discard(sub)
                 self.pinned.discard(sub)
+            last = not (self.stopped or self.queries or self.feeds or self.joining)
+            if last:
+                self._stop()
         self.poke.set()
+        return last
 
     def _register(self, sub: _Subscriber) -> None:
         with _REGISTRY:
@@ -533,7 +549,8 @@ class _Engine:
                 with _REGISTRY:
                     queries, feeds = list(self.queries), list(self.feeds)
                     if not (queries or feeds or self.joining):
-                        self._stop()
+                        self._stop()  # (subscribers garbage-collected: the WeakSets)
+                    if self.stopped:
                         return
                 self._look_and_publish(queries, feeds)
         except Exception as exc:

@@ -310,6 +310,52 @@ async def test_cancelled_at_each_await_of_the_lifecycle_then_a_fresh_peer_syncs(
         assert base._files().count(main) <= base.files.count(main) + 2
 
 
+async def test_one_file_watch_serves_every_peer_and_live_query_of_the_file(
+    relay: RelayProcess, tmp_path: Path
+) -> None:
+    """Two Peers (no sync lock: both sync, both watch) and two live queries on one file share
+    one watcher thread and one OS watch; a write by another connection reaches all four; the
+    watch is gone when the last of them leaves."""
+    import sqlite3
+
+    from crsync import watcher
+
+    db, path = _app_db(tmp_path)
+    real = str(path.resolve())
+    base = Baseline(path)
+    opts: dict[str, Any] = {"sync_lock": False, **FAST}
+    with anyio.fail_after(30):
+        async with (
+            Peer(db, relay.url, store="a", token=relay.token("a"), **opts) as pa,
+            Peer(db, relay.url, store="b", token=relay.token("b"), **opts) as pb,
+            db.watch("SELECT count(*) FROM todos") as count,
+            db.watch("SELECT title FROM todos ORDER BY id") as titles,
+        ):
+            assert await count.__anext__() == [(1,)]
+            assert await titles.__anext__() == [("kept",)]
+            await pa.wait_synced()
+            await pb.wait_synced()
+            await eventually(lambda: _threads_in_watch() > base.watching, "a file watcher")
+            assert _threads_in_watch() == base.watching + 1
+            assert watcher.watched_files() == [real]
+            if LINUX:
+                assert _inotify_count() == base.inotify + 1
+            pushed = pa.stats.pushed_changes, pb.stats.pushed_changes
+            other = sqlite3.connect(path, isolation_level=None)
+            other.execute("INSERT INTO todos (id, title) VALUES ('2', 'elsewhere')")
+            other.close()
+            assert await count.__anext__() == [(2,)]
+            assert await titles.__anext__() == [("kept",), ("elsewhere",)]
+            # No notify(): each peer noticed the other connection's commit on its own.
+            await eventually(
+                lambda: pa.stats.pushed_changes > pushed[0] and pb.stats.pushed_changes > pushed[1],
+                "both peers pushing the other connection's write",
+            )
+            assert _threads_in_watch() == base.watching + 1
+    assert watcher.watched_files() == []
+    assert_released(base)
+
+
 async def test_a_stopped_peer_raises_instead_of_waiting_forever(tmp_path: Path) -> None:
     db, _ = _app_db(tmp_path)
     p = Peer(db, f"ws://127.0.0.1:{_closed_port()}", store="s")
