@@ -9,28 +9,23 @@
 
 from __future__ import annotations
 
-import contextlib
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 
 import anyio
 import sniffio
 from anyio.abc import TaskGroup
 
-from ._task_errors import Rank, default_rank, raise_first_error
+from ._task_errors import Rank, default_rank, flattened
 
 CallSoon = Callable[[Callable[[], object]], None]
 
 
-@contextlib.asynccontextmanager
-async def open_task_group(rank: Rank = default_rank) -> AsyncIterator[TaskGroup]:
+def open_task_group(rank: Rank = default_rank) -> AbstractAsyncContextManager[TaskGroup]:
     """A task group whose errors surface as the single most telling exception (see
     :func:`crsync._task_errors.first_error`), not a group."""
-    try:
-        async with anyio.create_task_group() as tg:
-            yield tg
-    except BaseExceptionGroup as group:
-        raise_first_error(group, rank)
+    return flattened(anyio.create_task_group(), rank)
 
 
 def loop_caller() -> CallSoon:

@@ -7,11 +7,14 @@ anyio task group of the peer (:mod:`crsync._async_util`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
-from collections.abc import Callable
-from typing import NoReturn
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import NoReturn, TypeVar
 
 Rank = Callable[[BaseException], int]
+G = TypeVar("G")
 
 
 def is_cancelled(exc: BaseException) -> bool:
@@ -77,3 +80,14 @@ def raise_first_error(group: BaseExceptionGroup[BaseException], rank: Rank) -> N
     finally:
         leaf.__cause__, leaf.__context__ = cause, context
         leaf.__suppress_context__ = suppress
+
+
+@contextlib.asynccontextmanager
+async def flattened(group: AbstractAsyncContextManager[G], rank: Rank) -> AsyncIterator[G]:
+    """Enter a nursery or task group whose errors surface as its single most telling
+    exception (:func:`first_error`), not a group."""
+    try:
+        async with group as entered:
+            yield entered
+    except BaseExceptionGroup as errors:
+        raise_first_error(errors, rank)

@@ -3,20 +3,14 @@ its anyio counterpart)."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 
 import trio
 
-from ._task_errors import Rank, default_rank, raise_first_error
+from ._task_errors import Rank, default_rank, flattened
 
 
-@contextlib.asynccontextmanager
-async def open_nursery(rank: Rank = default_rank) -> AsyncIterator[trio.Nursery]:
+def open_nursery(rank: Rank = default_rank) -> AbstractAsyncContextManager[trio.Nursery]:
     """A nursery whose errors surface as the single most telling exception (see
     :func:`crsync._task_errors.first_error`), not a group."""
-    try:
-        async with trio.open_nursery() as nursery:
-            yield nursery
-    except BaseExceptionGroup as group:
-        raise_first_error(group, rank)
+    return flattened(trio.open_nursery(), rank)
