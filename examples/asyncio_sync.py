@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import functools
 import secrets
-import shutil
 import socket
 import sys
 import tempfile
@@ -41,11 +42,11 @@ CREATE TABLE IF NOT EXISTS todos (
 """
 
 
-def say(msg: str) -> None:
-    print(msg, flush=True)
+say = functools.partial(print, flush=True)
 
 
 def open_device(path: Path) -> crsync.Database:
+    """A device's database with the todos table, replicated."""
     db = crsync.connect(path)
     db.conn.execute(SCHEMA)
     db.track("todos")
@@ -116,26 +117,23 @@ async def run(workdir: Path) -> bool:
         state = await again.wait_state(PeerState.OFFLINE, PeerState.STANDBY)
         say(f"  the next peer on the file is {state.value}, not standby: the lock was released")
 
-    a, b = rows(laptop), rows(phone)
-    say(f"  laptop: {a}")
-    say(f"  phone:  {b}")
-    converged = a == b and state is PeerState.OFFLINE and len(merged) >= 2
-    say("converged: " + ("yes" if converged else "NO"))
-    return converged
+    final = {name: rows(db) for name, db in (("laptop", laptop), ("phone", phone))}
+    for name, result in final.items():
+        say(f"  {name}: {result}")
+    same = final["laptop"] == final["phone"]
+    say("converged: " + ("yes" if same and state is PeerState.OFFLINE and merged else "NO"))
+    return same
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--keep", type=Path, help="keep the databases in this directory")
-    args = parser.parse_args()
-    workdir = args.keep or Path(tempfile.mkdtemp(prefix="crsync-asyncio-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    try:
-        ok = asyncio.run(run(workdir))
-    finally:
-        if args.keep is None:
-            shutil.rmtree(workdir, ignore_errors=True)
-    return 0 if ok else 1
+    keep: Path | None = parser.parse_args().keep
+    with contextlib.ExitStack() as cleanup:
+        if keep is None:
+            keep = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="crsync-aio-")))
+        keep.mkdir(parents=True, exist_ok=True)
+        return 0 if asyncio.run(run(keep)) else 1
 
 
 if __name__ == "__main__":
