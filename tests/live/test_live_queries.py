@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import sys
+import threading
 from pathlib import Path
 
 import anyio
@@ -238,3 +239,37 @@ def test_watch_used_without_async_with_ends_when_dropped(tmp_path: Path) -> None
     for backend in ("asyncio", "trio"):
         db.conn.execute("DELETE FROM t")
         anyio.run(main, backend=backend)
+
+
+def test_subscribers_on_an_asyncio_loop_and_a_trio_loop_share_one_engine(tmp_path: Path) -> None:
+    """Two event loops in two threads watch one file: one engine (one connection, one look per
+    change) hands each its results in its own loop."""
+    from crsync import live as live_module
+
+    db = make(tmp_path / "a.db")
+    path = tmp_path / "a.db"
+    ready = threading.Barrier(3)
+    seen: dict[str, list[object]] = {}
+    engines: list[object] = []
+
+    async def watcher(name: str) -> None:
+        with anyio.fail_after(LIMIT):
+            async with crsync.connect(path).watch("SELECT x FROM t") as live:
+                assert await live.__anext__() == []
+                engines.append(live.engine)
+                await anyio.to_thread.run_sync(ready.wait)
+                seen[name] = await live.__anext__()
+
+    threads = [
+        threading.Thread(target=anyio.run, args=(watcher, b), kwargs={"backend": b})
+        for b in ("asyncio", "trio")
+    ]
+    for t in threads:
+        t.start()
+    ready.wait(LIMIT)
+    assert len(live_module._ENGINES) == 1
+    db.conn.execute("INSERT INTO t VALUES (1, 'both')")
+    for t in threads:
+        t.join(LIMIT)
+    assert seen == {"asyncio": [("both",)], "trio": [("both",)]}
+    assert engines[0] is engines[1]

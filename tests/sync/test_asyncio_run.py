@@ -81,3 +81,30 @@ def test_two_devices_sync_with_a_live_query_under_plain_asyncio_run(
         "cancelled stopped",
         "trio imported: False",
     ], proc.stderr
+
+
+def test_one_peer_object_runs_under_trio_then_asyncio_then_trio(
+    relay: RelayProcess, tmp_path: Path
+) -> None:
+    """A Peer is bound to an event loop only inside ``async with``: the same object syncs in
+    consecutive runs of either loop."""
+    import anyio
+
+    from crsync.peer import Peer
+
+    a, b = open_db(tmp_path / "a.db"), open_db(tmp_path / "b.db")
+    token = relay.token("s")
+    pa = Peer(a, relay.url, store="s", token=token, backoff_max=0.5)
+    pb = Peer(b, relay.url, store="s", token=token, backoff_max=0.5)
+
+    async def round_trip(n: int) -> None:
+        with anyio.fail_after(30):
+            a.conn.execute("INSERT INTO todos (id, title) VALUES (?, 'x')", (str(n),))
+            async with pa, pb:
+                await pa.wait_synced()
+                await pb.wait_synced()
+
+    for n, backend in enumerate(("trio", "asyncio", "trio")):
+        anyio.run(round_trip, n, backend=backend)
+        assert b.conn.execute("SELECT count(*) FROM todos").fetchone() == (n + 1,), backend
+    assert pa.stats.connects == 3
