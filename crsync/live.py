@@ -546,13 +546,8 @@ class _Engine:
             while True:
                 self.poke.wait()
                 self.poke.clear()
-                with _REGISTRY:
-                    queries, feeds = list(self.queries), list(self.feeds)
-                    if not (queries or feeds or self.joining):
-                        self._stop()  # (subscribers garbage-collected: the WeakSets)
-                    if self.stopped:
-                        return
-                self._look_and_publish(queries, feeds)
+                if not self._look_for_subscribers():
+                    return
         except Exception as exc:
             log.exception("crsync.live.engine_failed path=%s", self.path)
             with _REGISTRY:
@@ -566,6 +561,19 @@ class _Engine:
                 self._close()
             if self.watch is not None:
                 self.watch.close()
+
+    def _look_for_subscribers(self) -> bool:
+        """One look for the subscribers there are now; False once none is left. (A function of
+        its own: the thread holds them only while it looks, so that a subscriber dropped
+        without ``close()`` is garbage-collected and leaves the WeakSets.)"""
+        with _REGISTRY:
+            queries, feeds = list(self.queries), list(self.feeds)
+            if not (queries or feeds or self.joining):
+                self._stop()
+            if self.stopped:
+                return False
+        self._look_and_publish(queries, feeds)
+        return True
 
     def _stop(self) -> None:
         """(under _REGISTRY) No new subscriber joins this engine; the next one starts another."""
