@@ -31,7 +31,6 @@ import queue
 import random
 import re
 import secrets
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -43,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from crsync_relay.process import RelayLauncher, relay_process
 
 import crsync
 from crsync.peer import Peer, PeerState
@@ -58,78 +58,34 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-class Relay:
-    """A relay subprocess whose log is scanned for errors."""
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
-    def __init__(self, data_dir: Path, secret: Path) -> None:
-        cmd = [
-            sys.executable,
-            "-m",
-            "crsync_relay.cli",
-            "serve",
-            "--data-dir",
-            str(data_dir),
-            "--port",
-            "0",
-            "--secret-file",
-            str(secret),
-            "--log-level",
-            "info",
-        ]
-        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
-        self.errors: list[str] = []
-        self.port = 0
-        ready = threading.Event()
 
-        def read() -> None:
-            assert self.proc.stderr is not None
-            for line in self.proc.stderr:
-                if "relay.listening" in line and not self.port:
-                    self.port = int(line.split("port=")[1].split()[0])
-                    ready.set()
-                elif ERROR_LINES.search(line):
-                    self.errors.append(line.strip())
+def open_fds(pid: int) -> int:
+    """File descriptors a process holds open."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
 
-        threading.Thread(target=read, daemon=True).start()
-        if not ready.wait(30):
-            self.proc.kill()
-            raise RuntimeError("relay did not start")
 
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
-
-    def rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU time the relay used so far."""
-        return cpu_seconds(self.proc.pid)
-
-    def fds(self) -> int:
-        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+def relay_errors(relay: RelayLauncher) -> list[str]:
+    """The relay's log lines reporting an error or a refusal."""
+    return [line.strip() for line in relay.lines if ERROR_LINES.search(line)]
 
 
 @contextlib.contextmanager
-def running_relay(work: Path) -> Iterator[tuple[Relay, bytes]]:
+def running_relay(work: Path) -> Iterator[tuple[RelayLauncher, bytes]]:
+    """A relay process (the one launcher of tests, examples and benchmarks) and its secret."""
     secret = work / "secret"
     secret.write_text(secrets.token_urlsafe(48))
     secret.chmod(0o600)  # the relay refuses a secret others can read
-    r = Relay(work / "relay", secret)
-    try:
+    with relay_process(
+        work / "relay", secret_file=secret, args=["--log-level", "info"], stop_timeout=20
+    ) as r:
         yield r, secret.read_bytes().strip()
-    finally:
-        r.stop()
 
 
 def pct(values: list[float], q: float) -> float:
@@ -361,7 +317,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
                 # sample the relay and the clients at window boundaries until everything is
                 # pushed (a client says so once all its devices' writes are acknowledged)
                 relay_samples: list[dict[str, float]] = []
-                last_cpu, last_ccpu = relay.cpu_seconds(), sum(c.cpu_seconds() for c in clients)
+                last_cpu, last_ccpu = cpu_seconds(relay.pid), sum(c.cpu_seconds() for c in clients)
                 last_t = time.time()
                 pushed: dict[int, dict[str, int]] = {}
                 k = 1
@@ -373,13 +329,13 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
                                 pushed[c.index] = c.expect("pushed", 1)
                         time.sleep(min(0.1, max(0.0, boundary - time.time())))  # polling timer
                     now = time.time()
-                    cpu = relay.cpu_seconds()
+                    cpu = cpu_seconds(relay.pid)
                     ccpu = sum(c.cpu_seconds() for c in clients)
                     relay_samples.append(
                         {
                             "end": now,
-                            "rss_mb": relay.rss_mb(),
-                            "fds": relay.fds(),
+                            "rss_mb": rss_mb(relay.pid),
+                            "fds": open_fds(relay.pid),
                             "relay_cpu": 100 * (cpu - last_cpu) / max(now - last_t, 1e-9),
                             "client_cpu": 100 * (ccpu - last_ccpu) / max(now - last_t, 1e-9),
                         }
@@ -429,7 +385,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
                 "lost": sum(d["lost"] for d in done),
                 "peer_errors": sum(d["peer_errors"] for d in done),
                 "reconnects": sum(d["reconnects"] for d in done),
-                "relay_errors": list(relay.errors),
+                "relay_errors": relay_errors(relay),
                 "sqlite": sqlite3.sqlite_version,
             }
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from typing import TYPE_CHECKING
 
 from . import tracking
 from .change import SENTINEL, Change
@@ -18,6 +19,7 @@ from .errors import (
     CrsyncError,
     InvalidChangeError,
     LocalStorageError,
+    MissingExtraError,
     NotTrackedError,
     PackError,
     PeerFailedError,
@@ -29,10 +31,14 @@ from .errors import (
     SchemaMismatchError,
     SyncError,
     SyncTimeoutError,
+    UnsupportedDatabaseError,
 )
 from .ids import new_id, rekey
 from .pack import pack_pk, unpack_pk
 from .schema import schema_fingerprint as _schema_fingerprint
+
+if TYPE_CHECKING:  # loaded on first use at run time (see __getattr__)
+    from .sync_thread import SyncStatus, SyncThread
 
 __version__ = "0.1.0"
 
@@ -51,12 +57,17 @@ def trigger_sql(conn: sqlite3.Connection, table: str, *, integer_keys: str | Non
 
 
 def __getattr__(name: str) -> object:
-    """``crsync.Peer``, ``crsync.PeerState``, ``crsync.PeerStats``, imported on first use (the
-    sync layer pulls in trio, websockets and watchfiles, which the core does not need)."""
+    """``crsync.Peer``, ``crsync.PeerState``, ``crsync.PeerStats``, ``crsync.SyncThread`` and
+    ``crsync.SyncStatus``, imported on first use (the sync layer pulls in trio, websockets and
+    watchfiles, which the core does not need)."""
     if name in ("Peer", "PeerState", "PeerStats"):
         from . import peer
 
         return getattr(peer, name)
+    if name in ("SyncThread", "SyncStatus"):
+        from . import sync_thread
+
+        return getattr(sync_thread, name)
     raise AttributeError(f"module 'crsync' has no attribute {name!r}")
 
 
@@ -74,6 +85,7 @@ __all__ = [
     "Database",
     "InvalidChangeError",
     "LocalStorageError",
+    "MissingExtraError",
     "NotTrackedError",
     "PackError",
     "Peer",
@@ -87,7 +99,10 @@ __all__ = [
     "SchemaError",
     "SchemaMismatchError",
     "SyncError",
+    "SyncStatus",
+    "SyncThread",
     "SyncTimeoutError",
+    "UnsupportedDatabaseError",
     "connect",
     "new_id",
     "pack_pk",

@@ -15,7 +15,7 @@ import trio
 
 from . import positions, tracking
 from .database import Database, connect
-from .errors import CrsyncError
+from .errors import CrsyncError, ExitStatus
 from .schema import quote_ident
 
 
@@ -381,21 +381,21 @@ def sync(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; return the exit status (0 ok, 1 error, 2 usage)."""
+    """Run the CLI; return the exit status (:class:`~crsync.errors.ExitStatus`)."""
     try:
         cli.main(
             args=list(argv) if argv is not None else None, prog_name="crsync", standalone_mode=False
         )
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
-        return 1
+        return ExitStatus.ERROR
     except click.ClickException as exc:
         exc.show()
-        return 1 if isinstance(exc, _Fail) else exc.exit_code
+        return ExitStatus.ERROR if isinstance(exc, _Fail) else exc.exit_code
     except CrsyncError as exc:
         click.echo(f"crsync: error: {exc}", err=True)
-        return 1
-    return 0
+        return ExitStatus.ERROR
+    return ExitStatus.OK
 
 
 if __name__ == "__main__":  # pragma: no cover

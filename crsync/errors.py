@@ -1,6 +1,20 @@
-"""The crsync exception hierarchy: every error crsync raises on purpose is a ``CrsyncError``."""
+"""The crsync exception hierarchy: every error crsync raises on purpose is a ``CrsyncError``;
+and the exit statuses both command-line tools (``crsync``, ``crsync-relay``) end with."""
 
 from __future__ import annotations
+
+import enum
+
+
+class ExitStatus(enum.IntEnum):
+    """Exit statuses of ``crsync`` and ``crsync-relay`` (one table for both)."""
+
+    OK = 0
+    ERROR = 1
+    """The command could not do its job (no such file or store, a relay serves the directory,
+    the port is taken, a refused token, ...)."""
+    USAGE = 2
+    """Bad options, arguments, environment or configuration (click's own usage errors too)."""
 
 
 class CrsyncError(Exception):
@@ -93,3 +107,16 @@ class SyncTimeoutError(SyncError):
         self.state = state
         self.reason = reason
         super().__init__(message)
+
+
+# ---------------------------------------------------------------- integrations (crsync.contrib)
+
+
+class UnsupportedDatabaseError(CrsyncError):
+    """An ORM engine, connection or settings entry names a database crsync cannot sync: not
+    SQLite, or in memory (nothing another device could sync with). Raised by ``crsync.contrib``."""
+
+
+class MissingExtraError(CrsyncError, ImportError):
+    """A ``crsync.contrib`` module needs a library that is not installed; the message names the
+    extra that installs it (``pip install 'crsync[sqlalchemy]'``)."""

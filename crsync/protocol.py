@@ -390,20 +390,21 @@ _PEER_SENDS = (Push, Received, Ping)
 _RELAY_SENDS = (Ack, Changes, Pong, Error)
 
 
-class RelayConnection:
-    """Relay side of one connection: checks the order of what the peer sends."""
+class _Connection:
+    """One side of a connection: decodes what the other side sends, checking its order."""
 
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
-        """Start waiting for ``hello``."""
+        """Start waiting for the other side's first message."""
         self.max_frame = max_frame
-        self.hello: Hello | None = None
+
+
+class RelayConnection(_Connection):
+    """Relay side of one connection: checks the order of what the peer sends."""
+
+    hello: Hello | None = None
 
     def receive(self, data: bytes | bytearray | memoryview | str) -> Message:
-        """Decode a frame from the peer and check it is allowed now.
-
-        Raises:
-            ProtocolError: the frame is malformed or out of order.
-        """
+        """Decode a frame from the peer; raise ProtocolError if malformed or out of order."""
         if self.hello is None:
             # Before authentication: capped small, checked before any decoding.
             cap = min(MAX_HELLO_BYTES, self.max_frame)
@@ -429,20 +430,13 @@ class RelayConnection:
         return msg
 
 
-class PeerConnection:
+class PeerConnection(_Connection):
     """Peer side of one connection: checks the order of what the relay sends."""
 
-    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
-        """Start waiting for ``welcome``."""
-        self.max_frame = max_frame
-        self.welcome: Welcome | None = None
+    welcome: Welcome | None = None
 
     def receive(self, data: bytes | bytearray | memoryview | str) -> Message:
-        """Decode a frame from the relay and check it is allowed now.
-
-        Raises:
-            ProtocolError: the frame is malformed or out of order.
-        """
+        """Decode a frame from the relay; raise ProtocolError if malformed or out of order."""
         msg = decode(data, self.max_frame)
         if isinstance(msg, Error):
             return msg

@@ -12,6 +12,11 @@ or the demo, a relay on loopback and two windows (two processes) on two database
 Type a todo and press Enter; click the box (or press Space) to mark it done; double-click to
 rename; Delete removes it. Each window writes plain SQL to its own file; the other window
 shows the change as soon as its sync thread has merged it (no polling of the database).
+
+Syncing runs in a :class:`crsync.SyncThread`; its callbacks reach the Tk thread through
+``call_soon=TkCallSoon(root)``: a queue of functions plus one byte written to a pipe that Tk
+watches. A second window on the same file waits in STANDBY and takes over when the first
+closes.
 """
 
 from __future__ import annotations
@@ -35,25 +40,13 @@ if __package__ in (None, ""):  # run as a script: make ``examples.todo_sync`` im
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import crsync
+from crsync.live import RowChange
 from crsync.peer import PeerState
-from examples.todo_sync.model import Todo, TodoModel
-from examples.todo_sync.sync import (
-    DataChanged,
-    StateChanged,
-    Stopped,
-    SyncThread,
-    describe,
-)
+from crsync.sync_thread import SyncStatus
+from examples.todo_sync.model import TABLE, Todo, TodoModel
+from examples.todo_sync.status import colour, describe
 
 CHECKED, UNCHECKED = "☑", "☐"
-STATE_COLOURS = {
-    PeerState.SYNCED: "#2e9d4f",
-    PeerState.SYNCING: "#d99a00",
-    PeerState.CONNECTING: "#d99a00",
-    PeerState.OFFLINE: "#8a8a8a",
-    PeerState.ERROR: "#c62828",
-    PeerState.STOPPED: "#8a8a8a",
-}
 POLL_MS = 100  # only where Tk cannot watch a pipe (Windows)
 
 
@@ -128,6 +121,33 @@ class Wakeup:
             os.close(w)
 
 
+class TkCallSoon:
+    """``SyncThread(call_soon=...)`` for Tk: run functions on the Tk thread, in order.
+
+    Called from the sync thread: queues the function and wakes Tk (:class:`Wakeup`), which
+    then runs everything queued. Never blocks (Tk's own ``after`` called from another thread
+    waits for the Tk thread, which deadlocks while that thread waits for the sync thread).
+    """
+
+    def __init__(self, root: tkinter.Tk) -> None:
+        self._pending: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self.wakeup = Wakeup(root, self.run_pending)
+        self.closed = False
+
+    def __call__(self, fn: Callable[[], None]) -> None:
+        self._pending.put(fn)
+        self.wakeup()
+
+    def run_pending(self) -> None:
+        while True:
+            try:
+                fn = self._pending.get_nowait()
+            except queue.Empty:
+                return
+            if not self.closed:
+                fn()
+
+
 class TodoApp:
     """The window: an entry, the list, a few buttons and a status line."""
 
@@ -135,7 +155,7 @@ class TodoApp:
         self,
         root: tkinter.Tk,
         model: TodoModel,
-        sync: SyncThread | None = None,
+        sync: crsync.SyncThread | None = None,
         *,
         name: str,
         test_hook: Path | None = None,
@@ -146,13 +166,16 @@ class TodoApp:
         self.name = name
         self.test_hook = test_hook
         self.state = PeerState.STOPPED
-        self.status = "local only (no relay)" if sync is None else describe(PeerState.CONNECTING)
+        self.status = "local only (no relay)"
         self._hook_pending = False
         self._closed = False
         self._build()
-        self.wakeup = Wakeup(root, self.drain_events)
+        self.call_soon = TkCallSoon(root)
         if sync is not None:
-            sync.wakeup = self.wakeup
+            sync.call_soon = self.call_soon  # before start(): callbacks run on the Tk thread
+            sync.on_state(self.on_status)
+            sync.on_change(self.on_rows_changed, tables=[TABLE])
+            self.on_status(sync.status)
         self.refresh()
         self._show_status()
         root.protocol("WM_DELETE_WINDOW", self.close)
@@ -249,32 +272,23 @@ class TodoApp:
         self.count_label.configure(text=f"{len(todos)} todos, {done} done")
         self._schedule_hook()
 
-    def _show_status(self) -> None:
-        colour = STATE_COLOURS[self.state] if self.sync is not None else "#8a8a8a"
-        self.dot.configure(foreground=colour)
+    def _show_status(self, dot: str = "#8a8a8a") -> None:
+        self.dot.configure(foreground=dot)
         self.status_label.configure(text=self.status)
         self._schedule_hook()
 
-    def drain_events(self) -> None:
-        """Handle everything the sync thread reported (runs on the Tk thread)."""
-        if self._closed or self.sync is None:
+    def on_status(self, status: SyncStatus) -> None:
+        """The sync thread's state changed (runs on the Tk thread, through call_soon)."""
+        if self._closed:
             return
-        changed = False
-        while True:
-            try:
-                event = self.sync.events.get_nowait()
-            except queue.Empty:
-                break
-            if isinstance(event, DataChanged):
-                changed = True
-            elif isinstance(event, StateChanged):
-                self.state, self.status = event.state, describe(event.state, event.detail)
-            elif isinstance(event, Stopped):
-                self.state = PeerState.ERROR if event.error else PeerState.STOPPED
-                self.status = f"sync thread stopped: {event.error}" if event.error else "stopped"
-        if changed:
+        self.state, self.status = status.state, describe(status)
+        self._show_status(colour(status))
+
+    def on_rows_changed(self, changes: list[RowChange]) -> None:
+        """Todos changed: merged from another device, or written to this file by any
+        connection or process (runs on the Tk thread)."""
+        if not self._closed and changes:
             self.refresh()
-        self._show_status()
 
     # ------------------------------------------------------------------ editing
 
@@ -395,10 +409,9 @@ class TodoApp:
         if self._closed:
             return
         self._closed = True
-        if self.sync is not None:
-            self.sync.stop()
-        if self.sync is None or not self.sync.running:
-            self.wakeup.close()  # no other thread can call it any more
+        self.call_soon.closed = True
+        if self.sync is None or self.sync.stop():
+            self.call_soon.wakeup.close()  # no other thread can call it any more
         self.model.close()
         self.root.destroy()
 
@@ -417,7 +430,9 @@ def run_window(args: argparse.Namespace) -> int:
         return 2
     sync = None
     if args.url:
-        sync = SyncThread(args.db, args.url, store=args.store, token=args.token or None)
+        sync = crsync.SyncThread(
+            args.db, args.url, store=args.store, token=args.token or None, backoff_max=5.0
+        )
     root = tkinter.Tk(className="crsync-todos")
     if args.geometry:
         root.geometry(args.geometry)
@@ -428,7 +443,7 @@ def run_window(args: argparse.Namespace) -> int:
     # events, so a signal also writes to the wake-up pipe (where Tk can watch one).
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: root.after_idle(app.close))
-    app.wakeup.forward_signals()
+    app.call_soon.wakeup.forward_signals()
     root.mainloop()
     return 0
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 import os
 import sys
 import time
@@ -13,7 +12,7 @@ from typing import Any, NoReturn
 import click
 import trio
 
-from crsync.errors import CrsyncError
+from crsync.errors import CrsyncError, ExitStatus
 
 from . import logconfig
 from .auth import issue_token, load_secret
@@ -21,18 +20,6 @@ from .datadir import DataDir, check_store_id
 from .server import RelayConfig, describe_store, run_relay
 
 ENV_PREFIX = "CRSYNC_RELAY_"
-
-
-class ExitStatus(enum.IntEnum):
-    """Exit statuses of ``crsync-relay``: the same table as ``crsync``'s (0 ok, 1 error,
-    2 usage)."""
-
-    OK = 0
-    ERROR = 1
-    """The command could not do its job (no such store, a relay serves the directory, the
-    port is taken, ...)."""
-    USAGE = 2
-    """Bad options, arguments, environment or configuration (click's own usage errors too)."""
 
 
 def _fail(msg: str, status: ExitStatus = ExitStatus.ERROR) -> NoReturn:
@@ -60,7 +47,18 @@ def _config_file(path: str | None) -> dict[str, Any]:
     return dict(relay)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """The command group: a :class:`CrsyncError` a command lets out ends it with
+    ``crsync-relay: error: ...`` and :attr:`ExitStatus.ERROR`."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CrsyncError as exc:
+            _fail(str(exc))
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """The crsync relay: many stores, one process."""
 
@@ -317,10 +315,7 @@ def backup(data_dir: str, store: str, dest: str) -> None:
     """
     from .backup import backup_store
 
-    try:
-        head = backup_store(Path(data_dir), store, Path(dest))
-    except CrsyncError as exc:
-        _fail(str(exc))
+    head = backup_store(Path(data_dir), store, Path(dest))
     click.echo(f"backed up store {store} at relay version {head} to {dest}")
 
 
@@ -337,10 +332,7 @@ def restore(data_dir: str, store: str, src: str, force: bool) -> None:
     """
     from .backup import restore_store
 
-    try:
-        epoch = restore_store(Path(data_dir), store, Path(src), force=force)
-    except CrsyncError as exc:
-        _fail(str(exc))
+    epoch = restore_store(Path(data_dir), store, Path(src), force=force)
     click.echo(f"restored store {store} from {src}; new epoch {epoch}")
 
 
@@ -367,10 +359,7 @@ def remove(
     from .repair import parse_key
     from .repair import remove as remove_cells
 
-    try:
-        n = remove_cells(Path(data_dir), store, table, parse_key(key_json, pk_hex), column)
-    except CrsyncError as exc:
-        _fail(str(exc))
+    n = remove_cells(Path(data_dir), store, table, parse_key(key_json, pk_hex), column)
     click.echo(f"removed {n} cell(s) from store {store}")
 
 
@@ -386,10 +375,7 @@ def forget_table(data_dir: str, store: str, table: str) -> None:
     """
     from .repair import forget_table as forget
 
-    try:
-        n = forget(Path(data_dir), store, table)
-    except CrsyncError as exc:
-        _fail(str(exc))
+    n = forget(Path(data_dir), store, table)
     click.echo(f"forgot table {table} of store {store} ({n} cells removed)")
 
 

@@ -26,9 +26,8 @@ import functools
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import attrs
 import trio
@@ -101,38 +100,47 @@ class StoreHandle:
         self.changed = trio.Event()
 
 
+@attrs.frozen
+class HubLimits:
+    """What one hub serves at most (0: unlimited, unless said otherwise)."""
+
+    max_open: int = 256
+    """Stores open at once (idle ones are closed to make room)."""
+    idle_seconds: float = 60.0
+    """A store nobody used for this long is closed."""
+    max_store_bytes: int = 0
+    """A store's byte quota: a store larger than this refuses pushes."""
+    max_push_cells_per_second: float = 0
+    """A store's push rate: pushes over it wait (one second of burst)."""
+    max_open_per_subject: int = 0
+    """Stores one token subject uses at once (0: a quarter of ``max_open``)."""
+    max_new_stores_per_minute: int = 60
+    """Stores one token subject creates a minute."""
+    max_stores_per_subject: int = 0
+    """Stores one token subject creates in all."""
+
+    @property
+    def open_per_subject(self) -> int:
+        """Stores one subject may use at once."""
+        return self.max_open_per_subject or max(1, self.max_open // 4)
+
+
 class Hub:
     """Single-node store ownership and fan-out."""
 
     def __init__(
         self,
         data_dir: Path,
-        *,
-        max_open: int = 256,
-        idle_seconds: float = 60.0,
+        limits: HubLimits | None = None,
         metrics: RelayMetrics | None = None,
-        max_store_bytes: int = 0,
-        max_push_cells_per_second: float = 0,
-        max_open_per_subject: int = 0,
-        max_new_stores_per_minute: int = 60,
-        max_stores_per_subject: int = 0,
     ) -> None:
-        """Serve the stores in ``data_dir`` (created if missing). ``max_store_bytes`` and
-        ``max_push_cells_per_second``: per-store limits on pushes (0: unlimited).
-        ``max_open_per_subject`` (0: a quarter of ``max_open``) and
-        ``max_new_stores_per_minute`` (0: unlimited): per token subject."""
+        """Serve the stores in ``data_dir`` (created if missing) within ``limits``."""
         self.data_dir = data_dir
         self.layout = DataDir(data_dir)
         self.layout.create()  # owner-only
-        self.max_open = max_open
-        self.idle_seconds = idle_seconds
-        self.max_store_bytes = max_store_bytes
-        self.max_push_cells_per_second = max_push_cells_per_second
+        self.limits = limits if limits is not None else HubLimits()
         self.read_bytes = READ_BYTES  # catch-up reads stop at whole versions past this size
-        self.max_open_per_subject = max_open_per_subject or max(1, max_open // 4)
-        self.max_new_stores_per_minute = max_new_stores_per_minute
         self._subject_stores: dict[str, dict[str, int]] = {}
-        self.max_stores_per_subject = max_stores_per_subject
         self._store_index: StoreIndex | None = None
         self._creation_bucket: dict[str, tuple[float, float]] = {}
         self._open: OrderedDict[str, StoreHandle] = OrderedDict()
@@ -163,13 +171,13 @@ class Hub:
         if subject is not None:
             self._admit(store, subject, path)
         try:
-            if creating and self.max_stores_per_subject > 0:
+            if creating and self.limits.max_stores_per_subject > 0:
                 assert subject is not None
                 made = await trio.to_thread.run_sync(self._index().created_by, subject)
-                if made >= self.max_stores_per_subject:
+                if made >= self.limits.max_stores_per_subject:
                     raise Overloaded(
                         f"this token's subject created {made} stores (the cap is "
-                        f"{self.max_stores_per_subject})"
+                        f"{self.limits.max_stores_per_subject})"
                     )
             h = await self._acquire(store, path)
             if creating:
@@ -188,24 +196,26 @@ class Hub:
 
     def _admit(self, store: str, subject: str, path: Path) -> None:
         using = self._subject_stores.setdefault(subject, {})
-        if store not in using and len(using) >= self.max_open_per_subject:
+        if store not in using and len(using) >= self.limits.open_per_subject:
             if not using:
                 del self._subject_stores[subject]
             raise Overloaded(
                 f"this token's subject uses {len(using)} stores at once (the cap is "
-                f"{self.max_open_per_subject})"
+                f"{self.limits.open_per_subject})"
             )
-        if store not in using and not path.exists() and self.max_new_stores_per_minute > 0:
+        if store not in using and not path.exists() and self.limits.max_new_stores_per_minute > 0:
             now = time.monotonic()
-            rate = self.max_new_stores_per_minute / 60.0
-            level, last = self._creation_bucket.get(subject, (self.max_new_stores_per_minute, now))
-            level = min(float(self.max_new_stores_per_minute), level + (now - last) * rate)
+            rate = self.limits.max_new_stores_per_minute / 60.0
+            level, last = self._creation_bucket.get(
+                subject, (self.limits.max_new_stores_per_minute, now)
+            )
+            level = min(float(self.limits.max_new_stores_per_minute), level + (now - last) * rate)
             if level < 1:
                 if not using:
                     del self._subject_stores[subject]
                 raise Overloaded(
                     f"this token's subject creates stores faster than "
-                    f"{self.max_new_stores_per_minute} a minute"
+                    f"{self.limits.max_new_stores_per_minute} a minute"
                 )
             self._creation_bucket[subject] = (level - 1, now)
         using[store] = using.get(store, 0) + 1
@@ -266,11 +276,11 @@ class Hub:
             self._forget_user(h.store_id, subject)
 
     async def _make_room(self) -> None:
-        while len(self._open) >= self.max_open:
+        while len(self._open) >= self.limits.max_open:
             idle = [h for h in self._open.values() if h.users == 0]
             if not idle:
                 raise Overloaded(
-                    f"{len(self._open)} stores are in use (the cap is {self.max_open})"
+                    f"{len(self._open)} stores are in use (the cap is {self.limits.max_open})"
                 )
             await self._close(idle[0])
 
@@ -288,7 +298,7 @@ class Hub:
         idle = [
             h
             for h in self._open.values()
-            if h.users == 0 and now - h.last_used >= self.idle_seconds
+            if h.users == 0 and now - h.last_used >= self.limits.idle_seconds
         ]
         for h in idle:
             await self._close(h)
@@ -297,7 +307,7 @@ class Hub:
     async def reaper(self) -> None:
         """Run forever: close idle stores periodically (a timer, not a synchronisation)."""
         while True:
-            await trio.sleep(max(self.idle_seconds / 4, 0.5))
+            await trio.sleep(max(self.limits.idle_seconds / 4, 0.5))
             await self.close_idle()
 
     async def close_all(self) -> None:
@@ -316,12 +326,13 @@ class Hub:
         site: bytes,
         upto: int,
         changes: Sequence[Change],
-        meta: Mapping[str, Any] | None = None,
         *,
         limited: bool = False,
+        reactor_cursor: int | None = None,
     ) -> tuple[int, int]:
         """Merge a peer's unit durably, then wake the store's other sessions and the
-        ``push_listeners`` (a store reactor). ``meta``: see :meth:`RelayStore.merge_push`.
+        ``push_listeners`` (a store reactor). ``reactor_cursor``: a store reactor's writes,
+        recording in the same transaction that it handled relay versions up to this one.
         ``limited``: a push from a peer: apply the store's push rate and byte quota, and accept
         only changes of tables and columns announced in a hello.
 
@@ -334,6 +345,7 @@ class Hub:
         if limited:
             # Every push costs at least one cell of the store's rate: empty pushes too.
             await self._throttle(h, max(1, len(changes)))
+        meta = None if reactor_cursor is None else {"reactor_cursor": reactor_cursor}
         async with h.write_lock:
             if limited and changes:
                 await self._check_quota(h)
@@ -367,7 +379,7 @@ class Hub:
 
     async def _throttle(self, h: StoreHandle, cells: int) -> None:
         """Wait until the store's bucket has paid for ``cells`` (one second of burst)."""
-        rate = self.max_push_cells_per_second
+        rate = self.limits.max_push_cells_per_second
         if rate <= 0:
             return
         now = trio.current_time()
@@ -390,7 +402,7 @@ class Hub:
 
     async def _check_quota(self, h: StoreHandle) -> None:
         """Raise :class:`QuotaExceeded` if the store is over its byte quota (write lock held)."""
-        limit = self.max_store_bytes
+        limit = self.limits.max_store_bytes
         if limit <= 0:
             return
         size = await trio.to_thread.run_sync(h.writer.data_bytes)

@@ -23,12 +23,12 @@ _LISTENING = re.compile(r"relay\.listening .*\bport=(\d+)")
 
 
 class RelayLauncher:
-    """One relay process on a data directory: started, stopped and restarted on the same
+    """One relay process on a data directory: started, stopped and started again on the same
     port, its log collected line by line."""
 
     def __init__(
         self,
-        data_dir: Path,
+        data_dir: Path | None,
         *,
         secret_file: Path | None = None,
         args: Sequence[str] = (),
@@ -40,7 +40,9 @@ class RelayLauncher:
     ) -> None:
         """
         Args:
-            data_dir: the relay's data directory.
+            data_dir: the relay's data directory; None: ``args`` configure the relay alone
+                (e.g. ``--config FILE``), the launcher adds no option of its own (no
+                ``--host``, ``--port``, ``--secret-file`` or ``--dev``).
             secret_file: token secret; without one the relay runs with ``--dev``.
             args: further ``serve`` options.
             command: what runs ``crsync-relay`` (default: this Python, ``-m crsync_relay.cli``;
@@ -83,18 +85,11 @@ class RelayLauncher:
             RuntimeError: the relay exited or did not listen in time (its log is in the message).
         """
         assert self.proc is None or self.proc.poll() is not None, "relay already running"
-        cmd = [
-            *self.command,
-            "serve",
-            "--data-dir",
-            str(self.data_dir),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            *self.args,
-        ]
-        cmd += ["--secret-file", str(self.secret_file)] if self.secret_file else ["--dev"]
+        cmd = [*self.command, "serve", *self.args]
+        if self.data_dir is not None:
+            cmd += ["--data-dir", str(self.data_dir), "--host", "127.0.0.1"]
+            cmd += ["--port", str(self.port)]
+            cmd += ["--secret-file", str(self.secret_file)] if self.secret_file else ["--dev"]
         ports: queue.Queue[int | None] = queue.Queue()
         self.proc = subprocess.Popen(
             cmd,
@@ -161,15 +156,6 @@ class RelayLauncher:
         proc.wait(timeout=self.stop_timeout)
         self._join_reader()
 
-    def restart(self, *, hard: bool = True) -> None:
-        """Kill (SIGKILL if ``hard``, else SIGTERM) and start again on the same data directory
-        and port."""
-        if hard:
-            self.kill()
-        else:
-            self.stop()
-        self.start()
-
     def _join_reader(self) -> None:
         if self._reader is not None:
             self._reader.join(timeout=self.stop_timeout)
@@ -231,7 +217,7 @@ class RelayLauncher:
 
 @contextmanager
 def relay_process(
-    data_dir: Path,
+    data_dir: Path | None,
     *,
     secret_file: Path | None = None,
     args: Sequence[str] = (),
@@ -239,7 +225,7 @@ def relay_process(
     stop_timeout: float = 10.0,
 ) -> Iterator[RelayLauncher]:
     """Start a relay on 127.0.0.1 (a free port), yield it once it listens, stop it after
-    (see :class:`RelayLauncher` for the arguments).
+    (see :class:`RelayLauncher` for the arguments; ``data_dir`` None: ``args`` configure it).
 
     Raises:
         RuntimeError: the relay exited or did not listen in time (its log is in the message).

@@ -260,7 +260,6 @@ class ReactorManager:
         self._running: set[str] = set()
         self._dirty: set[str] = set()
         self.failures = 0
-        self.handled_batches = 0
 
     def wants(self, store: str) -> bool:
         """True if this store runs the reactor."""
@@ -372,11 +371,10 @@ class ReactorManager:
                 raise _HandlerFailed(str(exc)) from exc
             writes = validate_changes(batch._writes)
             if writes:
-                await self.hub.push(h, site, upto + 1, writes, meta={"reactor_cursor": upto})
+                await self.hub.push(h, site, upto + 1, writes, reactor_cursor=upto)
             else:
                 async with h.write_lock:
                     await trio.to_thread.run_sync(h.writer.save_reactor_cursor, upto)
-            self.handled_batches += 1
             log.debug(
                 "relay.reactor.batch store=%s base=%d upto=%d changes=%d writes=%d seconds=%.3f",
                 h.store_id,

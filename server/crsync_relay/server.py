@@ -20,7 +20,7 @@ from crsync import protocol as p
 from crsync.errors import CrsyncError
 
 from .datadir import DataDir
-from .hub import Hub
+from .hub import Hub, HubLimits
 from .metrics import MetricsServer, RelayMetrics
 from .session import ConnectionLimits, RelaySettings, handle_connection
 
@@ -216,17 +216,16 @@ async def _serve(
     handle_signals: bool,
 ) -> None:
     metrics = RelayMetrics()
-    hub = Hub(
-        config.data_dir,
+    limits = HubLimits(
         max_open=config.max_open_stores,
         idle_seconds=config.idle_seconds,
-        metrics=metrics,
         max_store_bytes=config.max_store_bytes,
         max_push_cells_per_second=config.max_push_cells_per_second,
         max_open_per_subject=config.max_open_stores_per_subject,
         max_new_stores_per_minute=config.max_new_stores_per_minute,
         max_stores_per_subject=config.max_stores_per_subject,
     )
+    hub = Hub(config.data_dir, limits, metrics)
     metrics_server: MetricsServer | None = None
     serving = False
     if config.metrics_port is not None:

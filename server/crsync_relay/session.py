@@ -12,8 +12,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.trio.server import ServerConnection
 
 from crsync import protocol as p
+from crsync import relay_session as rs
 from crsync._trio_util import open_nursery
-from crsync.change import Change
 from crsync.errors import InvalidChangeError, ProtocolError
 
 from .auth import verify_token
@@ -39,10 +39,11 @@ class ConnectionLimits:
     max_per_store: int = 1_000
     max_unauthenticated: int = 1_000
     max_unauthenticated_per_ip: int = 64
-    total: int = 0
-    unauthenticated: int = 0
-    per_ip: dict[str, int] = attrs.Factory(dict)
-    per_store: dict[str, int] = attrs.Factory(dict)
+    # What is counted now (not configuration).
+    total: int = attrs.field(default=0, init=False)
+    unauthenticated: int = attrs.field(default=0, init=False)
+    per_ip: dict[str, int] = attrs.field(factory=dict, init=False)
+    per_store: dict[str, int] = attrs.field(factory=dict, init=False)
 
     def enter(self, ip: str = "") -> None:
         """Count a new, not yet authenticated connection, or raise :class:`Overloaded`."""
@@ -115,35 +116,36 @@ class _Stalled(Exception):
     """The peer stopped reading: drop the connection without an error frame."""
 
 
-class _Closing(Refusal):
-    """Stop this connection after sending an error frame with ``code``."""
+class Forbidden(Refusal):
+    """The token does not grant access to the store the hello names."""
 
-    def __init__(self, code: str, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
+    code = p.ErrorCode.FORBIDDEN.value
 
 
 class Session:
-    """State of one authenticated peer connection."""
+    """One authenticated peer connection: a trio loop around the connection's
+    :class:`~crsync.relay_session.RelaySession` (the sync rules), doing the I/O it asks for."""
 
     def __init__(
         self,
         ws: ServerConnection,
         hub: Hub,
         settings: RelaySettings,
-        hello: p.Hello,
+        rules: rs.RelaySession,
         handle: StoreHandle,
-        cursor: int,
     ) -> None:
+        assert rules.hello is not None
         self.ws = ws
         self.hub = hub
         self.settings = settings
-        self.hello = hello
-        self.site = hello.site
+        self.rules = rules
+        self.hello = rules.hello
+        self.site = rules.hello.site
         self.handle = handle
-        self.sent_upto = cursor
         self.send_lock = trio.Lock()
-        self.log = logging.LoggerAdapter(log, {"store": hello.store, "site": hello.site.hex()})
+        self.log = logging.LoggerAdapter(
+            log, {"store": self.hello.store, "site": self.hello.site.hex()}
+        )
 
     async def send(self, msg: p.Message) -> None:
         """Send a message; a peer that does not read it within ``send_timeout`` is dropped
@@ -162,93 +164,103 @@ class Session:
         larger than the read budget goes out as one unit in several parts (``more``), read
         part by part, so what a session holds stays bounded."""
         h = self.handle
-        resume: tuple[int, str, bytes, str] | None = None
+        rules = self.rules
         while True:
-            if resume is None and self.sent_upto >= h.head:
+            rules.store_advanced(h.head)
+            read = rules.next_read()
+            if read is None:
                 await h.changed.wait()
                 continue
             page = await self.hub.read_page(
-                h, self.sent_upto, self.site, self.settings.batch_cells, resume
+                h, read.cursor, self.site, self.settings.batch_cells, read.resume
             )
-            resume = page.resume
-            parts = p.split_frames(
-                page.changes, self.settings.batch_cells, self.settings.max_frame // 2
-            )
-            for i, part in enumerate(parts):
-                more = i < len(parts) - 1 or resume is not None
-                await self.send(p.Changes(self.sent_upto, page.upto, part, more))
-                self.hub.metrics.changes_sent.inc(len(part))
-            if resume is None:
-                self.sent_upto = page.upto
+            for action in rules.page_read(page.changes, page.upto, page.resume):
+                assert isinstance(action.message, p.Changes)
+                await self.send(action.message)
+                self.hub.metrics.changes_sent.inc(len(action.message.changes))
 
-    async def receiver(self, proto: p.RelayConnection) -> None:
+    async def receiver(self) -> None:
         """Handle what the peer sends until it closes."""
-        parts: list[Change] = []
-        unit_bytes = 0
+        rules = self.rules
         async for raw in self.ws:
             if len(raw) > OFFLOAD_DECODE_BYTES:
                 # Decoding and validating a large push takes long: do it in a worker thread
                 # so other connections are served meanwhile (a few at a time).
                 msg = await trio.to_thread.run_sync(
-                    proto.receive, raw, limiter=self.settings.decode_limiter
+                    rules.decode, raw, limiter=self.settings.decode_limiter
                 )
             else:
-                msg = proto.receive(raw)
-            if isinstance(msg, p.Push):
-                if not parts and msg.more:
-                    # The first part of a multi-part unit: refuse a store over its quota now,
-                    # before holding the unit in memory.
-                    await self.hub.check_quota(self.handle)
-                parts.extend(msg.changes)
-                unit_bytes += len(raw)
-                if (
-                    len(parts) > self.settings.max_unit_cells
-                    or unit_bytes > self.settings.max_unit_bytes
-                ):
-                    raise _Closing(
-                        p.ErrorCode.INVALID_CHANGES.value,
-                        "a multi-part push is larger than this relay accepts "
-                        f"({self.settings.max_unit_cells} cells, "
-                        f"{self.settings.max_unit_bytes} bytes)",
-                    )
-                if msg.more:
-                    continue
-                unit, parts, unit_bytes = parts, [], 0
-                try:
-                    # Under the store's push rate limit this waits (backpressure: the peer
-                    # waits for its ack) rather than refusing; over its byte quota it refuses.
-                    head, wins = await self.hub.push(
-                        self.handle, self.site, msg.upto, unit, limited=True
-                    )
-                except InvalidChangeError as exc:
-                    raise _Closing(p.ErrorCode.INVALID_CHANGES.value, str(exc)) from None
-                self.log.debug(
-                    "relay.push store=%s cells=%d wins=%d head=%d",
-                    self.hello.store,
-                    len(unit),
-                    wins,
-                    head,
+                msg = rules.decode(raw)
+            rules.store_advanced(self.handle.head)
+            for action in rules.receive(msg, len(raw)):
+                await self._perform(action)
+
+    async def _perform(self, action: rs.Action) -> None:
+        if isinstance(action, rs.Send):
+            await self.send(action.message)
+        elif isinstance(action, rs.CheckQuota):
+            await self.hub.check_quota(self.handle)
+        elif isinstance(action, rs.MergeUnit):
+            try:
+                # Under the store's push rate limit this waits (backpressure: the peer waits
+                # for its ack) rather than refusing; over its byte quota it refuses.
+                head, wins = await self.hub.push(
+                    self.handle, self.site, action.upto, action.changes, limited=True
                 )
-                await self.send(p.Ack(msg.batch, msg.upto, head))
-            elif isinstance(msg, p.Received):
-                await self.hub.record_received(self.handle, self.site, msg.upto)
-            elif isinstance(msg, p.Ping):
-                await self.send(p.Pong(msg.id, self.handle.head))
+            except InvalidChangeError as exc:
+                raise ProtocolError(p.ErrorCode.INVALID_CHANGES.value, str(exc)) from None
+            self.log.debug(
+                "relay.push store=%s cells=%d wins=%d head=%d",
+                self.hello.store,
+                len(action.changes),
+                wins,
+                head,
+            )
+            for then in self.rules.unit_merged(head):
+                await self._perform(then)
+        elif isinstance(action, rs.RecordReceived):
+            await self.hub.record_received(self.handle, self.site, action.upto)
+        else:  # pragma: no cover - Admit and Close come only from the handshake and fail()
+            raise AssertionError(f"unexpected action {action!r}")
 
 
-async def _send_error(ws: ServerConnection, code: str, reason: str, hub: Hub) -> None:
-    hub.metrics.errors.labels(code=code).inc()
+async def _send_error(ws: ServerConnection, close: rs.Close, hub: Hub) -> None:
+    hub.metrics.errors.labels(code=close.code).inc()
     try:
         with trio.move_on_after(5):
-            await ws.send(p.encode(p.Error(code, reason)))
-            await ws.aclose(1008 if code != p.ErrorCode.INTERNAL.value else 1011, code)
+            await ws.send(p.encode(p.Error(close.code, close.reason)))
+            await ws.aclose(close.ws_code, close.code)
     except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
         pass
 
 
+async def _look(handle: StoreHandle, hello: p.Hello) -> rs.StoreView:
+    """What the store says about the hello's site and schema, checked in the order
+    :class:`~crsync.relay_session.StoreView` names, stopping at the first problem (a site that
+    is the relay's own is never bound)."""
+    w = handle.writer
+    async with handle.write_lock:
+        epoch, head = handle.epoch, handle.head
+        if hello.site == await trio.to_thread.run_sync(w.relay_site):
+            return rs.StoreView(epoch, head, own_site=True)
+        claim = await trio.to_thread.run_sync(w.bind_site, hello.site, hello.site_key)
+        if claim is not None:
+            return rs.StoreView(epoch, head, site_claim=claim)
+        problem = await trio.to_thread.run_sync(w.check_schema, dict(hello.schema))
+        position = await trio.to_thread.run_sync(w.peer, hello.site)
+    return rs.StoreView(
+        epoch, head, position.pushed_upto, position.received_upto, schema_problem=problem
+    )
+
+
 async def handle_connection(ws: ServerConnection, hub: Hub, settings: RelaySettings) -> None:
     """Serve one peer connection; errors end this connection only."""
-    proto = p.RelayConnection(settings.max_frame)
+    rules = rs.RelaySession(
+        max_frame=settings.max_frame,
+        batch_cells=settings.batch_cells,
+        max_unit_cells=settings.max_unit_cells,
+        max_unit_bytes=settings.max_unit_bytes,
+    )
     handle: StoreHandle | None = None
     peer = getattr(ws, "remote_address", None)
     limits = settings.limits
@@ -261,16 +273,14 @@ async def handle_connection(ws: ServerConnection, hub: Hub, settings: RelaySetti
         unauthenticated = True
         with trio.fail_after(settings.handshake_timeout):
             raw = await ws.recv()
-        hello = proto.receive(raw)
-        assert isinstance(hello, p.Hello)
+        (admit,) = rules.receive(rules.decode(raw), len(raw))
+        assert isinstance(admit, rs.Admit)
+        hello = admit.hello
         check_store_id(hello.store)
         if settings.secret is not None:
             claims = verify_token(settings.secret, hello.token)
             if not claims.allows(hello.store):
-                raise _Closing(
-                    p.ErrorCode.FORBIDDEN.value,
-                    f"the token does not grant access to store {hello.store!r}",
-                )
+                raise Forbidden(f"the token does not grant access to store {hello.store!r}")
             subject = claims.subject
         limits.leave_unauthenticated(ip)
         unauthenticated = False
@@ -279,38 +289,22 @@ async def handle_connection(ws: ServerConnection, hub: Hub, settings: RelaySetti
         # Authenticated: from now on frames up to twice the limit are read (so that the protocol
         # can refuse an oversized one with frame_too_large); before, the server's small
         # handshake limit applies.
-        ws.protocol.max_message_size = 2 * settings.max_frame
+        ws.protocol.max_message_size = rules.frame_cap
         limits.enter_store(hello.store)
         counted_store = True
         handle = await hub.acquire(hello.store, subject if settings.secret else None)
         await hub.charge(handle)
-        async with handle.write_lock:
-            if hello.site == await trio.to_thread.run_sync(handle.writer.relay_site):
-                raise _Closing(
-                    p.ErrorCode.FORBIDDEN.value,
-                    "this site id is the relay's own (its reactor's); a device cannot use it",
-                )
-            claim = await trio.to_thread.run_sync(
-                handle.writer.bind_site, hello.site, hello.site_key
-            )
-            if claim is not None:
-                raise _Closing(p.ErrorCode.SITE_FORBIDDEN.value, claim)
-            problem = await trio.to_thread.run_sync(handle.writer.check_schema, dict(hello.schema))
-            position = await trio.to_thread.run_sync(handle.writer.peer, hello.site)
-        if problem is not None:
-            raise _Closing(p.ErrorCode.SCHEMA_MISMATCH.value, problem)
-        same_epoch = hello.epoch == handle.epoch
-        cursor = hello.cursor if same_epoch and hello.cursor <= handle.head else 0
-        acked = position.pushed_upto if same_epoch else 0
-        session = Session(ws, hub, settings, hello, handle, cursor)
-        await session.send(p.Welcome(p.PROTOCOL_VERSION, handle.epoch, handle.head, acked))
+        welcome = rules.admitted(await _look(handle, hello))
+        session = Session(ws, hub, settings, rules, handle)
+        for action in welcome:
+            await session._perform(action)
         session.log.info(
             "relay.connect store=%s site=%s cursor=%d head=%d epoch_match=%s",
             hello.store,
             hello.site.hex(),
-            cursor,
-            handle.head,
-            same_epoch,
+            rules.sent_upto,
+            rules.head,
+            rules.epoch_matched,
         )
         handle.sessions += 1
         hub.metrics.connections.inc()
@@ -318,62 +312,58 @@ async def handle_connection(ws: ServerConnection, hub: Hub, settings: RelaySetti
         try:
             async with open_nursery() as nursery:
                 nursery.start_soon(session.sender)
-                await session.receiver(proto)
+                await session.receiver()
                 nursery.cancel_scope.cancel()
         finally:
             handle.sessions -= 1
             hub.metrics.connections_active.dec()
-    except Refusal as exc:
-        reason = _cap(exc.reason)
+    except (Refusal, rs.Refused) as exc:
+        close = rules.fail(exc.code, exc.reason)
         if _REFUSAL_LOG.allow():
-            log.warning("relay.refused peer=%s code=%s reason=%s", peer, exc.code, reason)
-        await _send_error(ws, exc.code, reason, hub)
+            log.warning("relay.refused peer=%s code=%s reason=%s", peer, close.code, close.reason)
+        await _send_error(ws, close, hub)
     except ProtocolError as exc:
-        reason = _cap(exc.reason)
+        close = rules.fail(exc.code, exc.reason)
         if _REFUSAL_LOG.allow():
-            log.warning("relay.protocol_error peer=%s code=%s reason=%s", peer, exc.code, reason)
-        await _send_error(ws, exc.code, reason, hub)
+            log.warning(
+                "relay.protocol_error peer=%s code=%s reason=%s", peer, close.code, close.reason
+            )
+        await _send_error(ws, close, hub)
     except _Stalled as exc:
         log.warning("relay.peer_stalled peer=%s reason=%s", peer, exc)
         hub.metrics.errors.labels(code="stalled").inc()
         with trio.move_on_after(1):
             await ws.aclose(1008, "stalled")
     except trio.TooSlowError:
-        await _send_error(
-            ws, p.ErrorCode.BAD_FRAME.value, "no hello within the handshake timeout", hub
-        )
+        close = rules.fail(p.ErrorCode.BAD_FRAME.value, "no hello within the handshake timeout")
+        await _send_error(ws, close, hub)
     except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
         pass
     except sqlite3.Error as exc:
         # Disk full, read-only or failing storage: nothing of the unit was committed, so
         # nothing was acknowledged; the peer retries (with backoff) and succeeds once the
         # storage recovers.
-        store = proto.hello.store if proto.hello is not None else "-"
+        store = rules.hello.store if rules.hello is not None else "-"
         log.error("relay.store_write_failed peer=%s store=%s error=%s", peer, store, exc)
-        await _send_error(
-            ws,
+        close = rules.fail(
             p.ErrorCode.INTERNAL.value,
             f"the relay could not write store {store!r} ({exc}); nothing was stored, retry later",
-            hub,
         )
+        await _send_error(ws, close, hub)
     except Exception as exc:
         log.exception("relay.internal_error peer=%s", peer)
-        await _send_error(
-            ws, p.ErrorCode.INTERNAL.value, f"internal error: {type(exc).__name__}", hub
-        )
+        close = rules.fail(p.ErrorCode.INTERNAL.value, f"internal error: {type(exc).__name__}")
+        await _send_error(ws, close, hub)
     finally:
         if handle is not None:
             hub.release(handle, subject if settings.secret else None)
         if counted_store:
-            assert proto.hello is not None
-            limits.leave_store(proto.hello.store)
+            assert rules.hello is not None
+            limits.leave_store(rules.hello.store)
         if counted:
             limits.leave()
         if unauthenticated:
             limits.leave_unauthenticated(ip)
-
-
-MAX_REASON = 500
 
 
 class _LogBudget:
@@ -405,9 +395,3 @@ class _LogBudget:
 
 
 _REFUSAL_LOG = _LogBudget()
-
-
-def _cap(reason: str) -> str:
-    """An error reason cut to a bounded length for the log and the error frame (reasons quote
-    what peers sent; every quote is already bounded, this bounds their sum)."""
-    return reason if len(reason) <= MAX_REASON else reason[: MAX_REASON - 3] + "..."

@@ -135,11 +135,12 @@ class RelayStore:
         self.conn.close()
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (BEGIN IMMEDIATE): committed when the block ends, rolled back
-        if it raises. Every write to the store file goes through it."""
+    def _transaction(self, *, read: bool = False) -> Iterator[sqlite3.Connection]:
+        """One transaction: committed when the block ends, rolled back if it raises. Every
+        write to the store file goes through it (BEGIN IMMEDIATE); ``read``: a read of one
+        consistent snapshot (a deferred BEGIN, never writing)."""
         conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("BEGIN" if read else "BEGIN IMMEDIATE")
         try:
             yield conn
         except BaseException:
@@ -695,14 +696,10 @@ class RelayStore:
     # ------------------------------------------------------------------ reads
 
     def changes_since(
-        self,
-        cursor: int,
-        exclude_site: bytes | None,
-        max_cells: int = 5000,
-        max_bytes: int = 8 << 20,
+        self, cursor: int, exclude: bytes | None, max_cells: int = 5000, max_bytes: int = 8 << 20
     ) -> tuple[list[Change], int, bool]:
         """Changes of relay versions after ``cursor``, whole versions at a time, leaving out
-        the cells ``exclude_site``'s connections pushed (whatever author they claim; cells
+        the cells site ``exclude``'s connections pushed (whatever author they claim; cells
         stored before the pushing site was recorded fall back to their author).
 
         Reads stop at the first version boundary past ``max_cells`` cells or ``max_bytes``
@@ -714,7 +711,7 @@ class RelayStore:
             ``(changes, upto, complete)``: ``upto`` is the last version fully included;
             ``complete`` is true if nothing after ``upto`` exists (at read time).
         """
-        page = self.read_page(cursor, exclude_site, max_cells, max_bytes, split=False)
+        page = self.read_page(cursor, exclude, max_cells, max_bytes, split=False)
         return page.changes, page.upto, page.complete
 
     def read_page(
@@ -734,9 +731,7 @@ class RelayStore:
         and ``resume`` says where the next part starts (pass it as ``after``); the parts of
         one version form one atomic unit for the receiver. ``after``: continue such a version.
         """
-        conn = self.conn
-        conn.execute("BEGIN")
-        try:
+        with self._transaction(read=True) as conn:
             head = self.head
             if after is not None:
                 return self._version_part(after, exclude_site, max_cells, max_bytes, head)
@@ -775,8 +770,6 @@ class RelayStore:
             cur.close()
             if stopped:
                 upto, complete = rows[-1][5], False
-        finally:
-            conn.execute("COMMIT")
         out = [Change(*r[:9]) for r in rows if r[9] != exclude_site]
         return Page(out, upto, complete, None)
 

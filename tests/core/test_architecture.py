@@ -1,8 +1,9 @@
 """The layering of the ``crsync`` package, checked on its source (see docs/code-map.md).
 
-* The pure core (the change value type, packing, value order, the merge rules, the wire codec)
-  does no I/O: it imports no sqlite3, anyio, trio, websockets or watchfiles, and only other
-  pure modules of the package. ``triggers`` generates SQL text and imports none of them directly.
+* The pure core (the change value type, packing, value order, the merge rules, the wire codec,
+  the device and relay sync sessions) does no I/O: it imports no sqlite3, anyio, sniffio,
+  asyncio, trio, websockets or watchfiles, and only other pure modules of the package.
+  ``triggers`` generates SQL text and imports none of them directly.
 * Storage never imports the sync layer when imported (no cycle between ``database`` and
   ``live``).
 * Only the storage modules touch crsync's metadata: the sync layer (``peer``, ``live``, the
@@ -26,11 +27,20 @@ import crsync
 
 PACKAGE = Path(crsync.__file__).parent
 
-PURE = ("errors", "pack", "values", "change", "merge_rules", "protocol")
+PURE = (
+    "errors",
+    "pack",
+    "values",
+    "change",
+    "merge_rules",
+    "protocol",
+    "device_session",
+    "relay_session",
+)
 SQL_TEXT_ONLY = ("triggers",)
 IO_MODULES = {"sqlite3", "anyio", "sniffio", "asyncio", "trio", "websockets", "watchfiles"}
 
-SYNC_LAYER = ("peer", "live", "watcher", "_websocket", "cli", "__init__")
+SYNC_LAYER = ("peer", "live", "watcher", "_websocket", "sync_thread", "cli", "__init__")
 STORAGE = (
     "database",
     "tracking",
@@ -125,6 +135,8 @@ MAY_IMPORT: dict[str, set[str]] = {
     "change": {"errors", "pack"},
     "merge_rules": {"change", "pack", "values"},
     "protocol": {"change", "errors"},
+    "device_session": {"change", "errors", "protocol"},
+    "relay_session": {"change", "errors", "protocol"},
     "schema": _CORE,
     "triggers": _CORE | {"schema"},
     "ids": _CORE | {"schema"},
@@ -149,7 +161,8 @@ MAY_IMPORT: dict[str, set[str]] = {
     "live": _LOW | {"database", "feed", "watcher", "_async_util"},
     "peer": _LOW | {"database", "positions", "watcher", "_websocket"} | _HELPERS,
     "cli": _LOW | {"database", "peer", "positions", "tracking", "trigger_sql"} | _HELPERS,
-    "__init__": _LOW | {"database", "peer", "tracking"},
+    "sync_thread": _LOW | {"database", "live", "peer", "_sqlite_errors"},
+    "__init__": _LOW | {"database", "peer", "sync_thread", "tracking"},
     "__main__": {"cli"},
 }
 
@@ -253,3 +266,48 @@ def test_the_checks_see_what_they_forbid() -> None:
         "    return db._tracked\n"
     )
     assert len(found) == 5, found
+
+
+# ---------------------------------------------------------------- integrations (crsync.contrib)
+
+CONTRIB = sorted((PACKAGE / "contrib").rglob("*.py"))
+# Django's documented model metadata API (``Model._meta``) is public despite its name.
+_THIRD_PARTY_PUBLIC = ("._meta",)
+
+
+def _contrib_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+@pytest.mark.parametrize("path", CONTRIB, ids=_contrib_name)
+def test_contrib_uses_the_public_api_only(path: Path) -> None:
+    """The integrations import only ``crsync``'s public names (and each other), run no SQL
+    on crsync's metadata and use no private member of crsync's objects: what they do, an app
+    can do by hand."""
+    source = path.read_text(encoding="utf-8")
+    tree = ast.parse(source)
+    bad = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            bad += [
+                a.name
+                for a in node.names
+                if a.name.startswith("crsync.") and not a.name.startswith("crsync.contrib")
+            ]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            module = node.module or ""
+            if module == "crsync":
+                bad += [a.name for a in node.names if a.name not in crsync.__all__]
+            elif module.startswith("crsync.") and not module.startswith("crsync.contrib"):
+                bad.append(module)
+    assert bad == []
+    violations = [
+        v for v in _violations(source) if not any(ok in v for ok in _THIRD_PARTY_PUBLIC)
+    ]
+    assert violations == []
+
+
+def test_every_contrib_module_is_in_the_code_map() -> None:
+    text = (PACKAGE.parent / "docs" / "code-map.md").read_text(encoding="utf-8")
+    assert [n for n in map(_contrib_name, CONTRIB) if f"`{n}`" not in text] == []

@@ -115,9 +115,17 @@ def relay(tmp_path: Path) -> Iterator[LocalRelay]:
 class AppWindow:
     """One app process with its ``--test-hook`` file."""
 
-    def __init__(self, tmp: Path, name: str, x: int, relay: LocalRelay, display: str) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        name: str,
+        x: int,
+        relay: LocalRelay,
+        display: str,
+        db: Path | None = None,
+    ) -> None:
         self.name = name
-        self.db = tmp / f"{name}.db"
+        self.db = db or tmp / f"{name}.db"
         self.hook = tmp / f"{name}.hook.json"
         self.log = tmp / f"{name}.log"
         env = dict(os.environ, DISPLAY=display, CRSYNC_TOKEN=relay.token)
@@ -211,6 +219,7 @@ def test_a_todo_typed_in_one_window_appears_in_the_other_and_back(
 ) -> None:
     laptop = AppWindow(tmp_path, "laptop", 10, relay, display)
     phone = AppWindow(tmp_path, "phone", 450, relay, display)
+    opened = [laptop, phone]
     try:
         for app in (laptop, phone):
             app.wait(lambda i: i["mapped"] and i["state"] == "synced", "the synced window")
@@ -244,9 +253,20 @@ def test_a_todo_typed_in_one_window_appears_in_the_other_and_back(
             timeout=TIMEOUT,
         )
         assert png_size(shot) == SCREEN
+
+        # A second window on the laptop's file waits in standby (the old bridge raised
+        # KeyError here), then takes over when the first laptop window closes.
+        second = AppWindow(tmp_path, "laptop-2", 10, relay, display, db=laptop.db)
+        opened.append(second)
+        shown = second.wait(lambda i: i["state"] == "standby", "standby")
+        assert shown["status"].startswith("standby"), shown
+        assert todos(shown) == expected  # it reads the file the first window syncs
+        assert laptop.close() == 0
+        second.wait(lambda i: i["state"] == "synced", "taking over")
+        assert "Traceback" not in second.output, second.output
     finally:
-        codes = {app.name: app.close() for app in (laptop, phone)}
-    assert codes == {"laptop": 0, "phone": 0}, laptop.output + phone.output
+        codes = {app.name: app.close() for app in opened}
+    assert set(codes.values()) == {0}, "".join(app.output for app in opened)
 
     # The windows showed what the files hold.
     for app in (laptop, phone):

@@ -1,11 +1,10 @@
-"""The todo app's model and sync thread, without a screen (examples/todo_sync)."""
+"""The todo app's model and status line, and two models syncing through ``crsync.SyncThread``
+as the windows do, without a screen (examples/todo_sync)."""
 
 from __future__ import annotations
 
-import queue
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,42 +17,17 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # plain ``pytest`` does not put the repository root on the path
     sys.path.insert(0, str(ROOT))
 
+from crsync.live import RowChange  # noqa: E402
+from crsync.sync_thread import SyncStatus  # noqa: E402
 from examples.todo_sync.model import TodoModel  # noqa: E402
 from examples.todo_sync.relay import LocalRelay, local_relay  # noqa: E402
-from examples.todo_sync.sync import (  # noqa: E402
-    DataChanged,
-    StateChanged,
-    SyncEvent,
-    SyncThread,
-    describe,
-)
+from examples.todo_sync.status import colour, describe  # noqa: E402
 
 TIMEOUT = 30.0
 
 
 def titles(model: TodoModel) -> list[tuple[str, bool]]:
     return [(t.title, t.done) for t in model.list()]
-
-
-def wait_for(
-    sync: SyncThread, cond: Callable[[list[SyncEvent]], bool], what: str
-) -> list[SyncEvent]:
-    """Re-check ``cond(events so far)`` after each event the sync thread reports (bounded)."""
-    deadline = time.monotonic() + TIMEOUT
-    seen: list[SyncEvent] = []
-    while not cond(seen):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise AssertionError(f"{what} did not happen within {TIMEOUT:.0f} s; events: {seen}")
-        try:
-            seen.append(sync.events.get(timeout=remaining))
-        except queue.Empty:
-            pass
-    return seen
-
-
-def reported(state: PeerState) -> Callable[[list[SyncEvent]], bool]:
-    return lambda events: any(isinstance(e, StateChanged) and e.state is state for e in events)
 
 
 # ---------------------------------------------------------------------- the model alone
@@ -119,6 +93,22 @@ def test_concurrent_edits_of_two_models_keep_both_columns_when_merged(tmp_path: 
     assert titles(a) == titles(b) == [("buy oat milk", True)]
 
 
+# ---------------------------------------------------------------------- the status line
+
+
+def test_the_status_line_covers_every_state_including_standby() -> None:
+    # A second window on the same file goes to STANDBY; the status line used to raise
+    # KeyError for it and kill the window's refresh.
+    for state in PeerState:
+        assert describe(SyncStatus(state))
+        assert colour(SyncStatus(state)).startswith("#")
+    assert describe(SyncStatus(PeerState.STANDBY, "lock held")).startswith("standby")
+    assert describe(SyncStatus(PeerState.SYNCED)) == "synced"
+    offline = SyncStatus(PeerState.OFFLINE, "relay unreachable")
+    assert describe(offline) == "offline, retrying: relay unreachable"
+    assert describe(SyncStatus(PeerState.SYNCING, "ignored")) == "syncing…"
+
+
 # ---------------------------------------------------------------------- syncing through a relay
 
 
@@ -128,100 +118,62 @@ def relay(tmp_path: Path) -> Iterator[LocalRelay]:
         yield r
 
 
-@pytest.fixture
-def devices(tmp_path: Path, relay: LocalRelay) -> Iterator[list[tuple[TodoModel, SyncThread]]]:
-    """Two devices, each a model on its own file plus a running sync thread."""
-    out = []
+class Changed:
+    """An on_change callback with a condition to wait on."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.count = 0
+
+    def __call__(self, _changes: list[RowChange]) -> None:
+        with self.cond:
+            self.count += 1
+            self.cond.notify_all()
+
+    def wait_until(self, cond: Callable[[], bool], what: str) -> None:
+        """Re-check ``cond`` after each change the sync thread reports (bounded)."""
+        with self.cond:
+            assert self.cond.wait_for(cond, TIMEOUT), f"{what} within {TIMEOUT:.0f} s"
+
+
+@pytest.mark.e2e
+def test_two_devices_converge_live_through_sync_threads(tmp_path: Path, relay: LocalRelay) -> None:
+    devices = []
     for name in ("laptop", "phone"):
         model = TodoModel.open(tmp_path / f"{name}.db")
-        sync = SyncThread(model.path or "", relay.url, store=relay.store, token=relay.token)
+        sync = crsync.SyncThread(model.db, relay.url, store=relay.store, token=relay.token)
+        changed = Changed()
+        sync.on_change(changed, tables=["todos"])
         sync.start()
-        out.append((model, sync))
-    yield out
-    for model, sync in out:
-        sync.stop()
-        assert not sync.running
-        model.close()
-
-
-@pytest.mark.e2e
-def test_two_devices_converge_live_and_the_ui_hears_about_each_merge(
-    devices: list[tuple[TodoModel, SyncThread]],
-) -> None:
-    (laptop, s_laptop), (phone, s_phone) = devices
-    wait_for(s_phone, reported(PeerState.SYNCED), "phone synced")
-
-    milk = laptop.add("buy milk")
-    laptop.add("call mum")
-    s_laptop.notify()
-    events = wait_for(s_phone, lambda _: len(phone.list()) == 2, "phone receiving two todos")
-    assert any(isinstance(e, DataChanged) and e.wins > 0 for e in events)
-    assert titles(phone) == [("buy milk", False), ("call mum", False)]
-
-    # Both edit the same todo at once (different columns) and the phone deletes the other one.
-    laptop.rename(milk, "buy oat milk")
-    s_laptop.notify()
-    phone.set_done(milk, True)
-    phone.delete(phone.list()[1].id)
-    s_phone.notify()
-    expected = [("buy oat milk", True)]
-    wait_for(s_phone, lambda _: titles(phone) == expected, "phone merging the rename")
-    wait_for(s_laptop, lambda _: titles(laptop) == expected, "laptop merging done + delete")
-
-
-@pytest.mark.e2e
-def test_sync_thread_reports_states_and_wakes_the_ui_for_every_event(
-    tmp_path: Path, relay: LocalRelay
-) -> None:
-    model = TodoModel.open(tmp_path / "a.db")
-    model.add("seed")
-    wakeups = threading.Semaphore(0)
-    sync = SyncThread(
-        model.path or "", relay.url, store=relay.store, token=relay.token, wakeup=wakeups.release
-    )
-    sync.start()
+        devices.append((model, sync, changed))
+    (laptop, s_laptop, c_laptop), (phone, s_phone, c_phone) = devices
     try:
-        events = wait_for(sync, reported(PeerState.SYNCED), "synced")
-        sync.wait_synced(TIMEOUT)
+        assert s_phone.wait_synced(TIMEOUT) and s_laptop.wait_synced(TIMEOUT)
+        milk = laptop.add("buy milk")
+        laptop.add("call mum")
+        s_laptop.notify()
+        c_phone.wait_until(lambda: len(phone.list()) == 2, "phone receiving two todos")
+        assert titles(phone) == [("buy milk", False), ("call mum", False)]
+
+        # Both edit the same todo (different columns); the phone deletes the other one.
+        laptop.rename(milk, "buy oat milk")
+        phone.set_done(milk, True)
+        phone.delete(phone.list()[1].id)
+        expected = [("buy oat milk", True)]
+        c_phone.wait_until(lambda: titles(phone) == expected, "phone merging the rename")
+        c_laptop.wait_until(lambda: titles(laptop) == expected, "laptop merging done + delete")
     finally:
-        sync.stop()
-    states = [e.state for e in events if isinstance(e, StateChanged)]
-    assert states[0] is PeerState.CONNECTING
-    assert PeerState.SYNCED in states
-    for _ in events:  # one wake-up per queued event, called from the sync thread
-        assert wakeups.acquire(timeout=TIMEOUT)
-    model.close()
+        for model, sync, _ in devices:
+            assert sync.stop()
+            model.close()
 
 
 @pytest.mark.e2e
-def test_a_refused_token_stops_sync_with_a_readable_status(
-    tmp_path: Path, relay: LocalRelay
-) -> None:
+def test_a_refused_token_gives_a_readable_status_line(tmp_path: Path, relay: LocalRelay) -> None:
     model = TodoModel.open(tmp_path / "a.db")
-    sync = SyncThread(model.path or "", relay.url, store="someone-else", token=relay.token)
-    sync.start()
-    try:
-        events = wait_for(sync, reported(PeerState.ERROR), "refusal")
-    finally:
-        sync.stop()
+    with crsync.SyncThread(model.db, relay.url, store="someone-else", token=relay.token) as sync:
+        assert sync.wait_state(PeerState.ERROR, timeout=TIMEOUT) is PeerState.ERROR
+        status = describe(sync.status)
     model.close()
-    final = [e for e in events if isinstance(e, StateChanged)][-1]
-    assert final.state is PeerState.ERROR
-    status = describe(final.state, final.detail)
     assert status.startswith("sync stopped: ")
     assert "someone-else" in status or "token" in status.lower(), status
-
-
-def test_sync_thread_start_raises_on_a_bad_relay_url(tmp_path: Path) -> None:
-    model = TodoModel.open(tmp_path / "a.db")
-    sync = SyncThread(model.path or "", "http://127.0.0.1:1", store="todos", token=None)
-    with pytest.raises(crsync.CrsyncError, match="ws:// or wss://"):
-        sync.start()
-    assert not sync.running
-    model.close()
-
-
-def test_describe_explains_offline_and_error_states() -> None:
-    assert describe(PeerState.SYNCED) == "synced"
-    assert describe(PeerState.OFFLINE, "OSError: refused") == "offline, retrying: OSError: refused"
-    assert describe(PeerState.SYNCING, "ignored") == "syncing…"

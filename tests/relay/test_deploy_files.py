@@ -10,16 +10,10 @@ from __future__ import annotations
 
 import configparser
 import json
-import os
-import queue
 import re
 import secrets
 import shlex
-import signal
 import ssl
-import subprocess
-import sys
-import threading
 import tomllib
 import urllib.request
 from collections.abc import Iterator
@@ -29,6 +23,7 @@ from pathlib import Path
 import pytest
 import trustme
 from crsync_relay.cli import serve
+from crsync_relay.process import RelayLauncher
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "server" / "deploy"
@@ -45,62 +40,25 @@ SERVE_FLAGS = {opt for p in serve.params for opt in p.opts if opt.startswith("--
 
 
 @contextmanager
-def relay_process(args: list[str], cwd: Path) -> Iterator[list[str]]:
-    """Run a relay; yield its stderr lines once ``relay.listening`` appears; SIGTERM on exit."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CRSYNC_RELAY_")}
-    proc = subprocess.Popen(
-        args,
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+def relay_process(args: list[str], cwd: Path) -> Iterator[RelayLauncher]:
+    """Run ``serve`` configured by ``args`` alone (the launcher adds no option); yield it once
+    it listens; SIGTERM on exit, which must end it cleanly (status 0)."""
+    relay = RelayLauncher(
+        None, args=args, cwd=cwd, ready_timeout=READY_TIMEOUT, stop_timeout=STOP_TIMEOUT
     )
-    lines: list[str] = []
-    q: queue.Queue[str | None] = queue.Queue()
-
-    def read() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            lines.append(line.rstrip("\n"))
-            q.put(line)
-        q.put(None)
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
+    relay.start()
     try:
-        while True:
-            try:
-                line = q.get(timeout=READY_TIMEOUT)
-            except queue.Empty:
-                raise AssertionError(
-                    f"no relay.listening within {READY_TIMEOUT}s:\n" + "\n".join(lines)
-                ) from None
-            if line is None:
-                raise AssertionError("relay exited before listening:\n" + "\n".join(lines))
-            if _LISTENING.search(line):
-                break
-        yield lines
+        yield relay
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=STOP_TIMEOUT)
-            raise AssertionError("relay ignored SIGTERM:\n" + "\n".join(lines)) from None
-        reader.join(timeout=STOP_TIMEOUT)
-    assert code == 0, "\n".join(lines)
+        code = relay.stop()
+    assert code == 0, relay.log
 
 
-def _healthz(lines: list[str], scheme: str = "http", ctx: ssl.SSLContext | None = None) -> None:
+def _healthz(relay: RelayLauncher, scheme: str = "http", ctx: ssl.SSLContext | None = None) -> None:
     """GET /healthz. An answer also means the relay's SIGTERM handler is installed: the relay
     logs relay.listening a few statements before it installs it, and a SIGTERM in between
     kills it without a clean shutdown."""
-    m = next(m for m in map(_LISTENING.search, lines) if m)
-    url = f"{scheme}://127.0.0.1:{m.group(1)}/healthz"
+    url = f"{scheme}://127.0.0.1:{relay.port}/healthz"
     with urllib.request.urlopen(url, timeout=READY_TIMEOUT, context=ctx) as resp:
         assert resp.status == 200
         assert resp.read() == b"ok\n"
@@ -149,11 +107,11 @@ def test_example_config_starts_a_relay_as_written(tmp_path: Path) -> None:
     secret.write_text(secrets.token_urlsafe(48))
     secret.chmod(0o600)
     data_dir = tmp_path / "data"
-    args = [sys.executable, "-m", "crsync_relay.cli", "serve", "--config", str(EXAMPLE)]
+    args = ["--config", str(EXAMPLE)]
     args += ["--data-dir", str(data_dir), "--port", "0", "--secret-file", str(secret)]
-    with relay_process(args, tmp_path) as lines:
-        event = _listening(lines, str(relay["log_format"]))
-        _healthz(lines)
+    with relay_process(args, tmp_path) as launched:
+        event = _listening(launched.lines, str(relay["log_format"]))
+        _healthz(launched)
     assert f"host={relay['host']} " in event
     assert f"data_dir={data_dir}" in event
     assert "tls=False" in event and "dev=False" in event
@@ -188,12 +146,12 @@ def test_example_config_tls_keys_serve_wss_when_uncommented(tmp_path: Path) -> N
         assert n == 1, f"{key} not found in {EXAMPLE}"
     config = tmp_path / "relay.toml"
     config.write_text(text)
-    args = [sys.executable, "-m", "crsync_relay.cli", "serve", "--config", str(config)]
+    args = ["--config", str(config)]
     ctx = ssl.create_default_context()
     ca.configure_trust(ctx)
-    with relay_process(args, tmp_path) as lines:
-        event = _listening(lines, str(_relay_table()["log_format"]))
-        _healthz(lines, "https", ctx)
+    with relay_process(args, tmp_path) as launched:
+        event = _listening(launched.lines, str(_relay_table()["log_format"]))
+        _healthz(launched, "https", ctx)
     assert "tls=True" in event
     assert f"data_dir={data_dir}" in event
 

@@ -1,20 +1,21 @@
-"""Refusals carry their protocol error code; the relay CLI's exit statuses."""
+"""Refusals carry their protocol error code; both CLIs' exit statuses (one table)."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from pathlib import Path
 
+import crsync_relay.cli as relay_cli_module
 import pytest
 from click.testing import CliRunner
 from crsync_relay.auth import TokenExpired, TokenInvalid, issue_token, verify_token
-from crsync_relay.cli import ExitStatus
 from crsync_relay.cli import main as relay_cli
 from crsync_relay.datadir import BadStoreId, check_store_id
 from crsync_relay.hub import Hub, Overloaded, QuotaExceeded
 from crsync_relay.refusal import Refusal
 
-from crsync.errors import AuthError
+from crsync.errors import AuthError, ExitStatus
 from crsync.protocol import ErrorCode
 
 SECRET = b"s" * 32
@@ -59,3 +60,15 @@ def test_relay_cli_exit_statuses_follow_one_table(tmp_path: Path) -> None:
     assert unknown.exit_code == ExitStatus.USAGE, unknown.output
     listed = runner.invoke(relay_cli, ["stores", "--data-dir", str(tmp_path)])
     assert listed.exit_code == ExitStatus.OK, listed.output
+
+
+def test_both_clis_use_the_same_exit_status_table(tmp_path: Path) -> None:
+    """``crsync`` ends with the statuses of ``crsync-relay``: one table (crsync.errors)."""
+    from crsync.cli import main as crsync_main
+
+    assert relay_cli_module.ExitStatus is ExitStatus
+    assert crsync_main(["status", str(tmp_path / "missing.db")]) == ExitStatus.ERROR
+    assert crsync_main(["status", "--no-such-option"]) == ExitStatus.USAGE
+    db = tmp_path / "app.db"
+    sqlite3.connect(db).close()
+    assert crsync_main(["status", str(db)]) == ExitStatus.OK

@@ -1,0 +1,155 @@
+"""The self-contained relay executable (``server/build_binary.py``) runs on a host without Python.
+
+The binary is built once per module with PyInstaller. Where this test runs as root with
+``unshare`` (CI does), the relay runs in a private mount namespace in which every Python
+installation of this machine is hidden under an empty tmpfs: nothing but the binary can
+provide the interpreter, the standard library or the relay's dependencies. Elsewhere it still
+runs with an empty environment (no ``PATH`` to a Python, no ``PYTHON*`` variables).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+import trio
+from crsync_relay.process import RelayLauncher
+
+import crsync
+from crsync.peer import Peer
+
+ROOT = Path(__file__).resolve().parents[2]
+BUILD = ROOT / "server" / "build_binary.py"
+
+pytestmark = pytest.mark.slow
+
+pytest.importorskip(
+    "PyInstaller", reason="PyInstaller is in the test extra: pip install -e '.[test]'"
+)
+
+
+def _python_dirs() -> list[str]:
+    """Every directory holding a Python installation on this machine (to hide)."""
+    dirs = {sys.base_prefix, sys.prefix, sysconfig.get_paths()["stdlib"]}
+    for pattern in ("/usr/lib/python3*", "/usr/local/lib/python3*", "/opt/python*"):
+        dirs.update(glob.glob(pattern))
+    # Never hide what holds the test's own files or the system's shell.
+    keep = ("/", "/usr", "/usr/local", "/tmp", "/root", "/bin", "/usr/bin")
+    found = sorted(os.path.realpath(d) for d in dirs if os.path.isdir(d) and d not in keep)
+    # A hidden directory hides what is below it: mount over the topmost ones only.
+    return [d for d in found if not any(d.startswith(p + os.sep) for p in found if p != d)]
+
+
+def _can_hide_python() -> bool:
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "true"], capture_output=True, timeout=30
+    )
+    return probe.returncode == 0
+
+
+def _command(binary: Path) -> list[str]:
+    """What starts the relay: the binary, with every Python hidden where possible."""
+    if not _can_hide_python():
+        return [str(binary)]
+    mounts = " && ".join(f"mount -t tmpfs none '{d}'" for d in _python_dirs())
+    script = f'{mounts} && exec "$0" "$@"'
+    return ["unshare", "--mount", "--propagation", "private", "/bin/sh", "-c", script, str(binary)]
+
+
+@pytest.fixture(scope="module")
+def relay_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("dist") / "crsync-relay"
+    proc = subprocess.run(
+        [sys.executable, str(BUILD), "--output", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert out.is_file() and os.access(out, os.X_OK)
+    return out
+
+
+def test_hidden_python_really_is_hidden(tmp_path: Path) -> None:
+    # What makes the next test meaningful: inside the namespace, this machine's Python is gone.
+    if not _can_hide_python():
+        pytest.skip("needs root and unshare to hide this machine's Python")
+    proc = subprocess.run(
+        [*_command(Path(sys.executable)), "-c", "import encodings"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+
+
+def test_binary_answers_help_with_an_empty_environment(relay_binary: Path) -> None:
+    proc = subprocess.run(
+        [*_command(relay_binary), "--help"],
+        env={"PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    for command in ("serve", "token", "stores", "backup"):
+        assert command in proc.stdout
+
+
+def test_binary_refuses_bad_usage_with_the_usage_status(relay_binary: Path) -> None:
+    proc = subprocess.run(
+        [str(relay_binary), "serve", "--port", "not-a-port"],
+        env={"PATH": "/nonexistent"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "not-a-port" in proc.stderr
+
+
+@pytest.mark.e2e
+async def test_binary_relay_syncs_a_row_between_two_databases(
+    relay_binary: Path, tmp_path: Path
+) -> None:
+    schema = "CREATE TABLE notes (id TEXT PRIMARY KEY NOT NULL, body TEXT)"
+    a = crsync.connect(tmp_path / "a.db")
+    b = crsync.connect(tmp_path / "b.db")
+    for db in (a, b):
+        db.conn.execute(schema)
+        db.track("notes")
+    a.conn.execute("INSERT INTO notes VALUES ('n1', 'no Python on this host')")
+
+    relay = RelayLauncher(
+        tmp_path / "relay-data",
+        command=_command(relay_binary),
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin"},
+        ready_timeout=120,
+    )
+    relay.start()
+    try:
+        with trio.fail_after(60):
+            async with Peer(a, relay.url, store="notes") as pa:
+                await pa.wait_synced()
+            async with Peer(b, relay.url, store="notes") as pb:
+                await pb.wait_synced()
+    finally:
+        code = relay.stop()
+    assert code == 0, relay.log
+    assert relay.count("relay.stopped"), relay.log
+    assert pb.stats.received_changes == pa.stats.pushed_changes > 0
+    assert b.conn.execute("SELECT id, body FROM notes").fetchall() == [
+        ("n1", "no Python on this host")
+    ]
+    assert (tmp_path / "relay-data" / "notes.store.sqlite3").is_file()
+    a.close()
+    b.close()
