@@ -53,14 +53,15 @@ class Connection:
         except self._broken as exc:
             raise ConnectionClosedError(None, None) from exc
 
-    async def __aiter__(self) -> AsyncIterator[Data]:
-        """Messages until the connection closes (a normal close ends the iteration)."""
-        while True:
-            try:
-                message = await self.recv()
-            except ConnectionClosedOK:
-                return
-            yield message
+    def __aiter__(self) -> Connection:
+        return self
+
+    async def __anext__(self) -> Data:
+        """The next message; a normal close ends the iteration."""
+        try:
+            return await self.recv()
+        except ConnectionClosedOK:
+            raise StopAsyncIteration from None
 
 
 @contextlib.asynccontextmanager
