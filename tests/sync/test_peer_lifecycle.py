@@ -9,6 +9,7 @@ import os
 import socket
 import ssl
 import sys
+import threading
 import time
 import types
 from collections.abc import AsyncIterator, Callable
@@ -59,12 +60,14 @@ def _inotify_count() -> int:
 
 
 def _threads_in_watch() -> int:
-    """Threads now watching files: inside ``watchfiles``' loop around ``RustNotify.watch``
-    (its blocking wait for file events), which holds the OS watch."""
+    """Threads now watching files: crsync's file watcher threads (alive from the first
+    subscriber of a file to the last), and any other thread inside ``watchfiles``' loop around
+    ``RustNotify.watch`` (its blocking wait for file events), which holds the OS watch."""
+    watchers = {t.ident for t in threading.enumerate() if t.name.startswith("crsync.watcher:")}
     n = 0
-    for frame in sys._current_frames().values():
+    for ident, frame in sys._current_frames().items():
         f: types.FrameType | None = frame
-        while f is not None:
+        while f is not None and ident not in watchers:
             if any(
                 type(v).__name__ == "RustNotify"
                 or (
@@ -76,7 +79,7 @@ def _threads_in_watch() -> int:
                 n += 1
                 break
             f = f.f_back
-    return n
+    return n + len(watchers)
 
 
 def _wait_for(pred: Callable[[], bool], limit: float = 2.0) -> bool:
