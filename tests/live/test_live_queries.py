@@ -260,25 +260,36 @@ def test_subscribers_on_an_asyncio_loop_and_a_trio_loop_share_one_engine(tmp_pat
     ready = threading.Barrier(3)
     seen: dict[str, list[object]] = {}
     engines: list[object] = []
+    failed: list[BaseException] = []
 
     async def watcher(name: str) -> None:
-        with anyio.fail_after(LIMIT):
+        with anyio.fail_after(3 * LIMIT):
             async with crsync.connect(path).watch("SELECT x FROM t") as live:
                 assert await live.__anext__() == []
                 engines.append(live.engine)
-                await anyio.to_thread.run_sync(ready.wait)
+                await anyio.to_thread.run_sync(ready.wait, 3 * LIMIT)
                 seen[name] = await live.__anext__()
 
-    threads = [
-        threading.Thread(target=anyio.run, args=(watcher, b), kwargs={"backend": b})
-        for b in ("asyncio", "trio")
-    ]
+    def run(backend: str) -> None:
+        try:
+            anyio.run(watcher, backend, backend=backend)
+        except BaseException as exc:  # reported below, with the thread's own traceback
+            failed.append(exc)
+            ready.abort()
+
+    threads = [threading.Thread(target=run, args=(b,)) for b in ("asyncio", "trio")]
     for t in threads:
         t.start()
-    ready.wait(LIMIT)
-    assert str(path.resolve()) in live_module._ENGINES
-    db.conn.execute("INSERT INTO t VALUES (1, 'both')")
+    try:
+        ready.wait(3 * LIMIT)
+    except threading.BrokenBarrierError:
+        pass
+    if not failed:
+        assert str(path.resolve()) in live_module._ENGINES
+        db.conn.execute("INSERT INTO t VALUES (1, 'both')")
     for t in threads:
-        t.join(LIMIT)
+        t.join(3 * LIMIT)
+    if failed:
+        raise failed[0]
     assert seen == {"asyncio": [("both",)], "trio": [("both",)]}
     assert engines[0] is engines[1]
