@@ -567,12 +567,11 @@ class _Engine:
         its own: the thread holds them only while it looks, so that a subscriber dropped
         without ``close()`` is garbage-collected and leaves the WeakSets.)"""
         with _REGISTRY:
-            queries, feeds = list(self.queries), list(self.feeds)
-            if not (queries or feeds or self.joining):
+            if not (self.queries or self.feeds or self.joining):
                 self._stop()
             if self.stopped:
                 return False
-        self._look_and_publish(queries, feeds)
+        self._look_and_publish()
         return True
 
     def _stop(self) -> None:
@@ -581,8 +580,13 @@ class _Engine:
         if _ENGINES.get(self.path) is self:
             del _ENGINES[self.path]
 
-    def _look_and_publish(self, queries: list[LiveQuery], feeds: list[ChangeFeed]) -> None:
+    def _look_and_publish(self) -> None:
         with self.lock:
+            # The subscribers as of this look, taken under the connection's lock (where they
+            # are added, with their first result): one added meanwhile is part of the look that
+            # consumes the commit it may not have seen.
+            with _REGISTRY:
+                queries, feeds = list(self.queries), list(self.feeds)
             if self.db is None:
                 self._open()
             try:
