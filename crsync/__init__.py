@@ -58,8 +58,8 @@ def trigger_sql(conn: sqlite3.Connection, table: str, *, integer_keys: str | Non
 
 def __getattr__(name: str) -> object:
     """``crsync.Peer``, ``crsync.PeerState``, ``crsync.PeerStats``, ``crsync.SyncThread`` and
-    ``crsync.SyncStatus``, imported on first use (the sync layer pulls in trio, websockets and
-    watchfiles, which the core does not need)."""
+    ``crsync.SyncStatus``, imported on first use (the sync layer pulls in anyio (and trio for
+    ``SyncThread``), websockets and watchfiles, which the core does not need)."""
     if name in ("Peer", "PeerState", "PeerStats"):
         from . import peer
 

@@ -649,11 +649,12 @@ class Database:
             log.warning("crsync.rejected.dropped table=%s changes=%d", table or "*", n)
         return n
 
-    # ------------------------------------------------------------------ live (trio)
+    # ------------------------------------------------------------------ live (asyncio or trio)
 
     def watch(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> LiveQuery:
-        """A live query: an async iterator (trio) of the query's result, now and whenever a
-        table it reads changes (writes by any connection or process on this file, merges).
+        """A live query: an async iterator (asyncio or trio) of the query's result, now and
+        whenever a table it reads changes (writes by any connection or process on this file,
+        merges).
 
         Example::
 
@@ -673,8 +674,9 @@ class Database:
         return LiveQuery(self, sql, params)
 
     def changes_feed(self, tables: Sequence[str] | None = None) -> ChangeFeed:
-        """An async iterator (trio) of lists of :class:`crsync.live.RowChange`: which rows of
-        replicated tables changed, and whether this database wrote them or a merge did."""
+        """An async iterator (asyncio or trio) of lists of :class:`crsync.live.RowChange`:
+        which rows of replicated tables changed, and whether this database wrote them or a
+        merge did."""
         from .live import ChangeFeed
 
         return ChangeFeed(self, tables)
@@ -682,9 +684,9 @@ class Database:
     async def on_change(
         self, table: str | None, callback: Callable[[list[RowChange]], None]
     ) -> ChangeFeed:
-        """Call ``callback`` (in the trio thread; it must not block) with the rows of ``table``
-        (None: every replicated table) that change from now on. ``close()`` the returned
-        handle to stop."""
+        """Call ``callback`` (in the event loop thread that called this, asyncio or trio; it must
+        not block) with the rows of ``table`` (None: every replicated table) that change from now
+        on. ``close()`` the returned handle to stop."""
         from .live import ChangeFeed
 
         handle = ChangeFeed(self, None if table is None else [table], callback)

@@ -1,15 +1,17 @@
-"""Live queries and change notifications for a database file (trio).
+"""Live queries and change notifications for a database file (asyncio or trio).
 
-One *engine* per database and trio run watches the file for every subscriber
+One *engine* per database file and process looks at the file for every subscriber
 (:meth:`Database.watch <crsync.Database.watch>`, :meth:`Database.changes_feed
-<crsync.Database.changes_feed>`, :meth:`Database.on_change <crsync.Database.on_change>`). It
-works on a connection of its own (``PRAGMA data_version`` only changes for commits made by
-*other* connections), in worker threads, one call at a time, and runs as a trio system task
-while it has subscribers.
+<crsync.Database.changes_feed>`, :meth:`Database.on_change <crsync.Database.on_change>`),
+whichever event loop (asyncio or trio, one or several) each subscriber runs on. It works on a
+connection of its own (``PRAGMA data_version`` only changes for commits made by *other*
+connections), in a thread of its own while it has subscribers, and hands each subscriber its
+results in that subscriber's event loop thread.
 
-When does it look? ``watchfiles`` notifications on the database directory (the main file and
-its ``-wal``) wake it; a timeout every :data:`FALLBACK_SECONDS` is the fallback. Each look reads
-``PRAGMA data_version`` and stops there if no other connection committed.
+When does it look? The file's watcher (:mod:`crsync.watcher`, shared with every Peer of the
+process on that file) wakes it on notifications about the main file and its ``-wal``, and at
+least every :data:`FALLBACK_SECONDS`. Each look reads ``PRAGMA data_version`` and stops there
+if no other connection committed.
 
 What changed? For replicated tables, the change feed answers exactly: the engine seals the open
 version (see :mod:`crsync.database`) and probes each table's metadata for rows whose ``dbv`` is
@@ -26,25 +28,25 @@ an authorizer that records every ``SQLITE_READ`` (views and subqueries included)
 
 A subscriber never queues results: it holds the latest one, and a reader that comes back late
 gets that (bursts are coalesced). Reading is safe to cancel (``move_on_after`` around
-``__anext__`` loses nothing): the engine task owns the results, readers only take them.
+``__anext__`` loses nothing): the engine owns the results, readers only take them.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
 import sqlite3
 import threading
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
-from types import TracebackType
-from typing import Any, cast
+from typing import Any, Self, TypeVar
 
+import anyio
 import attrs
-import trio
 
-from . import feed
+from . import feed, watcher
+from ._async_util import CallSoon, loop_caller
 from .change import SENTINEL, Change
 from .database import Database, connect
 from .errors import CrsyncError
@@ -52,9 +54,10 @@ from .pack import SqlValue, unpack_pk
 
 log = logging.getLogger(__name__)
 
-FALLBACK_SECONDS = 0.25
+FALLBACK_SECONDS = watcher.TICK_SECONDS
 """Longest time between two looks at the file when no notification arrives."""
 
+T = TypeVar("T")
 Params = Sequence[Any] | Mapping[str, Any]
 Rows = list[tuple[Any, ...]]
 
@@ -118,40 +121,94 @@ def query_tables(conn: sqlite3.Connection, sql: str, params: Params = ()) -> fro
 class _Subscriber:
     """Something the engine feeds: a live query or a change feed.
 
-    Holds what both share: the event a reader waits on (replaced after each wake), the error
-    the engine hands over, and the closed flag.
+    Holds what both share: the event loop it belongs to (bound on first use), the event a
+    reader waits on (replaced after each wake), the error the engine hands over, and the
+    closed flag. Everything but :meth:`_deliver` runs in that loop's thread.
     """
 
     engine: _Engine | None = None
 
-    def __init__(self) -> None:
-        self._event = trio.Event()
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._event: anyio.Event | None = None
+        self._call_soon: CallSoon | None = None
         self._closed = False
         self._started = False
         self._error: BaseException | None = None
 
+    def _bind(self) -> None:
+        if self._call_soon is None:
+            self._call_soon = loop_caller()
+
+    def _deliver(self, fn: Callable[[], object]) -> bool:
+        """(engine thread) Run ``fn`` in the subscriber's loop; False if that loop ended."""
+        call_soon = self._call_soon
+        if call_soon is None or self._closed:
+            return True
+        try:
+            call_soon(fn)
+        except Exception:  # trio.RunFinishedError, RuntimeError("Event loop is closed")
+            return False
+        return True
+
+    async def _wait(self) -> None:
+        if self._event is None:
+            self._event = anyio.Event()
+        await self._event.wait()
+
     def _wake(self) -> None:
-        self._event.set()
-        self._event = trio.Event()
+        event, self._event = self._event, None
+        if event is not None:
+            event.set()
 
     def _fail(self, exc: BaseException) -> None:
         self._error = exc
         self._wake()
 
     def close(self) -> None:
-        """End the subscription (synchronous form)."""
+        """End the subscription (synchronous form: the file's engine, if this was its last
+        subscriber, releases its connection and the file's watcher just after)."""
         self._closed = True
         self._wake()
         self._detach()
 
     async def aclose(self) -> None:
-        """End the subscription; a pending or later ``__anext__`` stops the iteration."""
-        self.close()
+        """End the subscription; a pending or later ``__anext__`` stops the iteration. The
+        last subscriber of a file returns once the engine released its connection and the
+        file's watcher (shielded from cancellation: a few milliseconds)."""
+        self._closed = True
+        self._wake()
+        stopped = self._detach()
+        if stopped is not None:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(stopped.thread.join)
 
-    def _detach(self) -> None:
+    def _detach(self) -> _Engine | None:
+        """Leave the engine; the engine if that stopped it."""
         eng, self.engine = self.engine, None
-        if eng is not None:
-            eng.remove(self)
+        if eng is not None and eng.remove(self):
+            return eng
+        return None
+
+    async def _subscribe(self, add: Callable[[_Engine], T]) -> T:
+        """Join the file's engine (in a worker thread: the first result is computed there)."""
+        self._started = True
+        try:
+            self._bind()
+            path = _engine_path(self._db)
+            return await anyio.to_thread.run_sync(_join, path, add)
+        except BaseException:
+            self._started = False
+            raise
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
 
 class LiveQuery(_Subscriber):
@@ -164,8 +221,7 @@ class LiveQuery(_Subscriber):
     """
 
     def __init__(self, db: Database, sql: str, params: Params = ()) -> None:
-        super().__init__()
-        self._db = db
+        super().__init__(db)
         self.sql = sql
         self.params = params
         self.tables: frozenset[str] = frozenset()
@@ -173,25 +229,19 @@ class LiveQuery(_Subscriber):
         self.runs = 0
         """How many times the query ran (the first run included)."""
         self._last: Rows | None = None  # latest result (engine side)
+        self._made = 0  # results the engine made (engine side)
         self._latest: Rows | None = None
-        self._version = 0
-        self._delivered = 0
-
-    def __aiter__(self) -> LiveQuery:
-        return self
+        self._version = 0  # the number of the latest result received
+        self._delivered = 0  # ... and of the latest result read
 
     async def __anext__(self) -> Rows:
         if self._closed:
             raise StopAsyncIteration
         if not self._started:
-            self._started = True
-            try:
-                await _engine_for(self._db).add_query(self)
-            except BaseException:
-                self._started = False
-                raise
+            first = await self._subscribe(lambda eng: eng.add_query(self))
+            self._publish(*first)
         while self._version == self._delivered and self._error is None and not self._closed:
-            await self._event.wait()
+            await self._wait()
         if self._error is not None:
             err, self._error = self._error, None
             self._closed = True
@@ -203,21 +253,12 @@ class LiveQuery(_Subscriber):
         assert self._latest is not None
         return self._latest
 
-    def _publish(self, rows: Rows) -> None:
+    def _publish(self, rows: Rows, number: int) -> None:
+        if number <= self._version:  # an older result arriving late (the first one)
+            return
         self._latest = rows
-        self._version += 1
+        self._version = number
         self._wake()
-
-    async def __aenter__(self) -> LiveQuery:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
 
 class ChangeFeed(_Subscriber):
@@ -226,8 +267,8 @@ class ChangeFeed(_Subscriber):
     An async iterator of lists of :class:`RowChange`, one list per look at the file. A late
     reader gets everything that changed meanwhile in one list, one entry per row and site
     (the latest), so memory stays bounded by the number of distinct rows. With a callback
-    (:meth:`Database.on_change <crsync.Database.on_change>`) the engine calls it instead; the
-    callback must not block (exceptions are logged).
+    (:meth:`Database.on_change <crsync.Database.on_change>`) the engine calls it instead, in
+    the event loop thread that subscribed; the callback must not block (exceptions are logged).
     """
 
     def __init__(
@@ -236,8 +277,7 @@ class ChangeFeed(_Subscriber):
         tables: Sequence[str] | None = None,
         callback: Callable[[list[RowChange]], None] | None = None,
     ) -> None:
-        super().__init__()
-        self._db = db
+        super().__init__(db)
         self.tables = None if tables is None else frozenset(t.lower() for t in tables)
         self.callback = callback
         self._pending: dict[tuple[str, tuple[SqlValue, ...], bytes], RowChange] = {}
@@ -245,18 +285,14 @@ class ChangeFeed(_Subscriber):
     async def start(self) -> None:
         """Subscribe now (``__anext__`` does it on first use); changes after this are seen."""
         if not self._started:
-            self._started = True
-            await _engine_for(self._db).add_feed(self)
-
-    def __aiter__(self) -> ChangeFeed:
-        return self
+            await self._subscribe(lambda eng: eng.add_feed(self))
 
     async def __anext__(self) -> list[RowChange]:
         if self._closed:
             raise StopAsyncIteration
         await self.start()
         while not self._pending and self._error is None and not self._closed:
-            await self._event.wait()
+            await self._wait()
         if self._error is not None:
             err, self._error = self._error, None
             await self.aclose()
@@ -269,7 +305,7 @@ class ChangeFeed(_Subscriber):
 
     def _publish(self, changes: list[RowChange]) -> None:
         mine = [c for c in changes if self.tables is None or c.table.lower() in self.tables]
-        if not mine:
+        if not mine or self._closed:
             return
         if self.callback is not None:
             try:
@@ -282,17 +318,9 @@ class ChangeFeed(_Subscriber):
             self._pending[(c.table, c.pk, c.site_id)] = c
         self._wake()
 
-    async def __aenter__(self) -> ChangeFeed:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
 
 # ---------------------------------------------------------------------------------- engine
@@ -302,70 +330,118 @@ def _data_version(conn: sqlite3.Connection) -> int:
     return int(conn.execute("PRAGMA data_version").fetchone()[0])
 
 
+_REGISTRY = threading.Lock()  # guards _ENGINES and every engine's subscribers
+_ENGINES: dict[str, _Engine] = {}
+
+
+def _engine_path(db: Database) -> str:
+    path = db.path
+    if path is None:
+        raise CrsyncError("live queries need a database stored in a file, not in memory")
+    return os.path.realpath(path)
+
+
+def _join(path: str, add: Callable[[_Engine], T]) -> T:
+    """(worker thread) The file's engine, started if need be, runs ``add(engine)``."""
+    with _REGISTRY:
+        eng = _ENGINES.get(path)
+        if eng is None:
+            eng = _ENGINES[path] = _Engine(path)
+            eng.start()
+        eng.joining += 1
+    try:
+        return add(eng)
+    finally:
+        with _REGISTRY:
+            eng.joining -= 1
+        eng.poke.set()  # (an engine left without subscribers stops)
+
+
 class _Engine:
-    """Watches one database file for the subscribers of one trio run."""
+    """Watches one database file for the subscribers of the whole process.
+
+    Its thread looks at the file when poked (by the file's watcher, or when a subscriber
+    leaves) and stops once no subscriber is left. Its connection is used by one thread at a
+    time (``lock``): its own, or a worker thread computing a new query's first result.
+    """
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self.token = trio.lowlevel.current_trio_token()
-        self.lock = trio.Lock()
+        self.lock = threading.Lock()
         self.queries: weakref.WeakSet[LiveQuery] = weakref.WeakSet()
         self.feeds: weakref.WeakSet[ChangeFeed] = weakref.WeakSet()
+        self.pinned: set[ChangeFeed] = set()  # callback feeds live until closed
+        self.joining = 0  # worker threads adding a subscriber now
+        self.stopped = False
         self.db: Database | None = None
         self.data_version = -1
         self.schema_version = -1
         self.cursor = 0  # last version sealed at the previous look
         self.local_site = b""
-        self.running = False
-        self.wake = trio.Event()
-        self.stop = threading.Event()
+        self.poke = threading.Event()
         self.looks = 0  # looks that found a commit by another connection
-        self.crashed = False
-        self.pinned: set[ChangeFeed] = set()  # callback feeds live until closed
+        self.thread = threading.Thread(target=self._run, name=f"crsync.live:{path}", daemon=True)
+        self.watch: watcher.Subscription | None = None
+
+    def start(self) -> None:
+        self.watch = watcher.subscribe(self.path, self.poke.set, FALLBACK_SECONDS)
+        self.thread.start()
 
     # -- subscribers
 
-    def remove(self, sub: _Subscriber) -> None:
-        if isinstance(sub, LiveQuery):
-            self.queries.discard(sub)
-        elif isinstance(sub, ChangeFeed):
-            self.feeds.discard(sub)
-            self.pinned.discard(sub)
-        self.wake.set()
+    def remove(self, sub: _Subscriber) -> bool:
+        """Unsubscribe; True if that was the last subscriber (the engine's thread then stops
+        at once: a new subscriber starts another engine)."""
+        with _REGISTRY:
+            if isinstance(sub, LiveQuery):
+                self.queries.discard(sub)
+            elif isinstance(sub, ChangeFeed):
+                self.feeds.discard(sub)
+                self.pinned.discard(sub)
+            last = not (self.stopped or self.queries or self.feeds or self.joining)
+            if last:
+                self._stop()
+        self.poke.set()
+        return last
 
-    async def add_query(self, q: LiveQuery) -> None:
-        async with self.lock:
-            await trio.to_thread.run_sync(self._open)
-            rows, tables = await trio.to_thread.run_sync(self._first_run, q)
+    def _register(self, sub: _Subscriber) -> None:
+        with _REGISTRY:
+            if self.stopped:
+                raise CrsyncError("the live query engine stopped; subscribe again")
+            sub.engine = self
+            if isinstance(sub, LiveQuery):
+                self.queries.add(sub)
+            elif isinstance(sub, ChangeFeed):
+                self.feeds.add(sub)
+                if sub.callback is not None:
+                    self.pinned.add(sub)
+
+    def add_query(self, q: LiveQuery) -> tuple[Rows, int]:
+        """(worker thread) The query's first result and its number; q is subscribed."""
+        with self.lock:
+            self._open()
+            rows, tables = self._first_run(q)
             q.tables = tables
             q.runs += 1
             q._last = rows
-            q.engine = self
-            self.queries.add(q)
-            q._publish(rows)
-        self._ensure_running()
+            q._made += 1
+            number = q._made
+            self._register(q)
+        return rows, number
 
-    async def add_feed(self, f: ChangeFeed) -> None:
-        async with self.lock:
-            await trio.to_thread.run_sync(self._open)
-            f.engine = self
-            self.feeds.add(f)
-            if f.callback is not None:
-                self.pinned.add(f)
-        self._ensure_running()
-
-    def _ensure_running(self) -> None:
-        if not self.running:
-            self.running = True
-            self.crashed = False
-            self.stop.clear()
-            trio.lowlevel.spawn_system_task(self._run, name=f"crsync.live:{self.path}")
+    def add_feed(self, f: ChangeFeed) -> None:
+        """(worker thread) Subscribe a change feed: changes after this are seen."""
+        with self.lock:
+            self._open()
+            self._register(f)
 
     # -- blocking work (engine connection, under self.lock)
 
     def _open(self) -> None:
         if self.db is not None:
             return
+        if self.stopped:
+            raise CrsyncError("the live query engine stopped; subscribe again")
         db = connect(self.path, check_same_thread=False)
         self.db = db
         self.local_site = db.site_id
@@ -390,7 +466,7 @@ class _Engine:
 
     def _look(
         self, queries: list[LiveQuery], feeds: bool
-    ) -> tuple[list[tuple[LiveQuery, Rows | BaseException]], list[RowChange]] | None:
+    ) -> tuple[list[tuple[LiveQuery, Rows | BaseException, int]], list[RowChange]] | None:
         """One look at the file: None if no other connection committed since the last one."""
         assert self.db is not None
         db = self.db
@@ -408,7 +484,7 @@ class _Engine:
         upto = feed.seal(db)
         since = self.cursor
         self.cursor = upto
-        out: list[tuple[LiveQuery, Rows | BaseException]] = []
+        out: list[tuple[LiveQuery, Rows | BaseException, int]] = []
         notes: list[RowChange] = []
         with feed.snapshot(db):
             tracked = {name.lower() for name in feed.tracked_names(db)}
@@ -422,7 +498,7 @@ class _Engine:
                     try:
                         q.tables = query_tables(conn, q.sql, q.params)
                     except CrsyncError as exc:
-                        out.append((q, exc))
+                        out.append((q, exc, 0))
                         continue
                 untracked = any(t not in tracked for t in q.tables)
                 if not (schema_changed or untracked or q.tables & changed):
@@ -430,12 +506,13 @@ class _Engine:
                 try:
                     rows = conn.execute(q.sql, q.params).fetchall()
                 except sqlite3.Error as exc:
-                    out.append((q, CrsyncError(f"live query {q.sql!r} failed: {exc}")))
+                    out.append((q, CrsyncError(f"live query {q.sql!r} failed: {exc}"), 0))
                     continue
                 q.runs += 1
                 if rows != q._last:
                     q._last = rows
-                    out.append((q, rows))
+                    q._made += 1
+                    out.append((q, rows, q._made))
         return out, notes
 
     def _row_changes(self, since: int, upto: int, tables: set[str]) -> list[RowChange]:
@@ -462,42 +539,58 @@ class _Engine:
             )
         return out
 
-    # -- the task
+    # -- the thread
 
-    async def _run(self) -> None:
+    def _run(self) -> None:
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._watch_files)
-                while self.queries or self.feeds:
-                    await self.wake.wait()
-                    self.wake = trio.Event()
-                    await self._look_and_publish()
-                nursery.cancel_scope.cancel()
-        except Exception as exc:  # a system task must not raise
-            self.crashed = True
+            while True:
+                self.poke.wait()
+                self.poke.clear()
+                if not self._look_for_subscribers():
+                    return
+        except Exception as exc:
             log.exception("crsync.live.engine_failed path=%s", self.path)
-            for sub in [*self.queries, *self.feeds]:
-                sub._fail(CrsyncError(f"live query engine stopped: {exc}"))
+            with _REGISTRY:
+                self._stop()
+                subs: list[_Subscriber] = [*self.queries, *self.feeds]
+            error = CrsyncError(f"live query engine stopped: {exc}")
+            for sub in subs:
+                sub._deliver(functools.partial(sub._fail, error))
         finally:
-            self.stop.set()
-            self.running = False
-            with trio.CancelScope(shield=True):
-                async with self.lock:
-                    # A subscriber that arrived meanwhile started a new task on this
-                    # connection: keep it (its first result and our cursor belong together).
-                    if not (self.queries or self.feeds) or self.crashed:
-                        await trio.to_thread.run_sync(self._close)
+            with self.lock:
+                self._close()
+            if self.watch is not None:
+                self.watch.close()
 
-    async def _look_and_publish(self) -> None:
-        queries = list(self.queries)
-        feeds = list(self.feeds)
-        async with self.lock:
+    def _look_for_subscribers(self) -> bool:
+        """One look for the subscribers there are now; False once none is left. (A function of
+        its own: the thread holds them only while it looks, so that a subscriber dropped
+        without ``close()`` is garbage-collected and leaves the WeakSets.)"""
+        with _REGISTRY:
+            if not (self.queries or self.feeds or self.joining):
+                self._stop()
+            if self.stopped:
+                return False
+        self._look_and_publish()
+        return True
+
+    def _stop(self) -> None:
+        """(under _REGISTRY) No new subscriber joins this engine; the next one starts another."""
+        self.stopped = True
+        if _ENGINES.get(self.path) is self:
+            del _ENGINES[self.path]
+
+    def _look_and_publish(self) -> None:
+        with self.lock:
+            # The subscribers as of this look, taken under the connection's lock (where they
+            # are added, with their first result): one added meanwhile is part of the look that
+            # consumes the commit it may not have seen.
+            with _REGISTRY:
+                queries, feeds = list(self.queries), list(self.feeds)
             if self.db is None:
-                await trio.to_thread.run_sync(self._open)
+                self._open()
             try:
-                res = await trio.to_thread.run_sync(
-                    functools.partial(self._look, queries, bool(feeds))
-                )
+                res = self._look(queries, bool(feeds))
             except CrsyncError as exc:
                 # For instance the file is locked longer than the busy timeout: look again at
                 # the next notification (data_version is re-read then).
@@ -507,45 +600,20 @@ class _Engine:
         if res is None:
             return
         results, notes = res
-        for q, r in results:
+        gone: list[_Subscriber] = []
+        for q, r, number in results:
             if isinstance(r, BaseException):
-                q._fail(r)
+                ok = q._deliver(functools.partial(q._fail, r))
             else:
-                q._publish(r)
+                ok = q._deliver(functools.partial(q._publish, r, number))
+            if not ok:
+                gone.append(q)
         if notes:
             for f in feeds:
-                f._publish(notes)
-
-    async def _watch_files(self) -> None:
-        from watchfiles import awatch
-
-        db_path = Path(self.path)
-        names = {str(db_path), str(db_path) + "-wal"}
-        async for _ in awatch(
-            db_path.parent,
-            watch_filter=lambda _change, path: path in names,
-            debounce=50,
-            step=2,
-            rust_timeout=int(FALLBACK_SECONDS * 1000),
-            yield_on_timeout=True,
-            recursive=False,
-            stop_event=cast(Any, self.stop),  # only is_set() is used, from a thread
-        ):
-            self.wake.set()
-
-
-_ENGINES: weakref.WeakKeyDictionary[Database, _Engine] = weakref.WeakKeyDictionary()
-
-
-def _engine_for(db: Database) -> _Engine:
-    path = db.path
-    if path is None:
-        raise CrsyncError("live queries need a database stored in a file, not in memory")
-    eng = _ENGINES.get(db)
-    if eng is None or eng.token is not trio.lowlevel.current_trio_token():
-        eng = _Engine(path)
-        _ENGINES[db] = eng
-    return eng
+                if not f._deliver(functools.partial(f._publish, notes)):
+                    gone.append(f)
+        for sub in gone:  # their event loop ended
+            self.remove(sub)
 
 
 async def wait_for(query: LiveQuery, pred: Callable[[Rows], bool]) -> Rows:

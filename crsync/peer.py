@@ -1,4 +1,4 @@
-"""``crsync.Peer``: background sync of one database with one store on a relay (trio).
+"""``crsync.Peer``: background sync of one database with one store on a relay (asyncio or trio).
 
 The peer works on its own SQLite connection to the database file (in worker threads, one call
 at a time), so the app keeps using ``db.conn`` on its own thread. It
@@ -7,8 +7,9 @@ at a time), so the app keeps using ``db.conn`` on its own thread. It
   records each acknowledgement in ``crsync_peers`` (event ``push``);
 * merges the changes the relay sends and records the relay version in the same transaction as
   the merge (event ``pull``), then tells the relay (``received``);
-* notices local writes from any connection or process through file-system notifications on the
-  database files (``watchfiles``), with a cheap ``PRAGMA data_version`` check as a fallback;
+* notices local writes from any connection or process through the file's watcher (shared with
+  every Peer and live query of the process on that file, see :mod:`crsync.watcher`), checking
+  ``PRAGMA data_version`` on its own connection at each notification and every second;
 * reconnects with exponential backoff and full jitter, and stops with :class:`PeerState.ERROR`
   on errors retrying cannot fix (refused token, schema mismatch, a TLS certificate that does
   not verify, a corrupt local file);
@@ -16,38 +17,40 @@ at a time), so the app keeps using ``db.conn`` on its own thread. It
   timeout, I/O errors, disk full) the same way, showing them in :attr:`Peer.reason`.
 
 However it ends (cancelled from outside at any await, or on an error), leaving ``async with``
-releases the sync lock, closes the peer's SQLite connection and stops its file watcher first.
+releases the sync lock, closes the peer's SQLite connection and leaves the file's watcher first.
+
+It runs on anyio: under ``trio.run`` or ``asyncio.run`` alike (the WebSocket client is
+``websockets``' implementation for the running loop, see :mod:`crsync._websocket`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import functools
 import logging
 import random
 import socket
 import ssl as ssl_module
-import threading
+import sys
 import urllib.parse
 from collections.abc import Callable
-from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
+import anyio
 import attrs
-import trio
-from watchfiles import awatch
+from anyio.abc import TaskGroup
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
-from websockets.trio.client import ClientConnection
-from websockets.trio.client import connect as ws_connect
 from websockets.uri import parse_uri
 
-from . import positions
+from . import positions, watcher
 from . import protocol as p
+from ._async_util import open_task_group
 from ._sqlite_errors import causes, error_name, is_transient, sqlite_cause
 from ._sync_lock import SyncLock
-from ._trio_util import first_error, open_nursery
+from ._task_errors import first_error, is_cancelled
+from ._websocket import Connection
+from ._websocket import connect as ws_connect
 from .change import Change
 from .database import Database, connect
 from .errors import (
@@ -107,8 +110,8 @@ class _Fatal(Exception):
 
 
 def _describe(exc: BaseException) -> str:
-    """An error and its causes in one line (a TLS failure hides under BrokenResourceError, a
-    refused connection inside trio's group of connection attempts)."""
+    """An error and its causes in one line (a TLS failure hides under trio's
+    BrokenResourceError, a refused connection inside trio's group of connection attempts)."""
     parts = []
     for e in causes(exc):
         if isinstance(e, BaseExceptionGroup):
@@ -136,6 +139,16 @@ _NOT_TLS = frozenset(
         "UNKNOWN_PROTOCOL",
         "WRONG_SSL_VERSION",
     }
+)
+
+
+# How a TLS handshake with a server that does not speak TLS can fail: an SSL error (trio, or
+# asyncio when the server answers), or the server hanging up (asyncio reports the reset alone).
+_TLS_HANDSHAKE_FAILURES = (
+    ssl_module.SSLError,
+    ConnectionResetError,
+    ConnectionAbortedError,
+    BrokenPipeError,
 )
 
 
@@ -177,7 +190,7 @@ class _Outcome:
 
 def _classify(exc: BaseException, url: str, host: str) -> _Outcome:
     """Sort an exception that ended a session into fatal / retryable / reconnect."""
-    if isinstance(exc, trio.Cancelled):
+    if is_cancelled(exc):
         return _Outcome(_CANCELLED, "cancelled")
     if isinstance(exc, _Fatal):
         return _Outcome(_FATAL, str(exc.error), exc.error)
@@ -230,16 +243,23 @@ def _classify(exc: BaseException, url: str, host: str) -> _Outcome:
             OSError,
             ConnectionClosed,
             InvalidHandshake,
-            trio.TooSlowError,
-            trio.BrokenResourceError,
-            trio.ClosedResourceError,
+            anyio.BrokenResourceError,
+            anyio.ClosedResourceError,
             TimeoutError,
         ),
-    ):
+    ) or _trio_stream_error(exc):
         return _Outcome(_RETRY, f"relay {url} unreachable: {_describe(exc)}")
     err = PeerFailedError(f"the peer stopped on an unexpected error: {_describe(exc)}")
     err.__cause__ = exc
     return _Outcome(_UNEXPECTED, str(err), err)
+
+
+def _trio_stream_error(exc: BaseException) -> bool:
+    """trio's own stream errors (a TLS handshake with a relay that hangs up fails with one)."""
+    trio = sys.modules.get("trio")
+    return trio is not None and isinstance(
+        exc, (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError)
+    )
 
 
 def _data_version(db: Database) -> int:
@@ -354,16 +374,15 @@ class Peer:
         self.relay_head = 0
         self.local_sealed = 0  # last local version the pusher looked at
         self._db: Database | None = None
-        self._db_lock = trio.Lock()
-        self._progress = trio.Event()
-        self._local = trio.Event()
+        self._db_lock = anyio.Lock()
+        self._progress = anyio.Event()
+        self._local = anyio.Event()
         self._pongs: dict[int, int] = {}
         self._ping_ids = 0
-        self._ws: ClientConnection | None = None
-        self._send_lock = trio.Lock()
-        self._watch_stop = threading.Event()  # stops the file watcher's thread promptly
-        self._nursery_cm: Any = None
-        self._nursery: trio.Nursery | None = None
+        self._ws: Connection | None = None
+        self._send_lock = anyio.Lock()
+        self._tasks_cm: Any = None
+        self._tasks: TaskGroup | None = None
         self._full_push_next = False
         self._site_resets_refused = 0
         self._full_push_token: str | None = None  # a site reset's full-push request
@@ -390,7 +409,7 @@ class Peer:
             log.info("crsync.peer.standby store=%s lock=%s", self.store, self.lock_path)
         self._set_state(PeerState.STANDBY)
         while not lock.try_acquire():  # noqa: ASYNC110 - an OS lock offers nothing to wait on
-            await trio.sleep(0.2)
+            await anyio.sleep(0.2)
         self.reason = None
         log.info("crsync.peer.elected store=%s lock=%s", self.store, self.lock_path)
 
@@ -403,7 +422,7 @@ class Peer:
         )
 
     async def __aenter__(self) -> Peer:
-        if self._nursery is not None or self._db is not None:
+        if self._tasks is not None or self._db is not None:
             raise CrsyncError("this Peer is already running")
         self.error = None
         self.reason = None
@@ -416,10 +435,15 @@ class Peer:
                 self.state = PeerState.STANDBY
                 self.reason = self._standby_reason()
                 log.info("crsync.peer.standby store=%s lock=%s", self.store, self.lock_path)
-        self._watch_stop.clear()
+        # Fresh for this run (and its event loop: a Peer may serve one asyncio.run, then
+        # another, or trio.run).
+        self._db_lock = anyio.Lock()
+        self._send_lock = anyio.Lock()
+        self._progress = anyio.Event()
+        self._local = anyio.Event()
         try:
             try:
-                self._db = await trio.to_thread.run_sync(self._open_db)
+                self._db = await anyio.to_thread.run_sync(self._open_db)
             except Exception as exc:
                 outcome = _classify(exc, self.url, self._host)
                 if not outcome.local:
@@ -430,14 +454,14 @@ class Peer:
                 # when it can (see _open_when_possible).
                 self.reason = outcome.reason
                 self.stats.last_error = outcome.reason
-            self._nursery_cm = trio.open_nursery()
-            self._nursery = await self._nursery_cm.__aenter__()
+            self._tasks_cm = anyio.create_task_group()
+            self._tasks = await self._tasks_cm.__aenter__()
         except BaseException:
             # Cancelled (or failed) half way: undo what was done, whatever cancels us.
-            with trio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True):
                 await self._release()
             raise
-        self._nursery.start_soon(self._run)
+        self._tasks.start_soon(self._run)
         return self
 
     async def __aexit__(
@@ -446,29 +470,26 @@ class Peer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
-        # The watcher's worker thread cannot be cancelled; without this it would hold up the
-        # exit until its timeout.
-        self._watch_stop.set()
         failure: BaseException | None = None
         try:
-            if self._nursery is not None:
-                self._nursery.cancel_scope.cancel()
+            if self._tasks is not None:
+                self._tasks.cancel_scope.cancel()
                 try:
-                    # A nursery's exit waits for its tasks even when the caller is cancelled.
-                    await self._nursery_cm.__aexit__(None, None, None)
+                    # A task group's exit waits for its tasks even when the caller is cancelled.
+                    await self._tasks_cm.__aexit__(None, None, None)
                 except BaseExceptionGroup as group:
                     failure = first_error(group, self._rank)
                 except BaseException as e:
                     failure = e
         finally:
-            self._nursery = self._nursery_cm = None
+            self._tasks = self._tasks_cm = None
             # Shielded: an outer cancellation (move_on_after around the ``async with``) must
             # not leave the lock held or the connection open.
-            with trio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True):
                 await self._release()
-        if failure is not None and not isinstance(failure, Exception | trio.Cancelled):
+        if failure is not None and not (isinstance(failure, Exception) or is_cancelled(failure)):
             raise failure  # KeyboardInterrupt, SystemExit: before whatever the body raised
-        if failure is not None and not isinstance(failure, trio.Cancelled) and exc is None:
+        if failure is not None and not is_cancelled(failure) and exc is None:
             if not isinstance(failure, CrsyncError):
                 outcome = _classify(failure, self.url, self._host)
                 if outcome.error is None:
@@ -483,7 +504,7 @@ class Peer:
             db, self._db = self._db, None
             if db is not None:
                 async with self._db_lock:
-                    await trio.to_thread.run_sync(db.close)
+                    await anyio.to_thread.run_sync(db.close)
         finally:
             lock, self._lock = self._lock, None
             if lock is not None:
@@ -494,7 +515,7 @@ class Peer:
             self._wake()
 
     def _rank(self, exc: BaseException) -> int:
-        if not isinstance(exc, Exception | trio.Cancelled):
+        if not (isinstance(exc, Exception) or is_cancelled(exc)):
             return _UNEXPECTED + 1  # KeyboardInterrupt, SystemExit: never swallowed
         return _classify(exc, self.url, self._host).kind
 
@@ -508,17 +529,17 @@ class Peer:
             async with self._db_lock:
                 db = self._db
                 if db is not None:
-                    return await trio.to_thread.run_sync(functools.partial(fn, db, *args))
+                    return await anyio.to_thread.run_sync(functools.partial(fn, db, *args))
 
     async def _open_when_possible(self) -> None:
         """Open the peer's connection if __aenter__ could not (a busy or failing file)."""
         delay = self.backoff_initial
         while self._db is None:
             self._set_state(PeerState.OFFLINE)
-            await trio.sleep(random.uniform(0, delay))  # retry backoff (a timer)
+            await anyio.sleep(random.uniform(0, delay))  # retry backoff (a timer)
             delay = min(delay * 2, self.backoff_max)
             try:
-                db = await trio.to_thread.run_sync(self._open_db)
+                db = await anyio.to_thread.run_sync(self._open_db)
             except Exception as exc:
                 outcome = _classify(exc, self.url, self._host)
                 if outcome.error is not None:
@@ -538,7 +559,7 @@ class Peer:
 
     def _wake(self) -> None:
         self._progress.set()
-        self._progress = trio.Event()
+        self._progress = anyio.Event()
 
     def notify(self) -> None:
         """Tell the peer that local data changed (pushes without waiting for a notification)."""
@@ -586,7 +607,7 @@ class Peer:
         if timeout is None:
             await self._wait_synced()
             return
-        with trio.move_on_after(timeout):
+        with anyio.move_on_after(timeout):
             await self._wait_synced()
             return
         state, reason = self.state.value, self.reason
@@ -620,7 +641,7 @@ class Peer:
                     raise LocalStorageError(f"the local database failed: {exc}") from exc
                 self.stats.last_error = f"local database unavailable ({error_name(sq)}: {sq})"
                 self.stats.retries += 1
-            await trio.sleep(random.uniform(0, delay))  # retry backoff (a timer)
+            await anyio.sleep(random.uniform(0, delay))  # retry backoff (a timer)
             delay = min(delay * 2, self.backoff_max)
             self._check_running()
 
@@ -638,7 +659,7 @@ class Peer:
                 try:
                     async with self._send_lock:
                         await ws.send(p.encode(p.Ping(pid)))
-                except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+                except ConnectionClosed:
                     await self._progress.wait()
                     continue
                 while pid not in self._pongs:
@@ -659,8 +680,8 @@ class Peer:
         try:
             await self._open_when_possible()
             await self._elect()
-            if self.watch_files and self._nursery is not None:
-                self._nursery.start_soon(self._watch)  # only the elected syncer watches
+            if self.watch_files and self._tasks is not None:
+                self._tasks.start_soon(self._watch)  # only the elected syncer watches
             await self._loop()
         except Exception as exc:  # cannot open the file, or a bug in the loop: stop, visibly
             outcome = _classify(exc, self.url, self._host)
@@ -697,7 +718,7 @@ class Peer:
                 and outcome.error is None
                 and not self._established
                 and self.url.startswith("wss://")
-                and any(isinstance(e, ssl_module.SSLError) for e in causes(found))
+                and any(isinstance(e, _TLS_HANDSHAKE_FAILURES) for e in causes(found))
                 and await self._answers_plain_http()
             ):
                 outcome = _Outcome(
@@ -722,40 +743,34 @@ class Peer:
                 backoff = self.backoff_initial
             delay = random.uniform(0, backoff)
             backoff = min(backoff * 2, self.backoff_max)
-            await trio.sleep(delay)  # reconnect backoff (a timer, not a synchronisation)
+            await anyio.sleep(delay)  # reconnect backoff (a timer, not a synchronisation)
 
     async def _answers_plain_http(self) -> bool:
         """After a failed TLS handshake: does the relay's port speak plain HTTP? (A server that
         reads a TLS hello as a bad HTTP request may just hang up, which looks like a network
         failure; asking in plain HTTP tells the two apart.)"""
-        with trio.move_on_after(self.open_timeout):
+        with anyio.move_on_after(self.open_timeout):
             try:
-                stream = await trio.open_tcp_stream(self._host, self._port)
+                stream = await anyio.connect_tcp(self._host, self._port)
             except OSError:
                 return False
             async with stream:
                 request = f"GET / HTTP/1.1\r\nHost: {self._host}\r\nConnection: close\r\n\r\n"
+                head = b""
                 try:
-                    await stream.send_all(request.encode("ascii", "replace"))
-                    head = await stream.receive_some(5)
-                except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+                    await stream.send(request.encode("ascii", "replace"))
+                    while len(head) < 5:
+                        head += await stream.receive(5 - len(head))
+                except (OSError, anyio.EndOfStream, anyio.BrokenResourceError):
                     return False
                 return head == b"HTTP/"
         return False
 
     async def _session(self) -> None:
-        try:
-            cm = ws_connect(
-                self.url,
-                ssl=self.ssl,
-                max_size=self.max_frame,
-                proxy=None,
-                open_timeout=self.open_timeout,
-                compression=None,
-            )
-        except (InvalidURI, ValueError) as exc:
-            raise _Fatal(RelayURLError(f"invalid relay URL {self.url!r}: {exc}")) from None
-        async with cm as ws:
+        # (a URL websockets refuses raises RelayURLError: fatal, see _classify)
+        async with ws_connect(
+            self.url, ssl=self.ssl, max_size=self.max_frame, open_timeout=self.open_timeout
+        ) as ws:
             epoch, push_upto, pull_upto = await self._call(positions.load, self.key)
             # The file may have moved to a new site id since this Peer was made (a copied
             # file, reset when opened, or `crsync reset-site`): sync as that site, and push
@@ -778,7 +793,7 @@ class Peer:
             )
             await ws.send(p.encode(hello))
             proto = p.PeerConnection(self.max_frame)
-            with trio.fail_after(self.open_timeout):
+            with anyio.fail_after(self.open_timeout):
                 raw = await ws.recv()
             msg = proto.receive(raw)
             if isinstance(msg, p.Error) and msg.code == p.ErrorCode.SITE_FORBIDDEN.value:
@@ -841,12 +856,12 @@ class Peer:
                 "crsync.peer.connected store=%s head=%d cursor=%d", self.store, msg.head, pull_upto
             )
             try:
-                async with open_nursery(self._rank) as nursery:
+                async with open_task_group(self._rank) as tasks:
                     full_push = full_push or self._full_push_next or bool(self._full_push_token)
-                    nursery.start_soon(self._pusher, ws, full_push)
+                    tasks.start_soon(self._pusher, ws, full_push)
                     await self._receiver(ws, proto)
-                    nursery.cancel_scope.cancel()
-            except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    tasks.cancel_scope.cancel()
+            except ConnectionClosed as exc:
                 # A relay refusing a push sends an error frame, then closes; a send failing on
                 # the closed connection can end the session before the receiver read the frame.
                 # The refusal, not the closing, is the outcome.
@@ -854,11 +869,11 @@ class Peer:
                 raise
 
     async def _refusal_left(
-        self, ws: ClientConnection, proto: p.PeerConnection, closed: BaseException
+        self, ws: Connection, proto: p.PeerConnection, closed: BaseException
     ) -> None:
         """Raise the relay's refusal if the connection ended with one: an error frame still
         buffered, or a close frame whose reason is a fatal error code (code 1008)."""
-        with trio.move_on_after(1):
+        with anyio.move_on_after(1):
             try:
                 while True:
                     msg = proto.receive(await ws.recv())
@@ -867,7 +882,7 @@ class Peer:
                         if msg.code in {c.value for c in p.FATAL_FOR_PEER}:
                             raise _Fatal(err) from closed
                         raise err from closed
-            except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+            except ConnectionClosed:
                 pass
             except ProtocolError:
                 return
@@ -913,15 +928,15 @@ class Peer:
         else:
             self._wake()
 
-    async def _send(self, ws: ClientConnection, msg: p.Message) -> None:
+    async def _send(self, ws: Connection, msg: p.Message) -> None:
         async with self._send_lock:
             await ws.send(p.encode(msg))
 
-    async def _pusher(self, ws: ClientConnection, full_push: bool) -> None:
+    async def _pusher(self, ws: Connection, full_push: bool) -> None:
         batch = 0
         own = self.site_id
         while True:
-            self._local = trio.Event()
+            self._local = anyio.Event()
             sealed, changes = await self._call(lambda db, s=self.push_upto: db.changes_since(s))
             # Checked after reading: a table is tracked before it is written, so changes of a
             # table tracked while connected always come with a schema that differs from the
@@ -959,7 +974,7 @@ class Peer:
             self._update_synced()
             await self._local.wait()
 
-    async def _receiver(self, ws: ClientConnection, proto: p.PeerConnection) -> None:
+    async def _receiver(self, ws: Connection, proto: p.PeerConnection) -> None:
         parts: list[Change] = []
         async for raw in ws:
             msg = proto.receive(raw)
@@ -1017,18 +1032,14 @@ class Peer:
                 self._update_synced()
 
     async def _watch(self) -> None:
-        """Wake the pusher when the database files change (any connection, any process)."""
-        try:
-            await self._watch_files()
-        except Exception as exc:  # e.g. the OS's limit of watches reached
-            log.warning(
-                "crsync.peer.watch_failed store=%s error=%s; polling instead",
-                self.store,
-                _describe(exc),
-            )
-        while not self._watch_stop.is_set():
-            await trio.sleep(1.0)  # fallback polling of PRAGMA data_version (a timer)
-            await self._check_data_version()
+        """Wake the pusher when the database files change (any connection, any process): the
+        file's watcher (see :mod:`crsync.watcher`) says when to look, ``PRAGMA data_version``
+        on the peer's connection says whether another connection committed."""
+        self._last_data_version = await self._call(_data_version)
+        async with watcher.notifications(self.path, fallback=1.0) as changed:
+            while True:
+                await changed.wait()
+                await self._check_data_version()
 
     async def _check_data_version(self) -> None:
         try:
@@ -1040,26 +1051,6 @@ class Peer:
         if v != self._last_data_version:
             self._last_data_version = v
             self.notify()
-
-    async def _watch_files(self) -> None:
-        db_path = Path(self.path)
-        names = {str(db_path), str(db_path) + "-wal"}
-        self._last_data_version = await self._call(_data_version)
-        changes = awatch(
-            db_path.parent,
-            watch_filter=lambda _change, path: path in names,
-            debounce=50,
-            step=2,
-            rust_timeout=1000,
-            yield_on_timeout=True,
-            recursive=False,
-            stop_event=cast(Any, self._watch_stop),  # only is_set() is used, from a thread
-        )
-        # aclosing: leaving the loop (cancelled in the body) closes the OS watch at once, not
-        # when the generator is garbage collected.
-        async with contextlib.aclosing(changes):
-            async for _ in changes:
-                await self._check_data_version()
 
 
 __all__ = [

@@ -1,9 +1,9 @@
 """The layering of the ``crsync`` package, checked on its source (see docs/code-map.md).
 
 * The pure core (the change value type, packing, value order, the merge rules, the wire codec,
-  the device and relay sync sessions) does no I/O: it imports no sqlite3, trio, websockets,
-  watchfiles or anyio, and only other pure modules of the package. ``triggers`` generates SQL
-  text and imports none of them directly.
+  the device and relay sync sessions) does no I/O: it imports no sqlite3, anyio, sniffio,
+  asyncio, trio, websockets or watchfiles, and only other pure modules of the package.
+  ``triggers`` generates SQL text and imports none of them directly.
 * Storage never imports the sync layer when imported (no cycle between ``database`` and
   ``live``).
 * Only the storage modules touch crsync's metadata: the sync layer (``peer``, ``live``, the
@@ -38,9 +38,9 @@ PURE = (
     "relay_session",
 )
 SQL_TEXT_ONLY = ("triggers",)
-IO_MODULES = {"sqlite3", "trio", "websockets", "watchfiles", "anyio"}
+IO_MODULES = {"sqlite3", "anyio", "sniffio", "asyncio", "trio", "websockets", "watchfiles"}
 
-SYNC_LAYER = ("peer", "live", "sync_thread", "cli", "__init__")
+SYNC_LAYER = ("peer", "live", "watcher", "_websocket", "sync_thread", "cli", "__init__")
 STORAGE = (
     "database",
     "tracking",
@@ -127,7 +127,7 @@ def test_storage_never_imports_the_sync_layer_at_import_time(module: str) -> Non
 _CORE = set(PURE)
 _SCHEMA = {"schema", "triggers", "ids"}
 _LOW = _CORE | _SCHEMA
-_HELPERS = {"_gc", "_sqlite_errors", "_sync_lock", "_trio_util"}
+_HELPERS = {"_gc", "_sqlite_errors", "_sync_lock", "_task_errors", "_trio_util", "_async_util"}
 MAY_IMPORT: dict[str, set[str]] = {
     "errors": set(),
     "pack": {"errors"},
@@ -143,7 +143,9 @@ MAY_IMPORT: dict[str, set[str]] = {
     "_gc": set(),
     "_sqlite_errors": set(),
     "_sync_lock": set(),
-    "_trio_util": set(),
+    "_task_errors": set(),
+    "_trio_util": {"_task_errors"},
+    "_async_util": {"_task_errors"},
     "identity": set(),
     "rejected": _LOW,
     "adoption": _LOW,
@@ -154,8 +156,10 @@ MAY_IMPORT: dict[str, set[str]] = {
     "positions": _LOW | {"identity", "merge"},
     # live only inside watch(), changes_feed() and on_change()
     "database": _LOW | set(STORAGE) | {"_gc", "live"},
-    "live": _LOW | {"database", "feed"},
-    "peer": _LOW | {"database", "positions"} | _HELPERS,
+    "watcher": {"_async_util"},
+    "_websocket": {"errors"},
+    "live": _LOW | {"database", "feed", "watcher", "_async_util"},
+    "peer": _LOW | {"database", "positions", "watcher", "_websocket"} | _HELPERS,
     "cli": _LOW | {"database", "peer", "positions", "tracking", "trigger_sql"} | _HELPERS,
     "sync_thread": _LOW | {"database", "live", "peer", "_sqlite_errors"},
     "__init__": _LOW | {"database", "peer", "sync_thread", "tracking"},

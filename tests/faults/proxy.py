@@ -1,8 +1,8 @@
 """A loopback TCP proxy under test control, for injecting network faults between peers and a relay.
 
-Runs in the test's trio loop. Every accepted connection is paired with a new connection to the
-relay's current port (so the relay may restart on its port behind the proxy) and two pumps copy
-bytes, subject to the proxy's current fault:
+Runs in the test's event loop (anyio: asyncio or trio). Every accepted connection is paired with
+a new connection to the relay's current port (so the relay may restart on its port behind the
+proxy) and two pumps copy bytes, subject to the proxy's current fault:
 
 * ``delay``: each chunk waits up to ``delay_max`` seconds before it is forwarded (order kept);
 * ``stall``: nothing is forwarded in either direction until the fault ends (bytes pile up in the
@@ -22,17 +22,18 @@ import random
 from collections.abc import Callable
 from typing import Any
 
+import anyio
 import attrs
-import trio
+from anyio.abc import SocketAttribute, SocketStream
 
 FAULTS = ("none", "delay", "stall", "cut_up", "cut_down", "drop")
 
 
 @attrs.define(eq=False)
 class _Link:
-    client: trio.SocketStream
-    server: trio.SocketStream
-    cancel: trio.CancelScope = attrs.Factory(trio.CancelScope)
+    client: SocketStream
+    server: SocketStream
+    cancel: anyio.CancelScope = attrs.Factory(anyio.CancelScope)
     damaged: bool = False
 
 
@@ -59,19 +60,19 @@ class FaultProxy:
         self.delay_max = 0.05
         self.stats = FaultStats()
         self._links: set[_Link] = set()
-        self._resume = trio.Event()
+        self._resume = anyio.Event()
         self._resume.set()
 
     @property
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
 
-    async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        self.port = listeners[0].socket.getsockname()[1]
-        async with trio.open_nursery() as nursery:
+    async def serve(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+        self.port = listener.extra(SocketAttribute.local_port)
+        async with listener, anyio.create_task_group() as tg:
             task_status.started()
-            await trio.serve_listeners(self._handle, listeners, handler_nursery=nursery)
+            await listener.serve(self._handle, tg)
 
     # ------------------------------------------------------------------ control
 
@@ -88,7 +89,7 @@ class FaultProxy:
                 if link.damaged:
                     self._reset(link)
         if fault == "stall":
-            self._resume = trio.Event()
+            self._resume = anyio.Event()
         if fault == "drop":
             for link in list(self._links):
                 self._reset(link)
@@ -99,10 +100,10 @@ class FaultProxy:
 
     # ------------------------------------------------------------------ pumps
 
-    async def _handle(self, client: trio.SocketStream) -> None:
+    async def _handle(self, client: SocketStream) -> None:
         self.stats.connections += 1
         try:
-            server = await trio.open_tcp_stream("127.0.0.1", self.target_port())
+            server = await anyio.connect_tcp("127.0.0.1", self.target_port())
         except OSError:
             await client.aclose()
             return
@@ -110,41 +111,39 @@ class FaultProxy:
         self._links.add(link)
         try:
             with link.cancel:
-                async with trio.open_nursery() as nursery:
+                async with anyio.create_task_group() as nursery:
                     nursery.start_soon(self._pump, link, client, server, "up")
                     nursery.start_soon(self._pump, link, server, client, "down")
         finally:
             self._links.discard(link)
             for s in (client, server):
-                await trio.aclose_forcefully(s)
+                await anyio.aclose_forcefully(s)
 
     async def _pump(
-        self, link: _Link, src: trio.SocketStream, dst: trio.SocketStream, direction: str
+        self, link: _Link, src: SocketStream, dst: SocketStream, direction: str
     ) -> None:
         try:
             while True:
-                data = await src.receive_some(65536)
-                if not data:
-                    break
+                data = await src.receive(65536)
                 await self._resume.wait()
                 fault = self.fault
                 if fault == "delay":
-                    await trio.sleep(self.rnd.uniform(0, self.delay_max))  # injected latency
+                    await anyio.sleep(self.rnd.uniform(0, self.delay_max))  # injected latency
                 elif fault == f"cut_{direction}":
                     link.damaged = True
                     continue
                 elif fault == "drop" and len(data) > 1:
                     cut = self.rnd.randrange(1, len(data))
-                    await dst.send_all(data[:cut])
+                    await dst.send(data[:cut])
                     self.stats.midchunk_cuts += 1
                     self._reset(link)
                     return
-                await dst.send_all(data)
+                await dst.send(data)
                 if direction == "up":
                     self.stats.bytes_up += len(data)
                 else:
                     self.stats.bytes_down += len(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             pass
         # one side closed: close the whole link (as a TCP reset would)
         link.cancel.cancel()

@@ -19,8 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+import anyio
 import pytest
-import trio
 from sync.conftest import RelayProcess
 from sync.helpers import TODOS, open_db, snapshot
 
@@ -28,21 +28,22 @@ from crsync.peer import Peer
 
 from .conftest import integrity
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
 LOG = "CREATE TABLE IF NOT EXISTS log (id TEXT PRIMARY KEY NOT NULL, dev TEXT, n INTEGER)"
 ROWS = 20_000
+# The killed device runs its Peer on the test's event loop (asyncio or trio).
 CHILD = """
-import sys, trio, crsync
+import sys, anyio, crsync
 from crsync.peer import Peer
-path, url, store, token = sys.argv[1:5]
+path, url, store, token, backend = sys.argv[1:6]
 async def main():
     db = crsync.connect(path)
     async with Peer(db, url, store=store, token=token, watch_files=False) as peer:
         await peer.wait_synced()
         print("synced", flush=True)
-        await trio.sleep_forever()
-trio.run(main)
+        await anyio.sleep_forever()
+anyio.run(main, backend=backend)
 """
 
 
@@ -87,8 +88,9 @@ def _kill_when(proc: subprocess.Popen[str], wal: Path, how: tuple[str, float]) -
 KILL_POINTS = [("synced", 0.0), ("after", 0.5), ("wal", 0.05), ("wal", 0.5), ("wal", 0.95)]
 
 
+@pytest.mark.slow
 async def test_device_killed_mid_merge_keeps_batch_all_or_nothing_and_resumes(
-    relay: RelayProcess, tmp_path: Path
+    relay: RelayProcess, tmp_path: Path, anyio_backend: str
 ) -> None:
     token = relay.token("big")
     src = open_db(tmp_path / "src.db", TODOS, LOG)
@@ -97,7 +99,7 @@ async def test_device_killed_mid_merge_keeps_batch_all_or_nothing_and_resumes(
             "INSERT INTO log VALUES (?, 'src', ?)",
             ((f"r{i:06d}-{'x' * 40}", i) for i in range(ROWS)),
         )
-    with trio.fail_after(120):
+    with anyio.fail_after(120):
         async with Peer(src, relay.url, store="big", token=token) as p:
             await p.wait_synced()
         outcomes = []
@@ -107,11 +109,11 @@ async def test_device_killed_mid_merge_keeps_batch_all_or_nothing_and_resumes(
             path = tmp_path / f"victim{i}.db"
             open_db(path, TODOS, LOG).close()
             proc = subprocess.Popen(  # noqa: ASYNC220 - starting it does not block
-                [sys.executable, "-c", CHILD, str(path), relay.url, "big", token],
+                [sys.executable, "-c", CHILD, str(path), relay.url, "big", token, anyio_backend],
                 stdout=subprocess.PIPE,
                 text=True,
             )
-            what = await trio.to_thread.run_sync(_kill_when, proc, Path(str(path) + "-wal"), how)
+            what = await anyio.to_thread.run_sync(_kill_when, proc, Path(str(path) + "-wal"), how)
             if kind == "synced":
                 whole = int(what.split("wal=")[1])
             assert integrity(path) == "ok"

@@ -23,8 +23,8 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import pytest
-import trio
 from sync.conftest import RelayProcess
 from sync.helpers import TODOS, eventually, open_db, rows
 
@@ -32,7 +32,7 @@ from crsync.peer import Peer
 
 from .conftest import RelayFactory, integrity
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
 
 @contextlib.contextmanager
@@ -82,7 +82,7 @@ async def test_full_disk_gets_clear_errors_no_false_acks_and_recovers(
         token = relay.token("full")
         a, b = open_db(tmp_path / "a.db", TODOS), open_db(tmp_path / "b.db", TODOS)
         opts = {"store": "full", "token": token, "backoff_initial": 0.05, "backoff_max": 0.3}
-        with trio.fail_after(60):
+        with anyio.fail_after(60):
             async with Peer(a, relay.url, **opts) as pa:  # type: ignore[arg-type]
                 a.conn.execute("INSERT INTO todos (id, title) VALUES ('before', 'x')")
                 await pa.wait_synced()
@@ -140,7 +140,7 @@ async def test_read_only_data_dir_refuses_with_clear_error_and_recovers(
         a, b = open_db(tmp_path / "a.db", TODOS), open_db(tmp_path / "b.db", TODOS)
         a.conn.execute("INSERT INTO todos (id, title) VALUES ('1', 'x')")
         opts = {"store": "ro", "token": relay.token("ro"), "backoff_initial": 0.05}
-        with trio.fail_after(60):
+        with anyio.fail_after(60):
             async with Peer(a, relay.url, backoff_max=0.3, **opts) as pa:  # type: ignore[arg-type]
                 await eventually(
                     lambda: relay.count("relay.store_write_failed") >= 2, "refused connections"

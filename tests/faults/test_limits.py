@@ -17,18 +17,17 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
-import trio
 from sync.conftest import RelayProcess
-from sync.helpers import eventually, open_db, rows
-from websockets.trio.client import connect as ws_connect
+from sync.helpers import eventually, open_db, rows, ws_client
 
 from crsync.errors import ProtocolError
 from crsync.peer import Peer, PeerState
 
 from .conftest import RelayFactory
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
 OPTS: dict[str, Any] = {"backoff_initial": 0.02, "backoff_max": 0.1}
 
@@ -39,16 +38,16 @@ async def test_store_at_its_connection_cap_refuses_more_and_does_not_slow_other_
     relay: RelayProcess = relay_factory("--max-connections-per-store", "3")
     busy = [open_db(tmp_path / f"busy{i}.db") for i in range(4)]
     calm = [open_db(tmp_path / f"calm{i}.db") for i in range(2)]
-    leave = trio.Event()
+    leave = anyio.Event()
 
-    async def first_peer(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    async def first_peer(*, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         async with Peer(busy[0], relay.url, store="busy", token=tb, **OPTS) as peer:
             task_status.started(peer)
             await leave.wait()
 
     tb, tc = relay.token("busy"), relay.token("calm")
-    with trio.fail_after(60):
-        async with trio.open_nursery() as nursery, contextlib.AsyncExitStack() as stack:
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as nursery, contextlib.AsyncExitStack() as stack:
             full = [await nursery.start(first_peer)]
             full += [
                 await stack.enter_async_context(Peer(db, relay.url, store="busy", token=tb, **OPTS))
@@ -68,7 +67,7 @@ async def test_store_at_its_connection_cap_refuses_more_and_does_not_slow_other_
                 for db in calm
             ]
             for i in range(10):
-                with trio.fail_after(2):
+                with anyio.fail_after(2):
                     calm[0].conn.execute("INSERT INTO todos (id, title) VALUES (?, 'c')", (str(i),))
                     await c1.wait_synced()
                     await c2.wait_synced()
@@ -90,13 +89,13 @@ async def test_connections_still_authenticating_have_their_own_cap(
     cap); a device is refused with overloaded while they are there and gets in after."""
     relay: RelayProcess = relay_factory("--max-unauthenticated", "4")
     db = open_db(tmp_path / "a.db")
-    with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            release = trio.Event()
-            opened = trio.Semaphore(0)
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as nursery:
+            release = anyio.Event()
+            opened = anyio.Semaphore(0)
 
             async def lurker() -> None:  # connected, never says hello
-                async with ws_connect(relay.url, proxy=None) as ws:
+                async with ws_client(relay.url, proxy=None) as ws:
                     await ws.ping()
                     opened.release()
                     await release.wait()
@@ -144,7 +143,7 @@ async def test_store_over_its_byte_quota_refuses_pushes_with_quota_exceeded(
     writer_db, reader_db = open_db(tmp_path / "w.db"), open_db(tmp_path / "r.db")
     calm = [open_db(tmp_path / f"calm{i}.db") for i in range(2)]
     tf, tc = relay.token("full"), relay.token("calm")
-    with trio.fail_after(60):
+    with anyio.fail_after(60):
         async with contextlib.AsyncExitStack() as stack:
             writer = await stack.enter_async_context(
                 Peer(writer_db, relay.url, store="full", token=tf, **OPTS)
@@ -181,7 +180,7 @@ async def test_store_over_its_byte_quota_refuses_pushes_with_quota_exceeded(
                 for db in calm
             ]
             for i in range(5):
-                with trio.fail_after(2):
+                with anyio.fail_after(2):
                     calm[0].conn.execute("INSERT INTO todos (id, title) VALUES (?, 'c')", (str(i),))
                     await c1.wait_synced()
                     await c2.wait_synced()
@@ -206,15 +205,15 @@ async def test_store_at_its_push_rate_is_throttled_without_slowing_other_stores(
     floor = cells / rate - 1.0
     assert floor >= 2.5
     ts, tc = relay.token("slow"), relay.token("calm")
-    slow_done = trio.Event()
+    slow_done = anyio.Event()
     timings: dict[str, float] = {}
 
     async def push_slow(peer: Peer, started: float) -> None:
         await peer.wait_synced()
-        timings["slow"] = trio.current_time() - started
+        timings["slow"] = anyio.current_time() - started
         slow_done.set()
 
-    with trio.fail_after(60):
+    with anyio.fail_after(60):
         async with contextlib.AsyncExitStack() as stack:
             c1, c2 = [
                 await stack.enter_async_context(Peer(db, relay.url, store="calm", token=tc, **OPTS))
@@ -226,20 +225,20 @@ async def test_store_at_its_push_rate_is_throttled_without_slowing_other_stores(
                 Peer(slow_reader_db, relay.url, store="slow", token=ts, **OPTS)
             )
             await slow_reader.wait_synced()
-            started = trio.current_time()
+            started = anyio.current_time()
             async with (
                 Peer(slow_db, relay.url, store="slow", token=ts, **OPTS) as slow,
-                trio.open_nursery() as nursery,
+                anyio.create_task_group() as nursery,
             ):
                 nursery.start_soon(push_slow, slow, started)
                 # the calm store syncs promptly while the slow store's push is held back
                 await eventually(lambda: relay.count(r"relay\.connect store=slow") >= 2, "push")
-                calm_started = trio.current_time()
+                calm_started = anyio.current_time()
                 for i in range(5):
                     calm[0].conn.execute("INSERT INTO todos (id, title) VALUES (?, 'c')", (str(i),))
                     await c1.wait_synced()
                     await c2.wait_synced()
-                timings["calm"] = trio.current_time() - calm_started
+                timings["calm"] = anyio.current_time() - calm_started
                 assert not slow_done.is_set(), timings
                 assert len(rows(calm[1])) == 5
             assert timings["slow"] >= floor, timings

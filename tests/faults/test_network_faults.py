@@ -15,8 +15,8 @@ import os
 import random
 from pathlib import Path
 
+import anyio
 import pytest
-import trio
 from sync.conftest import RelayProcess
 from sync.helpers import TODOS, open_db, snapshot
 
@@ -26,7 +26,7 @@ from crsync.peer import Peer
 from .conftest import LONG, integrity
 from .proxy import FAULTS, FaultProxy
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
 
 def _files(relay: RelayProcess, tmp_path: Path) -> list[Path]:
@@ -41,7 +41,7 @@ PEER_OPTS: dict[str, float] = {"backoff_initial": 0.02, "backoff_max": 0.3, "ope
 
 
 async def _editor(
-    db: crsync.Database, name: str, rnd: random.Random, stop: trio.Event, written: list[str]
+    db: crsync.Database, name: str, rnd: random.Random, stop: anyio.Event, written: list[str]
 ) -> None:
     n = 0
     while not stop.is_set():
@@ -59,14 +59,14 @@ async def _editor(
             )
         else:
             db.conn.execute("DELETE FROM todos WHERE id = ?", (k,))
-        await trio.sleep(rnd.uniform(0, 0.01))  # pacing of the simulated user, not a sync
+        await anyio.sleep(rnd.uniform(0, 0.01))  # pacing of the simulated user, not a sync
 
 
 async def _schedule(proxy: FaultProxy, rnd: random.Random, seconds: float) -> None:
-    end = trio.current_time() + seconds
-    while trio.current_time() < end:
+    end = anyio.current_time() + seconds
+    while anyio.current_time() < end:
         proxy.set_fault(rnd.choice(FAULTS))
-        await trio.sleep(rnd.uniform(0.05, 0.4))  # how long this fault lasts
+        await anyio.sleep(rnd.uniform(0.05, 0.4))  # how long this fault lasts
     proxy.set_fault("none")
 
 
@@ -83,9 +83,9 @@ async def test_peers_converge_and_keep_every_committed_write_under_network_fault
         for store, n in STORES.items()
     }
     written: dict[str, list[str]] = {store: [] for store in STORES}
-    stop = trio.Event()
-    with trio.fail_after(FAULT_SECONDS + 90):
-        async with trio.open_nursery() as nursery:
+    stop = anyio.Event()
+    with anyio.fail_after(FAULT_SECONDS + 90):
+        async with anyio.create_task_group() as nursery:
             await nursery.start(proxy.serve)
             async with contextlib.AsyncExitStack() as stack:
                 peers: dict[str, list[Peer]] = {}
@@ -97,7 +97,7 @@ async def test_peers_converge_and_keep_every_committed_write_under_network_fault
                         )
                         for _name, db in devs
                     ]
-                async with trio.open_nursery() as editors:
+                async with anyio.create_task_group() as editors:
                     for store, devs in devices.items():
                         for name, db in devs:
                             editors.start_soon(

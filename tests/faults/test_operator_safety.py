@@ -12,8 +12,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import anyio
 import pytest
-import trio
 from sync.conftest import RelayProcess
 from sync.conftest import relay_cli as _cli
 from sync.helpers import open_db
@@ -22,7 +22,7 @@ from crsync.peer import Peer
 
 from .conftest import RelayFactory
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
 
 def _mode(path: Path) -> int:
@@ -32,7 +32,7 @@ def _mode(path: Path) -> int:
 async def _sync_one_row(relay: RelayProcess, tmp_path: Path, store: str = "s") -> None:
     db = open_db(tmp_path / f"{store}-device.db")
     db.conn.execute("INSERT INTO todos (id, title) VALUES ('1', 'x')")
-    with trio.fail_after(30):
+    with anyio.fail_after(30):
         async with Peer(db, relay.url, store=store, token=relay.token(store)) as peer:
             await peer.wait_synced()
     db.close()
@@ -97,7 +97,7 @@ async def test_backup_and_restore_use_paths_exactly(relay: RelayProcess, tmp_pat
     assert restored.returncode == 0, restored.stderr
     relay.start()
     fresh = open_db(tmp_path / "fresh.db")
-    with trio.fail_after(30):
+    with anyio.fail_after(30):
         async with Peer(fresh, relay.url, store="bob", token=relay.token("bob")) as peer:
             await peer.wait_synced()
     assert fresh.conn.execute("SELECT id, title FROM todos").fetchall() == [("1", "x")]

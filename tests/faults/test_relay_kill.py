@@ -15,8 +15,8 @@ import random
 import sqlite3
 from pathlib import Path
 
+import anyio
 import pytest
-import trio
 from sync.conftest import RelayProcess
 from sync.helpers import TODOS, open_db
 
@@ -26,7 +26,7 @@ from crsync.peer import Peer
 
 from .conftest import LONG, RelayFactory, integrity
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
 
 def _files(relay: RelayProcess, tmp_path: Path) -> list[Path]:
@@ -53,16 +53,17 @@ def relay_ids(path: Path) -> list[str]:
 
 
 async def _writer(
-    db: crsync.Database, name: str, stop: trio.Event, out: list[tuple[str, int]]
+    db: crsync.Database, name: str, stop: anyio.Event, out: list[tuple[str, int]]
 ) -> None:
     n = 0
     while not stop.is_set():
         n += 1
         db.conn.execute("INSERT INTO log VALUES (?, ?, ?)", (f"{name}-{n}", name, n))
         out.append((f"{name}-{n}", db.db_version))  # the row's version is at most this
-        await trio.sleep(0.004)  # pacing of the simulated user, not a sync
+        await anyio.sleep(0.004)  # pacing of the simulated user, not a sync
 
 
+@pytest.mark.slow
 async def test_relay_sigkilled_repeatedly_loses_no_acknowledged_change(
     relay_factory: RelayFactory, tmp_path: Path
 ) -> None:
@@ -77,10 +78,10 @@ async def test_relay_sigkilled_repeatedly_loses_no_acknowledged_change(
     written: dict[str, list[tuple[str, int]]] = {
         name: [] for devs in devices.values() for name, _db in devs
     }
-    stop = trio.Event()
+    stop = anyio.Event()
     checked_acked = 0
     inflight_kills = 0
-    with trio.fail_after(KILLS * 3 + 60):
+    with anyio.fail_after(KILLS * 3 + 60):
         async with contextlib.AsyncExitStack() as stack:
             peers: dict[str, Peer] = {}
             for store, devs in devices.items():
@@ -88,19 +89,19 @@ async def test_relay_sigkilled_repeatedly_loses_no_acknowledged_change(
                     peers[name] = await stack.enter_async_context(
                         Peer(db, relay.url, store=store, token=relay.token(store), **PEER_OPTS)
                     )
-            async with trio.open_nursery() as nursery:
+            async with anyio.create_task_group() as nursery:
                 for devs in devices.values():
                     for name, db in devs:
                         nursery.start_soon(_writer, db, name, stop, written[name])
                 for _kill in range(KILLS):
-                    await trio.sleep(rnd.uniform(0.05, 0.6))  # a random moment under load
-                    await trio.to_thread.run_sync(relay.kill)
+                    await anyio.sleep(rnd.uniform(0.05, 0.6))  # a random moment under load
+                    await anyio.to_thread.run_sync(relay.kill)
                     # Nothing can be acknowledged any more: what the peers saw acknowledged
                     # must be in the store files now.
                     inflight_kills += any(p.push_upto < p.local_sealed for p in peers.values())
                     for store, devs in devices.items():
                         on_relay = set(
-                            await trio.to_thread.run_sync(relay_ids, relay.store_path(store))
+                            await anyio.to_thread.run_sync(relay_ids, relay.store_path(store))
                         )
                         for name, _db in devs:
                             upto = peers[name].push_upto
@@ -108,7 +109,7 @@ async def test_relay_sigkilled_repeatedly_loses_no_acknowledged_change(
                             lost = [i for i in acked if i not in on_relay]
                             assert not lost, f"kill {_kill}: acknowledged rows lost: {lost[:5]}"
                             checked_acked += len(acked)
-                    await trio.to_thread.run_sync(relay.start)
+                    await anyio.to_thread.run_sync(relay.start)
                 stop.set()
             for _ in range(2):
                 for peer in peers.values():

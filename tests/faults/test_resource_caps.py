@@ -9,11 +9,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
-import trio
-from sync.helpers import open_db
+from sync.helpers import open_db, ws_client
 from websockets.exceptions import ConnectionClosed
-from websockets.trio.client import connect as ws_connect
 
 from crsync import Change, pack_pk
 from crsync import protocol as p
@@ -22,7 +21,7 @@ from crsync.peer import Peer
 from .attack import client_that_never_reads, rss_kib
 from .conftest import RelayFactory
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
 SCHEMA = {"todos": p.TableSchema(("id",), ("data", "done", "title"))}
 OPTS: dict[str, Any] = {"backoff_initial": 0.05, "backoff_max": 0.3}
@@ -30,12 +29,12 @@ OPTS: dict[str, Any] = {"backoff_initial": 0.05, "backoff_max": 0.3}
 
 async def _hello_answer(url: str, hello: p.Hello, **kw: Any) -> p.Message:
     """Send a hello; the relay's answer (it may refuse before reading the hello)."""
-    async with ws_connect(url, compression=None, **kw) as ws:
+    async with ws_client(url, compression=None, **kw) as ws:
         try:
             await ws.send(p.encode(hello))
         except ConnectionClosed:
             pass  # refused at once: its error frame is still there to read
-        with trio.fail_after(10):
+        with anyio.fail_after(10):
             return p.decode(await ws.recv())
 
 
@@ -44,13 +43,13 @@ async def test_idle_unauthenticated_sockets_are_capped_per_address_and_devices_g
 ) -> None:
     relay = relay_factory("--max-unauthenticated-per-ip", "8", "--max-connections", "20")
     token = relay.token("s")
-    async with trio.open_nursery() as nursery:
-        idle_open = trio.Semaphore(0)
-        release = trio.Event()
+    async with anyio.create_task_group() as nursery:
+        idle_open = anyio.Semaphore(0)
+        release = anyio.Event()
 
         async def idle() -> None:
             # From 127.0.0.2: a WebSocket that never sends its hello.
-            async with ws_connect(relay.url, compression=None, local_address="127.0.0.2"):
+            async with ws_client(relay.url, compression=None, local_host="127.0.0.2"):
                 idle_open.release()
                 await release.wait()
 
@@ -59,13 +58,13 @@ async def test_idle_unauthenticated_sockets_are_capped_per_address_and_devices_g
         for _ in range(8):
             await idle_open.acquire()
         hello = p.Hello(1, "s", os.urandom(16), SCHEMA, 0, "", token, None)
-        refused = await _hello_answer(relay.url, hello, local_address="127.0.0.2")
+        refused = await _hello_answer(relay.url, hello, local_host="127.0.0.2")
         assert isinstance(refused, p.Error) and refused.code == "overloaded"
         assert "this address" in refused.reason
         # A device from another address is not affected.
         a = open_db(tmp_path / "a.db")
         a.conn.execute("INSERT INTO todos (id, title) VALUES ('1', 'x')")
-        with trio.fail_after(30):
+        with anyio.fail_after(30):
             async with Peer(a, relay.url, store="s", token=token, **OPTS) as pa:
                 await pa.wait_synced()
         release.set()
@@ -80,12 +79,12 @@ async def test_one_token_subject_cannot_hold_every_open_store(
 
     mallory = issue_token(relay.secret, ["m*"], 3600, subject="mallory")
     bob = issue_token(relay.secret, ["bob"], 3600, subject="bob")
-    async with trio.open_nursery() as nursery:
-        held = trio.Semaphore(0)
-        release = trio.Event()
+    async with anyio.create_task_group() as nursery:
+        held = anyio.Semaphore(0)
+        release = anyio.Event()
 
         async def hold(store: str) -> None:
-            async with ws_connect(relay.url, compression=None) as ws:
+            async with ws_client(relay.url, compression=None) as ws:
                 await ws.send(p.encode(p.Hello(1, store, os.urandom(16), SCHEMA, 0, "", mallory)))
                 msg = p.decode(await ws.recv())
                 assert isinstance(msg, p.Welcome), msg
@@ -136,7 +135,7 @@ async def test_a_peer_that_stops_reading_is_dropped_and_its_memory_freed(
         a.conn.executemany(
             "INSERT INTO todos (id, data) VALUES (?, ?)", ((f"r{i}", blob) for i in range(300))
         )
-    with trio.fail_after(60):
+    with anyio.fail_after(60):
         async with Peer(a, relay.url, store="big", token=token, **OPTS) as pa:
             await pa.wait_synced()
     assert relay.proc is not None
@@ -146,9 +145,9 @@ async def test_a_peer_that_stops_reading_is_dropped_and_its_memory_freed(
         # Three peers that never read: each holds a ~19 MiB catch-up send until dropped.
         stalled = [client_that_never_reads(relay.port, hello) for _ in range(3)]
         try:
-            with trio.fail_after(30):
+            with anyio.fail_after(30):
                 while relay.count(r"relay\.peer_stalled") < 3 * wave:  # noqa: ASYNC110
-                    await trio.sleep(0.1)  # the relay's own send timeout is what this waits for
+                    await anyio.sleep(0.1)  # the relay's own send timeout is what this waits for
         finally:
             for sock in stalled:
                 sock.close()
@@ -158,7 +157,7 @@ async def test_a_peer_that_stops_reading_is_dropped_and_its_memory_freed(
     assert rss[2] - rss[0] < 32 * 1024, rss
     # The store's one 19 MiB version reaches a new device in parts (one atomic unit).
     b = open_db(tmp_path / "b.db")
-    with trio.fail_after(60):
+    with anyio.fail_after(60):
         async with Peer(b, relay.url, store="big", token=token, **OPTS) as pb:
             await pb.wait_synced()
     assert b.conn.execute("SELECT count(*) FROM todos").fetchone()[0] == 300
@@ -168,7 +167,7 @@ async def test_multi_part_push_is_capped_in_bytes(relay_factory: RelayFactory) -
     relay = relay_factory("--max-unit-bytes", str(256 * 1024))
     token = relay.token("u")
     site = os.urandom(16)
-    async with ws_connect(relay.url, compression=None) as ws:
+    async with ws_client(relay.url, compression=None) as ws:
         await ws.send(p.encode(p.Hello(1, "u", site, SCHEMA, 0, "", token)))
         assert isinstance(p.decode(await ws.recv()), p.Welcome)
         answer = None
@@ -180,7 +179,7 @@ async def test_multi_part_push_is_capped_in_bytes(relay_factory: RelayFactory) -
         except ConnectionClosed:
             pass  # the relay refused and closed while parts were still going out
         try:
-            with trio.fail_after(10):
+            with anyio.fail_after(10):
                 answer = p.decode(await ws.recv())  # the error frame, received before the close
         except ConnectionClosed:
             pass
@@ -191,12 +190,12 @@ async def test_multi_part_push_is_capped_in_bytes(relay_factory: RelayFactory) -
 async def test_process_cap_counts_authenticated_connections(relay_factory: RelayFactory) -> None:
     relay = relay_factory("--max-connections", "2")
     token = relay.token("s")
-    async with trio.open_nursery() as nursery:
-        held = trio.Semaphore(0)
-        release = trio.Event()
+    async with anyio.create_task_group() as nursery:
+        held = anyio.Semaphore(0)
+        release = anyio.Event()
 
         async def hold() -> None:
-            async with ws_connect(relay.url, compression=None) as ws:
+            async with ws_client(relay.url, compression=None) as ws:
                 await ws.send(p.encode(p.Hello(1, "s", os.urandom(16), SCHEMA, 0, "", token)))
                 assert isinstance(p.decode(await ws.recv()), p.Welcome)
                 held.release()

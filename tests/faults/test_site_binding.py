@@ -13,17 +13,16 @@ import os
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
-import trio
 from sync.conftest import RelayProcess
-from sync.helpers import open_db, rows
-from websockets.trio.client import connect as ws_connect
+from sync.helpers import open_db, rows, ws_client
 
 from crsync import Change, pack_pk
 from crsync import protocol as p
 from crsync.peer import Peer
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
 SCHEMA = {"todos": p.TableSchema(("id",), ("title",))}
 
@@ -38,7 +37,7 @@ class Raw:
         await self.ws.send(p.encode(msg))
 
     async def recv(self) -> p.Message:
-        with trio.fail_after(10):
+        with anyio.fail_after(10):
             return p.decode(await self.ws.recv())
 
     async def until(self, kind: type) -> Any:
@@ -59,7 +58,7 @@ async def test_a_bound_site_id_refuses_other_keys_and_leaks_no_position(
 ) -> None:
     token = relay.token("s")
     victim, key = os.urandom(16), os.urandom(32)
-    async with ws_connect(relay.url, compression=None) as ws:
+    async with ws_client(relay.url, compression=None) as ws:
         v = Raw(ws)
         await v.send(_hello("s", victim, token, key))
         welcome = await v.recv()
@@ -69,13 +68,13 @@ async def test_a_bound_site_id_refuses_other_keys_and_leaks_no_position(
         ack = await v.until(p.Ack)
         assert isinstance(ack, p.Ack) and ack.upto == 5
     for forged_key in (None, os.urandom(32)):
-        async with ws_connect(relay.url, compression=None) as ws:
+        async with ws_client(relay.url, compression=None) as ws:
             m = Raw(ws)
             await m.send(_hello("s", victim, token, forged_key, welcome.epoch))
             msg = await m.recv()
             assert isinstance(msg, p.Error) and msg.code == "site_forbidden", msg
     # The device itself still gets its own position back.
-    async with ws_connect(relay.url, compression=None) as ws:
+    async with ws_client(relay.url, compression=None) as ws:
         v = Raw(ws)
         await v.send(_hello("s", victim, token, key, welcome.epoch))
         again = await v.recv()
@@ -89,11 +88,11 @@ async def test_a_write_forged_under_another_sites_id_reaches_that_site(
     victim, vkey = os.urandom(16), os.urandom(32)
     mallory, mkey = os.urandom(16), os.urandom(32)
     forged = Change("todos", pack_pk(["r1"]), "title", "FORGED", 7, 1, victim, 1, 0)
-    async with ws_connect(relay.url, compression=None) as vws:
+    async with ws_client(relay.url, compression=None) as vws:
         v = Raw(vws)
         await v.send(_hello("s", victim, token, vkey))
         assert isinstance(await v.recv(), p.Welcome)
-        async with ws_connect(relay.url, compression=None) as mws:
+        async with ws_client(relay.url, compression=None) as mws:
             m = Raw(mws)
             await m.send(_hello("s", mallory, token, mkey))
             assert isinstance(await m.recv(), p.Welcome)
@@ -103,14 +102,14 @@ async def test_a_write_forged_under_another_sites_id_reaches_that_site(
         got = await v.until(p.Changes)
         assert isinstance(got, p.Changes) and got.changes == [forged]
     # ... also from disk (catch-up), not only from the in-memory ring.
-    async with ws_connect(relay.url, compression=None) as vws:
+    async with ws_client(relay.url, compression=None) as vws:
         v = Raw(vws)
         await v.send(_hello("s", victim, token, vkey))
         assert isinstance(await v.recv(), p.Welcome)
         got = await v.until(p.Changes)
         assert isinstance(got, p.Changes) and got.changes == [forged]
     # The pushing connection's own site does not get its write echoed back.
-    async with ws_connect(relay.url, compression=None) as mws:
+    async with ws_client(relay.url, compression=None) as mws:
         m = Raw(mws)
         await m.send(_hello("s", mallory, token, mkey))
         welcome = await m.recv()
@@ -133,7 +132,7 @@ async def test_a_forged_ack_cannot_drop_a_devices_offline_writes(
     token = relay.token("s")
     victim, other = open_db(tmp_path / "v.db"), open_db(tmp_path / "o.db")
     victim.conn.execute("INSERT INTO todos (id, title) VALUES ('r0', 'online')")
-    with trio.fail_after(30):
+    with anyio.fail_after(30):
         async with Peer(victim, relay.url, store="s", token=token, **OPTS) as pv:
             await pv.wait_synced()
             epoch = pv.epoch
@@ -141,12 +140,12 @@ async def test_a_forged_ack_cannot_drop_a_devices_offline_writes(
         victim.conn.execute("INSERT INTO todos (id, title) VALUES (?, ?)", (f"r{i}", "offline"))
     # The attacker learned the victim's site id (every broadcast carries it).
     site = victim.site_id
-    async with ws_connect(relay.url, compression=None) as ws:
+    async with ws_client(relay.url, compression=None) as ws:
         m = Raw(ws)
         await m.send(p.Hello(1, "s", site, SCHEMA, 0, epoch, token, None))
         msg = await m.recv()
         assert isinstance(msg, p.Error) and msg.code == "site_forbidden"
-    with trio.fail_after(30):
+    with anyio.fail_after(30):
         async with Peer(victim, relay.url, store="s", token=token, **OPTS) as pv:
             await pv.wait_synced()
         async with Peer(other, relay.url, store="s", token=token, **OPTS) as po:
@@ -162,7 +161,7 @@ async def test_devices_converge_on_a_write_forged_under_another_devices_site(
     token = relay.token("s")
     victim, other = open_db(tmp_path / "v.db"), open_db(tmp_path / "o.db")
     victim.conn.execute("INSERT INTO todos (id, title) VALUES ('r1', 'written by victim')")
-    with trio.fail_after(30):
+    with anyio.fail_after(30):
         async with (
             Peer(victim, relay.url, store="s", token=token, **OPTS) as pv,
             Peer(other, relay.url, store="s", token=token, **OPTS) as po,
@@ -170,7 +169,7 @@ async def test_devices_converge_on_a_write_forged_under_another_devices_site(
             await pv.wait_synced()
             await po.wait_synced()
             forged = Change("todos", pack_pk(["r1"]), "title", "FORGED", 9, 1, victim.site_id, 1, 0)
-            async with ws_connect(relay.url, compression=None) as ws:
+            async with ws_client(relay.url, compression=None) as ws:
                 m = Raw(ws)
                 await m.send(_hello("s", os.urandom(16), token, os.urandom(32), pv.epoch))
                 assert isinstance(await m.recv(), p.Welcome)
@@ -189,11 +188,11 @@ async def test_a_device_whose_site_id_was_claimed_first_continues_under_a_new_on
     dev, other = open_db(tmp_path / "d.db"), open_db(tmp_path / "o.db")
     dev.conn.execute("INSERT INTO todos (id, title) VALUES ('mine', 'x')")
     squatted = dev.site_id
-    async with ws_connect(relay.url, compression=None) as ws:
+    async with ws_client(relay.url, compression=None) as ws:
         m = Raw(ws)
         await m.send(_hello("s", squatted, token, os.urandom(32)))
         assert isinstance(await m.recv(), p.Welcome)
-    with trio.fail_after(30):
+    with anyio.fail_after(30):
         async with Peer(dev, relay.url, store="s", token=token, **OPTS) as pd:
             await pd.wait_synced()
             assert pd.site_id != squatted

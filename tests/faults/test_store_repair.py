@@ -8,13 +8,12 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import anyio
 import attrs
 import pytest
-import trio
 from sync.conftest import RelayProcess
 from sync.conftest import relay_cli as _cli
-from sync.helpers import open_db
-from websockets.trio.client import connect as ws_connect
+from sync.helpers import open_db, ws_client
 
 from crsync import Change, pack_pk
 from crsync import protocol as p
@@ -22,7 +21,7 @@ from crsync.peer import Peer, PeerState
 
 from .conftest import RelayFactory
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
 SCHEMA = {"todos": p.TableSchema(("id",), ("data", "done", "title"))}
 OPTS = {"backoff_initial": 0.05, "backoff_max": 0.3}
@@ -37,13 +36,13 @@ async def _session(relay: RelayProcess, store: str, frames: list[p.Message]) -> 
     """Hello, then frames; return every answer until the relay has answered each frame."""
     token = relay.token(store)
     got: list[p.Message] = []
-    async with ws_connect(relay.url, compression=None) as ws:
+    async with ws_client(relay.url, compression=None) as ws:
         await ws.send(p.encode(p.Hello(1, store, SITE, SCHEMA, 0, "", token, KEY)))
         got.append(p.decode(await ws.recv()))
         for f in frames:
             await ws.send(p.encode(f))
         await ws.send(p.encode(p.Ping(99)))
-        with trio.fail_after(20):
+        with anyio.fail_after(20):
             while True:
                 m = p.decode(await ws.recv())
                 got.append(m)
@@ -74,9 +73,9 @@ async def test_empty_pushes_are_charged_to_the_store_push_rate(
 ) -> None:
     relay = relay_factory("--max-push-cells-per-second", "20")
     await _session(relay, "slow", [])
-    t0 = trio.current_time()
+    t0 = anyio.current_time()
     got = await _session(relay, "slow", [p.Push(i, 0, 0, []) for i in range(1, 61)])
-    elapsed = trio.current_time() - t0
+    elapsed = anyio.current_time() - t0
     assert sum(isinstance(m, p.Ack) for m in got) == 60
     # 60 messages at 20 per second with one second of burst take at least about 2 s.
     assert elapsed >= 1.5, elapsed
@@ -85,7 +84,7 @@ async def test_empty_pushes_are_charged_to_the_store_push_rate(
 async def test_announced_schemas_are_bounded(relay: RelayProcess) -> None:
     token = relay.token("big")
     wide = {"todos": p.TableSchema(("id",), tuple(f"c{i}" for i in range(2001)))}
-    async with ws_connect(relay.url, compression=None) as ws:
+    async with ws_client(relay.url, compression=None) as ws:
         await ws.send(p.encode(p.Hello(1, "big", SITE, wide, 0, "", token, KEY)))
         msg = p.decode(await ws.recv())
     assert isinstance(msg, p.Error) and msg.code == "schema_mismatch"
@@ -97,12 +96,12 @@ async def test_forget_table_frees_a_table_squatted_with_a_wrong_key(
 ) -> None:
     token = relay.token("sq")
     squat = {"todos": p.TableSchema(("nope",), ())}
-    async with ws_connect(relay.url, compression=None) as ws:
+    async with ws_client(relay.url, compression=None) as ws:
         await ws.send(p.encode(p.Hello(1, "sq", os.urandom(16), squat, 0, "", token, None)))
         assert isinstance(p.decode(await ws.recv()), p.Welcome)
     a = open_db(tmp_path / "a.db")
     a.conn.execute("INSERT INTO todos (id, title) VALUES ('1', 'mine')")
-    with trio.fail_after(30):
+    with anyio.fail_after(30):
         async with Peer(a, relay.url, store="sq", token=token, **OPTS) as pa:
             await pa.wait_state(PeerState.ERROR)
             assert "primary key is ['nope']" in str(pa.error)
@@ -113,7 +112,7 @@ async def test_forget_table_frees_a_table_squatted_with_a_wrong_key(
     assert done.returncode == 0, done.stderr
     relay.start()
     b = open_db(tmp_path / "b.db")
-    with trio.fail_after(30):
+    with anyio.fail_after(30):
         async with Peer(a, relay.url, store="sq", token=token, **OPTS) as pa:
             await pa.wait_synced()
         async with Peer(b, relay.url, store="sq", token=token, **OPTS) as pb:
@@ -127,7 +126,7 @@ async def test_remove_takes_a_poisoned_cell_out_of_a_store(
     token = relay.token("pois")
     a = open_db(tmp_path / "a.db")
     a.conn.execute("INSERT INTO todos (id, title) VALUES ('ok', 'fine')")
-    with trio.fail_after(30):
+    with anyio.fail_after(30):
         async with Peer(a, relay.url, store="pois", token=token, **OPTS) as pa:
             await pa.wait_synced()
     relay.stop()
@@ -169,7 +168,7 @@ async def test_remove_takes_a_poisoned_cell_out_of_a_store(
     assert "removed 1 cell" in done.stdout
     relay.start()
     b = open_db(tmp_path / "b.db")
-    with trio.fail_after(30):
+    with anyio.fail_after(30):
         async with Peer(b, relay.url, store="pois", token=token, **OPTS) as pb:
             await pb.wait_synced()
     assert b.conn.execute("SELECT id, title FROM todos").fetchall() == [("ok", "fine")]
@@ -189,11 +188,11 @@ INTKEY = {"items": p.TableSchema(("id",), ("name",), (), True)}
 
 async def _push(relay: RelayProcess, store: str, schema: Any, change: Change) -> p.Message:
     token = relay.token(store)
-    async with ws_connect(relay.url, compression=None) as ws:
+    async with ws_client(relay.url, compression=None) as ws:
         await ws.send(p.encode(p.Hello(1, store, os.urandom(16), schema, 0, "", token, None)))
         assert isinstance(p.decode(await ws.recv()), p.Welcome)
         await ws.send(p.encode(p.Push(1, 0, 1, [change])))
-        with trio.fail_after(10):
+        with anyio.fail_after(10):
             while True:
                 m = p.decode(await ws.recv())
                 if isinstance(m, p.Ack | p.Error):
@@ -233,7 +232,7 @@ async def test_poisoned_clocks_are_refused_and_a_device_at_the_bound_keeps_synci
     assert isinstance(await _push(relay, "clk", NULLABLE, at_bound), p.Ack)
     token = relay.token("clk")
     a, b = open_db(tmp_path / "a.db"), open_db(tmp_path / "b.db")
-    with trio.fail_after(30):
+    with anyio.fail_after(30):
         async with (
             Peer(a, relay.url, store="clk", token=token, **OPTS) as pa,
             Peer(b, relay.url, store="clk", token=token, **OPTS) as pb,

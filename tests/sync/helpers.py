@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
-import trio
+import anyio
+import sniffio
 
 import crsync
 
@@ -45,8 +49,56 @@ def snapshot(db: crsync.Database) -> dict[str, list[tuple[object, ...]]]:
 async def eventually(pred: Callable[[], bool], what: str, limit: float = 15.0) -> None:
     """Wait until ``pred()`` holds, polling (for effects with no event to wait on, such as a
     write by another process being noticed); fails after ``limit`` seconds."""
-    with trio.move_on_after(limit):
+    with anyio.move_on_after(limit):
         while not pred():  # noqa: ASYNC110 - polls an effect that has no event to wait on
-            await trio.sleep(0.02)
+            await anyio.sleep(0.02)
         return
     raise AssertionError(f"timed out after {limit}s waiting for {what}")
+
+
+@asynccontextmanager
+async def ws_server(handler: Callable[[Any], Awaitable[None]]) -> AsyncIterator[int]:
+    """A WebSocket server on 127.0.0.1 in the test's own event loop (``websockets``' asyncio or
+    trio server, whichever runs); yields its port. A handler that waits for the client to
+    leave uses ``await ws.wait_closed()`` (both servers close connections when they stop)."""
+    if sniffio.current_async_library() == "trio":
+        from websockets.trio.server import serve as trio_serve
+
+        async with anyio.create_task_group() as tg:
+            server = await tg.start(functools.partial(trio_serve, handler, 0, host="127.0.0.1"))
+            yield server.listeners[0].socket.getsockname()[1]
+            tg.cancel_scope.cancel()
+    else:
+        from websockets.asyncio.server import serve as asyncio_serve
+
+        async with asyncio_serve(handler, "127.0.0.1", 0) as server:
+            yield next(iter(server.sockets)).getsockname()[1]
+
+
+@asynccontextmanager
+async def ws_client(url: str, local_host: str | None = None, **options: Any) -> AsyncIterator[Any]:
+    """A raw WebSocket client connection (a hostile or hand-driven client) in the test's own
+    event loop: ``websockets``' asyncio or trio client, whichever runs. Options are
+    ``connect()``'s (``proxy=None``, ``max_size``...); ``local_host`` is the address to
+    connect from (e.g. ``127.0.0.2``)."""
+    if sniffio.current_async_library() == "trio":
+        from websockets.trio.client import connect as trio_connect
+
+        if local_host is not None:
+            options["local_address"] = local_host
+        async with trio_connect(url, **options) as ws:
+            yield ws
+    else:
+        from websockets.asyncio.client import connect as asyncio_connect
+
+        if local_host is not None:
+            options["local_addr"] = (local_host, 0)
+        async with asyncio_connect(url, **options) as ws:
+            yield ws
+
+
+async def ws_close(ws: Any, code: int, reason: str) -> None:
+    """Close a connection of :func:`ws_server` or :func:`ws_client` with a close code and
+    reason."""
+    close = getattr(ws, "aclose", None) or ws.close  # trio: aclose(); asyncio: close()
+    await close(code, reason)

@@ -8,12 +8,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import msgpack
 import pytest
-import trio
 from crsync_relay.store import RelayStore
 from websockets.exceptions import ConnectionClosed
-from websockets.trio.client import connect as ws_connect
 
 import crsync
 from crsync import Change, pack_pk
@@ -21,9 +20,9 @@ from crsync import protocol as p
 from crsync.peer import Peer
 
 from .conftest import RelayFactory, RelayProcess
-from .helpers import open_db, rows
+from .helpers import open_db, rows, ws_client
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
 MAX_FRAME = 64 * 1024
 SITE = os.urandom(16)
@@ -101,7 +100,7 @@ CASES: dict[str, tuple[Frames, str]] = {
 
 async def attack(url: str, frames: list[bytes | str]) -> tuple[p.Error, int | None]:
     """Send frames; return the relay's error frame and the close code that followed it."""
-    async with ws_connect(url, proxy=None, max_size=None, compression=None) as ws:
+    async with ws_client(url, proxy=None, max_size=None, compression=None) as ws:
         for f in frames:
             try:
                 await ws.send(f)
@@ -141,7 +140,7 @@ async def test_hostile_frame_gets_error_and_close_while_others_sync(
     a, b = open_db(tmp_path / "a.db"), open_db(tmp_path / "b.db")
     token_good, token_evil = relay.token("good"), relay.token("evil", "good")
     opts: dict[str, Any] = {"store": "good", "token": token_good, "backoff_max": 0.5}
-    with trio.fail_after(30):
+    with anyio.fail_after(30):
         async with Peer(a, relay.url, **opts) as g1, Peer(b, relay.url, **opts) as g2:
             await _honest_round(g1, g2, a, b, "before")
             error, close_code = await attack(relay.url, make_frames(token_evil))
@@ -164,8 +163,8 @@ async def test_hostile_frame_gets_error_and_close_while_others_sync(
 async def test_frame_far_beyond_the_limit_is_cut_off_by_websockets(
     relay: RelayProcess,
 ) -> None:
-    with trio.fail_after(20):
-        async with ws_connect(relay.url, proxy=None, compression=None) as ws:
+    with anyio.fail_after(20):
+        async with ws_client(relay.url, proxy=None, compression=None) as ws:
             # The relay may close while the frame is still being sent: the send itself can
             # then fail, and a reset can swallow the close frame.
             with pytest.raises(ConnectionClosed) as info:
@@ -174,7 +173,7 @@ async def test_frame_far_beyond_the_limit_is_cut_off_by_websockets(
         rcvd = info.value.rcvd
         assert rcvd is None or rcvd.code == 1009
         # the relay refused that frame and keeps serving
-        async with ws_connect(relay.url, proxy=None, compression=None) as ws:
+        async with ws_client(relay.url, proxy=None, compression=None) as ws:
             await ws.send(hello(relay.token("evil")))
             assert isinstance(p.decode(await ws.recv()), p.Welcome)
 
@@ -185,12 +184,12 @@ async def test_half_open_connections_do_not_block_honest_peers(
     """Many half-open connections do not stop an honest peer from syncing."""
     a, b = open_db(tmp_path / "a.db"), open_db(tmp_path / "b.db")
     opts: dict[str, Any] = {"store": "good", "token": relay.token("good")}
-    with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            idle = trio.Event()
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as nursery:
+            idle = anyio.Event()
 
             async def lurker() -> None:
-                async with ws_connect(relay.url, proxy=None) as ws:
+                async with ws_client(relay.url, proxy=None) as ws:
                     await ws.ping()
                     await idle.wait()
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import trio
+import anyio
+import pytest
 
 import crsync
 from crsync import identity
@@ -14,9 +15,11 @@ from crsync.peer import Peer
 from .conftest import RelayProcess
 from .helpers import eventually, open_db, rows
 
+pytestmark = pytest.mark.anyio
+
 
 async def _sync(db: crsync.Database, relay: RelayProcess, token: str) -> None:
-    with trio.fail_after(30):
+    with anyio.fail_after(30):
         async with Peer(db, relay.url, store="copied", token=token) as p:
             await p.wait_synced()
 
@@ -83,7 +86,7 @@ async def test_a_copy_taken_while_the_app_syncs_converges_with_both_peers_runnin
     tok = relay.token("copied")
     laptop = open_db(tmp_path / "laptop.db")
     laptop.conn.execute("INSERT INTO todos (id, title) VALUES ('1', 'before the copy')")
-    with trio.fail_after(60):
+    with anyio.fail_after(60):
         async with Peer(laptop, relay.url, store="copied", token=tok) as pl:
             await pl.wait_synced()
             # copied with its WAL while the app has it open and syncing

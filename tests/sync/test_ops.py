@@ -8,13 +8,16 @@ import sys
 import urllib.request
 from pathlib import Path
 
-import trio
+import anyio
+import pytest
 
 from crsync.peer import Peer
 
 from .conftest import RelayFactory
 from .conftest import relay_cli as _cli
 from .helpers import open_db, rows
+
+pytestmark = pytest.mark.anyio
 
 
 def _get(url: str) -> tuple[int, str]:
@@ -39,30 +42,30 @@ async def test_metrics_and_health_on_separate_port_count_real_traffic(
 ) -> None:
     relay = relay_factory("--metrics-port", "0")
     port = _metrics_port(relay.log)
-    status, body = await trio.to_thread.run_sync(_get, f"http://127.0.0.1:{port}/healthz")
+    status, body = await anyio.to_thread.run_sync(_get, f"http://127.0.0.1:{port}/healthz")
     assert (status, body) == (200, "ok\n")
     a = open_db(tmp_path / "a.db")
     b = open_db(tmp_path / "b.db")
     a.conn.execute("INSERT INTO todos (id, title) VALUES ('1', 'x'), ('2', 'y')")
     tok = relay.token("m")
-    with trio.fail_after(30):
+    with anyio.fail_after(30):
         async with Peer(a, relay.url, store="m", token=tok) as pa:
             await pa.wait_synced()
         async with Peer(b, relay.url, store="m", token=tok) as pb:
             await pb.wait_synced()
     assert rows(b) == rows(a)
-    _, text = await trio.to_thread.run_sync(_get, f"http://127.0.0.1:{port}/metrics")
+    _, text = await anyio.to_thread.run_sync(_get, f"http://127.0.0.1:{port}/metrics")
     assert _metric(text, "crsync_relay_changes_merged_total") == 6  # 2 rows x 3 columns
     assert _metric(text, "crsync_relay_changes_sent_total") == 6
     assert _metric(text, "crsync_relay_connections_total") == 2
     assert _metric(text, "crsync_relay_merge_seconds_count") >= 1
     async with Peer(a, relay.url, store="other", token=tok) as bad:
-        with trio.fail_after(30):
+        with anyio.fail_after(30):
             try:
                 await bad.wait_synced()
             except Exception:
                 pass
-    _, text = await trio.to_thread.run_sync(_get, f"http://127.0.0.1:{port}/metrics")
+    _, text = await anyio.to_thread.run_sync(_get, f"http://127.0.0.1:{port}/metrics")
     assert 'crsync_relay_errors_total{code="forbidden"} 1.0' in text
 
 
@@ -73,12 +76,12 @@ async def test_live_backup_then_restore_gives_a_complete_store_with_a_new_epoch(
     a = open_db(tmp_path / "a.db")
     a.conn.execute("INSERT INTO todos (id, title) VALUES ('1', 'before backup')")
     tok = relay.token("s")
-    with trio.fail_after(30):
+    with anyio.fail_after(30):
         async with Peer(a, relay.url, store="s", token=tok) as pa:
             await pa.wait_synced()
             old_epoch = pa.epoch
             backup = tmp_path / "s.bak"
-            done = await trio.to_thread.run_sync(
+            done = await anyio.to_thread.run_sync(
                 lambda: _cli(
                     "backup", "--data-dir", str(relay.data_dir), "--store", "s", "--to", str(backup)
                 )
@@ -105,7 +108,7 @@ async def test_live_backup_then_restore_gives_a_complete_store_with_a_new_epoch(
     assert done.returncode == 0, done.stderr
     relay.start()
     fresh = open_db(tmp_path / "fresh.db")
-    with trio.fail_after(30):
+    with anyio.fail_after(30):
         async with Peer(a, relay.url, store="s", token=tok) as pa:
             await pa.wait_synced()
             assert pa.epoch != old_epoch
@@ -142,7 +145,7 @@ async def test_token_command_mints_a_token_the_relay_accepts_and_stores_lists_it
     tok = minted.stdout.strip()
     a = open_db(tmp_path / "a.db")
     a.conn.execute("INSERT INTO todos (id, title) VALUES ('1', 'x')")
-    with trio.fail_after(30):
+    with anyio.fail_after(30):
         async with Peer(a, relay.url, store="team-blue", token=tok) as pa:
             await pa.wait_synced()
     listed = _cli("stores", "--data-dir", str(relay.data_dir))

@@ -10,8 +10,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import anyio
 import pytest
-import trio
 
 from crsync.peer import Peer
 
@@ -20,6 +20,7 @@ from .helpers import open_db, rows
 
 pytestmark = [
     pytest.mark.e2e,
+    pytest.mark.anyio,
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prlimit is Linux-only"),
 ]
 
@@ -65,13 +66,13 @@ async def test_a_full_disk_is_retried_and_the_peer_syncs_when_space_returns(
             [(f"r{i:03}",) for i in range(300)],
         )
     tok = relay.token("full")
-    with trio.fail_after(60):
+    with anyio.fail_after(60):
         async with Peer(a, relay.url, store="full", token=tok) as pa:
             await pa.wait_synced()
     b_path = tmp_path / "b.db"
     b = open_db(b_path)
     b.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    first, out, code, err = await trio.to_thread.run_sync(
+    first, out, code, err = await anyio.to_thread.run_sync(
         _sync_with_a_full_disk, relay.url, tok, b_path
     )
     assert first.startswith("offline local database unavailable (SQLITE_"), first

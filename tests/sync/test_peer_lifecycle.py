@@ -4,22 +4,23 @@ URLs that cannot work, the sync lock and who holds it. Real relay processes, rea
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import socket
 import ssl
 import sys
+import threading
 import time
 import types
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
+import anyio
+import anyio.abc
 import pytest
-import trio
 import trustme
-from websockets.trio.server import ServerConnection, serve
 
 import crsync
 from crsync.errors import (
@@ -33,9 +34,9 @@ from crsync.errors import (
 from crsync.peer import Peer, PeerState
 
 from .conftest import RelayFactory, RelayProcess
-from .helpers import eventually, open_db, rows
+from .helpers import eventually, open_db, rows, ws_close, ws_server
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
 FAST = {"backoff_initial": 0.05, "backoff_max": 0.3}
 LINUX = sys.platform.startswith("linux")
@@ -59,20 +60,26 @@ def _inotify_count() -> int:
 
 
 def _threads_in_watch() -> int:
-    """Threads now inside ``RustNotify.watch`` (watchfiles' blocking wait for file events)."""
+    """Threads now watching files: crsync's file watcher threads (alive from the first
+    subscriber of a file to the last), and any other thread inside ``watchfiles``' loop around
+    ``RustNotify.watch`` (its blocking wait for file events), which holds the OS watch."""
+    watchers = {t.ident for t in threading.enumerate() if t.name.startswith("crsync.watcher:")}
     n = 0
-    for frame in sys._current_frames().values():
+    for ident, frame in sys._current_frames().items():
         f: types.FrameType | None = frame
-        while f is not None:
+        while f is not None and ident not in watchers:
             if any(
-                getattr(v, "__name__", None) == "watch"
-                and type(getattr(v, "__self__", None)).__name__ == "RustNotify"
+                type(v).__name__ == "RustNotify"
+                or (
+                    getattr(v, "__name__", None) == "watch"
+                    and type(getattr(v, "__self__", None)).__name__ == "RustNotify"
+                )
                 for v in f.f_locals.values()
             ):
                 n += 1
                 break
             f = f.f_back
-    return n
+    return n + len(watchers)
 
 
 def _wait_for(pred: Callable[[], bool], limit: float = 2.0) -> bool:
@@ -136,38 +143,35 @@ def _closed_port() -> int:
 
 
 @asynccontextmanager
-async def silent_tcp_server() -> AsyncIterator[tuple[int, trio.Event]]:
+async def silent_tcp_server() -> AsyncIterator[tuple[int, anyio.Event]]:
     """Accepts connections and never answers (a relay hanging in the HTTP handshake)."""
-    accepted = trio.Event()
-    streams: list[trio.SocketStream] = []
+    accepted = anyio.Event()
+    streams: list[anyio.abc.SocketStream] = []
 
-    async def handler(stream: trio.SocketStream) -> None:
+    async def handler(stream: anyio.abc.SocketStream) -> None:
         streams.append(stream)
         accepted.set()
-        await trio.sleep_forever()
+        await anyio.sleep_forever()
 
-    async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(
-            functools.partial(trio.serve_tcp, handler, 0, host="127.0.0.1")
-        )
-        yield listeners[0].socket.getsockname()[1], accepted
-        nursery.cancel_scope.cancel()
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, handler)
+        yield listener.extra(anyio.abc.SocketAttribute.local_port), accepted
+        tg.cancel_scope.cancel()
 
 
 @asynccontextmanager
-async def mute_relay() -> AsyncIterator[tuple[int, trio.Event]]:
+async def mute_relay() -> AsyncIterator[tuple[int, anyio.Event]]:
     """Completes the WebSocket handshake, reads the hello and never welcomes."""
-    hello = trio.Event()
+    hello = anyio.Event()
 
-    async def handler(ws: ServerConnection) -> None:
+    async def handler(ws: Any) -> None:
         await ws.recv()
         hello.set()
-        await trio.sleep_forever()
+        await ws.wait_closed()
 
-    async with trio.open_nursery() as nursery:
-        server = await nursery.start(functools.partial(serve, handler, 0, host="127.0.0.1"))
-        yield server.listeners[0].socket.getsockname()[1], hello
-        nursery.cancel_scope.cancel()
+    async with ws_server(handler) as port:
+        yield port, hello
 
 
 def _app_db(tmp_path: Path) -> tuple[crsync.Database, Path]:
@@ -178,7 +182,7 @@ def _app_db(tmp_path: Path) -> tuple[crsync.Database, Path]:
 
 
 async def _fresh_peer_syncs(db: crsync.Database, relay: RelayProcess, store: str) -> Peer:
-    with trio.fail_after(20):
+    with anyio.fail_after(20):
         async with Peer(db, relay.url, store=store, token=relay.token(store), **FAST) as p:  # type: ignore[arg-type]
             await p.wait_synced()
             await p.wait_state(PeerState.SYNCED)
@@ -197,10 +201,10 @@ async def test_cancelled_while_the_relay_is_down_releases_everything_every_time(
     base = Baseline(path)
     async with Peer(db, down, store="s", **FAST) as p:  # type: ignore[arg-type]
         # The check below can see a running watcher (so it can fail).
-        await trio.to_thread.run_sync(lambda: _wait_for(lambda: _threads_in_watch() == 1, 10))
+        await anyio.to_thread.run_sync(lambda: _wait_for(lambda: _threads_in_watch() == 1, 10))
         assert _threads_in_watch() == 1
     for _ in range(5):
-        with trio.move_on_after(0.3) as cs:
+        with anyio.move_on_after(0.3) as cs:
             async with Peer(db, down, store="s", **FAST) as p:  # type: ignore[arg-type]
                 await p.wait_synced()
         assert cs.cancelled_caught
@@ -226,7 +230,7 @@ async def test_cancelled_at_each_await_of_the_lifecycle_then_a_fresh_peer_syncs(
     async def cancelled_when(
         url: str, reached: Callable[[Peer], object], baseline: Baseline = base, lock: bool = True
     ) -> None:
-        with trio.fail_after(20), trio.CancelScope() as cs:
+        with anyio.fail_after(20), anyio.CancelScope() as cs:
             async with peer(url) as p:
                 await reached(p)  # type: ignore[misc]
                 cs.cancel()
@@ -236,14 +240,14 @@ async def test_cancelled_at_each_await_of_the_lifecycle_then_a_fresh_peer_syncs(
 
     for _round in range(3):
         # aenter: already cancelled when entering (the connection is never opened) ...
-        with trio.CancelScope() as cs:
+        with anyio.CancelScope() as cs:
             cs.cancel()
             async with peer():
                 pytest.fail("the body runs inside a cancelled scope")  # pragma: no cover
         assert_released(base)
         # ... and deadlines falling in the connect thread, the election, the first connection.
         for delay in (0, 0.0005, 0.002, 0.005, 0.01, 0.02, 0.05):
-            with trio.move_on_after(delay):
+            with anyio.move_on_after(delay):
                 async with peer() as p:
                     await p.wait_synced()
             assert_released(base)
@@ -269,7 +273,7 @@ async def test_cancelled_at_each_await_of_the_lifecycle_then_a_fresh_peer_syncs(
 
         # syncing: in the middle of pushing the bulk rows (a fresh store each round).
         store_round = f"s{_round}"
-        with trio.fail_after(20), trio.CancelScope() as cs:
+        with anyio.fail_after(20), anyio.CancelScope() as cs:
             async with Peer(
                 db, relay.url, store=store_round, token=relay.token(store_round), **FAST
             ) as p:  # type: ignore[arg-type]
@@ -280,21 +284,21 @@ async def test_cancelled_at_each_await_of_the_lifecycle_then_a_fresh_peer_syncs(
         assert_released(base)
 
         # wait_synced: cancelled while waiting on a connected peer.
-        with trio.fail_after(20), trio.CancelScope() as cs:
+        with anyio.fail_after(20), anyio.CancelScope() as cs:
             async with peer() as p:
                 await p.wait_state(PeerState.SYNCING, PeerState.SYNCED)
 
-                async def cancel_soon(scope: trio.CancelScope = cs) -> None:
-                    await trio.lowlevel.checkpoint()
+                async def cancel_soon(scope: anyio.CancelScope = cs) -> None:
+                    await anyio.lowlevel.checkpoint()
                     scope.cancel()
 
-                async with trio.open_nursery() as n:
+                async with anyio.create_task_group() as n:
                     n.start_soon(cancel_soon)
                     await p.wait_synced()
         assert_released(base)
 
         # aexit: the body is done, the exit runs with a cancellation pending.
-        with trio.fail_after(20), trio.CancelScope() as cs:
+        with anyio.fail_after(20), anyio.CancelScope() as cs:
             async with peer() as p:
                 await p.wait_state(PeerState.SYNCING, PeerState.SYNCED)
                 cs.cancel()
@@ -309,10 +313,56 @@ async def test_cancelled_at_each_await_of_the_lifecycle_then_a_fresh_peer_syncs(
         assert base._files().count(main) <= base.files.count(main) + 2
 
 
+async def test_one_file_watch_serves_every_peer_and_live_query_of_the_file(
+    relay: RelayProcess, tmp_path: Path
+) -> None:
+    """Two Peers (no sync lock: both sync, both watch) and two live queries on one file share
+    one watcher thread and one OS watch; a write by another connection reaches all four; the
+    watch is gone when the last of them leaves."""
+    import sqlite3
+
+    from crsync import watcher
+
+    db, path = _app_db(tmp_path)
+    real = str(path.resolve())
+    base = Baseline(path)
+    opts: dict[str, Any] = {"sync_lock": False, **FAST}
+    with anyio.fail_after(30):
+        async with (
+            Peer(db, relay.url, store="a", token=relay.token("a"), **opts) as pa,
+            Peer(db, relay.url, store="b", token=relay.token("b"), **opts) as pb,
+            db.watch("SELECT count(*) FROM todos") as count,
+            db.watch("SELECT title FROM todos ORDER BY id") as titles,
+        ):
+            assert await count.__anext__() == [(1,)]
+            assert await titles.__anext__() == [("kept",)]
+            await pa.wait_synced()
+            await pb.wait_synced()
+            await eventually(lambda: _threads_in_watch() > base.watching, "a file watcher")
+            assert _threads_in_watch() == base.watching + 1
+            assert watcher.watched_files() == [real]
+            if LINUX:
+                assert _inotify_count() == base.inotify + 1
+            pushed = pa.stats.pushed_changes, pb.stats.pushed_changes
+            other = sqlite3.connect(path, isolation_level=None)
+            other.execute("INSERT INTO todos (id, title) VALUES ('2', 'elsewhere')")
+            other.close()
+            assert await count.__anext__() == [(2,)]
+            assert await titles.__anext__() == [("kept",), ("elsewhere",)]
+            # No notify(): each peer noticed the other connection's commit on its own.
+            await eventually(
+                lambda: pa.stats.pushed_changes > pushed[0] and pb.stats.pushed_changes > pushed[1],
+                "both peers pushing the other connection's write",
+            )
+            assert _threads_in_watch() == base.watching + 1
+    assert real not in watcher.watched_files()
+    assert_released(base)
+
+
 async def test_a_stopped_peer_raises_instead_of_waiting_forever(tmp_path: Path) -> None:
     db, _ = _app_db(tmp_path)
     p = Peer(db, f"ws://127.0.0.1:{_closed_port()}", store="s")
-    with trio.fail_after(5):
+    with anyio.fail_after(5):
         with pytest.raises(PeerStoppedError):
             await p.wait_synced()
         async with p:
@@ -331,17 +381,19 @@ async def test_standby_names_the_lock_file_and_takes_over_when_it_is_released(
     tok = relay.token("s")
     lock = str(path) + ".crsync-sync.lock"
     caplog.set_level(logging.INFO, logger="crsync.peer")
-    release = trio.Event()
-    second_standby = trio.Event()
+    release = anyio.Event()
+    second_standby = anyio.Event()
 
-    async def first_syncer(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def first_syncer(
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
         async with Peer(db, relay.url, store="s", token=tok, **FAST) as first:  # type: ignore[arg-type]
             await first.wait_synced()
             task_status.started()
             await release.wait()
 
-    with trio.fail_after(20):
-        async with trio.open_nursery() as nursery:
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as nursery:
             await nursery.start(first_syncer)
             async with Peer(db, relay.url, store="s", token=tok, **FAST) as second:  # type: ignore[arg-type]
                 assert await second.wait_state(PeerState.STANDBY) is PeerState.STANDBY
@@ -371,7 +423,7 @@ async def test_a_database_locked_past_the_busy_timeout_is_retried_not_fatal(
     b = open_db(tmp_path / "b.db")
     a.conn.execute("INSERT INTO todos (id, title) VALUES ('1', 'from a')")
     tok = relay.token("s")
-    with trio.fail_after(30):
+    with anyio.fail_after(30):
         async with Peer(a, relay.url, store="s", token=tok, **FAST) as pa:  # type: ignore[arg-type]
             await pa.wait_synced()
         # The app holds a write transaction on b far longer than the peer's busy timeout.
@@ -429,12 +481,12 @@ async def test_wait_synced_called_while_the_app_holds_the_lock_waits_then_succee
 ) -> None:
     db, _ = _app_db(tmp_path)
     tok = relay.token("s")
-    with trio.fail_after(30):
+    with anyio.fail_after(30):
         async with Peer(db, relay.url, store="s", token=tok, busy_timeout=0.05, **FAST) as p:  # type: ignore[arg-type]
             await p.wait_synced()
             db.conn.execute("BEGIN IMMEDIATE")
             db.conn.execute("INSERT INTO todos (id, title) VALUES ('2', 'late')")
-            async with trio.open_nursery() as n:
+            async with anyio.create_task_group() as n:
 
                 async def commit_later() -> None:
                     await p.wait_state(PeerState.OFFLINE)
@@ -459,7 +511,7 @@ async def test_an_exception_in_on_progress_stops_the_peer_with_a_crsync_error(
     def broken(done: int, head: int) -> None:
         raise ValueError("bug in the app's callback")
 
-    with trio.fail_after(20):
+    with anyio.fail_after(20):
         async with Peer(a, relay.url, store="s", token=tok, **FAST) as pa:  # type: ignore[arg-type]
             await pa.wait_synced()
         async with Peer(b, relay.url, store="s", token=tok, on_progress=broken, **FAST) as pb:  # type: ignore[arg-type]
@@ -503,7 +555,7 @@ def test_store_and_token_that_are_not_text_are_refused_at_once(
 async def test_a_host_that_can_never_resolve_stops_the_peer_at_once(tmp_path: Path) -> None:
     db, _ = _app_db(tmp_path)
     start = time.monotonic()
-    with trio.fail_after(20):
+    with anyio.fail_after(20):
         async with Peer(db, "ws://relay.crsync.invalid:8765", store="s", **FAST) as p:  # type: ignore[arg-type]
             with pytest.raises(ConnectError, match=r"relay host 'relay\.crsync\.invalid'"):
                 await p.wait_synced()
@@ -530,7 +582,7 @@ async def test_a_certificate_that_does_not_verify_stops_the_peer_with_the_reason
     relay, _ca = _tls_relay(relay_factory, tmp_path)
     db, _ = _app_db(tmp_path)
     untrusting = ssl.create_default_context()  # does not know the test CA
-    with trio.fail_after(20):
+    with anyio.fail_after(20):
         async with Peer(
             db, f"wss://localhost:{relay.port}", store="s", ssl=untrusting, **FAST
         ) as p:  # type: ignore[arg-type]
@@ -545,7 +597,7 @@ async def test_wss_to_a_relay_without_tls_stops_the_peer_with_the_reason(
 ) -> None:
     relay = relay_factory(dev=True)
     db, _ = _app_db(tmp_path)
-    with trio.fail_after(20):
+    with anyio.fail_after(20):
         async with Peer(db, f"wss://127.0.0.1:{relay.port}", store="s", **FAST) as p:  # type: ignore[arg-type]
             with pytest.raises(ConnectError, match="does not speak TLS"):
                 await p.wait_synced()
@@ -554,7 +606,7 @@ async def test_wss_to_a_relay_without_tls_stops_the_peer_with_the_reason(
 
 async def test_an_unreachable_relay_is_retried_and_says_why(tmp_path: Path) -> None:
     db, _ = _app_db(tmp_path)
-    with trio.fail_after(20):
+    with anyio.fail_after(20):
         async with Peer(db, f"ws://127.0.0.1:{_closed_port()}", store="s", **FAST) as p:  # type: ignore[arg-type]
             await p.wait_state(PeerState.OFFLINE)
             assert p.reason is not None and "refused" in p.reason.lower(), p.reason
@@ -579,9 +631,9 @@ async def test_wait_for_sees_a_relay_log_line_written_after_the_call(
     def watch_log() -> None:
         seen.append(relay.wait_for(r"relay\.connect store=logged", 1, timeout=20))
 
-    with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(trio.to_thread.run_sync, watch_log)
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as nursery:
+            nursery.start_soon(anyio.to_thread.run_sync, watch_log)
             async with Peer(
                 db, relay.url, store="logged", token=relay.token("logged"), **FAST
             ) as p:  # type: ignore[arg-type]
@@ -604,19 +656,19 @@ async def test_the_most_telling_error_wins_whichever_task_failed_first(
     import sqlite3
 
     from crsync import AuthError
+    from crsync._async_util import open_task_group
     from crsync._sqlite_errors import sqlite_cause
-    from crsync._trio_util import open_nursery
     from crsync.peer import _Fatal
 
     db, _ = _app_db(tmp_path)
     peer = Peer(db, "ws://127.0.0.1:1", store="s")
-    order = [trio.Event(), trio.Event()]
+    order = [anyio.Event(), anyio.Event()]
 
     async def fail(i: int, exc: Exception) -> None:
         if i:
             # Shielded: the first failure cancels the nursery, and this one must still fail
             # (second) rather than be cancelled.
-            with trio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True):
                 await order[i - 1].wait()
         try:
             raise exc
@@ -627,7 +679,7 @@ async def test_the_most_telling_error_wins_whichever_task_failed_first(
     lost = ConnectionResetError("connection lost")
     first, second = (refused, lost) if fatal_first else (lost, refused)
     with pytest.raises(_Fatal) as info:
-        async with open_nursery(peer._rank) as nursery:
+        async with open_task_group(peer._rank) as nursery:
             nursery.start_soon(fail, 0, first)
             nursery.start_soon(fail, 1, second)
     assert info.value is refused
@@ -647,8 +699,8 @@ async def test_the_most_telling_error_wins_whichever_task_failed_first(
         raise local
 
     with pytest.raises(CrsyncError) as info2:
-        async with open_nursery(peer._rank) as nursery:
-            nursery.start_soon(trio.sleep_forever)
+        async with open_task_group(peer._rank) as nursery:
+            nursery.start_soon(anyio.sleep_forever)
             nursery.start_soon(raise_local)
     assert info2.value is local
     assert sqlite_cause(info2.value) is busy
@@ -665,7 +717,7 @@ async def test_a_refusal_is_the_outcome_even_when_the_relay_closed_before_it_was
 
     connections = 0
 
-    async def handler(ws: ServerConnection) -> None:
+    async def handler(ws: Any) -> None:
         nonlocal connections
         connections += 1
         hello = p.decode(await ws.recv())
@@ -676,15 +728,12 @@ async def test_a_refusal_is_the_outcome_even_when_the_relay_closed_before_it_was
         if how != "close-frame-only":
             await ws.send(p.encode(p.Error("quota_exceeded", "store 's' is over its quota")))
         # the refusal's code is also the close frame's reason (what a relay does)
-        await ws.aclose(1008, "quota_exceeded")
+        await ws_close(ws, 1008, "quota_exceeded")
 
     db, _path = _app_db(tmp_path)
-    async with trio.open_nursery() as nursery:
-        server = await nursery.start(functools.partial(serve, handler, 0, host="127.0.0.1"))
-        port = server.listeners[0].socket.getsockname()[1]
-        with trio.fail_after(20):
+    async with ws_server(handler) as port:
+        with anyio.fail_after(20):
             async with Peer(db, f"ws://127.0.0.1:{port}", store="s", **FAST) as peer:  # type: ignore[arg-type]
                 await peer.wait_state(PeerState.ERROR)
                 assert peer.error is not None and "quota_exceeded" in str(peer.error)
-        nursery.cancel_scope.cancel()
     assert connections == 1

@@ -5,13 +5,16 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import trio
+import anyio
+import pytest
 
 import crsync
 from crsync.peer import Peer
 
 from .conftest import RelayProcess
 from .helpers import open_db, rows
+
+pytestmark = pytest.mark.anyio
 
 
 def test_reset_site_keeps_history_attributed_to_the_old_id(tmp_path: Path) -> None:
@@ -35,7 +38,7 @@ async def test_a_restored_device_gets_a_new_site_and_loses_nothing(
     tok = relay.token("r")
     laptop = open_db(tmp_path / "laptop.db")
     laptop.conn.execute("INSERT INTO todos (id, title) VALUES ('1', 'before backup')")
-    with trio.fail_after(30):
+    with anyio.fail_after(30):
         async with Peer(laptop, relay.url, store="r", token=tok) as p:
             await p.wait_synced()
     laptop.close()
@@ -43,7 +46,7 @@ async def test_a_restored_device_gets_a_new_site_and_loses_nothing(
     laptop = open_db(tmp_path / "laptop.db")
     for i in range(2, 6):  # more pushes than the backup knows of
         laptop.conn.execute("INSERT INTO todos (id, title) VALUES (?, 'after backup')", (str(i),))
-        with trio.fail_after(30):
+        with anyio.fail_after(30):
             async with Peer(laptop, relay.url, store="r", token=tok) as p:
                 await p.wait_synced()
     laptop.close()
@@ -56,7 +59,7 @@ async def test_a_restored_device_gets_a_new_site_and_loses_nothing(
     old_site = restored.site_id
     restored.conn.execute("INSERT INTO todos (id, title) VALUES ('9', 'written on the restore')")
     phone = open_db(tmp_path / "phone.db")
-    with trio.fail_after(30):
+    with anyio.fail_after(30):
         async with Peer(restored, relay.url, store="r", token=tok) as p:
             await p.wait_synced()
             assert p.site_id != old_site
@@ -74,7 +77,7 @@ async def test_a_table_tracked_while_connected_is_announced_and_syncs(
     tok = relay.token("late")
     a = open_db(tmp_path / "a.db")
     b = open_db(tmp_path / "b.db")
-    with trio.fail_after(30):
+    with anyio.fail_after(30):
         async with (
             Peer(a, relay.url, store="late", token=tok) as pa,
             Peer(b, relay.url, store="late", token=tok) as pb,

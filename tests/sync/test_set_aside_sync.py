@@ -6,15 +6,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import anyio
 import pytest
-import trio
 
 import crsync
 from crsync.peer import Peer, PeerState
 
 from .conftest import RelayProcess
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
 OPTS = {"backoff_initial": 0.05, "backoff_max": 0.3}
 OLD = "CREATE TABLE todos (id TEXT PRIMARY KEY NOT NULL, title TEXT, done INTEGER)"
@@ -38,7 +38,7 @@ async def test_a_row_another_app_version_cannot_apply_is_set_aside_and_sync_goes
     token = relay.token("s")
     old.conn.execute("INSERT INTO todos (id, title, done) VALUES ('a', 'fine', 1)")
     old.conn.execute("INSERT INTO todos (id, title, done) VALUES ('b', 'no done', NULL)")
-    with trio.fail_after(60):
+    with anyio.fail_after(60):
         async with (
             Peer(old, relay.url, store="s", token=token, **OPTS) as po,
             Peer(new, relay.url, store="s", token=token, **OPTS) as pn,
@@ -62,7 +62,7 @@ async def test_a_row_another_app_version_cannot_apply_is_set_aside_and_sync_goes
     # The old device fixes its row: the new device gets the fixed cell, and its set-aside
     # changes of that row now apply (the newer done = 0 wins over the NULL).
     old.conn.execute("UPDATE todos SET done = 0 WHERE id = 'b'")
-    with trio.fail_after(60):
+    with anyio.fail_after(60):
         async with (
             Peer(old, relay.url, store="s", token=token, **OPTS) as po,
             Peer(new, relay.url, store="s", token=token, **OPTS) as pn,

@@ -12,8 +12,8 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
+import anyio
 import pytest
-import trio
 import trustme
 from crsync_relay.store import RelayStore
 
@@ -24,7 +24,7 @@ from crsync.peer import Peer, PeerState
 from .conftest import RelayFactory, RelayProcess
 from .helpers import TODOS, eventually, open_db, rows, snapshot
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
 FAST = {"backoff_initial": 0.05, "backoff_max": 0.5}
 
@@ -68,7 +68,7 @@ async def test_two_peers_converge(relay: RelayProcess, tmp_path: Path) -> None:
     a, b = open_db(tmp_path / "a.db"), open_db(tmp_path / "b.db")
     a.conn.execute("INSERT INTO todos (id, title) VALUES ('1', 'milk')")
     b.conn.execute("INSERT INTO todos (id, title, data) VALUES ('2', 'eggs', x'00ff')")
-    with trio.fail_after(20):
+    with anyio.fail_after(20):
         async with peers(relay, "s1", a, b) as ps:
             await converge(ps)
             assert rows(b) == [("1", "milk", 0, None), ("2", "eggs", 0, b"\x00\xff")]
@@ -97,11 +97,11 @@ async def test_five_peers_with_concurrent_edits_converge(
                     (k, f"d{i}-{n}"),
                 )
             db.conn.execute("INSERT INTO notes VALUES (?, ?, 'x')", (i, str(n)))
-            await trio.lowlevel.checkpoint()
+            await anyio.lowlevel.checkpoint()
 
-    with trio.fail_after(30):
+    with anyio.fail_after(30):
         async with peers(relay, "five", *dbs) as ps:
-            async with trio.open_nursery() as nursery:
+            async with anyio.create_task_group() as nursery:
                 for i, db in enumerate(dbs):
                     nursery.start_soon(edit, i, db)
             await converge(ps)
@@ -114,7 +114,7 @@ async def test_stores_are_isolated(relay: RelayProcess, tmp_path: Path) -> None:
     dbs = {s: [open_db(tmp_path / f"{s}{i}.db") for i in range(2)] for s in names}
     for s in names:
         dbs[s][0].conn.execute("INSERT INTO todos (id, title) VALUES (?, ?)", (f"{s}-row", s))
-    with trio.fail_after(20):
+    with anyio.fail_after(20):
         async with (
             peers(relay, "A", *dbs["A"]) as pa,
             peers(relay, "B", *dbs["B"]) as pb,
@@ -134,7 +134,7 @@ async def test_offline_edits_on_both_sides_merge_on_reconnect(
 ) -> None:
     a, b = open_db(tmp_path / "a.db"), open_db(tmp_path / "b.db")
     a.conn.execute("INSERT INTO todos (id, title) VALUES ('1', 'x'), ('2', 'y'), ('3', 'z')")
-    with trio.fail_after(30):
+    with anyio.fail_after(30):
         async with peers(relay, "off", a, b) as ps:
             await converge(ps)
         # both offline: conflicting and independent edits
@@ -169,7 +169,7 @@ async def test_relay_killed_mid_push_loses_nothing_acked(
         a.conn.execute("COMMIT")
         a.db_version  # seals: one local version per transaction  # noqa: B018
     target = a.db_version
-    with trio.fail_after(60):
+    with anyio.fail_after(60):
         async with peers(relay, "kill", a, b, batch_cells=1000) as (pa, pb):
             await eventually(lambda: pa.push_upto > 0, "a first acknowledgement")
             relay.kill()
@@ -205,7 +205,7 @@ async def test_deleted_relay_data_is_rebuilt_by_the_devices(
     a, b, c = (open_db(tmp_path / f"{n}.db") for n in "abc")
     a.conn.execute("INSERT INTO todos (id, title) VALUES ('a1', 'from a')")
     b.conn.execute("INSERT INTO todos (id, title) VALUES ('b1', 'from b')")
-    with trio.fail_after(40):
+    with anyio.fail_after(40):
         async with peers(relay, "lost", a, b) as (pa, pb):
             await converge([pa, pb])
             old_epoch = pa.epoch
@@ -232,7 +232,7 @@ async def test_new_device_bootstraps_a_100k_row_store(relay: RelayProcess, tmp_p
         )
         a.conn.execute("COMMIT")
         a.db_version  # seals: one local version per transaction  # noqa: B018
-    with trio.fail_after(60):
+    with anyio.fail_after(60):
         t0 = time.monotonic()
         async with peers(relay, "big", a) as (pa,):
             await pa.wait_synced()
@@ -259,7 +259,7 @@ async def test_token_for_one_store_cannot_read_or_write_another(
     owner, thief = open_db(tmp_path / "owner.db"), open_db(tmp_path / "thief.db")
     owner.conn.execute("INSERT INTO todos (id, title) VALUES ('secret', 'of B')")
     thief.conn.execute("INSERT INTO todos (id, title) VALUES ('junk', 'from A')")
-    with trio.fail_after(20):
+    with anyio.fail_after(20):
         async with peers(relay, "B", owner) as (po,):
             await po.wait_synced()
         token_a = relay.token("A")
@@ -279,7 +279,7 @@ async def test_token_for_one_store_cannot_read_or_write_another(
 async def test_expired_token_is_refused(relay: RelayProcess, tmp_path: Path) -> None:
     db = open_db(tmp_path / "a.db")
     token = relay.token("s", ttl=60, now=time.time() - 3600)
-    with trio.fail_after(20):
+    with anyio.fail_after(20):
         async with Peer(db, relay.url, store="s", token=token, **FAST) as peer:  # type: ignore[arg-type]
             with pytest.raises(AuthError, match="token_expired"):
                 await peer.wait_state(PeerState.SYNCED)
@@ -290,7 +290,7 @@ async def test_missing_or_forged_token_is_refused(relay: RelayProcess, tmp_path:
     db = open_db(tmp_path / "a.db")
     forged = relay.token("s")[:-4] + "AAAA"
     for token in (None, forged, "not-a-jwt"):
-        with trio.fail_after(20):
+        with anyio.fail_after(20):
             async with Peer(db, relay.url, store="s", token=token, **FAST) as peer:  # type: ignore[arg-type]
                 with pytest.raises(AuthError, match="unauthorized"):
                     await peer.wait_synced()
@@ -305,7 +305,7 @@ async def test_hostile_store_ids_are_refused(
 ) -> None:
     relay = relay_factory(dev=True)
     db = open_db(tmp_path / "a.db")
-    with trio.fail_after(20):
+    with anyio.fail_after(20):
         async with Peer(db, relay.url, store=store, **FAST) as peer:  # type: ignore[arg-type]
             with pytest.raises(ProtocolError) as info:
                 await peer.wait_synced()
@@ -333,7 +333,7 @@ async def test_schema_mismatch_stops_the_peer_and_merges_nothing(
     )
     a.conn.execute("INSERT INTO todos (id, title) VALUES ('a', 'from a')")
     b.conn.execute("INSERT INTO todos VALUES ('b', 'me', 'from b')")
-    with trio.fail_after(20):
+    with anyio.fail_after(20):
         async with peers(relay, "s", a) as (pa,):
             await pa.wait_synced()
         async with peers(relay, "s", b) as (pb,):
@@ -355,7 +355,7 @@ async def test_additive_schema_difference_syncs(relay: RelayProcess, tmp_path: P
     )
     a.conn.execute("INSERT INTO todos (id, title) VALUES ('a', 'from a')")
     b.conn.execute("INSERT INTO todos (id, title, extra) VALUES ('b', 'from b', 'more')")
-    with trio.fail_after(20):
+    with anyio.fail_after(20):
         async with peers(relay, "s", a, b) as ps:
             await converge(ps)
     assert rows(a) == [("a", "from a", 0, None), ("b", "from b", 0, None)]
@@ -369,7 +369,7 @@ async def test_wait_synced_on_the_reader_after_the_writer_sees_the_write(
     relay: RelayProcess, tmp_path: Path
 ) -> None:
     a, b = open_db(tmp_path / "a.db"), open_db(tmp_path / "b.db")
-    with trio.fail_after(30):
+    with anyio.fail_after(30):
         async with peers(relay, "ws", a, b) as (pa, pb):
             for i in range(15):
                 a.conn.execute("INSERT INTO todos (id, title) VALUES (?, 'x')", (str(i),))
@@ -384,7 +384,7 @@ async def test_restarted_peer_resumes_from_its_cursors(relay: RelayProcess, tmp_
     a, b = open_db(tmp_path / "a.db"), open_db(tmp_path / "b.db")
     a.conn.executemany("INSERT INTO todos (id) VALUES (?)", [(str(i),) for i in range(200)])
     b.conn.executemany("INSERT INTO notes VALUES (?, 'b', 'x')", [(i,) for i in range(50)])
-    with trio.fail_after(30):
+    with anyio.fail_after(30):
         async with peers(relay, "resume", a, b) as ps:
             await converge(ps)
             assert ps[1].stats.received_changes > 0
@@ -412,10 +412,10 @@ async def test_writes_from_another_process_are_pushed_without_notify(
         "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
         "c.execute(\"INSERT INTO todos (id, title) VALUES ('ext', 'other process')\")\n"
     )
-    with trio.fail_after(30):
+    with anyio.fail_after(30):
         async with peers(relay, "ext", a, b) as (pa, pb):
             await converge([pa, pb])
-            await trio.run_process([sys.executable, "-c", script, str(tmp_path / "a.db")])
+            await anyio.run_process([sys.executable, "-c", script, str(tmp_path / "a.db")])
             await eventually(
                 lambda: rows(b) == [("ext", "other process", 0, None)],
                 "the other process's write to reach B",
@@ -438,7 +438,7 @@ async def test_wss_with_a_private_ca(relay_factory: RelayFactory, tmp_path: Path
     a, b = open_db(tmp_path / "a.db"), open_db(tmp_path / "b.db")
     a.conn.execute("INSERT INTO todos (id, title) VALUES ('tls', 'secure')")
     url = f"wss://localhost:{relay.port}"
-    with trio.fail_after(20):
+    with anyio.fail_after(20):
         async with peers(relay, "tls", a, b, url=url, ssl=ctx) as ps:
             await converge(ps)
         # an untrusted certificate never syncs (it retries: TLS failures may be transient)
@@ -461,7 +461,7 @@ async def test_relay_restored_from_an_older_copy_is_refilled_by_the_devices(
     a, b, c = (open_db(tmp_path / f"{n}.db") for n in "abc")
     a.conn.execute("INSERT INTO todos (id, title) VALUES ('old', 'in the backup')")
     backup = tmp_path / "backup"
-    with trio.fail_after(40):
+    with anyio.fail_after(40):
         async with peers(relay, "bk", a, b) as ps:
             await converge(ps)
             relay.stop()

@@ -6,14 +6,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import anyio
 import pytest
-import trio
 
 from .conftest import RelayProcess
 from .helpers import eventually, open_db, rows, snapshot
 from .test_sync_e2e import converge, peers
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
 REBUILD = """
 import sqlite3, sys
@@ -37,11 +37,11 @@ async def test_rebuild_by_another_process_while_peers_run(
 ) -> None:
     a, b = open_db(tmp_path / "a.db"), open_db(tmp_path / "b.db")
     a.conn.execute("INSERT INTO todos (id, title) VALUES ('r1', 'one'), ('r2', 'two')")
-    with trio.fail_after(30):
+    with anyio.fail_after(30):
         async with peers(relay, "rebuild", a, b) as (pa, pb):
             await converge([pa, pb])
             assert len(rows(b)) == 2
-            await trio.run_process([sys.executable, "-c", REBUILD, str(tmp_path / "a.db")])
+            await anyio.run_process([sys.executable, "-c", REBUILD, str(tmp_path / "a.db")])
             await eventually(
                 lambda: (
                     rows(b)
@@ -69,7 +69,7 @@ async def test_dropping_a_tracked_table_stops_the_peer_with_a_clear_error(
     a = open_db(tmp_path / "a.db")
     a.conn.execute("INSERT INTO todos (id, title) VALUES ('r1', 'one')")
     token = relay.token("drop")
-    with trio.fail_after(30):
+    with anyio.fail_after(30):
         with pytest.raises(crsync.CrsyncError) as info:
             async with Peer(a, relay.url, store="drop", token=token) as pa:
                 await pa.wait_synced()
