@@ -18,13 +18,13 @@ from . import versions
 from ._gc import gc_paused
 from .change import SENTINEL, Change
 from .errors import CrsyncError
-from .pack import pack_pk
+from .pack import SqlValue, pack_pk
 
 if TYPE_CHECKING:
     from .database import Database
     from .tracking import Tracked
 
-_order_key = operator.attrgetter("db_version", "seq")
+_order_key = operator.itemgetter(5, 8)  # (db_version, seq) of a Change
 
 
 def seal(db: Database) -> int:
@@ -75,27 +75,39 @@ def read_table(
     db: Database, tr: Tracked, since: int, upto: int, excl: int, out: list[Change]
 ) -> None:
     """Append to ``out`` the changes of one table at a version in ``(since, upto]``, leaving
-    out those of the site with ordinal ``excl`` (-1: none)."""
+    out those of the site with ordinal ``excl`` (-1: none).
+
+    One row of SQL per replicated row; each cell becomes one :class:`Change` built straight
+    from the row's fields (``tuple.__new__``: no per-field Python work). Strings and site ids
+    are shared between the changes, not copied."""
     name = tr.info.name
     npk = tr.npk
-    cur = [(c.name, tr.slots[c.name]) for c in tr.info.columns if c.name in tr.slots]
-    ncur = len(cur)
+    cur = [c.name for c in tr.info.columns if c.name in tr.slots]
     cbase = npk + 5
-    vbase = cbase + 4 * ncur
+    vbase = cbase + 4 * len(cur)
+    # (column name, index of its col_version, index of its value) per current column
+    cells = [(cid, cbase + 4 * j, vbase + j) for j, cid in enumerate(cur)]
     site_of = db._site_of
     sites: dict[int, bytes] = {}
     append = out.append
+    new = tuple.__new__
+    if npk == 1:
+        pack_one = _pack_one
+        key_of = None
+    else:
+        pack_one = None
+        key_of = operator.itemgetter(*range(npk))
+    i_cl, i_sd, i_ss, i_sq = npk, npk + 1, npk + 2, npk + 3
     for row in db.conn.execute(tr.read_sql, (since, upto)):
-        pkb = pack_pk(row[:npk])
-        cl = row[npk]
-        sd = row[npk + 1]
+        pkb = pack_one(row[0]) if pack_one is not None else pack_pk(key_of(row))  # type: ignore[misc]
+        cl = row[i_cl]
+        sd = row[i_sd]
         if sd is not None and sd > since:
-            so = row[npk + 2]
+            so = row[i_ss]
             if so != excl:
                 site = sites.get(so) or sites.setdefault(so, site_of(so))
-                append(Change(name, pkb, SENTINEL, None, cl, sd, site, cl, row[npk + 3]))
-        for j in range(ncur):
-            k = cbase + 4 * j
+                append(new(Change, (name, pkb, SENTINEL, None, cl, sd, site, cl, row[i_sq])))
+        for cid, k, vi in cells:
             d = row[k + 1]
             if d is None or d <= since:
                 continue
@@ -103,7 +115,19 @@ def read_table(
             if so == excl:
                 continue
             site = sites.get(so) or sites.setdefault(so, site_of(so))
-            append(Change(name, pkb, cur[j][0], row[vbase + j], row[k], d, site, cl, row[k + 3]))
+            append(new(Change, (name, pkb, cid, row[vi], row[k], d, site, cl, row[k + 3])))
+
+
+def _pack_one(v: SqlValue) -> bytes:
+    """:func:`pack_pk` of a one-column key (inlined fast path for a non-negative integer)."""
+    if type(v) is int and 0 <= v <= _I64_MAX:
+        n = (v.bit_length() + 7) >> 3
+        return _INT_HEAD[n] + v.to_bytes(n, "big")
+    return pack_pk((v,))
+
+
+_I64_MAX = (1 << 63) - 1
+_INT_HEAD = [bytes((1, (n << 3) | 1)) for n in range(9)]
 
 
 def changes_since(

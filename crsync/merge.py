@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 from . import rejected
 from .change import SENTINEL, Change
 from .errors import InvalidChangeError, PackError
-from .merge_rules import MERGE_VERSION, Clock, RowState, apply_change
-from .pack import SqlValue, unpack_pk
+from .merge_rules import MERGE_VERSION, Clock, RowState, all_fresh_cells, apply_change
+from .pack import SqlValue, small_int_key, unpack_pk
 from .schema import quote_ident
 
 if TYPE_CHECKING:
@@ -40,6 +40,15 @@ def _natural(aff: str, v: SqlValue) -> bool:
     return isinstance(v, str)
 
 
+_NATURAL_TYPES: dict[str, frozenset[type]] = {
+    "INTEGER": frozenset((int, bytes, type(None))),
+    "NUMERIC": frozenset((int, bytes, type(None))),
+    "REAL": frozenset((float, bytes, type(None))),
+    "TEXT": frozenset((str, bytes, type(None))),
+}
+"""The value types :func:`_natural` accepts per affinity (BLOB: every type)."""
+
+
 def _decode_key(table: str, blob: bytes) -> tuple[SqlValue, ...]:
     """Unpack an incoming pk, refusing blobs that can never name a row."""
     try:
@@ -53,44 +62,63 @@ def _decode_key(table: str, blob: bytes) -> tuple[SqlValue, ...]:
     return key
 
 
+def _key_of(table: str, blob: bytes) -> tuple[SqlValue, ...]:
+    """:func:`_decode_key`, with a fast path for the common one-integer key."""
+    k = small_int_key(blob)
+    return (k,) if k is not None else _decode_key(table, blob)
+
+
 def merge_locked(db: Database, conn: sqlite3.Connection, batch: list[Change]) -> int:
     """Inside a write transaction: merge a validated batch; returns how many changes won."""
     db._sync_site()
     open_v = conn.execute("SELECT db_version FROM crsync_clock").fetchone()[0]
     # 1. Sort into rows per table (decoding every pk) before writing anything.
-    by_blob: dict[tuple[str, bytes], list[Change]] = {}
+    by_table: dict[str, dict[bytes, list[Change]]] = {}
     pending: list[Change] = []
     tracked = db._tracked
+    last: str | None = None
+    tr: Tracked | None = None
+    groups: dict[bytes, list[Change]] = {}
     for c in batch:
-        tr = tracked.get(c.table)
-        if tr is None or (c.cid != SENTINEL and c.cid not in tr.slots):
+        table = c[0]
+        if table != last:
+            last = table
+            tr = tracked.get(table)
+            if tr is not None:
+                groups = by_table.setdefault(table, {})
+        cid = c[2]
+        if tr is None or (cid != SENTINEL and cid not in tr.slots):
             pending.append(c)
             continue
-        group = by_blob.get((c.table, c.pk))
+        group = groups.get(c[1])
         if group is None:
-            by_blob[(c.table, c.pk)] = [c]
+            groups[c[1]] = [c]
         else:
             group.append(c)
     for c in pending:  # kept aside, but must be applicable once the table exists
         _decode_key(c.table, c.pk)
     per_table: dict[str, dict[tuple[SqlValue, ...], list[Change]]] = {}
-    for (table, blob), group in by_blob.items():
+    for table, blobs in by_table.items():
         npk = tracked[table].npk
-        key = _decode_key(table, blob)
-        if len(key) != npk:
-            raise InvalidChangeError(
-                f"table {table!r}: pk {blob.hex()} has {len(key)} values, the table's "
-                f"primary key has {npk} columns"
-            )
-        rows = per_table.setdefault(table, {})
-        if key in rows:  # two encodings of one key (e.g. 1 and 1.0)
-            rows[key] += group
-        else:
-            rows[key] = group
+        rows: dict[tuple[SqlValue, ...], list[Change]] = {}
+        for blob, group in blobs.items():
+            key = _key_of(table, blob)
+            if len(key) != npk:
+                raise InvalidChangeError(
+                    f"table {table!r}: pk {blob.hex()} has {len(key)} values, the table's "
+                    f"primary key has {npk} columns"
+                )
+            if key in rows:  # two encodings of one key (e.g. 1 and 1.0)
+                rows[key] += group
+            else:
+                rows[key] = group
+        if rows:
+            per_table[table] = rows
     conn.execute("UPDATE crsync_clock SET merging = 1")
     wins = 0
     top = open_v
     written: list[tuple[Tracked, tuple[SqlValue, ...], RowState]] = []
+    fresh: list[tuple[Tracked, tuple[SqlValue, ...], list[Change]]] = []
     for tname, rows in per_table.items():
         tr = db._tracked[tname]
         rows = canonical_keys(db, tr, rows)
@@ -99,6 +127,15 @@ def merge_locked(db: Database, conn: sqlite3.Connection, batch: list[Change]) ->
         for key, changes in rows.items():
             st = states.get(key)
             if st is None:
+                if all_fresh_cells(changes):
+                    # A row this database never saw, arriving as cells of its first life:
+                    # every cell wins (see all_fresh_cells), written without a RowState.
+                    fresh.append((tr, key, changes))
+                    wins += len(changes)
+                    for c in changes:
+                        if c[5] > top:
+                            top = c[5]
+                    continue
                 st = RowState()
             for c in changes:
                 if apply_change(st, c, row_defaults):
@@ -107,16 +144,57 @@ def merge_locked(db: Database, conn: sqlite3.Connection, batch: list[Change]) ->
                         top = c.db_version
             if st.changed:
                 written.append((tr, key, st))
-    if written:
+    if written or fresh:
         write_rows(db, conn, written, top)
+        write_fresh_rows(db, conn, fresh, top)
         conn.execute("UPDATE crsync_clock SET db_version = ? WHERE db_version < ?", (top, top))
     if pending:
         conn.executemany(
-            "INSERT OR IGNORE INTO crsync_pending VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [c.as_tuple() for c in pending],
+            "INSERT OR IGNORE INTO crsync_pending VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", pending
         )
     conn.execute("UPDATE crsync_clock SET merging = 0")
     return wins
+
+
+def write_fresh_rows(
+    db: Database,
+    conn: sqlite3.Connection,
+    fresh: list[tuple[Tracked, tuple[SqlValue, ...], list[Change]]],
+    version: int,
+) -> None:
+    """Write rows created by :func:`merge_locked`'s fresh-row case: every change won, the
+    row has cl 1, no sentinel, and the merge's version on every cell (what
+    :func:`write_rows` writes for the same :class:`RowState`)."""
+    upserts: dict[tuple[str, tuple[str, ...]], list[tuple[SqlValue, ...]]] = {}
+    metas: dict[str, list[tuple[SqlValue, ...]]] = {}
+    ords: dict[bytes, int] = {}
+    ordinal = db._site_ordinal
+    layouts: dict[tuple[str, tuple[str, ...]], tuple[tuple[str, ...], list[int], list[int]]] = {}
+    for tr, key, changes in fresh:
+        name = tr.info.name
+        cids = tuple([c[2] for c in changes])
+        lay = layouts.get((name, cids))
+        if lay is None:
+            cols = tuple(sorted(cids))
+            lay = (cols, [cids.index(c) for c in cols], [4 * tr.slots[c] for c in cids])
+            layouts[(name, cids)] = lay
+        cols, order, offsets = lay
+        upserts.setdefault((name, cols), []).append(key + tuple([changes[i][3] for i in order]))
+        cells: list[Any] = [None] * (4 * tr.nslots)
+        for c, off in zip(changes, offsets, strict=True):
+            site = c[6]
+            o = ords.get(site)
+            if o is None:
+                o = ords[site] = ordinal(site)
+            cells[off] = c[4]
+            cells[off + 1] = version
+            cells[off + 2] = o
+            cells[off + 3] = c[8]
+        metas.setdefault(name, []).append((*key, 1, None, None, None, version, *cells))
+    for (name, cols), rows in upserts.items():
+        conn.executemany(upsert_sql(db, db._tracked[name], cols), rows)
+    for name, rows in metas.items():
+        conn.executemany(db._tracked[name].meta_write_sql, rows)
 
 
 def canonical_keys(
@@ -124,7 +202,11 @@ def canonical_keys(
 ) -> dict[tuple[SqlValue, ...], list[Change]]:
     """Apply the pk columns' affinity to incoming keys, as SQLite will when storing them."""
     affs = tr.pk_affinity
-    odd = [k for k in rows if not all(_natural(a, v) for a, v in zip(affs, k, strict=True))]
+    if len(affs) == 1:  # one pass over the keys' types (keys come from unpack_pk: exact types)
+        natural = _NATURAL_TYPES.get(affs[0])
+        odd = [] if natural is None else [k for k in rows if type(k[0]) not in natural]
+    else:
+        odd = [k for k in rows if not all(_natural(a, v) for a, v in zip(affs, k, strict=True))]
     if not odd:
         return rows
     cols = ", ".join(f"k{j} {c.decltype}".rstrip() for j, c in enumerate(tr.info.pk))
@@ -169,25 +251,38 @@ def load_states(
         for k in keys:
             rows += conn.execute(tr.state_sql, k).fetchall()
     npk = tr.npk
-    cur = [(c.name, tr.slots[c.name]) for c in tr.info.columns if c.name in tr.slots]
+    names = [c.name for c in tr.info.columns if c.name in tr.slots]
     cbase = npk + 5
-    vbase = cbase + 4 * len(cur)
+    vbase = cbase + 4 * len(names)
+    cols = [(name, cbase + 4 * j, vbase + j) for j, name in enumerate(names)]
     site_of = db._site_of
+    sites: dict[int, bytes] = {}
+
+    def site(ordinal: int) -> bytes:
+        b = sites.get(ordinal)
+        if b is None:
+            b = sites[ordinal] = site_of(ordinal)
+        return b
+
     for row in rows:
         key = tuple(row[:npk])
-        cl, sd, ss, sq = row[npk : npk + 4]
+        cl = row[npk]
+        sd = row[npk + 1]
         exists = row[-1] is not None
         st = RowState(cl, exists)
         if sd is not None:
-            st.sentinel = (cl, sd, site_of(ss), sq)
-        for j, (name, _slot) in enumerate(cur):
-            c0 = cbase + 4 * j
-            if row[c0] is not None:
-                st.cells[name] = (row[c0], row[c0 + 1], site_of(row[c0 + 2]), row[c0 + 3])
+            st.sentinel = (cl, sd, site(row[npk + 2]), row[npk + 3])
+        cells = st.cells
+        for name, c0, _vi in cols:
+            v = row[c0]
+            if v is not None:
+                so = row[c0 + 2]
+                b = sites.get(so)
+                cells[name] = (v, row[c0 + 1], b if b is not None else site(so), row[c0 + 3])
             else:
-                st.cells[name] = None
-            if exists:
-                st.values[name] = row[vbase + j]
+                cells[name] = None
+        if exists:
+            st.values = {name: row[vi] for name, _c0, vi in cols}
         out[key] = st
     return out
 

@@ -23,7 +23,7 @@ The state is mutated in place; each call says whether the change won.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from .change import SENTINEL, Change
 from .pack import SqlValue
@@ -62,6 +62,20 @@ class RowState:
         self.reset = False  # the base row was deleted at some point during this merge
         self.written: set[str] = set()  # columns whose base value this merge set
         self.changed = False  # metadata changed
+
+
+def all_fresh_cells(changes: Sequence[Change]) -> bool:
+    """Whether every change is a cell (not ``-1``) of causal length 1, each of another column.
+
+    Merged into a row the replica never saw, such a group (a plain insert elsewhere) has a
+    known outcome by rules 4 and 5: every change wins, the row gets causal length 1 and no
+    sentinel, and each cell keeps its change's col_version, site id, seq and value."""
+    cids = set()
+    for c in changes:
+        if c[7] != 1 or c[2] == SENTINEL:
+            return False
+        cids.add(c[2])
+    return len(cids) == len(changes)
 
 
 def _resurrect(state: RowState, c: Change, defaults: Mapping[str, SqlValue]) -> None:

@@ -78,6 +78,17 @@ def _append_sized(out: bytearray, code: int, data: bytes) -> None:
     out += data
 
 
+def small_int_key(blob: bytes) -> int | None:
+    """The value of a packed one-column key holding an integer in ``0..2**56-1`` in its usual
+    encoding, else None (then use :func:`unpack_pk`). The common key, decoded without
+    :func:`unpack_pk`'s general loop; the value is the one :func:`unpack_pk` returns."""
+    if len(blob) >= 2 and blob[0] == 1:
+        h = blob[1]
+        if h & 7 == _INT and len(blob) == 2 + (h >> 3) and h >> 3 < 8:
+            return int.from_bytes(blob[2:], "big")
+    return None
+
+
 def unpack_pk(blob: bytes) -> tuple[SqlValue, ...]:
     """Decode a packed primary key.
 

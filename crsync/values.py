@@ -29,6 +29,12 @@ def compare_values(a: SqlValue, b: SqlValue) -> int:
     Returns:
         A negative number if ``a`` loses to ``b``, zero if they tie, positive if ``a`` wins.
     """
+    if type(a) is type(b):  # one storage class (None, int, float, str or bytes)
+        if a is None:
+            return 0
+        # Text: the order of code points is the order of their UTF-8 bytes (lone surrogates
+        # included, as "surrogatepass" encodes them), so no encoding is needed.
+        return (a > b) - (a < b)  # type: ignore[operator]
     ra, rb = type_rank(a), type_rank(b)
     if ra != rb:
         return ra - rb

@@ -17,7 +17,7 @@ from crsync.errors import CrsyncError, ExitStatus
 from . import logconfig
 from .auth import issue_token, load_secret
 from .datadir import DataDir, check_store_id
-from .server import RelayConfig, describe_store, run_relay
+from .server import DATABASE_POOL_SIZE, RelayConfig, describe_store, run_relay
 
 ENV_PREFIX = "CRSYNC_RELAY_"
 
@@ -72,6 +72,18 @@ def main() -> None:
     help="TOML file with a [relay] table (keys as the long options, with _).",
 )
 @click.option("--data-dir", default=None, help="Directory holding one SQLite file per store.")
+@click.option(
+    "--database",
+    default=None,
+    help="postgresql:// URL: keep every store in PostgreSQL instead of --data-dir (several "
+    "relay nodes may serve the same database).",
+)
+@click.option(
+    "--database-pool-size",
+    type=int,
+    default=None,
+    help="PostgreSQL connections this node holds at most (default 16, plus one for LISTEN).",
+)
 @click.option("--host", default=None, help="Address to bind (default 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Port (default 8765; 0 picks one).")
 @click.option("--secret-file", default=None, help="File holding the token signing secret.")
@@ -203,8 +215,17 @@ def serve(**opts: Any) -> None:
         return default
 
     data_dir = pick("data_dir")
-    if not data_dir:
-        _usage("--data-dir is required (or CRSYNC_RELAY_DATA_DIR, or data_dir in --config)")
+    database = pick("database")
+    if data_dir and database:
+        _usage(
+            "--data-dir and --database exclude each other: the relay keeps its stores in a "
+            "directory of SQLite files or in PostgreSQL, not both"
+        )
+    if not data_dir and not database:
+        _usage(
+            "--data-dir or --database is required (or CRSYNC_RELAY_DATA_DIR / "
+            "CRSYNC_RELAY_DATABASE, or data_dir / database in --config)"
+        )
     dev = bool(pick("dev", False, bool))
     secret = None
     if not dev:
@@ -214,7 +235,9 @@ def serve(**opts: Any) -> None:
             _usage(str(exc))
     cert, key = pick("tls_cert"), pick("tls_key")
     config = RelayConfig(
-        data_dir=Path(data_dir),
+        data_dir=Path(data_dir) if data_dir else None,
+        database=database or None,
+        database_pool_size=int(pick("database_pool_size", DATABASE_POOL_SIZE, int)),
         host=pick("host", "127.0.0.1"),
         port=int(pick("port", 8765, int)),
         secret=secret,
@@ -283,19 +306,43 @@ def token(stores: tuple[str, ...], ttl: int, subject: str, secret_file: str | No
         _usage(str(exc))
 
 
+def _one_source(data_dir: str | None, database: str | None) -> None:
+    """Exactly one of --data-dir and --database (a usage error otherwise)."""
+    if data_dir and database:
+        _usage("--data-dir and --database exclude each other")
+    if not data_dir and not database:
+        _usage("--data-dir or --database is required")
+    if database and not database.startswith(("postgresql://", "postgres://")):
+        _usage("--database must be a postgresql:// URL")
+
+
+def _open_database(url: str, *, create: bool = False) -> Any:
+    from .pg_store import PgDatabase
+
+    return PgDatabase(url, max_size=2, create=create)
+
+
 @main.command()
-@click.option("--data-dir", required=True, help="The relay's data directory.")
-def stores(data_dir: str) -> None:
+@click.option("--data-dir", default=None, help="The relay's data directory.")
+@click.option("--database", default=None, help="Or the relay's PostgreSQL database URL.")
+def stores(data_dir: str | None, database: str | None) -> None:
     """List stores with size, peers and last activity.
 
     Example: crsync-relay stores --data-dir /var/lib/crsync
     """
-    d = Path(data_dir)
-    if not d.is_dir():
-        _fail(f"no such directory: {d}")
+    _one_source(data_dir, database)
+    figures: list[tuple[str, dict[str, Any]]] = []
+    if database:
+        with _open_database(database) as db:
+            figures = [(sid, db.open_store(sid, create=False).stats()) for sid in db.store_ids()]
+    else:
+        assert data_dir is not None
+        d = Path(data_dir)
+        if not d.is_dir():
+            _fail(f"no such directory: {d}")
+        figures = [(name, describe_store(path)) for name, path in DataDir(d).stores()]
     click.echo(f"{'store':<32} {'bytes':>12} {'cells':>10} {'peers':>6} {'head':>8}  last activity")
-    for name, path in DataDir(d).stores():
-        st = describe_store(path)
+    for name, st in figures:
         last = st["last_activity"]
         when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(last)) if last else "-"
         click.echo(
@@ -305,46 +352,97 @@ def stores(data_dir: str) -> None:
 
 
 @main.command()
-@click.option("--data-dir", required=True, help="The relay's data directory.")
+@click.option("--data-dir", default=None, help="The relay's data directory.")
+@click.option("--database", default=None, help="Or the relay's PostgreSQL database URL.")
 @click.option("--store", required=True, help="Store id to back up.")
 @click.option("--to", "dest", required=True, help="Backup file to create.")
-def backup(data_dir: str, store: str, dest: str) -> None:
-    """Copy a store while the relay keeps serving (SQLite online backup).
+def backup(data_dir: str | None, database: str | None, store: str, dest: str) -> None:
+    """Copy a store while the relay keeps serving (SQLite online backup; with --database, a
+    SQLite store file written from one PostgreSQL snapshot).
 
     Example: crsync-relay backup --data-dir /var/lib/crsync --store alice --to alice.bak
     """
     from .backup import backup_store
 
-    head = backup_store(Path(data_dir), store, Path(dest))
+    _one_source(data_dir, database)
+    if database:
+        check_store_id(store)
+        with _open_database(database) as db:
+            head, check = db.export_store(store, Path(dest))
+        if check != "ok":
+            Path(dest).unlink(missing_ok=True)
+            _fail(f"the backup of {store!r} failed its integrity check: {check}")
+    else:
+        assert data_dir is not None
+        head = backup_store(Path(data_dir), store, Path(dest))
     click.echo(f"backed up store {store} at relay version {head} to {dest}")
 
 
 @main.command()
-@click.option("--data-dir", required=True, help="The relay's data directory.")
+@click.option("--data-dir", default=None, help="The relay's data directory.")
+@click.option("--database", default=None, help="Or the relay's PostgreSQL database URL.")
 @click.option("--store", required=True, help="Store id to restore.")
 @click.option("--from", "src", required=True, help="Backup file made by `backup`.")
 @click.option("--force", is_flag=True, help="Replace the store if it exists.")
-def restore(data_dir: str, store: str, src: str, force: bool) -> None:
-    """Install a backup as a store (stop the relay first). The store gets a new epoch, so
-    every device re-pushes what it holds and nothing written after the backup is lost.
+def restore(data_dir: str | None, database: str | None, store: str, src: str, force: bool) -> None:
+    """Install a backup as a store (stop the relay first; with --database, every node). The
+    store gets a new epoch, so every device re-pushes what it holds and nothing written after
+    the backup is lost.
 
     Example: crsync-relay restore --data-dir /var/lib/crsync --store alice --from alice.bak
     """
+    import uuid
+
     from .backup import restore_store
 
-    epoch = restore_store(Path(data_dir), store, Path(src), force=force)
+    _one_source(data_dir, database)
+    if database:
+        check_store_id(store)
+        if not Path(src).is_file():
+            _fail(f"no backup file {src}")
+        with _open_database(database, create=True) as db:
+            db.require_stopped()
+            if db.has_store(store) and not force:
+                _fail(f"store {store!r} exists; pass --force to replace it")
+            epoch = db.import_store(store, Path(src), replace=force, epoch=uuid.uuid4().hex)
+    else:
+        assert data_dir is not None
+        epoch = restore_store(Path(data_dir), store, Path(src), force=force)
     click.echo(f"restored store {store} from {src}; new epoch {epoch}")
 
 
+@main.command("migrate-stores")
+@click.option("--from", "src", required=True, help="The relay's data directory (SQLite files).")
+@click.option("--to", "dest", required=True, help="PostgreSQL database URL (postgresql://...).")
+@click.option("--replace", is_flag=True, help="Replace stores that exist in the database.")
+def migrate_stores(src: str, dest: str, replace: bool) -> None:
+    """Move every store of a data directory into PostgreSQL (stop the relay first), keeping
+    epochs, relay versions and device positions: devices resume without a full re-push once
+    the relay serves --database. The directory is left as it was.
+
+    Example: crsync-relay migrate-stores --from /var/lib/crsync --to postgresql://relay@db/crsync
+    """
+    from .pg_store import migrate_data_dir
+
+    _one_source(None, dest)
+    with _open_database(dest, create=True) as db:
+        moved = migrate_data_dir(Path(src), db, replace=replace)
+    for sid, epoch, head in moved:
+        click.echo(f"migrated store {sid} (epoch {epoch}, relay version {head})")
+    click.echo(f"migrated {len(moved)} store(s) from {src}")
+
+
 @main.command()
-@click.option("--data-dir", required=True, help="The relay's data directory.")
+@click.option("--data-dir", default=None, help="The relay's data directory.")
+@click.option("--database", default=None, help="Or the relay's PostgreSQL database URL.")
 @click.option("--store", required=True, help="Store id to repair.")
 @click.option("--table", required=True, help="Table of the cell or row.")
 @click.option("--key", "key_json", default=None, help='Primary key as a JSON array: ["t1"].')
 @click.option("--pk-hex", default=None, help="Packed primary key in hex (as errors print it).")
 @click.option("--column", default=None, help="Remove only this column's cell (default: the row).")
 def remove(
-    data_dir: str,
+    data_dir: str | None,
+    database: str | None,
     store: str,
     table: str,
     key_json: str | None,
@@ -359,15 +457,18 @@ def remove(
     from .repair import parse_key
     from .repair import remove as remove_cells
 
-    n = remove_cells(Path(data_dir), store, table, parse_key(key_json, pk_hex), column)
+    _one_source(data_dir, database)
+    source = database if database else Path(str(data_dir))
+    n = remove_cells(source, store, table, parse_key(key_json, pk_hex), column)
     click.echo(f"removed {n} cell(s) from store {store}")
 
 
 @main.command("forget-table")
-@click.option("--data-dir", required=True, help="The relay's data directory.")
+@click.option("--data-dir", default=None, help="The relay's data directory.")
+@click.option("--database", default=None, help="Or the relay's PostgreSQL database URL.")
 @click.option("--store", required=True, help="Store id to repair.")
 @click.option("--table", required=True, help="Table to forget.")
-def forget_table(data_dir: str, store: str, table: str) -> None:
+def forget_table(data_dir: str | None, database: str | None, store: str, table: str) -> None:
     """Forget a table's announced schema and its cells in a store (stop the relay first), for
     a table announced with a wrong primary key: the next device announces it afresh.
 
@@ -375,7 +476,8 @@ def forget_table(data_dir: str, store: str, table: str) -> None:
     """
     from .repair import forget_table as forget
 
-    n = forget(Path(data_dir), store, table)
+    _one_source(data_dir, database)
+    n = forget(database if database else Path(str(data_dir)), store, table)
     click.echo(f"forgot table {table} of store {store} ({n} cells removed)")
 
 

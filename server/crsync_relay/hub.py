@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 import trio
@@ -35,10 +37,14 @@ import trio
 from crsync.change import Change
 from crsync.protocol import ErrorCode
 
-from .datadir import DataDir, StoreIndex
+from .datadir import DataDir, check_store_id
 from .metrics import RelayMetrics
 from .refusal import Refusal
 from .store import Page, RelayStore
+from .store_api import StoreBackend
+
+if TYPE_CHECKING:
+    from .pg_store import PgDatabase
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +52,24 @@ log = logging.getLogger(__name__)
 RECENT_MAX_CELLS = 2000  # largest batch kept in a store's in-memory ring (16 batches at most)
 RECENT_MAX_BYTES = 1 << 20  # largest batch (estimated bytes) kept in the ring
 RING_BYTES = 4 << 20  # bytes of one store's ring in all
+HEADS_RECHECK_SECONDS = 2.0  # PostgreSQL: safety re-read of open stores' heads (missed NOTIFY)
+LISTEN_RETRY_SECONDS = 1.0  # PostgreSQL: pause before the LISTEN connection is made again
+
+
+class _Index(Protocol):
+    def created_by(self, subject: str) -> int: ...
+    def add(self, store: str, subject: str) -> None: ...
+    def close(self) -> None: ...
+
+
+def _excluding(batch: list[Change], via: bytes | list[bytes], site: bytes) -> list[Change]:
+    """A ring batch without the changes ``site`` pushed itself (``via``: the one pushing site
+    of the batch, or the pushing site of each change)."""
+    if isinstance(via, bytes):
+        return [] if via == site else batch
+    return [c for c, v in zip(batch, via, strict=True) if v != site]
+
+
 READ_BYTES = 2 << 20  # one catch-up read of a session (a larger version goes out in parts)
 
 
@@ -77,8 +101,8 @@ class StoreHandle:
     """An open store: its connections, head, sessions and recent batches."""
 
     store_id: str
-    writer: RelayStore
-    reader: RelayStore
+    writer: StoreBackend
+    reader: StoreBackend
     head: int
     epoch: str
     write_lock: trio.Lock = attrs.Factory(trio.Lock)
@@ -86,8 +110,8 @@ class StoreHandle:
     users: int = 0
     last_used: float = attrs.Factory(time.monotonic)
     changed: trio.Event = attrs.Factory(trio.Event)
-    # (base, head, changes, pushing site, estimated bytes): one push each
-    recent: deque[tuple[int, int, list[Change], bytes, int]] = attrs.Factory(
+    # (base, head, changes, pushing site (of the batch, or of each change), estimated bytes)
+    recent: deque[tuple[int, int, list[Change], bytes | list[bytes], int]] = attrs.Factory(
         lambda: deque(maxlen=16)
     )
     sessions: int = 0
@@ -126,22 +150,44 @@ class HubLimits:
 
 
 class Hub:
-    """Single-node store ownership and fan-out."""
+    """Store ownership and fan-out of one relay node: the stores of a data directory (SQLite
+    files, one node), or of a PostgreSQL database shared by several nodes (``database``).
+
+    With PostgreSQL, other nodes write the same stores: a merge sends ``NOTIFY`` with the
+    store's new head; :meth:`follow_heads` listens on one dedicated connection (drained in a
+    thread) and, for a store open here, reads the new versions once into the store's ring and
+    wakes its sessions, so a node reads each batch once, not once per session. Every
+    ``HEADS_RECHECK_SECONDS`` (and after the LISTEN connection is made again) the heads of the
+    open stores are re-read, so a missed notification delays a change, never loses it.
+    """
 
     def __init__(
         self,
-        data_dir: Path,
+        data_dir: Path | None,
         limits: HubLimits | None = None,
         metrics: RelayMetrics | None = None,
+        *,
+        database: PgDatabase | None = None,
     ) -> None:
-        """Serve the stores in ``data_dir`` (created if missing) within ``limits``."""
+        """Serve the stores in ``data_dir`` (created if missing), or in ``database``, within
+        ``limits``."""
+        if (data_dir is None) == (database is None):
+            raise ValueError("a hub serves a data directory or a database, exactly one")
         self.data_dir = data_dir
-        self.layout = DataDir(data_dir)
-        self.layout.create()  # owner-only
+        self.database = database
+        self.layout: DataDir | None = None
+        if data_dir is not None:
+            self.layout = DataDir(data_dir)
+            self.layout.create()  # owner-only
+        self._stale: dict[str, int] = {}  # store -> head heard of (PostgreSQL)
+        self._stale_trio = trio.Event()
+        self.listening = False  # the LISTEN connection is up (PostgreSQL)
+        self._recheck = trio.Event()
+        self._listen_tried = trio.Event()
         self.limits = limits if limits is not None else HubLimits()
         self.read_bytes = READ_BYTES  # catch-up reads stop at whole versions past this size
         self._subject_stores: dict[str, dict[str, int]] = {}
-        self._store_index: StoreIndex | None = None
+        self._store_index: _Index | None = None
         self._creation_bucket: dict[str, tuple[float, float]] = {}
         self._open: OrderedDict[str, StoreHandle] = OrderedDict()
         self._opening: dict[str, trio.Event] = {}
@@ -150,8 +196,31 @@ class Hub:
         self.push_listeners: list[Callable[[StoreHandle], None]] = []
 
     def path_for(self, store: str) -> Path:
-        """File of a store (the id was validated)."""
+        """File of a store (the id was validated; SQLite data directories only)."""
+        if self.layout is None:
+            check_store_id(store)
+            raise ValueError("stores in PostgreSQL have no file")
         return self.layout.store_path(store)
+
+    def _exists(self, store: str) -> bool:
+        """True if the store exists (blocking: a worker thread for PostgreSQL)."""
+        if self.database is not None:
+            return self.database.has_store(store)
+        return self.path_for(store).exists()
+
+    def _open_backend(self, store: str) -> tuple[StoreBackend, StoreBackend]:
+        """Writer and reader of a store (blocking; created if missing). A PostgreSQL store
+        is one instance: each call borrows a pooled connection."""
+        if self.database is not None:
+            s = self.database.open_store(store)
+            return s, s
+        path = self.path_for(store)
+        writer = RelayStore(path)
+        try:
+            return writer, RelayStore(path)
+        except BaseException:
+            writer.close()
+            raise
 
     async def acquire(self, store: str, subject: str | None = None) -> StoreHandle:
         """Open (or create) a store and count one user of it.
@@ -166,10 +235,18 @@ class Hub:
             Overloaded: the cap on open stores is reached and none is idle, or the subject is
                 over its own caps.
         """
-        path = self.path_for(store)
-        creating = subject is not None and not path.exists()
+        if self.database is None:
+            self.path_for(store)  # validates the id
+        else:
+            check_store_id(store)
+        exists = (
+            True
+            if subject is None and self.database is not None
+            else store in self._open or await trio.to_thread.run_sync(self._exists, store)
+        )
+        creating = subject is not None and not exists
         if subject is not None:
-            self._admit(store, subject, path)
+            self._admit(store, subject, exists)
         try:
             if creating and self.limits.max_stores_per_subject > 0:
                 assert subject is not None
@@ -179,7 +256,7 @@ class Hub:
                         f"this token's subject created {made} stores (the cap is "
                         f"{self.limits.max_stores_per_subject})"
                     )
-            h = await self._acquire(store, path)
+            h = await self._acquire(store)
             if creating:
                 assert subject is not None
                 await trio.to_thread.run_sync(self._index().add, store, subject)
@@ -189,12 +266,18 @@ class Hub:
             raise
         return h
 
-    def _index(self) -> StoreIndex:
+    def _index(self) -> _Index:
         if self._store_index is None:
-            self._store_index = self.layout.store_index()
+            if self.database is not None:
+                from .pg_store import PgStoreIndex
+
+                self._store_index = PgStoreIndex(self.database)
+            else:
+                assert self.layout is not None
+                self._store_index = self.layout.store_index()
         return self._store_index
 
-    def _admit(self, store: str, subject: str, path: Path) -> None:
+    def _admit(self, store: str, subject: str, exists: bool) -> None:
         using = self._subject_stores.setdefault(subject, {})
         if store not in using and len(using) >= self.limits.open_per_subject:
             if not using:
@@ -203,7 +286,7 @@ class Hub:
                 f"this token's subject uses {len(using)} stores at once (the cap is "
                 f"{self.limits.open_per_subject})"
             )
-        if store not in using and not path.exists() and self.limits.max_new_stores_per_minute > 0:
+        if store not in using and not exists and self.limits.max_new_stores_per_minute > 0:
             now = time.monotonic()
             rate = self.limits.max_new_stores_per_minute / 60.0
             level, last = self._creation_bucket.get(
@@ -230,7 +313,7 @@ class Hub:
         if not using:
             del self._subject_stores[subject]
 
-    async def _acquire(self, store: str, path: Path) -> StoreHandle:
+    async def _acquire(self, store: str) -> StoreHandle:
         while True:
             h = self._open.get(store)
             if h is not None:
@@ -246,13 +329,15 @@ class Hub:
         self._opening[store] = done
         try:
             await self._make_room()
-            writer = await trio.to_thread.run_sync(RelayStore, path)
+            writer, reader = await trio.to_thread.run_sync(self._open_backend, store)
             try:
-                reader = await trio.to_thread.run_sync(RelayStore, path)
+                head = await trio.to_thread.run_sync(lambda: writer.head)
             except BaseException:
                 writer.close()
+                if reader is not writer:
+                    reader.close()
                 raise
-            h = StoreHandle(store, writer, reader, writer.head, writer.epoch)
+            h = StoreHandle(store, writer, reader, head, writer.epoch)
             h.users = 1
             self._open[store] = h
             self.metrics.stores_open.set(len(self._open))
@@ -288,7 +373,8 @@ class Hub:
         self._open.pop(h.store_id, None)
         async with h.write_lock, h.read_lock:
             await trio.to_thread.run_sync(h.writer.close)
-            await trio.to_thread.run_sync(h.reader.close)
+            if h.reader is not h.writer:
+                await trio.to_thread.run_sync(h.reader.close)
         self.metrics.stores_open.set(len(self._open))
         log.info("relay.store.close store=%s", h.store_id, extra={"store": h.store_id})
 
@@ -317,6 +403,150 @@ class Hub:
         if self._store_index is not None:
             self._store_index.close()
             self._store_index = None
+
+    # ------------------------------------------------------------ cross-node fan-out
+
+    async def follow_heads(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run until cancelled (PostgreSQL only): hear the heads other nodes' merges reach,
+        read each new batch of a store open here once, wake its sessions.
+
+        One dedicated connection (not from the pool) does ``LISTEN``, drained in a thread;
+        if it breaks, it is made again after ``LISTEN_RETRY_SECONDS`` and the heads of the
+        open stores are re-read (as every ``HEADS_RECHECK_SECONDS`` anyway).
+        """
+        assert self.database is not None
+        token = trio.lowlevel.current_trio_token()
+        stop = threading.Event()
+        thread = threading.Thread(
+            target=self._listen_thread, args=(token, stop), name="relay-listen", daemon=True
+        )
+        thread.start()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._recheck_heads)
+                # Serve once LISTEN is up (or its first attempt failed): /healthz tells.
+                with trio.move_on_after(10):
+                    await self._listen_tried.wait()
+                task_status.started()
+                while True:
+                    await self._stale_trio.wait()
+                    self._stale_trio = trio.Event()
+                    stale, self._stale = self._stale, {}
+                    for store, head in stale.items():
+                        h = self._open.get(store)
+                        if h is not None and head > h.head:
+                            nursery.start_soon(self._catch_up_store, h, head)
+        finally:
+            stop.set()
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(thread.join, 10)
+
+    def _heard(self, store: str, head: int) -> None:
+        """A store reached ``head`` (in trio)."""
+        if head > self._stale.get(store, 0):
+            self._stale[store] = head
+            self._stale_trio.set()
+
+    def _listen_thread(self, token: trio.lowlevel.TrioToken, stop: threading.Event) -> None:
+        from .pg_store import HeadListener
+
+        assert self.database is not None
+        db = self.database
+        pg = db._psycopg
+
+        def call(fn: Callable[..., None], *args: Any) -> bool:
+            try:
+                trio.from_thread.run_sync(fn, *args, trio_token=token)
+                return True
+            except trio.RunFinishedError:
+                return False
+
+        while not stop.is_set():
+            try:
+                with HeadListener(db) as listener:
+                    if not call(self._listen_state, True):
+                        return
+                    while not stop.is_set():
+                        for store, head in listener.heads(timeout=0.5):
+                            if not call(self._notified, store, head):
+                                return
+            except pg.Error as exc:
+                log.warning("relay.listen_lost error=%s", type(exc).__name__)
+            if not call(self._listen_state, False):
+                return
+            stop.wait(LISTEN_RETRY_SECONDS)
+
+    def _notified(self, store: str, head: int) -> None:
+        self.metrics.notifications.inc()
+        self._heard(store, head)
+
+    def _listen_state(self, up: bool) -> None:
+        self._listen_tried.set()
+        was, self.listening = self.listening, up
+        if up and not was:
+            log.info("relay.listening_heads")
+            self._recheck.set()  # notifications may have been missed meanwhile
+
+    async def _recheck_heads(self) -> None:
+        """Re-read the heads of the open stores every ``HEADS_RECHECK_SECONDS`` and when the
+        LISTEN connection is made again (a timer and a state, not a synchronisation)."""
+        assert self.database is not None
+        db = self.database
+        while True:
+            with trio.move_on_after(HEADS_RECHECK_SECONDS):
+                await self._recheck.wait()
+            self._recheck = trio.Event()
+            ids = list(self._open)
+            if not ids:
+                continue
+            started = time.perf_counter()
+            try:
+                heads = await trio.to_thread.run_sync(db.heads, ids)
+            except Exception as exc:
+                log.warning("relay.heads_recheck_failed error=%s", type(exc).__name__)
+                continue
+            self.metrics.db_seconds.labels(op="heads").observe(time.perf_counter() - started)
+            for store, head in heads.items():
+                h = self._open.get(store)
+                if h is not None and head > h.head:
+                    self._heard(store, head)
+
+    async def _catch_up_store(self, h: StoreHandle, target: int) -> None:
+        """Read what other nodes merged into an open store once (into its ring), advance its
+        head, wake its sessions (and the reactor listeners)."""
+        from .pg_store import PgRelayStore
+
+        assert isinstance(h.reader, PgRelayStore)
+        async with h.read_lock:
+            base = h.head
+            if base >= target:
+                return  # an earlier read (or a push here) got it already
+            started = time.perf_counter()
+            try:
+                batch, vias, upto, head = await trio.to_thread.run_sync(
+                    h.reader.recent_since, base, RECENT_MAX_CELLS, RECENT_MAX_BYTES
+                )
+            except Exception as exc:
+                log.warning(
+                    "relay.catch_up_failed store=%s error=%s",
+                    h.store_id,
+                    type(exc).__name__,
+                    extra={"store": h.store_id},
+                )
+                self._recheck.set()
+                return
+            self.metrics.db_seconds.labels(op="fanout_read").observe(time.perf_counter() - started)
+            if upto > base and h.sessions > 0:
+                h.recent.append((base, upto, batch, vias, batch_bytes(batch)))
+                while sum(e[4] for e in h.recent) > RING_BYTES:
+                    h.recent.popleft()
+            if head > h.head:
+                h.head = head
+                h.wake()
+                for listener in self.push_listeners:
+                    listener(h)
 
     # ------------------------------------------------------------------ data
 
@@ -356,21 +586,26 @@ class Hub:
                     h.writer.merge_push, site, upto, changes, meta, announced_only=limited
                 )
             )
-            self.metrics.merge_seconds.observe(time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            self.metrics.merge_seconds.observe(elapsed)
+            if self.database is not None:
+                self.metrics.db_seconds.labels(op="merge").observe(elapsed)
             self.metrics.changes_received.inc(len(changes))
             self.metrics.changes_merged.inc(wins)
-            if head != base:
-                # Someone else may want this batch: keep small ones in memory (bounded per
-                # store); big ones are served from disk, so memory never grows with batch size.
-                if h.sessions > 1 and wins <= RECENT_MAX_CELLS:
-                    batch, upto_read, complete = await trio.to_thread.run_sync(
-                        h.writer.changes_since, base, None, RECENT_MAX_CELLS
-                    )
-                    size = batch_bytes(batch)
-                    if complete and upto_read == head and size <= RECENT_MAX_BYTES:
-                        h.recent.append((base, head, batch, site, size))
-                        while sum(e[4] for e in h.recent) > RING_BYTES:
-                            h.recent.popleft()
+            # Someone else may want this batch: keep small ones in memory (bounded per store);
+            # big ones are served from disk, so memory never grows with batch size. Only a
+            # version made by this push alone (with PostgreSQL, other nodes' versions may lie
+            # between ``base`` and ``head``; those come through follow_heads).
+            if head == base + 1 and h.sessions > 1 and wins <= RECENT_MAX_CELLS:
+                batch, upto_read, complete = await trio.to_thread.run_sync(
+                    h.writer.changes_since, base, None, RECENT_MAX_CELLS
+                )
+                size = batch_bytes(batch)
+                if complete and upto_read == head and size <= RECENT_MAX_BYTES:
+                    h.recent.append((base, head, batch, site, size))
+                    while sum(e[4] for e in h.recent) > RING_BYTES:
+                        h.recent.popleft()
+            if head > h.head:
                 h.head = head
                 h.wake()
                 for listener in self.push_listeners:
@@ -426,7 +661,9 @@ class Hub:
         if after is None:
             for base, upto, batch, via, _size in h.recent:
                 if base == cursor:
-                    return Page(([] if via == exclude_site else batch), upto, upto >= h.head, None)
+                    self.metrics.reads.labels(source="ring").inc()
+                    return Page(_excluding(batch, via, exclude_site), upto, upto >= h.head, None)
+        self.metrics.reads.labels(source="store").inc()
         async with h.read_lock:
             return await trio.to_thread.run_sync(
                 functools.partial(
@@ -446,8 +683,9 @@ class Hub:
         recent ring if possible, else disk."""
         for base, upto, batch, via, _size in h.recent:
             if base == cursor:
-                # One push: every cell came through one connection.
-                return ([] if via == exclude_site else batch), upto, upto >= h.head
+                self.metrics.reads.labels(source="ring").inc()
+                return _excluding(batch, via, exclude_site), upto, upto >= h.head
+        self.metrics.reads.labels(source="store").inc()
         async with h.read_lock:
             return await trio.to_thread.run_sync(
                 h.reader.changes_since, cursor, exclude_site, max_cells, self.read_bytes

@@ -54,6 +54,31 @@ class RelayMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
 
+        self.db_seconds = Histogram(
+            "crsync_relay_db_seconds",
+            "PostgreSQL round trips of this node, by operation (merge, fanout_read, heads, ping)",
+            ["op"],
+            registry=r,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )
+        self.notifications = Counter(
+            "crsync_relay_notifications",
+            "Head notifications this node heard from PostgreSQL (merges of every node)",
+            registry=r,
+        )
+        self.reads = Counter(
+            "crsync_relay_reads",
+            "Change reads for sessions and reactors, by source: the in-memory ring of recent "
+            "batches or the store",
+            ["source"],
+            registry=r,
+        )
+        self.database_up = Gauge(
+            "crsync_relay_database_up",
+            "1 if the last PostgreSQL health check succeeded (absent without --database)",
+            registry=r,
+        )
+
     def render(self) -> bytes:
         """The Prometheus text exposition."""
         return generate_latest(self.registry)

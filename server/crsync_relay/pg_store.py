@@ -150,6 +150,10 @@ def pg_pool_errors() -> tuple[type[BaseException], ...]:
     return (pool_module.PoolTimeout, pool_module.PoolClosed)
 
 
+NODE_APP_NAME = "crsync-relay-node"
+"""``application_name`` of a serving relay node's LISTEN connection: one per node, so that
+offline operator commands can refuse while nodes serve the database."""
+
 HEADS_CHANNEL = "crsync_relay_heads"
 """The channel name the relay is meant to use for ``notify_channel``."""
 
@@ -554,6 +558,63 @@ class PgDatabase:
                 f"UPDATE {_S}.stores SET epoch = %s WHERE store_id = %s", (epoch, store_id)
             )
 
+    def serving_nodes(self) -> int:
+        """How many relay nodes serve this database now (their LISTEN connections)."""
+        with self.pool.connection() as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s "
+                "AND datname = current_database() AND pid <> pg_backend_pid()",
+                (NODE_APP_NAME,),
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    def require_stopped(self) -> None:
+        """Raise PgStoreError if a relay node serves the database (a node keeps epochs and
+        schemas in memory: operator rewrites need every node stopped)."""
+        n = self.serving_nodes()
+        if n:
+            raise PgStoreError(f"{n} relay node(s) serve this database; stop every node first")
+
+    def heads(self, store_ids: Sequence[str]) -> dict[str, int]:
+        """The heads of some stores in one query (a relay node's safety re-read of the stores
+        it has open); stores missing from the database are left out."""
+        with self.pool.connection() as conn:
+            return {
+                str(r[0]): int(r[1])
+                for r in conn.execute(
+                    f"SELECT store_id, head FROM {_S}.stores WHERE store_id = ANY(%s)",
+                    (list(store_ids),),
+                )
+            }
+
+    def ping(self, timeout: float = 2.0) -> bool:
+        """True if a pooled connection answers ``SELECT 1`` within ``timeout`` seconds (the
+        relay's health check); a failure makes the pool check its idle connections, so that
+        broken ones are replaced once the server is back."""
+        try:
+            with self.pool.connection(timeout=timeout) as conn:
+                conn.execute("SELECT 1")
+            return True
+        except Exception:
+            with contextlib.suppress(Exception):
+                self.pool.check()
+            return False
+
+    def stores_behind(self) -> list[str]:
+        """Stores whose reactor cursor is behind their head (one query), by id."""
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                f"SELECT s.store_id, s.head, m.kind, m.data FROM {_S}.stores s "
+                f"LEFT JOIN {_S}.meta m ON m.store_id = s.store_id AND m.key = 'reactor_cursor' "
+                "WHERE s.head > 0 ORDER BY 1"
+            ).fetchall()
+        out = []
+        for sid, head, kind, data in rows:
+            cursor = 0 if kind is None else decode_value(kind, data)
+            if int(cursor or 0) < int(head):
+                out.append(str(sid))
+        return out
+
     def reactor_behind(self, store_id: str) -> bool:
         """True if a store's reactor cursor is behind its head (False if no such store)."""
         with self.pool.connection() as conn:
@@ -867,6 +928,63 @@ def migrate_data_dir(
                     rows,
                 )
     return moved
+
+
+class HeadListener:
+    """A dedicated connection (not pooled) listening on :data:`HEADS_CHANNEL`: the heads
+    other merges reach, ``(store id, head)``, in commit order. Blocking; one thread."""
+
+    def __init__(self, db: PgDatabase) -> None:
+        self.conn = db._psycopg.connect(
+            db.pool.conninfo, autocommit=True, connect_timeout=5, application_name=NODE_APP_NAME
+        )
+        try:
+            self.conn.execute(f"LISTEN {HEADS_CHANNEL}")
+        except BaseException:
+            self.conn.close()
+            raise
+
+    def heads(self, timeout: float) -> Iterator[tuple[str, int]]:
+        """Notifications received within ``timeout`` seconds (malformed payloads skipped)."""
+        for n in self.conn.notifies(timeout=timeout):
+            try:
+                yield parse_head_notification(n.payload)
+            except ValueError:
+                continue
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> HeadListener:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class LeaseConnection:
+    """A dedicated connection (not pooled) holding session-level advisory locks: what a
+    relay node holds is released when the node (or the connection) dies."""
+
+    def __init__(self, db: PgDatabase) -> None:
+        self.conn = db._psycopg.connect(db.pool.conninfo, autocommit=True, connect_timeout=5)
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.conn.closed)
+
+    def try_lock(self, key: str) -> bool:
+        """Take the lock named ``key`` if it is free (or held here already)."""
+        row = self.conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (key,)).fetchone()
+        return bool(row and row[0])
+
+    def alive(self) -> bool:
+        """True if the connection answers (raises if it is broken)."""
+        row = self.conn.execute("SELECT 1").fetchone()
+        return bool(row and row[0] == 1)
+
+    def close(self) -> None:
+        self.conn.close()
 
 
 class PgStoreIndex:
@@ -1470,6 +1588,34 @@ class PgRelayStore:
                 upto, complete = rows[-1][6], False
         out = [_change(r) for r in rows if r[10] != exclude_site]
         return Page(out, upto, complete, None)
+
+    @_reconnecting
+    def recent_since(
+        self, cursor: int, max_cells: int, max_bytes: int
+    ) -> tuple[list[Change], list[bytes], int, int]:
+        """Every change of relay versions after ``cursor`` with the site that pushed each
+        (``via``), in one snapshot, for a node's in-memory ring of recent batches:
+        ``(changes, vias, upto, head)``. Over the budget: nothing (``([], [], cursor, head)``):
+        sessions then read from the database themselves."""
+        with self._tx(snapshot=True) as conn:
+            row = conn.execute(
+                f"SELECT head FROM {_S}.stores WHERE store_id = %s", (self.store_id,)
+            ).fetchone()
+            if row is None:
+                raise PgStoreError(f"store {self.store_id!r} was removed from the database")
+            head = int(row[0])
+            if cursor >= head:
+                return [], [], head, head
+            rows = conn.execute(
+                f"SELECT {_READ_COLS} FROM {_S}.cells WHERE store_id = %s "
+                "AND version > %s AND version <= %s ORDER BY version, seq, tbl, pk, cid "
+                "LIMIT %s",
+                (self.store_id, cursor, head, max_cells + 1),
+            ).fetchall()
+        size = sum(120 + len(r[1]) + r[11] for r in rows)
+        if len(rows) > max_cells or size > max_bytes:
+            return [], [], cursor, head
+        return [_change(r) for r in rows], [bytes(r[10]) for r in rows], head, head
 
     def _version_part(
         self,

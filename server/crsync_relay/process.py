@@ -37,6 +37,7 @@ class RelayLauncher:
         env: Mapping[str, str] | None = None,
         ready_timeout: float = 30.0,
         stop_timeout: float = 10.0,
+        database: str | None = None,
     ) -> None:
         """
         Args:
@@ -52,8 +53,12 @@ class RelayLauncher:
                 variables, so that only the given options configure it).
             ready_timeout: how long to wait for the listening line.
             stop_timeout: how long SIGTERM may take before the process is killed.
+            database: a ``postgresql://`` URL: the relay serves its stores from PostgreSQL
+                (``--database``) instead of ``data_dir`` (then None); the launcher adds its
+                host, port and secret options as with a data directory.
         """
         self.data_dir = data_dir
+        self.database = database
         self.secret_file = secret_file
         self.args = tuple(args)
         self.command = (
@@ -86,8 +91,11 @@ class RelayLauncher:
         """
         assert self.proc is None or self.proc.poll() is not None, "relay already running"
         cmd = [*self.command, "serve", *self.args]
-        if self.data_dir is not None:
-            cmd += ["--data-dir", str(self.data_dir), "--host", "127.0.0.1"]
+        if self.data_dir is not None or self.database is not None:
+            if self.database is not None:
+                cmd += ["--database", self.database, "--host", "127.0.0.1"]
+            else:
+                cmd += ["--data-dir", str(self.data_dir), "--host", "127.0.0.1"]
             cmd += ["--port", str(self.port)]
             cmd += ["--secret-file", str(self.secret_file)] if self.secret_file else ["--dev"]
         ports: queue.Queue[int | None] = queue.Queue()

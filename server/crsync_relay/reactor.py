@@ -42,10 +42,80 @@ from crsync.pack import SqlValue, pack_pk, unpack_pk
 
 from .hub import Hub, Overloaded, StoreHandle
 from .store import RelayStore
+from .store_api import StoreBackend
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[["ReactorBatch"], Awaitable[None]]
+
+LEASE_SECONDS = 1.0
+"""PostgreSQL: how often a node checks its lease connection and looks for stores whose
+reactor nobody runs (a node that died released its leases with its connection)."""
+
+
+class ReactorLeases:
+    """Which stores' reactors run on this node, with stores in PostgreSQL: each store's
+    reactor runs on exactly one node, the one holding the store's session-level advisory lock
+    (``pg_try_advisory_lock(hashtext('crsync_relay.reactor:' || store))``) on its dedicated
+    lease connection. When a node dies, PostgreSQL ends its connection and releases its locks;
+    another node's next try takes the store over. When a node loses its lease connection, it
+    stops its reactors at once (``lost``) and tries again with a new connection."""
+
+    def __init__(self, db: Any) -> None:
+        self.db = db
+        self.owned: set[str] = set()
+        self._conn: Any = None
+        self._lock = trio.Lock()  # one statement at a time on the lease connection
+        self.on_lost: Callable[[], None] = lambda: None
+
+    async def _run(self, op: Callable[[Any], Any]) -> Any:
+        """``op(lease connection)`` in a worker thread (the connection made if needed); None
+        if it failed (then every lease is lost)."""
+        from .pg_store import LeaseConnection
+
+        async with self._lock:
+            try:
+                if self._conn is None or self._conn.closed:
+                    self._conn = await trio.to_thread.run_sync(LeaseConnection, self.db)
+                conn = self._conn
+                return await trio.to_thread.run_sync(op, conn)
+            except Exception as exc:
+                self._lose(exc)
+                return None
+
+    def _lose(self, exc: BaseException) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # already broken
+                pass
+        if self.owned:
+            log.warning(
+                "relay.reactor.leases_lost stores=%d error=%s", len(self.owned), type(exc).__name__
+            )
+        self.owned.clear()
+        self.on_lost()
+
+    async def acquire(self, store: str) -> bool:
+        """True if this node runs the store's reactor (taking the lease if free)."""
+        if store in self.owned:
+            return True
+        key = "crsync_relay.reactor:" + store
+        got = await self._run(lambda conn: conn.try_lock(key))
+        if got:
+            self.owned.add(store)
+            log.info("relay.reactor.lease store=%s", store, extra={"store": store})
+        return bool(got)
+
+    async def check(self) -> bool:
+        """True if the lease connection answers (False: every lease was lost)."""
+        return bool(await self._run(lambda conn: conn.alive()))
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
 
 
 def load_reactor(spec: str) -> Handler:
@@ -217,7 +287,7 @@ class ReactorBatch:
         )
 
 
-def _read_row(store: RelayStore, table: str, pk: bytes) -> StoreRow | None:
+def _read_row(store: StoreBackend, table: str, pk: bytes) -> StoreRow | None:
     cells = store.row_cells(table, pk)
     if not cells:
         return None
@@ -259,6 +329,11 @@ class ReactorManager:
         self._nursery: trio.Nursery | None = None
         self._running: set[str] = set()
         self._dirty: set[str] = set()
+        self._scopes: dict[str, trio.CancelScope] = {}
+        self.leases: ReactorLeases | None = None
+        if hub.database is not None:
+            self.leases = ReactorLeases(hub.database)
+            self.leases.on_lost = self._leases_lost
         self.failures = 0
 
     def wants(self, store: str) -> bool:
@@ -277,17 +352,55 @@ class ReactorManager:
             self._running.add(store)
             self._nursery.start_soon(self._store_task, store, name=f"reactor:{store}")
 
+    def _leases_lost(self) -> None:
+        """This node no longer holds its reactor leases: stop its reactors now."""
+        for scope in self._scopes.values():
+            scope.cancel()
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled: catch up stores left behind, then follow pushes."""
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            task_status.started()
-            for store, path in self.hub.layout.stores():
-                behind = RelayStore.reactor_behind
-                if self.wants(store) and await trio.to_thread.run_sync(behind, path):
-                    log.info("relay.reactor.catch_up store=%s", store, extra={"store": store})
-                    self.kick(store)
-            await trio.sleep_forever()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                if self.leases is not None:
+                    await self._follow_leases()  # catches up stores left behind, too
+                for store, behind in await trio.to_thread.run_sync(self._behind_stores):
+                    if behind:
+                        log.info("relay.reactor.catch_up store=%s", store, extra={"store": store})
+                        self.kick(store)
+                await trio.sleep_forever()
+        finally:
+            if self.leases is not None:
+                self.leases.close()
+
+    async def _follow_leases(self) -> None:
+        """PostgreSQL, forever: every ``LEASE_SECONDS``, check the lease connection and kick
+        the stores left behind whose reactor this node does not run (their owner may have
+        died: the kicked task takes the lease if it is free). A timer, not a synchronisation."""
+        assert self.leases is not None and self.hub.database is not None
+        db = self.hub.database
+        while True:
+            if await self.leases.check():
+                try:
+                    behind = await trio.to_thread.run_sync(db.stores_behind)
+                except Exception as exc:
+                    log.warning("relay.reactor.scan_failed error=%s", type(exc).__name__)
+                    behind = []
+                for store in behind:
+                    if self.wants(store) and store not in self._running:
+                        self.kick(store)
+            await trio.sleep(LEASE_SECONDS)
+
+    def _behind_stores(self) -> list[tuple[str, bool]]:
+        """Each store this reactor runs for, and whether its cursor is behind (blocking)."""
+        assert self.hub.database is None, "with PostgreSQL, _follow_leases catches up"
+        assert self.hub.layout is not None
+        return [
+            (s, RelayStore.reactor_behind(path))
+            for s, path in self.hub.layout.stores()
+            if self.wants(s)
+        ]
 
     async def _store_task(self, store: str) -> None:
         backoff = self.backoff_initial
@@ -295,13 +408,20 @@ class ReactorManager:
         try:
             while store in self._dirty:
                 self._dirty.discard(store)
+                if self.leases is not None and not await self.leases.acquire(store):
+                    self._dirty.discard(store)
+                    return  # another node runs this store's reactor
+                scope = self._scopes[store] = trio.CancelScope()
                 try:
-                    async with self.limiter:
-                        h = await self.hub.acquire(store)
-                        try:
-                            attempt = await self._drain(h, attempt)
-                        finally:
-                            self.hub.release(h)
+                    with scope:
+                        async with self.limiter:
+                            h = await self.hub.acquire(store)
+                            try:
+                                attempt = await self._drain(h, attempt)
+                            finally:
+                                self.hub.release(h)
+                    if scope.cancelled_caught:
+                        return  # the lease was lost: another node takes over
                     backoff = self.backoff_initial
                 except Exception as exc:
                     self.failures += 1
@@ -314,6 +434,7 @@ class ReactorManager:
                     await trio.sleep(delay)  # retry backoff (a timer, not a synchronisation)
         finally:
             self._running.discard(store)
+            self._scopes.pop(store, None)
 
     async def _drain(self, h: StoreHandle, attempt: int) -> int:
         """Handle every batch up to the store's head; return the attempt count (0 when done)."""

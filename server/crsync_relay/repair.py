@@ -1,5 +1,6 @@
 """Operator repairs of one store, with the relay stopped: remove a poisoned cell or row, forget
-a table's announced schema. Each refuses while a relay serves the data directory."""
+a table's announced schema. Each refuses while a relay serves the data directory (or, given a
+``postgresql://`` URL, while a relay node serves the database)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,20 @@ from crsync.pack import pack_pk
 
 from .datadir import DataDir
 from .store import RelayStore
+from .store_api import StoreBackend
 
 
 @contextlib.contextmanager
-def stopped_store(data_dir: Path, store: str) -> Iterator[RelayStore]:
-    """Open an existing store while holding the data directory's relay lock."""
+def stopped_store(data_dir: Path | str, store: str) -> Iterator[StoreBackend]:
+    """Open an existing store while holding the data directory's relay lock (a
+    ``postgresql://`` URL instead: while no relay node serves the database)."""
+    if isinstance(data_dir, str):
+        from .pg_store import PgDatabase
+
+        with PgDatabase(data_dir, max_size=2, create=False) as db:
+            db.require_stopped()
+            yield db.open_store(store, create=False)
+        return
     layout = DataDir(data_dir)
     path = layout.existing_store(store)
     with layout.exclusive(f"a relay is serving {data_dir}; stop it first"):
@@ -47,7 +57,7 @@ def parse_key(key_json: str | None, pk_hex: str | None) -> bytes:
     return pack_pk(values)
 
 
-def remove(data_dir: Path, store: str, table: str, pk: bytes, column: str | None) -> int:
+def remove(data_dir: Path | str, store: str, table: str, pk: bytes, column: str | None) -> int:
     """Remove a cell (or, without ``column``, a row's every cell) from a stopped store."""
     with stopped_store(data_dir, store) as s:
         n = s.remove_cells(table, pk, column)
@@ -57,7 +67,7 @@ def remove(data_dir: Path, store: str, table: str, pk: bytes, column: str | None
     return n
 
 
-def forget_table(data_dir: Path, store: str, table: str) -> int:
+def forget_table(data_dir: Path | str, store: str, table: str) -> int:
     """Forget a table's announced schema and cells in a stopped store."""
     with stopped_store(data_dir, store) as s:
         return s.forget_table(table)

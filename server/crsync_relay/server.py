@@ -7,9 +7,10 @@ import functools
 import logging
 import signal
 import ssl
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
@@ -24,16 +25,38 @@ from .hub import Hub, HubLimits
 from .metrics import MetricsServer, RelayMetrics
 from .session import ConnectionLimits, RelaySettings, handle_connection
 
+if TYPE_CHECKING:
+    from .pg_store import PgDatabase
+
 log = logging.getLogger(__name__)
 
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
+DATABASE_POOL_SIZE = 16
+"""PostgreSQL connections one node's pool holds at most (plus one LISTEN connection)."""
+
+
+def redact_url(url: str) -> str:
+    """A database URL without its password (for logs)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "postgresql://?"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = (parts.username or "") + ":***"
+    return urlunsplit(parts._replace(netloc=f"{user}@{netloc[-1]}"))
 
 
 @attrs.define
 class RelayConfig:
     """Everything ``crsync-relay serve`` needs."""
 
-    data_dir: Path
+    data_dir: Path | None
     host: str = "127.0.0.1"
     port: int = 8765
     secret: bytes | None = None
@@ -61,6 +84,8 @@ class RelayConfig:
     max_stores_per_subject: int = 10_000  # stores one token subject may create (0: none)
     max_unit_bytes: int = 256 << 20  # frames of one multi-part push held in memory
     send_timeout: float = 60.0  # a peer that reads nothing this long is dropped
+    database: str | None = None  # postgresql:// URL: stores in PostgreSQL instead of data_dir
+    database_pool_size: int = DATABASE_POOL_SIZE  # PostgreSQL connections of this node's pool
 
     def reactor_handler(self) -> Any:
         """The loaded reactor handler (None without ``reactor``)."""
@@ -74,6 +99,19 @@ class RelayConfig:
 
     def check(self) -> None:
         """Refuse unsafe or incomplete configurations with a clear message."""
+        if (self.data_dir is None) == (self.database is None):
+            raise CrsyncError(
+                "give the relay --data-dir (SQLite store files) or --database (PostgreSQL), "
+                "exactly one"
+            )
+        if self.database is not None and not self.database.startswith(
+            ("postgresql://", "postgres://")
+        ):
+            raise CrsyncError(
+                f"--database must be a postgresql:// URL, not {redact_url(self.database)!r}"
+            )
+        if self.database_pool_size < 1:
+            raise CrsyncError("--database-pool-size must be >= 1")
         if self.dev:
             if self.host not in LOOPBACK:
                 raise CrsyncError(
@@ -173,10 +211,19 @@ def fit_open_files(max_open_stores: int, connections: int = 0) -> tuple[int, int
     return stores, conns
 
 
-def _health(connection: ServerConnection, request: Request) -> Response | None:
-    if request.path == "/healthz":
-        return connection.respond(200, "ok\n")
-    return None
+def _health_of(hub: Hub) -> Callable[[ServerConnection, Request], Response | None]:
+    """``/healthz`` on the WebSocket port (what load balancers probe): ``ok`` while the
+    relay serves; with PostgreSQL, ``503`` while the node's LISTEN connection is down (the
+    database is unreachable: no blocking query on this path)."""
+
+    def health(connection: ServerConnection, request: Request) -> Response | None:
+        if request.path == "/healthz":
+            if hub.database is not None and not hub.listening:
+                return connection.respond(503, "database unavailable\n")
+            return connection.respond(200, "ok\n")
+        return None
+
+    return health
 
 
 async def run_relay(
@@ -188,13 +235,35 @@ async def run_relay(
     """Serve until cancelled, or until SIGINT/SIGTERM when ``handle_signals``."""
     config.check()
     reactor_handler = config.reactor_handler()
-    config.max_open_stores, conns = fit_open_files(
-        config.max_open_stores, config.max_connections + config.max_unauthenticated
+    # PostgreSQL stores cost no file descriptors (connections are pooled).
+    stores, conns = fit_open_files(
+        0 if config.database else config.max_open_stores,
+        config.max_connections + config.max_unauthenticated,
     )
+    if config.database is None:
+        config.max_open_stores = stores
     if conns < config.max_connections + config.max_unauthenticated:
         share = conns / (config.max_connections + config.max_unauthenticated)
         config.max_connections = max(1, int(config.max_connections * share))
         config.max_unauthenticated = max(1, int(config.max_unauthenticated * share))
+    if config.database is not None:
+        from .pg_store import HEADS_CHANNEL, PgDatabase
+
+        db = await trio.to_thread.run_sync(
+            functools.partial(
+                PgDatabase,
+                config.database,
+                max_size=config.database_pool_size,
+                timeout=10.0,
+                notify_channel=HEADS_CHANNEL,
+            )
+        )
+        try:
+            await _serve(config, reactor_handler, task_status, handle_signals, db)
+        finally:
+            await trio.to_thread.run_sync(db.close)
+        return
+    assert config.data_dir is not None
     layout = DataDir(config.data_dir)
     try:
         layout.create()  # owner-only
@@ -206,7 +275,7 @@ async def run_relay(
         f"another relay serves {config.data_dir}; stop it first, or give this relay its own "
         "--data-dir",
     ):
-        await _serve(config, reactor_handler, task_status, handle_signals)
+        await _serve(config, reactor_handler, task_status, handle_signals, None)
 
 
 async def _serve(
@@ -214,6 +283,7 @@ async def _serve(
     reactor_handler: Any,
     task_status: trio.TaskStatus[tuple[Server, Hub]],
     handle_signals: bool,
+    db: PgDatabase | None,
 ) -> None:
     metrics = RelayMetrics()
     limits = HubLimits(
@@ -225,13 +295,27 @@ async def _serve(
         max_new_stores_per_minute=config.max_new_stores_per_minute,
         max_stores_per_subject=config.max_stores_per_subject,
     )
-    hub = Hub(config.data_dir, limits, metrics)
+    hub = Hub(None if db else config.data_dir, limits, metrics, database=db)
     metrics_server: MetricsServer | None = None
     serving = False
+
+    def healthy() -> bool:
+        """Serving, and (PostgreSQL) the database answers: 503 otherwise."""
+        if not serving:
+            return False
+        if db is None:
+            return True
+        started = time.perf_counter()
+        ok = db.ping()
+        metrics.database_up.set(1 if ok else 0)
+        if ok:
+            metrics.db_seconds.labels(op="ping").observe(time.perf_counter() - started)
+        return ok
+
     if config.metrics_port is not None:
         try:
             metrics_server = MetricsServer(
-                metrics, config.metrics_host, config.metrics_port, lambda: serving
+                metrics, config.metrics_host, config.metrics_port, healthy
             )
         except OSError as exc:
             raise CrsyncError(
@@ -245,6 +329,7 @@ async def _serve(
             metrics_server.port,
             extra={"metrics_port": metrics_server.port},
         )
+    db_url = config.database
     settings = RelaySettings(
         secret=None if config.dev else config.secret,
         max_frame=config.max_frame,
@@ -273,6 +358,8 @@ async def _serve(
         with signals_cm as signals:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(hub.reaper)
+                if db is not None:
+                    await nursery.start(hub.follow_heads)
                 if reactor_handler is not None:
                     from .reactor import ReactorManager
 
@@ -304,18 +391,18 @@ async def _serve(
                         # pages always send Origin; programs do not), so that a page the
                         # developer visits cannot read or write local stores.
                         origins=[None] if config.dev else None,
-                        process_request=_health,
+                        process_request=_health_of(hub),
                         compression=None,
                     )
                 )
                 ports = sorted({lst.socket.getsockname()[1] for lst in server.listeners})
                 log.info(
-                    "relay.listening host=%s port=%s tls=%s dev=%s data_dir=%s",
+                    "relay.listening host=%s port=%s tls=%s dev=%s %s",
                     config.host,
                     ports[0] if ports else config.port,
                     config.tls_cert is not None,
                     config.dev,
-                    config.data_dir,
+                    f"database={redact_url(db_url)}" if db_url else f"data_dir={config.data_dir}",
                     extra={"port": ports[0] if ports else config.port},
                 )
                 serving = True

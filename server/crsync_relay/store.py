@@ -26,10 +26,10 @@ from typing import Any
 
 import attrs
 
-from crsync.change import SENTINEL, Change
+from crsync.change import SENTINEL, Change, make_change
 from crsync.errors import CrsyncError, InvalidChangeError, PackError
-from crsync.merge_rules import MERGE_VERSION, RowState, apply_change
-from crsync.pack import SqlValue, unpack_pk
+from crsync.merge_rules import MERGE_VERSION, RowState, all_fresh_cells, apply_change
+from crsync.pack import SqlValue, small_int_key, unpack_pk
 from crsync.protocol import TableSchema, quote
 
 from .datadir import create_owner_only
@@ -538,32 +538,29 @@ class RelayStore:
                 len(changes) - len(kept),
             )
             changes = kept
+        # Group by row, checking each distinct (table, column) once (at its first change).
         groups: dict[tuple[str, bytes], list[Change]] = {}
+        first: dict[tuple[str, str], int] = {}
         for i, c in enumerate(changes):
-            if len(c.table.encode()) > MAX_NAME or len(c.cid.encode()) > MAX_NAME:
+            tc = (c[0], c[2])
+            if tc not in first:
+                first[tc] = i
+            rk = (c[0], c[1])
+            g = groups.get(rk)
+            if g is None:
+                groups[rk] = [c]
+            else:
+                g.append(c)
+        for (table, cid), i in first.items():
+            if len(table.encode()) > MAX_NAME or len(cid.encode()) > MAX_NAME:
                 raise InvalidChangeError(f"change #{i}: name longer than {MAX_NAME} bytes")
-            groups.setdefault((c.table, c.pk), []).append(c)
         schema = self.schema()
         arity = {t: len(s.pk) for t, s in schema.items()}
         if announced_only:
-            for i, c in enumerate(changes):
-                ts = schema.get(c.table)
-                if ts is None:
-                    raise InvalidChangeError(
-                        f"change #{i}: table {quote(c.table)} was not announced in a hello; "
-                        "a device announces every table it pushes"
-                    )
-                if c.cid != SENTINEL and c.cid not in ts.columns:
-                    raise InvalidChangeError(
-                        f"change #{i}: table {quote(c.table)} has no announced column "
-                        f"{quote(c.cid)}"
-                    )
-                if c.val is None and c.cid in ts.notnull:
-                    raise InvalidChangeError(
-                        f"change #{i}: table {quote(c.table)}, column {quote(c.cid)} is NOT NULL "
-                        "on every device that announced the table; no device could apply NULL"
-                    )
+            self._check_announced(changes, first, schema)
         for table, pk in groups:
+            if small_int_key(pk) is not None and arity.get(table, 1) == 1:
+                continue  # a non-negative integer: passes every check below
             try:
                 key = unpack_pk(pk)
             except PackError as exc:
@@ -608,13 +605,23 @@ class RelayStore:
             dead: list[tuple[str, bytes]] = []
             states, via_of = self._load_many(list(groups))
             for (table, pk), group in groups.items():
-                st = states.get((table, pk)) or RowState()
+                st = states.get((table, pk))
+                if st is None:
+                    if all_fresh_cells(group):  # a new row's cells: every change wins
+                        wins += len(group)
+                        rows_out += [
+                            (table, pk, c[2], c[3], c[4], c[6], 1, c[8], version, site_id)
+                            for c in group
+                        ]
+                        continue
+                    st = RowState()
                 for c in group:
                     if apply_change(st, c, {}):
                         wins += 1
                 if not st.changed:
                     continue
-                dead.append((table, pk))
+                if (table, pk) in states:
+                    dead.append((table, pk))
                 for cid, clock in st.cells.items():
                     if clock is None:
                         continue
@@ -640,6 +647,7 @@ class RelayStore:
                     rows_out.append((table, pk, SENTINEL, None, st.cl, s[2], st.cl, s[3], dbv, via))
             if dead:
                 conn.executemany("DELETE FROM relay_cells WHERE tbl = ? AND pk = ?", dead)
+            if rows_out:
                 conn.executemany(
                     "INSERT INTO relay_cells (tbl, pk, cid, val, col_version, site_id, cl, seq, "
                     "version, via) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -656,6 +664,50 @@ class RelayStore:
             if meta:
                 conn.executemany("INSERT OR REPLACE INTO relay_meta VALUES (?, ?)", meta.items())
             return head, wins
+
+    @staticmethod
+    def _check_announced(
+        changes: Sequence[Change],
+        first: Mapping[tuple[str, str], int],
+        schema: Mapping[str, TableSchema],
+    ) -> None:
+        """Refuse the first change (in push order) of a table or column no hello announced,
+        or holding NULL in a column every announcing device declares NOT NULL."""
+        bad: list[tuple[int, str]] = []
+        notnull: set[tuple[str, str]] = set()
+        for (table, cid), i in first.items():
+            ts = schema.get(table)
+            if ts is None:
+                bad.append(
+                    (
+                        i,
+                        f"change #{i}: table {quote(table)} was not announced in a hello; "
+                        "a device announces every table it pushes",
+                    )
+                )
+            elif cid != SENTINEL and cid not in ts.columns:
+                bad.append(
+                    (
+                        i,
+                        f"change #{i}: table {quote(table)} has no announced column {quote(cid)}",
+                    )
+                )
+            elif cid in ts.notnull:
+                notnull.add((table, cid))
+        if notnull:
+            for i, c in enumerate(changes):
+                if c[3] is None and (c[0], c[2]) in notnull:
+                    bad.append(
+                        (
+                            i,
+                            f"change #{i}: table {quote(c[0])}, column {quote(c[2])} is NOT "
+                            "NULL on every device that announced the table; no device could "
+                            "apply NULL",
+                        )
+                    )
+                    break
+        if bad:
+            raise InvalidChangeError(min(bad)[1])
 
     def _load_many(
         self, keys: list[tuple[str, bytes]]
@@ -737,6 +789,22 @@ class RelayStore:
                 return self._version_part(after, exclude_site, max_cells, max_bytes, head)
             if cursor >= head:
                 return Page([], head, True, None)
+            if split:
+                # A first version over the cell budget is read in parts (below, that is found
+                # only after sorting all of it by seq): counted first, on the index.
+                first = conn.execute(
+                    "SELECT min(version) FROM relay_cells WHERE version > ?", (cursor,)
+                ).fetchone()[0]
+                if first is not None and first <= head:
+                    n = conn.execute(
+                        "SELECT count(*) FROM (SELECT 1 FROM relay_cells WHERE version = ? "
+                        "LIMIT ?)",
+                        (first, max_cells + 1),
+                    ).fetchone()[0]
+                    if n > max_cells:
+                        return self._version_part(
+                            (first, "", b"", ""), exclude_site, max_cells, max_bytes, head
+                        )
             rows: list[tuple[Any, ...]] = []
             size = 0
             upto, complete = head, True
@@ -770,7 +838,7 @@ class RelayStore:
             cur.close()
             if stopped:
                 upto, complete = rows[-1][5], False
-        out = [Change(*r[:9]) for r in rows if r[9] != exclude_site]
+        out = [make_change(r[:9]) for r in rows if r[9] != exclude_site]
         return Page(out, upto, complete, None)
 
     def _version_part(
@@ -801,7 +869,7 @@ class RelayStore:
             rows.append(row)
             size += 120 + len(row[1]) + (row[10] or 0)
         cur.close()
-        out = [Change(*r[:9]) for r in rows if r[9] != exclude_site]
+        out = [make_change(r[:9]) for r in rows if r[9] != exclude_site]
         return Page(out, version, resume is None and version >= head, resume)
 
     def size_bytes(self) -> int:

@@ -16,9 +16,11 @@ EXPECTED_ROWS = [
     "| (c) merge 40,000 cells into an empty replica |",
     "| (c) merge / executemany INSERT of the same 10,000 rows into a plain table |",
     "| (d) db.changes() over 40,000 cells |",
+    "| (d) db.changes() / plain `SELECT *` + fetchall() of the same 10,000 rows |",
     "| (d) raw SQL read of the metadata joined to the table (context) |",
     "| (e) metadata bytes per replicated cell |",
     "| (f) re-merge of the same 40,000 cells (all lose) |",
+    "| (f) re-merge / executemany INSERT of the same 10,000 rows into a plain table |",
     "| (g) incremental sync, 200 rounds: changes_since + merge |",
 ]
 

@@ -9,54 +9,19 @@ fail.
 
 from __future__ import annotations
 
-import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from crsync_relay.store import RelayStore
 
-from .pg_server import PostgresUnavailable, PrivatePostgres
+from .pg_fixtures import REQUIRE_PG, pg_database, pg_server
 
-REQUIRE_PG = os.environ.get("CRSYNC_REQUIRE_PG") == "1"
+__all__ = ["REQUIRE_PG", "pg_database", "pg_server"]
 
 StoreFactory = Callable[..., Any]
-
-
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[PrivatePostgres]:
-    """A private PostgreSQL server for the session (skips where PostgreSQL is absent)."""
-    try:
-        import psycopg  # noqa: F401
-    except ImportError as exc:
-        if REQUIRE_PG:
-            raise
-        pytest.skip(f"psycopg is not installed ({exc}): pip install 'crsync[postgres]'")
-    try:
-        server = PrivatePostgres()
-    except PostgresUnavailable as exc:
-        if REQUIRE_PG:
-            pytest.fail(f"CRSYNC_REQUIRE_PG=1 but {exc}")
-        pytest.skip(str(exc))
-    try:
-        server.start()
-        yield server
-    finally:
-        server.cleanup()
-
-
-@pytest.fixture(scope="session")
-def pg_database(pg_server: PrivatePostgres) -> Iterator[Any]:
-    """A :class:`crsync_relay.pg_store.PgDatabase` on a fresh database of the server."""
-    from crsync_relay.pg_store import PgDatabase
-
-    db = PgDatabase(pg_server.create_database("crsync_store_tests"), max_size=12)
-    try:
-        yield db
-    finally:
-        db.close()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -153,7 +153,19 @@ class PrivatePostgres:
 
     def start(self) -> None:
         """Start the server (a free port the first time, the same port after) and return once
-        it accepts connections."""
+        it accepts connections.
+
+        From the main thread only: as root the server runs under ``setpriv --pdeathsig``,
+        which signals it when the *thread* that started it exits, so a server started from a
+        worker thread (``trio.to_thread``, whose idle threads exit) would stop by itself
+        seconds later."""
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError(
+                "start PrivatePostgres from the main thread (the server is signalled when the "
+                "thread that started it exits)"
+            )
         for attempt in range(3):
             if not self.port or attempt:
                 self.port = _free_port()
