@@ -35,7 +35,7 @@ import sys
 import urllib.parse
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Generic, NoReturn, TypeVar, overload
 
 import anyio
 import attrs
@@ -43,6 +43,7 @@ from anyio.abc import TaskGroup
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.uri import parse_uri
 
+from . import device_session as ds
 from . import positions, watcher
 from . import protocol as p
 from ._async_util import open_task_group
@@ -51,7 +52,6 @@ from ._sync_lock import SyncLock
 from ._task_errors import first_error, is_cancelled
 from ._websocket import Connection
 from ._websocket import connect as ws_connect
-from .change import Change
 from .database import Database, connect
 from .errors import (
     AuthError,
@@ -278,6 +278,29 @@ def _schema(db: Database) -> dict[str, p.TableSchema]:
     }
 
 
+class _FromSession(Generic[T]):
+    """A read-only attribute of :class:`Peer` that is its device session's (WIRING: the
+    positions belong to :class:`crsync.device_session.DeviceSession`)."""
+
+    def __init__(self, get: Callable[[ds.DeviceSession], T], doc: str) -> None:
+        self._get = get
+        self._name = ""
+        self.__doc__ = doc
+
+    def __set_name__(self, owner: type[Peer], name: str) -> None:
+        self._name = name
+
+    @overload
+    def __get__(self, peer: None, owner: type[Peer]) -> _FromSession[T]: ...
+    @overload
+    def __get__(self, peer: Peer, owner: type[Peer]) -> T: ...
+    def __get__(self, peer: Peer | None, owner: type[Peer]) -> T | _FromSession[T]:
+        return self if peer is None else self._get(peer._rules)
+
+    def __set__(self, peer: Peer, value: NoReturn) -> NoReturn:
+        raise AttributeError(f"Peer.{self._name} is read-only (the device session's)")
+
+
 class Peer:
     """Sync a database with a store on a relay, in the background.
 
@@ -358,7 +381,10 @@ class Peer:
         self.open_timeout = open_timeout
         self.watch_files = watch_files
         self.on_progress = on_progress
-        self.site_id = db.site_id
+        # WIRING (crsync.device_session): every sync rule lives in self._rules; this class
+        # performs its actions (docs in crsync/device_session.py).
+        self._rules = ds.DeviceSession(store, token, max_frame=max_frame, batch_cells=batch_cells)
+        self._rules.site_id = db.site_id
         self.key = f"relay:{store}"
         self.state = PeerState.STOPPED
         self.error: CrsyncError | None = None
@@ -368,30 +394,32 @@ class Peer:
         self.lock_path = path + ".crsync-sync.lock"
         self.busy_timeout = busy_timeout
         self.stats = PeerStats()
-        self.epoch = ""
-        self.push_upto = 0  # local version the relay holds everything up to
-        self.pull_upto = 0  # relay version merged here
-        self.relay_head = 0
-        self.local_sealed = 0  # last local version the pusher looked at
         self._db: Database | None = None
         self._db_lock = anyio.Lock()
         self._progress = anyio.Event()
         self._local = anyio.Event()
-        self._pongs: dict[int, int] = {}
-        self._ping_ids = 0
         self._ws: Connection | None = None
         self._send_lock = anyio.Lock()
         self._tasks_cm: Any = None
         self._tasks: TaskGroup | None = None
-        self._full_push_next = False
-        self._site_resets_refused = 0
-        self._full_push_token: str | None = None  # a site reset's full-push request
-        self._full_push_until = 0  # the local version that full push ends at
-        self._hello_schema: dict[str, p.TableSchema] = {}
         self.sync_lock = sync_lock
         self._lock: SyncLock | None = None
         self._last_data_version = -1
         self._established = False  # the current session got the relay's welcome
+
+    # WIRING: the positions are the session's (read-only here).
+    site_id = _FromSession(
+        lambda s: s.site_id, "The site id this peer syncs as (it changes when the site is reset)."
+    )
+    epoch = _FromSession(lambda s: s.epoch, "The relay store's epoch the positions belong to.")
+    push_upto = _FromSession(
+        lambda s: s.push_upto, "The local version the relay holds everything up to."
+    )
+    pull_upto = _FromSession(lambda s: s.pull_upto, "The relay version merged here.")
+    relay_head = _FromSession(lambda s: s.relay_head, "The relay's head as last heard.")
+    local_sealed = _FromSession(
+        lambda s: s.local_sealed, "The last local version a push round looked at."
+    )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -623,7 +651,7 @@ class Peer:
         head = await self._relay_head_now()
         while True:
             self._check_running()
-            if self.push_upto >= target_local and self.pull_upto >= head:
+            if self._rules.synced_to(target_local, head):  # WIRING
                 return
             await self._progress.wait()
 
@@ -654,21 +682,20 @@ class Peer:
             self._check_running()
             ws = self._ws
             if ws is not None and self.state in (PeerState.SYNCING, PeerState.SYNCED):
-                self._ping_ids += 1
-                pid = self._ping_ids
+                ping = self._rules.ping()  # WIRING
                 try:
                     async with self._send_lock:
-                        await ws.send(p.encode(p.Ping(pid)))
+                        await ws.send(p.encode(ping))
                 except ConnectionClosed:
                     await self._progress.wait()
                     continue
-                while pid not in self._pongs:
+                while (head := self._rules.pong(ping.id)) is None:
                     if self._ws is not ws:
                         break
                     self._raise_if_failed()
                     await self._progress.wait()
-                if pid in self._pongs:
-                    return self._pongs.pop(pid)
+                if head is not None:
+                    return head
                 continue
             await self._progress.wait()
 
@@ -711,6 +738,7 @@ class Peer:
                 outcome = _classify(found, self.url, self._host)
             finally:
                 self._ws = None
+                self._rules.disconnected()  # WIRING
             if outcome.kind == _RECONNECT:
                 continue
             if (
@@ -771,157 +799,140 @@ class Peer:
         async with ws_connect(
             self.url, ssl=self.ssl, max_size=self.max_frame, open_timeout=self.open_timeout
         ) as ws:
+            # WIRING: the hello and the welcome's rules are the session's.
+            rules = self._rules
             epoch, push_upto, pull_upto = await self._call(positions.load, self.key)
             # The file may have moved to a new site id since this Peer was made (a copied
             # file, reset when opened, or `crsync reset-site`): sync as that site, and push
             # every site's changes once if the reset asked for it.
-            self.site_id, self._full_push_token, site_key = await self._call(
-                positions.site_and_full_push
-            )
-            self._full_push_until = 1 << 62
+            site, full_push_token, site_key = await self._call(positions.site_and_full_push)
             schema = await self._call(_schema)
-            self._hello_schema = schema
-            hello = p.Hello(
-                p.PROTOCOL_VERSION,
-                self.store,
-                self.site_id,
-                schema,
-                pull_upto if epoch else 0,
-                epoch,
-                self.token,
-                site_key,
-            )
+            stored = ds.Stored(epoch, push_upto, pull_upto)
+            hello = rules.connect(stored, site, site_key, full_push_token, schema)
             await ws.send(p.encode(hello))
-            proto = p.PeerConnection(self.max_frame)
             with anyio.fail_after(self.open_timeout):
                 raw = await ws.recv()
-            msg = proto.receive(raw)
-            if isinstance(msg, p.Error) and msg.code == p.ErrorCode.SITE_FORBIDDEN.value:
-                await self._site_taken(msg)
-            if isinstance(msg, p.Error):
-                err = p.error_from(msg)
-                if msg.code in {c.value for c in p.FATAL_FOR_PEER}:
-                    raise _Fatal(err)
-                raise err
-            assert isinstance(msg, p.Welcome)
-            full_push = False
-            went_back = msg.epoch == epoch and msg.head < pull_upto
-            if msg.epoch != epoch or went_back:
-                # A new or reset store, or one restored from an older copy (its head is behind
-                # what we merged; the relay then serves from version 0): push everything we
-                # hold, fetch everything it has.
-                await self._call(positions.reset, self.key, msg.epoch)
-                push_upto = pull_upto = 0
-                full_push = bool(epoch) or msg.head == 0
-                if epoch:
-                    log.warning(
-                        "crsync.peer.epoch_changed store=%s old=%s new=%s head=%d went_back=%s",
-                        self.store,
-                        epoch,
-                        msg.epoch,
-                        msg.head,
-                        went_back,
-                    )
-            elif msg.acked > await self._call(lambda db: db.db_version):
-                # The relay holds more of this site's changes than the file: it was restored
-                # from a backup or copied. Writes made under this identity after the backup
-                # would be shadowed forever; continue under a new site id.
-                new = await self._call(lambda db: db.reset_site())
-                log.warning(
-                    "crsync.peer.site_reset store=%s reason=relay-acked-%d-beyond-local "
-                    "new_site=%s",
-                    self.store,
-                    msg.acked,
-                    new.hex(),
-                )
-                self.site_id = new
-                # Writes made on the restored file before this point carry the old identity:
-                # push every site's changes once so none of them is left behind.
-                self._full_push_next = True
-                raise _Reconnect("site id reset; reconnecting under the new identity")
-            elif msg.acked > push_upto:
-                push_upto = msg.acked
-                await self._call(positions.record, self.key, "push", msg.epoch, push_upto)
-            self.epoch = msg.epoch
-            self.push_upto = push_upto
-            self.pull_upto = pull_upto
-            self.relay_head = max(msg.head, pull_upto)
+            msg = rules.decode(raw)
+            local = None
+            if rules.needs_local_version(msg):
+                local = await self._call(lambda db: db.db_version)
+            await self._perform(ws, rules.handshake(msg, local))
             self.stats.connects += 1
-            self._site_resets_refused = 0
             self._ws = ws
             self.reason = None
             self._established = True
             self._set_state(PeerState.SYNCING)
             log.info(
-                "crsync.peer.connected store=%s head=%d cursor=%d", self.store, msg.head, pull_upto
+                "crsync.peer.connected store=%s head=%d cursor=%d",
+                self.store,
+                rules.relay_head,
+                rules.pull_upto,
             )
             try:
                 async with open_task_group(self._rank) as tasks:
-                    full_push = full_push or self._full_push_next or bool(self._full_push_token)
-                    tasks.start_soon(self._pusher, ws, full_push)
-                    await self._receiver(ws, proto)
+                    tasks.start_soon(self._pusher, ws)
+                    await self._receiver(ws)
                     tasks.cancel_scope.cancel()
             except ConnectionClosed as exc:
                 # A relay refusing a push sends an error frame, then closes; a send failing on
                 # the closed connection can end the session before the receiver read the frame.
                 # The refusal, not the closing, is the outcome.
-                await self._refusal_left(ws, proto, exc)
+                await self._refusal_left(ws, exc)
                 raise
 
-    async def _refusal_left(
-        self, ws: Connection, proto: p.PeerConnection, closed: BaseException
-    ) -> None:
+    async def _perform(self, ws: Connection, actions: list[ds.Action]) -> None:
+        """WIRING: do what the session asks, in order (see crsync/device_session.py)."""
+        for a in actions:
+            if isinstance(a, ds.Send):
+                await self._send(ws, a.message)
+                if isinstance(a.message, p.Push):
+                    self.stats.pushed_changes += len(a.message.changes)
+                    self.stats.pushed_units += not a.message.more
+            elif isinstance(a, ds.AwaitAck):
+                while self._rules.push_upto < a.upto:
+                    await self._progress.wait()
+            elif isinstance(a, ds.RecordPush):
+                await self._call(positions.record, self.key, "push", a.epoch, a.upto)
+            elif isinstance(a, ds.ClearFullPush):
+                await self._call(positions.clear_full_push, a.token)
+            elif isinstance(a, ds.MergeUnit):
+                await self._merge(ws, a)
+            elif isinstance(a, ds.ResetPositions):
+                await self._call(positions.reset, self.key, a.epoch)
+                if a.old_epoch:
+                    log.warning(
+                        "crsync.peer.epoch_changed store=%s old=%s new=%s head=%d went_back=%s",
+                        self.store,
+                        a.old_epoch,
+                        a.epoch,
+                        a.head,
+                        a.went_back,
+                    )
+            elif isinstance(a, ds.ResetSite):
+                new = await self._call(lambda db: db.reset_site())
+                log.warning(
+                    "crsync.peer.site_reset store=%s reason=%s new_site=%s",
+                    self.store,
+                    a.reason,
+                    new.hex(),
+                )
+                self._rules.site_reset(new)
+            elif isinstance(a, ds.Reconnect):
+                raise _Reconnect(a.reason)
+            elif isinstance(a, ds.Fail):
+                if a.fatal:
+                    raise _Fatal(a.error)
+                raise a.error
+            else:  # pragma: no cover - exhaustive over ds.Action
+                raise AssertionError(f"unexpected action {a!r}")
+
+    async def _merge(self, ws: Connection, unit: ds.MergeUnit) -> None:
+        try:
+            wins, rejected = await self._call(
+                positions.merge_and_record, unit.changes, self.key, unit.epoch, unit.upto
+            )
+        except CrsyncError as exc:
+            if sqlite_cause(exc) is not None:
+                raise  # the local file failed, not the changes: _classify decides
+            raise _Fatal(SyncError(f"cannot merge changes from the relay: {exc}")) from None
+        self.stats.received_changes += len(unit.changes)
+        self.stats.merged_wins += wins
+        self.stats.rejected_changes += rejected
+        await self._perform(ws, self._rules.merged())
+        if self.on_progress is not None:
+            try:
+                self.on_progress(self.pull_upto, self.relay_head)
+            except Exception as exc:
+                err = PeerFailedError(
+                    f"the on_progress callback raised {type(exc).__name__}: {exc}"
+                )
+                err.__cause__ = exc
+                raise _Fatal(err) from exc
+
+    async def _refusal_left(self, ws: Connection, closed: BaseException) -> None:
         """Raise the relay's refusal if the connection ended with one: an error frame still
         buffered, or a close frame whose reason is a fatal error code (code 1008)."""
         with anyio.move_on_after(1):
             try:
                 while True:
-                    msg = proto.receive(await ws.recv())
+                    msg = self._rules.decode(await ws.recv())
                     if isinstance(msg, p.Error):
-                        err = p.error_from(msg)
-                        if msg.code in {c.value for c in p.FATAL_FOR_PEER}:
-                            raise _Fatal(err) from closed
-                        raise err from closed
+                        (fail,) = self._rules.receive(msg)
+                        assert isinstance(fail, ds.Fail)
+                        if fail.fatal:
+                            raise _Fatal(fail.error) from closed
+                        raise fail.error from closed
             except ConnectionClosed:
                 pass
             except ProtocolError:
                 return
         rcvd = getattr(closed, "rcvd", None)
-        if (
-            rcvd is not None
-            and rcvd.code == 1008
-            and rcvd.reason in {c.value for c in p.FATAL_FOR_PEER}
-        ):
-            raise _Fatal(
-                p.error_from(
-                    p.Error(rcvd.reason, f"the relay closed the connection ({rcvd.reason})")
-                )
-            ) from closed
-
-    async def _site_taken(self, msg: p.Error) -> None:
-        """The relay has this site id bound to another key: another file holds this site id
-        (a copy that connected first) or someone claimed it. Continue under a new site id,
-        pushing every change once; a fresh site refused again means something else is wrong."""
-        if self._site_resets_refused >= 1:
-            raise _Fatal(ProtocolError(msg.code, msg.reason))
-        self._site_resets_refused += 1
-        new = await self._call(lambda db: db.reset_site())
-        log.warning(
-            "crsync.peer.site_reset store=%s reason=site-bound-to-another-key new_site=%s",
-            self.store,
-            new.hex(),
-        )
-        self.site_id = new
-        self._full_push_next = True
-        raise _Reconnect("site id bound to another device; reconnecting under a new site id")
+        refused = None if rcvd is None else self._rules.closed(rcvd.code, rcvd.reason)
+        if refused is not None:
+            raise _Fatal(refused.error) from closed
 
     def _update_synced(self) -> None:
-        synced = (
-            self.pull_upto >= self.relay_head
-            and self.push_upto >= self.local_sealed
-            and self._ws is not None
-        )
-        if synced:
+        if self._ws is not None and self._rules.synced:
             self._set_state(PeerState.SYNCED)
         elif self._ws is not None:
             self._set_state(PeerState.SYNCING)
@@ -932,104 +943,24 @@ class Peer:
         async with self._send_lock:
             await ws.send(p.encode(msg))
 
-    async def _pusher(self, ws: Connection, full_push: bool) -> None:
-        batch = 0
-        own = self.site_id
+    async def _pusher(self, ws: Connection) -> None:
+        rules = self._rules
         while True:
             self._local = anyio.Event()
-            sealed, changes = await self._call(lambda db, s=self.push_upto: db.changes_since(s))
+            sealed, changes = await self._call(lambda db, s=rules.push_upto: db.changes_since(s))
             # Checked after reading: a table is tracked before it is written, so changes of a
             # table tracked while connected always come with a schema that differs from the
-            # one announced. Announce it (the relay checks it) before pushing them.
-            if await self._call(_schema) != self._hello_schema:
-                raise _Reconnect("replicated schema changed")
-            if not full_push:
-                changes = [c for c in changes if c.site_id == own]
-            self.local_sealed = max(self.local_sealed, sealed)
-            if full_push:  # a reset's request is cleared when the relay acknowledges this
-                self._full_push_until = sealed
-            if changes:
-                units = p.chunk_changes(changes, self.batch_cells, self.max_frame // 2)
-                base = self.push_upto
-                for i, (unit_upto, part, more) in enumerate(units):
-                    final = i == len(units) - 1
-                    upto = sealed if final else unit_upto
-                    batch += 1
-                    await self._send(ws, p.Push(batch, base, upto, part, more))
-                    self.stats.pushed_changes += len(part)
-                    if more:
-                        continue
-                    self.stats.pushed_units += 1
-                    while self.push_upto < upto:
-                        await self._progress.wait()
-                    base = upto
-            elif sealed > self.push_upto:
-                await self._call(positions.record, self.key, "push", self.epoch, sealed)
-                self.push_upto = sealed
-            if full_push and self._full_push_token and not changes:
-                await self._call(positions.clear_full_push, self._full_push_token)
-                self._full_push_token = None
-            full_push = False
-            self._full_push_next = False
+            # one announced; the session then asks to reconnect, announcing it.
+            schema = await self._call(_schema)
+            await self._perform(ws, rules.push_round(sealed, changes, schema))  # WIRING
             self._update_synced()
             await self._local.wait()
 
-    async def _receiver(self, ws: Connection, proto: p.PeerConnection) -> None:
-        parts: list[Change] = []
+    async def _receiver(self, ws: Connection) -> None:
+        rules = self._rules
         async for raw in ws:
-            msg = proto.receive(raw)
-            if isinstance(msg, p.Error):
-                err = p.error_from(msg)
-                if msg.code in {c.value for c in p.FATAL_FOR_PEER}:
-                    raise _Fatal(err)
-                raise err
-            if isinstance(msg, p.Ack):
-                if msg.upto > self.push_upto:
-                    await self._call(positions.record, self.key, "push", self.epoch, msg.upto)
-                    if self._full_push_token and msg.upto >= self._full_push_until:
-                        await self._call(positions.clear_full_push, self._full_push_token)
-                        self._full_push_token = None
-                    self.push_upto = msg.upto
-                self.relay_head = max(self.relay_head, msg.head)
-                self._update_synced()
-            elif isinstance(msg, p.Changes):
-                if msg.base != self.pull_upto:
-                    raise ProtocolError(
-                        p.ErrorCode.UNEXPECTED.value,
-                        f"relay sent changes from version {msg.base}, expected {self.pull_upto}",
-                    )
-                parts.extend(msg.changes)
-                if msg.more:
-                    continue
-                unit, parts = parts, []
-                try:
-                    wins, rejected = await self._call(
-                        positions.merge_and_record, unit, self.key, self.epoch, msg.upto
-                    )
-                except CrsyncError as exc:
-                    if sqlite_cause(exc) is not None:
-                        raise  # the local file failed, not the changes: _classify decides
-                    raise _Fatal(SyncError(f"cannot merge changes from the relay: {exc}")) from None
-                self.pull_upto = msg.upto
-                self.relay_head = max(self.relay_head, msg.upto)
-                self.stats.received_changes += len(unit)
-                self.stats.merged_wins += wins
-                self.stats.rejected_changes += rejected
-                await self._send(ws, p.Received(msg.upto))
-                if self.on_progress is not None:
-                    try:
-                        self.on_progress(self.pull_upto, self.relay_head)
-                    except Exception as exc:
-                        err = PeerFailedError(
-                            f"the on_progress callback raised {type(exc).__name__}: {exc}"
-                        )
-                        err.__cause__ = exc
-                        raise _Fatal(err) from exc
-                self._update_synced()
-            elif isinstance(msg, p.Pong):
-                self._pongs[msg.id] = msg.head
-                self.relay_head = max(self.relay_head, msg.head)
-                self._update_synced()
+            await self._perform(ws, rules.receive(rules.decode(raw)))  # WIRING
+            self._update_synced()
 
     async def _watch(self) -> None:
         """Wake the pusher when the database files change (any connection, any process): the
