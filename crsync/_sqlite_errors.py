@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import sqlite3
 
+from .errors import CrsyncError, LocalStorageError
+
 _TRANSIENT_CODES = frozenset(
     {
         sqlite3.SQLITE_BUSY,
@@ -78,3 +80,19 @@ def error_name(exc: sqlite3.Error) -> str:
     """``SQLITE_BUSY`` and so on, or the exception's class name when SQLite gave no code."""
     name = getattr(exc, "sqlite_errorname", None)
     return name if isinstance(name, str) else type(exc).__name__
+
+
+def retry_reason(exc: Exception, failed: str) -> str:
+    """What to report while retrying ``exc``, a transient SQLite error (``"local database
+    unavailable (SQLITE_BUSY: ...)"``).
+
+    Raises:
+        CrsyncError: ``exc`` itself when it is one and retrying cannot fix it, else
+            ``LocalStorageError("<failed>: <exc>")`` (``exc`` as its cause).
+    """
+    sq = sqlite_cause(exc)
+    if sq is None or not is_transient(sq):
+        if isinstance(exc, CrsyncError):
+            raise exc
+        raise LocalStorageError(f"{failed}: {exc}") from exc
+    return f"local database unavailable ({error_name(sq)}: {sq})"

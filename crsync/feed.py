@@ -82,11 +82,7 @@ def read_table(
     are shared between the changes, not copied."""
     name = tr.info.name
     npk = tr.npk
-    cur = [c.name for c in tr.info.columns if c.name in tr.slots]
-    cbase = npk + 5
-    vbase = cbase + 4 * len(cur)
-    # (column name, index of its col_version, index of its value) per current column
-    cells = [(cid, cbase + 4 * j, vbase + j) for j, cid in enumerate(cur)]
+    cells = tr.cell_layout()
     site_of = db._site_of
     sites: dict[int, bytes] = {}
     append = out.append

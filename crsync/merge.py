@@ -251,10 +251,7 @@ def load_states(
         for k in keys:
             rows += conn.execute(tr.state_sql, k).fetchall()
     npk = tr.npk
-    names = [c.name for c in tr.info.columns if c.name in tr.slots]
-    cbase = npk + 5
-    vbase = cbase + 4 * len(names)
-    cols = [(name, cbase + 4 * j, vbase + j) for j, name in enumerate(names)]
+    cols = tr.cell_layout()
     site_of = db._site_of
     sites: dict[int, bytes] = {}
 

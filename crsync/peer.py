@@ -47,7 +47,7 @@ from . import device_session as ds
 from . import positions, watcher
 from . import protocol as p
 from ._async_util import open_task_group
-from ._sqlite_errors import causes, error_name, is_transient, sqlite_cause
+from ._sqlite_errors import causes, error_name, is_transient, retry_reason, sqlite_cause
 from ._sync_lock import SyncLock
 from ._task_errors import first_error, is_cancelled
 from ._websocket import Connection
@@ -662,12 +662,7 @@ class Peer:
             try:
                 return await self._call(lambda db: db.db_version)
             except Exception as exc:
-                sq = sqlite_cause(exc)
-                if sq is None or not is_transient(sq):
-                    if isinstance(exc, CrsyncError):
-                        raise
-                    raise LocalStorageError(f"the local database failed: {exc}") from exc
-                self.stats.last_error = f"local database unavailable ({error_name(sq)}: {sq})"
+                self.stats.last_error = retry_reason(exc, "the local database failed")
                 self.stats.retries += 1
             await anyio.sleep(random.uniform(0, delay))  # retry backoff (a timer)
             delay = min(delay * 2, self.backoff_max)

@@ -299,6 +299,17 @@ def _schema(raw: Any) -> dict[str, TableSchema]:
     return out
 
 
+def _unit(body: Mapping[str, Any]) -> tuple[int, int, list[Change], bool]:
+    """The fields a ``push`` and a ``changes`` message share: ``base``, ``upto``, the changes
+    and ``more``."""
+    return (
+        _version(body, "base"),
+        _version(body, "upto"),
+        _changes(body),
+        bool(_get(body, "more", bool)),
+    )
+
+
 def decode(
     data: bytes | bytearray | memoryview | str, max_size: int = DEFAULT_MAX_FRAME
 ) -> Message:
@@ -366,22 +377,11 @@ def _decode(data: bytes | bytearray | memoryview | str, max_size: int) -> Messag
             _version(body, "acked"),
         )
     if t == "push":
-        return Push(
-            _version(body, "batch"),
-            _version(body, "base"),
-            _version(body, "upto"),
-            _changes(body),
-            bool(_get(body, "more", bool)),
-        )
+        return Push(_version(body, "batch"), *_unit(body))
     if t == "ack":
         return Ack(_version(body, "batch"), _version(body, "upto"), _version(body, "head"))
     if t == "changes":
-        return Changes(
-            _version(body, "base"),
-            _version(body, "upto"),
-            _changes(body),
-            bool(_get(body, "more", bool)),
-        )
+        return Changes(*_unit(body))
     if t == "received":
         return Received(_version(body, "upto"))
     if t == "ping":

@@ -26,17 +26,18 @@ import threading
 import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 import trio
 
-from ._sqlite_errors import error_name, is_transient, sqlite_cause
+from ._sqlite_errors import retry_reason
 from .database import Database, connect
-from .errors import CrsyncError, LocalStorageError, PeerFailedError, PeerStoppedError
+from .errors import CrsyncError, PeerFailedError, PeerStoppedError
 from .live import RowChange
 from .peer import Peer, PeerState, check_relay_url
 
+_T = TypeVar("_T")
 log = logging.getLogger(__name__)
 
 #: How long :meth:`SyncThread.start` waits for the thread's event loop to run.
@@ -367,15 +368,7 @@ class SyncThread:
         """Call ``callback(status)`` on each change of :attr:`status` (on the sync thread, or
         through ``call_soon``). A quick A→B→A may reach it as A only. Returns a function
         that unsubscribes. Read :attr:`status` for the state before the first call."""
-        with self._lock:
-            self._state_callbacks.append(callback)
-
-        def remove() -> None:
-            with self._lock:
-                if callback in self._state_callbacks:
-                    self._state_callbacks.remove(callback)
-
-        return remove
+        return self._subscribe(self._state_callbacks, callback)
 
     def on_change(
         self, callback: Callable[[list[RowChange]], None], tables: Sequence[str] | None = None
@@ -387,13 +380,17 @@ class SyncThread:
         if not self.watch_changes:
             raise CrsyncError("on_change needs SyncThread(watch_changes=True)")
         entry = (callback, None if tables is None else frozenset(t.lower() for t in tables))
+        return self._subscribe(self._change_callbacks, entry)
+
+    def _subscribe(self, entries: list[_T], entry: _T) -> Callable[[], None]:
+        """Add ``entry`` to ``entries`` (under the lock); return the function removing it."""
         with self._lock:
-            self._change_callbacks.append(entry)
+            entries.append(entry)
 
         def remove() -> None:
             with self._lock:
-                if entry in self._change_callbacks:
-                    self._change_callbacks.remove(entry)
+                if entry in entries:
+                    entries.remove(entry)
 
         return remove
 
@@ -531,12 +528,7 @@ class SyncThread:
                     lambda: connect(self.path, check_same_thread=False, busy_timeout_ms=busy_ms)
                 )
             except Exception as exc:
-                sq = sqlite_cause(exc)
-                if sq is None or not is_transient(sq):
-                    if isinstance(exc, CrsyncError):
-                        raise
-                    raise LocalStorageError(f"cannot open {self.path}: {exc}") from exc
-                reason = f"local database unavailable ({error_name(sq)}: {sq})"
+                reason = retry_reason(exc, f"cannot open {self.path}")
             self._publish(SyncStatus(PeerState.OFFLINE, reason))
             await trio.sleep(delay)  # retry backoff (a timer)
             delay = min(delay * 2, _REOPEN_MAX)

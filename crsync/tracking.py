@@ -65,6 +65,16 @@ class Tracked:
     defaults: dict[str, SqlValue] | None = None
     upserts: dict[tuple[str, ...], str] = attrs.Factory(dict)
 
+    def cell_layout(self) -> list[tuple[str, int, int]]:
+        """Where each current column's cell sits in a row of ``read_sql`` or ``state_sql``
+        (key columns, ``cl, sd, ss, sq, dbv``, four clock fields per current column, then the
+        current values): ``(column, index of its col_version, index of its value)``, in the
+        table's column order."""
+        names = [c.name for c in self.info.columns if c.name in self.slots]
+        cbase = self.npk + 5
+        vbase = cbase + 4 * len(names)
+        return [(name, cbase + 4 * j, vbase + j) for j, name in enumerate(names)]
+
 
 def capture_script(conn: sqlite3.Connection, table: str, *, integer_keys: str | None) -> str:
     """The SQL that tracking ``table`` installs (metadata table and triggers); executes

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import importlib
 import urllib.parse
+from collections.abc import Sequence
 from types import ModuleType
 
-from crsync import MissingExtraError, UnsupportedDatabaseError
+from crsync import MissingExtraError, SchemaError, UnsupportedDatabaseError
 
 __all__ = ["is_crsync_table", "require", "sqlite_file"]
 
@@ -62,3 +63,17 @@ def sqlite_file(database: str | None, *, uri: bool, source: str, hint: str = "")
             )
         return database if database.startswith("file:") else f"file:{database}"
     return database
+
+
+def with_hints(
+    exc: SchemaError, table: str, where: str, hints: Sequence[tuple[tuple[str, ...], str]]
+) -> SchemaError:
+    """crsync's refusal ``exc`` with how to fix it in the framework's terms: each hint whose
+    words appear in the problem is added, after ``where`` (e.g. ``"in the model"``). ``exc``
+    itself when no hint applies."""
+    text = exc.problem.lower()
+    found = [hint for words, hint in hints if any(w in text for w in words)]
+    if not found:
+        return exc
+    problems = [*exc.problems, f"{where}: {'; '.join(found)}"]
+    return SchemaError(table, "; ".join(problems), problems)

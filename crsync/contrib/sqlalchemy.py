@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import crsync
 from crsync import CrsyncError, Database, SchemaError, UnsupportedDatabaseError
-from crsync.contrib import is_crsync_table, require, sqlite_file
+from crsync.contrib import is_crsync_table, require, sqlite_file, with_hints
 
 _sa = require("sqlalchemy", "sqlalchemy", "crsync.contrib.sqlalchemy")
 
@@ -191,28 +191,25 @@ def _exists(conn: sqlite3.Connection, name: str) -> bool:
     return row is not None
 
 
+_MODEL_HINTS = (
+    (
+        ("integer primary key",),
+        "give the key column default=crsync.new_id (or info={'crsync': {'integer_keys': "
+        "'app-assigned'}} on the table) so the app, not SQLite, picks ids",
+    ),
+    (("not null",), "give NOT NULL columns a server_default (mapped_column(server_default=''))"),
+    (
+        ("foreign key",),
+        "declare relationships without a database constraint (ForeignKey only in "
+        "relationship(foreign_keys=...) / primaryjoin)",
+    ),
+    (("a unique",), "use index=True instead of unique=True"),
+)
+
+
 def _with_model_hints(exc: SchemaError, table: Table) -> SchemaError:
     """crsync's refusal, with how to fix it in the model."""
-    hints = []
-    text = exc.problem.lower()
-    if "integer primary key" in text:
-        hints.append(
-            "give the key column default=crsync.new_id (or info={'crsync': {'integer_keys': "
-            "'app-assigned'}} on the table) so the app, not SQLite, picks ids"
-        )
-    if "not null" in text:
-        hints.append("give NOT NULL columns a server_default (mapped_column(server_default=''))")
-    if "foreign key" in text:
-        hints.append(
-            "declare relationships without a database constraint (ForeignKey only in "
-            "relationship(foreign_keys=...) / primaryjoin)"
-        )
-    if "a unique" in text:
-        hints.append("use index=True instead of unique=True")
-    if not hints:
-        return exc
-    problems = [*exc.problems, f"in the model: {'; '.join(hints)}"]
-    return SchemaError(table.name, "; ".join(problems), problems)
+    return with_hints(exc, table.name, "in the model", _MODEL_HINTS)
 
 
 def track_on_create(metadata: MetaData, *models: Any) -> None:

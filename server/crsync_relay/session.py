@@ -176,8 +176,10 @@ class Session:
             )
             for action in rules.page_read(page.changes, page.upto, page.resume):
                 assert isinstance(action.message, p.Changes)
-                await self.send(action.message)
+                # Counted before the send: once sent, the device may see the changes (and a
+                # scrape may follow) before this task runs again.
                 self.hub.metrics.changes_sent.inc(len(action.message.changes))
+                await self.send(action.message)
 
     async def receiver(self) -> None:
         """Handle what the peer sends until it closes."""

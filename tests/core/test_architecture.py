@@ -141,7 +141,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "triggers": _CORE | {"schema"},
     "ids": _CORE | {"schema"},
     "_gc": set(),
-    "_sqlite_errors": set(),
+    "_sqlite_errors": {"errors"},
     "_sync_lock": set(),
     "_task_errors": set(),
     "_trio_util": {"_task_errors"},

@@ -103,6 +103,9 @@ def test_two_sync_threads_on_two_files_converge_and_report_merged_rows(
     assert all(name == b.name for name in seen.threads)  # no call_soon: the sync thread
 
     b_db.conn.execute("UPDATE todos SET done = 1 WHERE id = 't1'")
+    # The local write is reported when b's engine next looks at the file, which may be after
+    # the push completes: wait for the report itself (queued before the callbacks run).
+    seen.wait(lambda ch: any(c.pk == ("t1",) and c.local for c in ch), "b's own update")
     assert b.wait_synced(TIMEOUT) and a.wait_synced(TIMEOUT)
     assert rows(a_db) == rows(b_db) == [("t1", "from a", 1, None)]
     assert a.status == SyncStatus(PeerState.SYNCED) and b.state is PeerState.SYNCED

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import crsync
 from crsync import CrsyncError, Database, SchemaError, UnsupportedDatabaseError
-from crsync.contrib import require, sqlite_file
+from crsync.contrib import require, sqlite_file, with_hints
 
 require("django", "django", "crsync.contrib.django")
 
@@ -161,25 +161,21 @@ def track_models(
             database.close()
 
 
+_MODEL_HINTS = (
+    (
+        ("autoincrement", "integer primary key"),
+        "give the model a key unique across devices: id = models.UUIDField("
+        "primary_key=True, default=uuid.uuid4), or models.BigIntegerField(primary_key="
+        "True, default=crsync.new_id) (Django's AutoField lets SQLite pick ids)",
+    ),
+    (("not null",), "give NOT NULL fields a db_default (Django 5.0+), or null=True"),
+    (("foreign key",), "declare ForeignKey(..., db_constraint=False)"),
+    (("a unique",), "use db_index=True instead of unique=True"),
+)
+
+
 def _with_model_hints(exc: SchemaError, model: type[Model]) -> SchemaError:
-    text = exc.problem.lower()
-    hints = []
-    if "autoincrement" in text or "integer primary key" in text:
-        hints.append(
-            "give the model a key unique across devices: id = models.UUIDField("
-            "primary_key=True, default=uuid.uuid4), or models.BigIntegerField(primary_key="
-            "True, default=crsync.new_id) (Django's AutoField lets SQLite pick ids)"
-        )
-    if "not null" in text:
-        hints.append("give NOT NULL fields a db_default (Django 5.0+), or null=True")
-    if "foreign key" in text:
-        hints.append("declare ForeignKey(..., db_constraint=False)")
-    if "a unique" in text:
-        hints.append("use db_index=True instead of unique=True")
-    if not hints:
-        return exc
-    problems = [*exc.problems, f"in {model._meta.label}: {'; '.join(hints)}"]
-    return SchemaError(exc.table, "; ".join(problems), problems)
+    return with_hints(exc, exc.table, f"in {model._meta.label}", _MODEL_HINTS)
 
 
 def _after_migrate(sender: Any, using: str = "default", **kwargs: Any) -> None:
