@@ -88,6 +88,58 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process used so far (0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU time of a process and its children (PostgreSQL's backends, nginx's worker); the
+    time of children that already exited is in the parent's cutime/cstime, not counted."""
+    total = cpu_seconds(root)
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[1]) == root:
+                total += (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+class CpuMeter:
+    """CPU seconds used, between start() and stop(), by this process (the devices), the relay
+    nodes, PostgreSQL and nginx."""
+
+    def __init__(self, pg: PrivatePostgres, cluster: Cluster) -> None:
+        self.pg = pg
+        self.cluster = cluster
+        self.before: dict[str, float] = {}
+
+    def sample(self) -> dict[str, float]:
+        nodes = sum(cpu_seconds(n.proc.pid) for n in self.cluster.nodes if n.proc is not None)
+        pg = self.pg.proc.pid if self.pg.proc is not None else 0
+        lb = self.cluster.lb.proc.pid if self.cluster.lb and self.cluster.lb.proc else 0
+        return {
+            "devices": time.process_time(),
+            "nodes": nodes,
+            "postgres": tree_cpu_seconds(pg) if pg else 0.0,
+            "nginx": tree_cpu_seconds(lb) if lb else 0.0,
+        }
+
+    def start(self) -> None:
+        self.before = self.sample()
+
+    def stop(self) -> dict[str, float]:
+        after = self.sample()
+        return {k: after[k] - self.before[k] for k in after}
+
+
 def device(path: Path) -> crsync.Database:
     db = crsync.connect(path)
     db.conn.execute(SCHEMA)
@@ -158,7 +210,9 @@ class Receiver:
 # ---------------------------------------------------------------------------- throughput
 
 
-async def throughput(url: str, work: Path, cfg: Config, tag: str) -> dict[str, float]:
+async def throughput(
+    url: str, work: Path, cfg: Config, tag: str, meter: CpuMeter
+) -> dict[str, float]:
     """Every writer inserts a row, pushes it and waits for the acknowledgement, in a loop, for
     ``cfg.seconds``; one receiver per store records when each row arrives."""
     acked: list[list[str]] = [[] for _ in range(cfg.stores)]  # acknowledged rows per store
@@ -193,10 +247,12 @@ async def throughput(url: str, work: Path, cfg: Config, tag: str) -> dict[str, f
                 k += 1
 
         started = time.perf_counter()
+        meter.start()
         async with trio.open_nursery() as nursery:
             for i, (s, db, peer) in enumerate(writers):
                 nursery.start_soon(write, i, s, db, peer)
         elapsed = time.perf_counter() - started
+        cpu = meter.stop()
         # Every receiver gets every acknowledged row of its store (bounded wait).
         with trio.fail_after(60):
             for s, rec in enumerate(receivers):
@@ -213,6 +269,8 @@ async def throughput(url: str, work: Path, cfg: Config, tag: str) -> dict[str, f
         "p99_ms": pct(samples, 0.99) * 1000,
         "samples": len(samples),
         "writers": len(writers),
+        "seconds": elapsed,
+        **{f"cpu_{k}": v for k, v in cpu.items()},
     }
 
 
@@ -393,6 +451,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cluster bench needs PostgreSQL and nginx: {exc}", file=sys.stderr)
         return 2
     started = time.perf_counter()
+    load = os.getloadavg()[0]
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="crsync-cluster-bench-") as tmp:
         work = Path(tmp)
@@ -400,7 +459,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for n in (1, 2, 3):
                 with Cluster(pg, work, f"bench_tp{n}", n, lb=True) as cl:
-                    results[f"nodes_{n}"] = trio.run(throughput, cl.url, work, cfg, f"tp{n}")
+                    meter = CpuMeter(pg, cl)
+                    results[f"nodes_{n}"] = trio.run(throughput, cl.url, work, cfg, f"tp{n}", meter)
                 print(f"{n} node(s): {results[f'nodes_{n}']}", flush=True)
             with Cluster(pg, work, "bench_paced", 2, lb=False) as cl:
                 results["paced"] = trio.run(same_vs_cross, cl.nodes, work, cfg)
@@ -413,13 +473,18 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             pg.cleanup()
     total = time.perf_counter() - started
-    write_report(ns.output, results, cfg, ns.quick, total)
+    write_report(ns.output, results, cfg, ns.quick, total, load)
     print(f"wrote {ns.output} ({total:.0f} s)")
     return 0
 
 
 def write_report(
-    path: Path, r: dict[str, dict[str, float]], cfg: Config, quick: bool, total: float
+    path: Path,
+    r: dict[str, dict[str, float]],
+    cfg: Config,
+    quick: bool,
+    total: float,
+    load: float,
 ) -> None:
     cpus = os.cpu_count()
     lines = [
@@ -427,7 +492,8 @@ def write_report(
         "",
         f"Produced by `python bench/cluster.py{' --quick' if quick else ''}` in {total:.0f} s "
         f"on {platform.machine()}, {cpus} cores, Python {platform.python_version()}, "
-        f"{platform.system()} {platform.release()}.",
+        f"{platform.system()} {platform.release()}; load average {load:.1f} at the start "
+        "(other work shares the machine).",
         "",
         f"Everything runs on these {cpus} cores: PostgreSQL (private, default settings, "
         "`synchronous_commit` on), nginx (one worker), every relay node, and every device "
@@ -452,6 +518,19 @@ def write_report(
             f"| {n} | {x['pushes_per_s']:.0f} | {x['p50_ms']:.1f} ms | {x['p99_ms']:.1f} ms "
             f"| {x['samples']:.0f} |"
         )
+    lines += [
+        "",
+        "Where the CPU went during each run (CPU seconds per second of the run; the machine "
+        f"has {cpus} to give):",
+        "",
+        "| nodes | devices (bench process) | relay nodes | PostgreSQL | nginx | total |",
+        "|---|---|---|---|---|---|",
+    ]
+    for n in (1, 2, 3):
+        x = r[f"nodes_{n}"]
+        parts = [x[f"cpu_{k}"] / x["seconds"] for k in ("devices", "nodes", "postgres", "nginx")]
+        cells = " | ".join(f"{v:.2f}" for v in parts)
+        lines.append(f"| {n} | {cells} | {sum(parts):.2f} |")
     p = r["paced"]
     f = r["failover"]
     c = r["cost"]
