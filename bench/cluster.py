@@ -19,7 +19,7 @@ others, all on the same cores: on a small machine the figures bound what the cor
 what more nodes on more machines would. Figures go to ``bench/RESULTS-cluster.md`` (or
 ``--output``).
 
-    python bench/cluster.py            # full run (about 2 minutes)
+    python bench/cluster.py            # full run (about a minute)
     python bench/cluster.py --quick    # small sizes, for a smoke test
 """
 
