@@ -541,13 +541,20 @@ def write_report(
         / r[f"nodes_{n}"]["seconds"]
         for n in (1, 2, 3)
     )
+    pushes_all = sum(
+        r[f"nodes_{n}"]["pushes_per_s"] * r[f"nodes_{n}"]["seconds"] for n in (1, 2, 3)
+    )
+    relay_ms = sum(r[f"nodes_{n}"]["cpu_nodes"] for n in (1, 2, 3)) / pushes_all * 1000
+    pg_ms = sum(r[f"nodes_{n}"]["cpu_postgres"] for n in (1, 2, 3)) / pushes_all * 1000
     lines += [
         "",
         f"What bounds these figures: the processes of the benchmark used at most {busy:.2f} of "
         f"the {cpus} cores, and the load average ({load:.1f} at the start) shows the rest going "
         "to other work on the machine: the runs are CPU-bound. A push costs the relay nodes a "
         "few milliseconds of CPU (Python: decode, merge in a worker thread, encode, fan-out "
-        "to the other sessions of the store) and PostgreSQL about one millisecond. Extra nodes "
+        f"to the other sessions of the store; {relay_ms:.1f} ms here) and PostgreSQL "
+        f"{pg_ms:.1f} ms, both averaged over the three runs. Runs vary by some 20% from one to "
+        "the next on this shared machine. Extra nodes "
         "on the same cores bring no CPU, only more processes (each with its pool, its LISTEN "
         "connection and its own read of every batch), so throughput here does not grow with "
         "nodes and latency under load grows: nodes scale out when each has its own machine; "
