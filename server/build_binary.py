@@ -1,7 +1,7 @@
 """Build ``dist/crsync-relay``: a self-contained relay executable for hosts without Python.
 
 Usage (from the repository root, with the project's virtual environment and PyInstaller
-installed, e.g. ``pip install -e '.[binary]'``)::
+and psycopg installed, e.g. ``pip install -e '.[binary,postgres]'``)::
 
     .venv/bin/python server/build_binary.py                  # -> dist/crsync-relay
     .venv/bin/python server/build_binary.py -o /tmp/crsync-relay
@@ -11,6 +11,7 @@ build host's (build on the oldest distribution you deploy to, e.g. in the Docker
 stage)::
 
     ./crsync-relay serve --data-dir /var/lib/crsync --secret-file /etc/crsync/secret
+    ./crsync-relay serve --database postgresql://... --secret-file /etc/crsync/secret
 
 Why PyInstaller: it is the best-kept freezer for a pure-Python program (releases every few
 months, Linux/macOS/Windows, the interpreter and the compiled extensions bundled in one file
@@ -19,7 +20,9 @@ speed-up the relay does not need (it spends its time in SQLite and the network);
 shiv are no longer maintained or still need a Python on the host.
 
 The relay's modules are found by following imports from ``crsync_relay.cli`` (plus every
-``crsync_relay`` submodule, some of which the CLI imports lazily); the device side of crsync
+``crsync_relay`` submodule, some of which the CLI imports lazily, and the PostgreSQL client:
+psycopg, psycopg_pool and psycopg_binary, named explicitly since ``pg_store`` imports them
+only for ``--database``); the device side of crsync
 (``crsync.peer``, ``crsync.live`` and their file watcher ``watchfiles``) is left out. The result
 is checked before it is kept: it must answer ``--version``-like ``--help`` with an empty
 environment (no ``PATH`` to a Python, no ``PYTHON*`` variables).
@@ -28,6 +31,7 @@ environment (no ``PATH`` to a Python, no ``PYTHON*`` variables).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import shutil
 import subprocess
 import sys
@@ -43,8 +47,23 @@ from crsync_relay.cli import main
 main(prog_name="crsync-relay")
 '''
 
+# The PostgreSQL client (``serve --database``): psycopg, its pool and its C implementation.
+POSTGRES = ("psycopg", "psycopg_pool", "psycopg_binary")
+
 # Only the device side imports these; the relay must not carry them.
-EXCLUDED = ("watchfiles", "crsync.peer", "crsync.live", "tkinter", "PySide6")
+# Nor the framework integrations (crsync.contrib): a collected submodule (psycopg's) must not
+# let PyInstaller's hooks pull in Django or SQLAlchemy installed beside it.
+EXCLUDED = (
+    "watchfiles",
+    "crsync.peer",
+    "crsync.live",
+    "crsync.contrib",
+    "django",
+    "sqlalchemy",
+    "alembic",
+    "tkinter",
+    "PySide6",
+)
 
 
 def build(output: Path) -> Path:
@@ -59,6 +78,12 @@ def build(output: Path) -> Path:
         raise SystemExit(
             "build_binary.py needs PyInstaller: pip install -e '.[binary]' (or pyinstaller>=6)"
         ) from None
+    missing = [name for name in POSTGRES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise SystemExit(
+            f"build_binary.py bundles the PostgreSQL backend but {', '.join(missing)} is not "
+            "installed: pip install -e '.[binary,postgres]'"
+        )
     output = output.resolve()
     with tempfile.TemporaryDirectory(prefix="crsync-relay-build-") as tmp:
         work = Path(tmp)
@@ -86,6 +111,13 @@ def build(output: Path) -> Path:
             "--collect-submodules",
             "crsync_relay",
         ]
+        # The PostgreSQL backend: pg_store imports psycopg lazily (only for ``--database``), so
+        # the analysis that follows imports from the CLI would miss it. psycopg loads its
+        # implementation by name at run time (``psycopg_binary``: the C one, with its own libpq
+        # and OpenSSL in ``psycopg_binary.libs``): every submodule and shared library is named.
+        for name in POSTGRES:
+            args += ["--hidden-import", name, "--collect-submodules", name]
+        args += ["--collect-binaries", "psycopg_binary"]
         for name in EXCLUDED:
             args += ["--exclude-module", name]
         pyinstaller.run(args)

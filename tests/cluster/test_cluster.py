@@ -1,6 +1,7 @@
-"""Three relay nodes on one PostgreSQL behind nginx (a real WebSocket load balancer), devices
-writing to several stores at once: ``kill -9`` of a node mid-traffic and a PostgreSQL restart
-lose no acknowledged change, and everything converges within a bounded time."""
+"""Three relay nodes on one PostgreSQL behind nginx (a real WebSocket load balancer), 20 devices
+writing to 30 stores at once (every device holds two stores' files, ten stores are shared by two
+devices): ``kill -9`` of a node mid-traffic and a PostgreSQL restart lose no acknowledged
+change, and everything converges within a bounded time."""
 
 from __future__ import annotations
 
@@ -20,8 +21,11 @@ from .conftest import NodeFactory
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-STORES = 10
+STORES = 30
 DEVICES = 20
+# (device, store) pairs, one database file and one Peer each: device i holds store i % 10
+# (shared with device i +/- 10) and store 10 + i (its own): 30 stores, 40 writers.
+MEMBERS = [(i, i % 10) for i in range(DEVICES)] + [(i, 10 + i) for i in range(DEVICES)]
 FAST = {"backoff_initial": 0.05, "backoff_max": 0.5}
 CONVERGE_SECONDS = 20.0
 
@@ -65,9 +69,11 @@ async def test_nodes_behind_nginx_survive_a_node_kill_and_a_postgres_restart(
 ) -> None:
     relays = [nodes("--log-level", "info") for _ in range(3)]
     lb = balancer([r.port for r in relays])  # type: ignore[operator]
-    dbs = [open_db(tmp_path / f"dev{i}.db") for i in range(DEVICES)]
-    store_of = [f"s{i % STORES}" for i in range(DEVICES)]
-    w = Writers(DEVICES)
+    n = len(MEMBERS)
+    assert len({s for _, s in MEMBERS}) == STORES and len({d for d, _ in MEMBERS}) == DEVICES
+    dbs = [open_db(tmp_path / f"dev{d}-s{s}.db") for d, s in MEMBERS]
+    store_of = [f"s{s}" for _, s in MEMBERS]
+    w = Writers(n)
     with trio.fail_after(120):
         async with contextlib.AsyncExitStack() as stack:
             ps = [
@@ -75,9 +81,9 @@ async def test_nodes_behind_nginx_survive_a_node_kill_and_a_postgres_restart(
                 for db, s in zip(dbs, store_of, strict=True)
             ]
             async with trio.open_nursery() as nursery:
-                for i in range(DEVICES):
+                for i in range(n):
                     nursery.start_soon(w.write, i, dbs[i], ps[i])
-                await w.wait_each(5)
+                await w.wait_each(3)
                 victim = max(relays, key=lambda r: r.count(r"relay\.connect "))
                 counts = [len(a) for a in w.acked]
                 started = time.monotonic()
@@ -85,39 +91,51 @@ async def test_nodes_behind_nginx_survive_a_node_kill_and_a_postgres_restart(
                 killed_at = sum(counts)
                 await w.wait_beyond(counts)
                 failover = time.monotonic() - started
-                await w.wait_each(12)  # every device acknowledged writes after the kill
+                await w.wait_each(7)  # every writer acknowledged writes after the kill
                 await trio.to_thread.run_sync(pg_server.stop)
                 pg_server.start()  # main thread: see PrivatePostgres.start (blocks briefly)
-                await w.wait_each(18)  # and after the PostgreSQL restart
+                await w.wait_each(11)  # and after the PostgreSQL restart
                 w.stop.set()
             written_at = time.monotonic()
             assert sum(len(a) for a in w.acked) > killed_at
             assert any(p.stats.connects >= 2 for p in ps), "nobody was on the killed node"
             # Convergence: every device of a store holds what every device of it wrote.
+            # Two rounds, every peer at once: the second starts once every push of the first
+            # is acknowledged, so it pulls what the others pushed.
             for _ in range(2):
-                for p in ps:
-                    await p.wait_synced()
+                async with trio.open_nursery() as nursery:
+                    for p in ps:
+                        nursery.start_soon(p.wait_synced)
             converged = time.monotonic() - written_at
     print(f"failover {failover:.2f} s; converged {converged:.2f} s after the last write")
     assert failover < CONVERGE_SECONDS
     assert converged < CONVERGE_SECONDS
+    shared = 0
     for s in sorted(set(store_of)):
-        members = [i for i in range(DEVICES) if store_of[i] == s]
+        members = [i for i in range(n) if store_of[i] == s]
         first = snapshot(dbs[members[0]])
         for i in members[1:]:
+            shared += 1
             assert snapshot(dbs[i]) == first, f"devices of {s} differ"
+    assert shared == 10
     # Zero acknowledged changes lost: a fresh device of each store gets every acked row.
     survivors = [r for r in relays if r is not victim]
-    for s in sorted(set(store_of)):
+    have: dict[str, set[str]] = {}
+
+    async def fetch(s: str) -> None:
         fresh = open_db(tmp_path / f"fresh-{s}.db")
-        with trio.fail_after(30):
-            async with Peer(fresh, lb.url, store=s, **FAST) as pf:  # type: ignore[arg-type]
-                await pf.wait_synced()
-        have = {r[0] for r in fresh.conn.execute("SELECT id FROM todos")}
-        for i in range(DEVICES):
-            if store_of[i] == s:
-                lost = set(w.acked[i]) - have
-                assert not lost, f"acknowledged writes of device {i} lost: {sorted(lost)[:5]}"
+        async with Peer(fresh, lb.url, store=s, **FAST) as pf:  # type: ignore[arg-type]
+            await pf.wait_synced()
+        have[s] = {r[0] for r in fresh.conn.execute("SELECT id FROM todos")}
+        fresh.close()
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            for s in sorted(set(store_of)):
+                nursery.start_soon(fetch, s)
+    for i in range(n):
+        lost = set(w.acked[i]) - have[store_of[i]]
+        assert not lost, f"acknowledged writes of writer {MEMBERS[i]} lost: {sorted(lost)[:5]}"
     assert all(r.proc is not None and r.proc.poll() is None for r in survivors)
 
 

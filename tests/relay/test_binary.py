@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import uuid
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,13 @@ import crsync
 from crsync.peer import Peer
 
 ROOT = Path(__file__).resolve().parents[2]
+# tests/relay is not a package: the private PostgreSQL harness is imported from tests/.
+if str(ROOT / "tests") not in sys.path:
+    sys.path.insert(0, str(ROOT / "tests"))
+
+from store.pg_fixtures import pg_server  # noqa: E402, F401  (the fixture)
+from store.pg_server import PrivatePostgres  # noqa: E402
+
 BUILD = ROOT / "server" / "build_binary.py"
 
 pytestmark = pytest.mark.slow
@@ -151,5 +159,50 @@ async def test_binary_relay_syncs_a_row_between_two_databases(
         ("n1", "no Python on this host")
     ]
     assert (tmp_path / "relay-data" / "notes.store.sqlite3").is_file()
+    a.close()
+    b.close()
+
+
+@pytest.mark.e2e
+async def test_binary_relay_serves_postgres_and_syncs_a_row(
+    relay_binary: Path,
+    pg_server: PrivatePostgres,  # noqa: F811  (the fixture imported above)
+    tmp_path: Path,
+) -> None:
+    # The PostgreSQL backend is bundled too: psycopg, its pool and its C implementation
+    # (PSYCOPG_IMPL=binary makes psycopg fail rather than fall back to another one).
+    name = f"binary_{uuid.uuid4().hex[:10]}"
+    pg_server.create_database(name)
+    url = pg_server.url(name)
+    schema = "CREATE TABLE notes (id TEXT PRIMARY KEY NOT NULL, body TEXT)"
+    a = crsync.connect(tmp_path / "a.db")
+    b = crsync.connect(tmp_path / "b.db")
+    for db in (a, b):
+        db.conn.execute(schema)
+        db.track("notes")
+    a.conn.execute("INSERT INTO notes VALUES ('n1', 'stored in PostgreSQL')")
+
+    relay = RelayLauncher(
+        None,
+        database=url,
+        command=_command(relay_binary),
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "PSYCOPG_IMPL": "binary"},
+        ready_timeout=120,
+    )
+    relay.start()
+    try:
+        with trio.fail_after(60):
+            async with Peer(a, relay.url, store="notes") as pa:
+                await pa.wait_synced()
+            async with Peer(b, relay.url, store="notes") as pb:
+                await pb.wait_synced()
+    finally:
+        code = relay.stop()
+    assert code == 0, relay.log
+    assert pb.stats.received_changes == pa.stats.pushed_changes > 0
+    assert b.conn.execute("SELECT id, body FROM notes").fetchall() == [
+        ("n1", "stored in PostgreSQL")
+    ]
     a.close()
     b.close()
