@@ -61,8 +61,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
-import hmac
 import json
 import sqlite3
 import struct
@@ -79,18 +77,11 @@ from crsync.merge_rules import RowState
 from crsync.pack import SqlValue
 from crsync.protocol import TableSchema, quote
 
+from . import store_rules as rules
 from .datadir import check_store_id
-from .store import Page, PeerPosition, RelayStore
-from .store_rules import (
-    cell_size,
-    check_unit,
-    drop_reserved,
-    merge_groups,
-    plan_schema,
-    row_state,
-    take_part,
-    take_versions,
-)
+from .store import RelayStore
+from .store_api import StoreBackend
+from .store_rules import Page, PageRequest, PeerPosition, Push
 
 if TYPE_CHECKING:
     import psycopg
@@ -251,7 +242,7 @@ def _version_of(r: tuple[Any, ...]) -> int:
 
 
 def _size_of(r: tuple[Any, ...]) -> int:
-    return cell_size(r[1], r[11])
+    return rules.cell_size(r[1], r[11])
 
 
 def _change(r: tuple[Any, ...]) -> Change:
@@ -911,7 +902,7 @@ def _reconnecting(
     return call
 
 
-class PgRelayStore:
+class PgRelayStore(StoreBackend):
     """One store in a :class:`PgDatabase` (the interface of
     :class:`crsync_relay.store_api.StoreBackend`). Instances are cheap: each call borrows a
     pooled connection; any number of instances (on any number of nodes) may serve a store."""
@@ -949,6 +940,15 @@ class PgRelayStore:
         with self.db.pool.connection() as conn:
             row: tuple[Any, ...] | None = conn.execute(sql, params).fetchone()
         return row
+
+    def _store_row(self, conn: psycopg.Connection[Any], cols: str) -> tuple[Any, ...]:
+        """``cols`` of the store's row in ``stores``; the store must still exist."""
+        row = conn.execute(
+            f"SELECT {cols} FROM {_S}.stores WHERE store_id = %s", (self.store_id,)
+        ).fetchone()
+        if row is None:
+            raise PgStoreError(f"store {self.store_id!r} was removed from the database")
+        return tuple(row)
 
     def _lock_row(self, conn: psycopg.Connection[Any]) -> tuple[int, int]:
         """Lock the store's row until the transaction ends: ``(head, schema_gen)``."""
@@ -1006,11 +1006,7 @@ class PgRelayStore:
         """The union of the replicated schemas peers announced (cached per schema generation:
         one small query tells whether another node changed it)."""
         with self.db.pool.connection() as conn:
-            row = conn.execute(
-                f"SELECT schema_gen FROM {_S}.stores WHERE store_id = %s", (self.store_id,)
-            ).fetchone()
-            if row is None:
-                raise PgStoreError(f"store {self.store_id!r} was removed from the database")
+            row = self._store_row(conn, "schema_gen")
             return dict(self._schema_for(conn, int(row[0])))
 
     @_reconnecting
@@ -1020,13 +1016,13 @@ class PgRelayStore:
         new, then under the store's lock, recomputed from the committed schema (nodes that
         record announcements at once never lose one another's columns)."""
         known = self.schema()
-        problem, new = plan_schema(known, set(self._unconstrained), schema)
+        problem, new = rules.plan_schema(known, set(self._unconstrained), schema)
         if problem is not None or not new:
             return problem
         with self._tx() as conn:
             _head, gen = self._lock_row(conn)
             known = dict(self._schema_for(conn, gen))
-            problem, new = plan_schema(known, set(self._unconstrained), schema)
+            problem, new = rules.plan_schema(known, set(self._unconstrained), schema)
             if problem is not None or not new:
                 return problem
             with conn.cursor() as cur:
@@ -1117,34 +1113,26 @@ class PgRelayStore:
         return PeerPosition(site_id, int(row[0]), int(row[1]), row[2])
 
     @_reconnecting
-    def bind_site(self, site_id: bytes, site_key: bytes | None) -> str | None:
-        """Check a hello's claim to speak for ``site_id``; bind the site to its key on first
-        use (see :meth:`RelayStore.bind_site`)."""
-        digest = None if site_key is None else hashlib.sha256(site_key).digest()
+    def _key_hash(self, site_id: bytes) -> bytes | None:
         sql = f"SELECT key_hash FROM {_S}.peers WHERE store_id = %s AND site_id = %s"
         row = self._one(sql, (self.store_id, site_id))
-        bound = None if row is None or row[0] is None else bytes(row[0])
-        if bound is not None:
-            if digest is None or not hmac.compare_digest(bound, digest):
-                return (
-                    f"site id {site_id.hex()} is bound to another device's key; a device "
-                    "speaks only for its own site (a copied database gets a new site id: "
-                    "crsync reset-site)"
-                )
-            return None
-        if digest is not None:
-            with self.db.pool.connection() as conn:
-                conn.execute(
-                    f"INSERT INTO {_S}.peers (store_id, site_id, key_hash) VALUES (%s, %s, %s) "
-                    "ON CONFLICT (store_id, site_id) DO UPDATE SET key_hash = excluded.key_hash "
-                    "WHERE peers.key_hash IS NULL",
-                    (self.store_id, site_id, digest),
-                )
-                again = conn.execute(sql, (self.store_id, site_id)).fetchone()
-            assert again is not None
-            if not hmac.compare_digest(bytes(again[0]), digest):  # another node bound it first
-                return f"site id {site_id.hex()} is bound to another device's key"
-        return None
+        return None if row is None or row[0] is None else bytes(row[0])
+
+    @_reconnecting
+    def _bind_key(self, site_id: bytes, digest: bytes) -> bytes:
+        with self.db.pool.connection() as conn:
+            conn.execute(
+                f"INSERT INTO {_S}.peers (store_id, site_id, key_hash) VALUES (%s, %s, %s) "
+                "ON CONFLICT (store_id, site_id) DO UPDATE SET key_hash = excluded.key_hash "
+                "WHERE peers.key_hash IS NULL",
+                (self.store_id, site_id, digest),
+            )
+            row = conn.execute(
+                f"SELECT key_hash FROM {_S}.peers WHERE store_id = %s AND site_id = %s",
+                (self.store_id, site_id),
+            ).fetchone()
+        assert row is not None
+        return bytes(row[0])
 
     @_reconnecting
     def record_received(self, site_id: bytes, upto: int) -> None:
@@ -1234,29 +1222,10 @@ class PgRelayStore:
     # ------------------------------------------------------------------ merge
 
     @_reconnecting
-    def merge_push(
-        self,
-        site_id: bytes,
-        upto: int,
-        changes: Sequence[Change],
-        meta: Mapping[str, Any] | None = None,
-        *,
-        announced_only: bool = False,
-    ) -> tuple[int, int]:
-        """Merge a pushed unit (whole transactions) and record the peer's pushed position
-        (see :meth:`RelayStore.merge_push`: the same rules and refusals).
-
-        Committed in PostgreSQL when it returns; the store's row lock is held from the
-        version's allocation to the commit (see the module docstring).
-
-        Returns:
-            ``(head, wins)``: the relay version after the merge and how many changes won.
-
-        Raises:
-            InvalidChangeError: a change is unacceptable; nothing was stored.
-        """
-        if not changes and not meta and self.peer(site_id).pushed_upto >= upto:
-            return self.head, 0  # an empty push that tells nothing new: no write
+    def _merge(self, push: Push) -> tuple[int, int]:
+        """Committed in PostgreSQL when it returns; the store's row lock is held from the
+        version's allocation to the commit (see the module docstring)."""
+        site_id, changes = push.site_id, push.changes
         with self._tx() as conn:
             row = conn.execute(
                 f"SELECT s.head, s.schema_gen, m.data FROM {_S}.stores s LEFT JOIN {_S}.meta m "
@@ -1267,12 +1236,12 @@ class PgRelayStore:
             if row is None:
                 raise PgStoreError(f"store {self.store_id!r} was removed from the database")
             head, gen = int(row[0]), int(row[1])
-            reserved = None if row[2] is None or not announced_only else bytes(row[2])
-            changes = drop_reserved(changes, reserved, site_id)
-            groups = check_unit(changes, self._schema_for(conn, gen), announced_only)
+            reserved = None if row[2] is None or not push.announced_only else bytes(row[2])
+            changes = rules.drop_reserved(changes, reserved, site_id)
+            groups = rules.check_unit(changes, self._schema_for(conn, gen), push.announced_only)
             version = head + 1
             states, via_of, old_bytes = self._load_many(conn, list(groups))
-            merged = merge_groups(groups, states, via_of, version, site_id)
+            merged = rules.merge_groups(groups, states, via_of, version, site_id)
             dead: dict[bytes, list[bytes]] = {}
             for table, pk in merged.rewritten:
                 dead.setdefault(table.encode(), []).append(pk)
@@ -1314,10 +1283,10 @@ class PgRelayStore:
                 "VALUES (%s, %s, %s, %s) ON CONFLICT (store_id, site_id) DO UPDATE SET "
                 "pushed_upto = greatest(peers.pushed_upto, excluded.pushed_upto), "
                 "last_seen = excluded.last_seen",
-                (self.store_id, site_id, upto, time.time()),
+                (self.store_id, site_id, push.upto, time.time()),
             )
-            if meta:
-                self._set_meta(conn, meta)
+            if push.meta:
+                self._set_meta(conn, push.meta)
         return head, merged.wins
 
     def _load_many(
@@ -1352,46 +1321,19 @@ class PgRelayStore:
                 size_of[key] = size_of.get(key, 0) + _cell_bytes(
                     tbl, pk, cid_raw, None if data is None else bytes(data)
                 )
-        return {key: row_state(rows) for key, rows in rows_of.items()}, via_of, size_of
+        return {key: rules.row_state(rows) for key, rows in rows_of.items()}, via_of, size_of
 
     # ------------------------------------------------------------------ reads
 
-    def changes_since(
-        self,
-        cursor: int,
-        exclude_site: bytes | None,
-        max_cells: int = 5000,
-        max_bytes: int = 8 << 20,
-    ) -> tuple[list[Change], int, bool]:
-        """Changes of relay versions after ``cursor``, whole versions at a time (see
-        :meth:`RelayStore.changes_since`)."""
-        page = self.read_page(cursor, exclude_site, max_cells, max_bytes, split=False)
-        return page.changes, page.upto, page.complete
-
     @_reconnecting
-    def read_page(
-        self,
-        cursor: int,
-        exclude_site: bytes | None,
-        max_cells: int = 5000,
-        max_bytes: int = 8 << 20,
-        *,
-        split: bool = True,
-        after: tuple[int, str, bytes, str] | None = None,
-    ) -> Page:
-        """What a peer at ``cursor`` lacks, within a budget of cells and bytes (see
-        :meth:`RelayStore.read_page`). One REPEATABLE READ snapshot: the head and the cells
-        read are consistent; rows are streamed through a server-side cursor, never all
-        loaded."""
+    def _read(self, request: PageRequest) -> Page:
+        """One REPEATABLE READ snapshot: the head and the cells read are consistent; rows are
+        streamed through a server-side cursor, never all loaded."""
+        cursor, max_cells = request.cursor, request.max_cells
         with self._tx(snapshot=True) as conn:
-            row = conn.execute(
-                f"SELECT head FROM {_S}.stores WHERE store_id = %s", (self.store_id,)
-            ).fetchone()
-            if row is None:
-                raise PgStoreError(f"store {self.store_id!r} was removed from the database")
-            head = int(row[0])
-            if after is not None:
-                return self._version_part(conn, after, exclude_site, max_cells, max_bytes, head)
+            head = int(self._store_row(conn, "head")[0])
+            if request.after is not None:
+                return self._version_part(conn, request, request.after, head)
             if cursor >= head:
                 return Page([], head, True, None)
             with conn.cursor(name="crsync_page") as cur:
@@ -1401,15 +1343,13 @@ class PgRelayStore:
                     "AND version > %s AND version <= %s ORDER BY version, seq, tbl, pk, cid",
                     (self.store_id, cursor, head),
                 )
-                rows, stopped, in_parts = take_versions(
-                    cur, _version_of, _size_of, max_cells, max_bytes, split
+                rows, stopped, in_parts = rules.take_versions(
+                    cur, _version_of, _size_of, max_cells, request.max_bytes, request.split
                 )
             if in_parts is not None:
-                return self._version_part(
-                    conn, (in_parts, "", b"", ""), exclude_site, max_cells, max_bytes, head
-                )
+                return self._version_part(conn, request, (in_parts, "", b"", ""), head)
             upto, complete = (rows[-1][6], False) if stopped else (head, True)
-        out = [_change(r) for r in rows if r[10] != exclude_site]
+        out = [_change(r) for r in rows if r[10] != request.exclude_site]
         return Page(out, upto, complete, None)
 
     @_reconnecting
@@ -1421,12 +1361,7 @@ class PgRelayStore:
         ``(changes, vias, upto, head)``. Over the budget: nothing (``([], [], cursor, head)``):
         sessions then read from the database themselves."""
         with self._tx(snapshot=True) as conn:
-            row = conn.execute(
-                f"SELECT head FROM {_S}.stores WHERE store_id = %s", (self.store_id,)
-            ).fetchone()
-            if row is None:
-                raise PgStoreError(f"store {self.store_id!r} was removed from the database")
-            head = int(row[0])
+            head = int(self._store_row(conn, "head")[0])
             if cursor >= head:
                 return [], [], head, head
             rows = conn.execute(
@@ -1443,30 +1378,28 @@ class PgRelayStore:
     def _version_part(
         self,
         conn: psycopg.Connection[Any],
+        request: PageRequest,
         after: tuple[int, str, bytes, str],
-        exclude_site: bytes | None,
-        max_cells: int,
-        max_bytes: int,
         head: int,
     ) -> Page:
         """Cells of version ``after[0]`` past key ``after[1:]`` in key order, up to the budget
         (inside the caller's snapshot)."""
         version = after[0]
         with conn.cursor(name="crsync_part") as cur:
-            cur.itersize = min(max_cells + 1, 500)
+            cur.itersize = min(request.max_cells + 1, 500)
             cur.execute(
                 f"SELECT {_READ_COLS} FROM {_S}.cells WHERE store_id = %s AND version = %s "
                 "AND (tbl, pk, cid) > (%s, %s, %s) ORDER BY tbl, pk, cid",
                 (self.store_id, version, after[1].encode(), after[2], after[3].encode()),
             )
-            rows, more = take_part(cur, _size_of, max_cells, max_bytes)
+            rows, more = rules.take_part(cur, _size_of, request.max_cells, request.max_bytes)
         last = rows[-1] if more else None
         resume = (
             None
             if last is None
             else (version, bytes(last[0]).decode(), bytes(last[1]), bytes(last[2]).decode())
         )
-        out = [_change(r) for r in rows if r[10] != exclude_site]
+        out = [_change(r) for r in rows if r[10] != request.exclude_site]
         return Page(out, version, resume is None and version >= head, resume)
 
     # ------------------------------------------------------------------ sizes

@@ -13,36 +13,25 @@ per connection object.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import hmac
 import json
 import logging
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import attrs
-
-from crsync.change import Change, make_change
+from crsync.change import make_change
 from crsync.errors import CrsyncError
 from crsync.merge_rules import RowState
 from crsync.pack import SqlValue
 from crsync.protocol import TableSchema, quote
 
+from . import store_rules as rules
 from .datadir import create_owner_only
-from .store_rules import (
-    cell_size,
-    check_unit,
-    drop_reserved,
-    merge_groups,
-    plan_schema,
-    row_state,
-    take_part,
-    take_versions,
-)
+from .store_api import StoreBackend
+from .store_rules import Page, PageRequest, PeerPosition, Push
 
 log = logging.getLogger(__name__)
 
@@ -88,30 +77,10 @@ def _version_of(row: tuple[Any, ...]) -> int:
 
 
 def _size_of(row: tuple[Any, ...]) -> int:
-    return cell_size(row[1], row[10])
+    return rules.cell_size(row[1], row[10])
 
 
-@attrs.frozen
-class Page:
-    """One read for a peer (see :meth:`RelayStore.read_page`)."""
-
-    changes: list[Change]
-    upto: int  # the last version the page completes (or, with ``resume``, is inside of)
-    complete: bool  # nothing after ``upto`` at read time
-    resume: tuple[int, str, bytes, str] | None  # where the rest of version ``upto`` starts
-
-
-@attrs.frozen
-class PeerPosition:
-    """What the relay recorded for one peer."""
-
-    site_id: bytes
-    pushed_upto: int
-    received_upto: int
-    last_seen: float | None
-
-
-class RelayStore:
+class RelayStore(StoreBackend):
     """A store file, opened with one connection (use one instance per thread of work)."""
 
     def __init__(self, path: Path, *, create: bool = True) -> None:
@@ -185,7 +154,7 @@ class RelayStore:
         Returns:
             None if compatible, else a message naming the table and the difference.
         """
-        problem, new = plan_schema(self.schema(), self._unconstrained, schema)
+        problem, new = rules.plan_schema(self.schema(), self._unconstrained, schema)
         if problem is not None or not new:
             return problem  # nothing to record: no write, no commit
         conn = self.conn
@@ -414,41 +383,22 @@ class RelayStore:
         site = self._meta("relay_site")
         return None if site is None else bytes(site)
 
-    def bind_site(self, site_id: bytes, site_key: bytes | None) -> str | None:
-        """Check a hello's claim to speak for ``site_id``; bind the site to its key on first use.
-
-        Returns:
-            None if the claim holds (or the site is not bound and no key is given: an older
-            client), else why it does not.
-        """
-        digest = None if site_key is None else hashlib.sha256(site_key).digest()
-        conn = self.conn
-        row = conn.execute(
+    def _key_hash(self, site_id: bytes) -> bytes | None:
+        row = self.conn.execute(
             "SELECT key_hash FROM relay_peers WHERE site_id = ?", (site_id,)
         ).fetchone()
-        bound = None if row is None else row[0]
-        if bound is not None:
-            if digest is None or not hmac.compare_digest(bound, digest):
-                return (
-                    f"site id {site_id.hex()} is bound to another device's key; a device "
-                    "speaks only for its own site (a copied database gets a new site id: "
-                    "crsync reset-site)"
-                )
-            return None
-        if digest is not None:
-            with self._transaction():
-                conn.execute(
-                    "INSERT INTO relay_peers (site_id, key_hash) VALUES (?, ?) ON CONFLICT "
-                    "(site_id) DO UPDATE SET key_hash = excluded.key_hash "
-                    "WHERE key_hash IS NULL",
-                    (site_id, digest),
-                )
-            again = conn.execute(
-                "SELECT key_hash FROM relay_peers WHERE site_id = ?", (site_id,)
-            ).fetchone()[0]
-            if not hmac.compare_digest(again, digest):  # another connection bound it first
-                return f"site id {site_id.hex()} is bound to another device's key"
-        return None
+        return None if row is None else row[0]
+
+    def _bind_key(self, site_id: bytes, digest: bytes) -> bytes:
+        with self._transaction():
+            self.conn.execute(
+                "INSERT INTO relay_peers (site_id, key_hash) VALUES (?, ?) ON CONFLICT "
+                "(site_id) DO UPDATE SET key_hash = excluded.key_hash WHERE key_hash IS NULL",
+                (site_id, digest),
+            )
+        bound = self._key_hash(site_id)
+        assert bound is not None
+        return bound
 
     def record_received(self, site_id: bytes, upto: int) -> None:
         """Record that a peer merged everything up to relay version ``upto`` (no write when
@@ -467,45 +417,18 @@ class RelayStore:
 
     # ------------------------------------------------------------------ merge
 
-    def merge_push(
-        self,
-        site_id: bytes,
-        upto: int,
-        changes: Sequence[Change],
-        meta: Mapping[str, Any] | None = None,
-        *,
-        announced_only: bool = False,
-    ) -> tuple[int, int]:
-        """Merge a pushed unit (whole transactions) and record the peer's pushed position.
-
-        ``meta``: ``relay_meta`` entries to set in the same transaction (a reactor's cursor).
-        ``announced_only``: refuse changes of tables or columns no hello announced (pushes
-        from peers: an honest device announces every table it pushes).
-
-        Every key is checked the way devices will apply it: no NULL, no NaN, text that is
-        valid UTF-8 (no lone surrogates), and the arity of the table's announced key. A change
-        that fails is refused with the whole unit (nothing stored): what the relay accepts,
-        devices can apply.
-
-        Durable when it returns (WAL, synchronous=FULL).
-
-        Returns:
-            ``(head, wins)``: the relay version after the merge and how many changes won.
-
-        Raises:
-            InvalidChangeError: a change is unacceptable; nothing was stored.
-        """
-        if not changes and not meta and self.peer(site_id).pushed_upto >= upto:
-            return self.head, 0  # an empty push that tells nothing new: no write
-        reserved = self._meta("relay_site") if announced_only else None
-        changes = drop_reserved(changes, reserved, site_id)
-        groups = check_unit(changes, self.schema(), announced_only)
+    def _merge(self, push: Push) -> tuple[int, int]:
+        """Durable when it returns (WAL, synchronous=FULL)."""
+        site_id, changes, meta = push.site_id, push.changes, push.meta
+        reserved = self._meta("relay_site") if push.announced_only else None
+        changes = rules.drop_reserved(changes, reserved, site_id)
+        groups = rules.check_unit(changes, self.schema(), push.announced_only)
         conn = self.conn
         with self._transaction():
             head = self.head
             version = head + 1
             states, via_of = self._load_many(list(groups))
-            merged = merge_groups(groups, states, via_of, version, site_id)
+            merged = rules.merge_groups(groups, states, via_of, version, site_id)
             dead, rows_out = merged.rewritten, merged.cells
             if dead:
                 conn.executemany("DELETE FROM relay_cells WHERE tbl = ? AND pk = ?", dead)
@@ -521,7 +444,7 @@ class RelayStore:
                 "INSERT INTO relay_peers (site_id, pushed_upto, last_seen) VALUES (?, ?, ?) "
                 "ON CONFLICT (site_id) DO UPDATE SET pushed_upto = "
                 "max(pushed_upto, excluded.pushed_upto), last_seen = excluded.last_seen",
-                (site_id, upto, time.time()),
+                (site_id, push.upto, time.time()),
             )
             if meta:
                 conn.executemany("INSERT OR REPLACE INTO relay_meta VALUES (?, ?)", meta.items())
@@ -547,53 +470,19 @@ class RelayStore:
                 ):
                     rows_of.setdefault((table, row[0]), []).append(row[1:8])
                     via_of[(table, row[0], row[1])] = row[8]
-        return {key: row_state(rows) for key, rows in rows_of.items()}, via_of
+        return {key: rules.row_state(rows) for key, rows in rows_of.items()}, via_of
 
     # ------------------------------------------------------------------ reads
 
-    def changes_since(
-        self, cursor: int, exclude: bytes | None, max_cells: int = 5000, max_bytes: int = 8 << 20
-    ) -> tuple[list[Change], int, bool]:
-        """Changes of relay versions after ``cursor``, whole versions at a time, leaving out
-        the cells site ``exclude``'s connections pushed (whatever author they claim; cells
-        stored before the pushing site was recorded fall back to their author).
-
-        Reads stop at the first version boundary past ``max_cells`` cells or ``max_bytes``
-        bytes of values and keys (rows are streamed, never all loaded); a first version larger
-        than that is read whole, being one atomic unit (see :meth:`read_page` to read it in
-        parts).
-
-        Returns:
-            ``(changes, upto, complete)``: ``upto`` is the last version fully included;
-            ``complete`` is true if nothing after ``upto`` exists (at read time).
-        """
-        page = self.read_page(cursor, exclude, max_cells, max_bytes, split=False)
-        return page.changes, page.upto, page.complete
-
-    def read_page(
-        self,
-        cursor: int,
-        exclude_site: bytes | None,
-        max_cells: int = 5000,
-        max_bytes: int = 8 << 20,
-        *,
-        split: bool = True,
-        after: tuple[int, str, bytes, str] | None = None,
-    ) -> Page:
-        """What a peer at ``cursor`` lacks, within a budget of cells and bytes.
-
-        Whole versions while they fit. A first version larger than the budget is read in
-        parts when ``split`` (memory per reader stays bounded): the page then ends inside it
-        and ``resume`` says where the next part starts (pass it as ``after``); the parts of
-        one version form one atomic unit for the receiver. ``after``: continue such a version.
-        """
+    def _read(self, request: PageRequest) -> Page:
+        cursor, max_cells = request.cursor, request.max_cells
         with self._transaction(read=True) as conn:
             head = self.head
-            if after is not None:
-                return self._version_part(after, exclude_site, max_cells, max_bytes, head)
+            if request.after is not None:
+                return self._version_part(request, request.after, head)
             if cursor >= head:
                 return Page([], head, True, None)
-            if split:
+            if request.split:
                 # A first version over the cell budget is read in parts (below, that is found
                 # only after sorting all of it by seq): counted first, on the index.
                 first = conn.execute(
@@ -606,34 +495,25 @@ class RelayStore:
                         (first, max_cells + 1),
                     ).fetchone()[0]
                     if n > max_cells:
-                        return self._version_part(
-                            (first, "", b"", ""), exclude_site, max_cells, max_bytes, head
-                        )
+                        return self._version_part(request, (first, "", b"", ""), head)
             cur = conn.execute(
                 "SELECT tbl, pk, cid, val, col_version, version, site_id, cl, seq, "
                 "coalesce(via, site_id), length(val) FROM relay_cells "
                 "WHERE version > ? AND version <= ? ORDER BY version, seq",
                 (cursor, head),
             )
-            rows, stopped, in_parts = take_versions(
-                cur, _version_of, _size_of, max_cells, max_bytes, split
+            rows, stopped, in_parts = rules.take_versions(
+                cur, _version_of, _size_of, max_cells, request.max_bytes, request.split
             )
             cur.close()
             if in_parts is not None:
-                return self._version_part(
-                    (in_parts, "", b"", ""), exclude_site, max_cells, max_bytes, head
-                )
+                return self._version_part(request, (in_parts, "", b"", ""), head)
             upto, complete = (rows[-1][5], False) if stopped else (head, True)
-        out = [make_change(r[:9]) for r in rows if r[9] != exclude_site]
+        out = [make_change(r[:9]) for r in rows if r[9] != request.exclude_site]
         return Page(out, upto, complete, None)
 
     def _version_part(
-        self,
-        after: tuple[int, str, bytes, str],
-        exclude_site: bytes | None,
-        max_cells: int,
-        max_bytes: int,
-        head: int,
+        self, request: PageRequest, after: tuple[int, str, bytes, str], head: int
     ) -> Page:
         """Cells of version ``after[0]`` past key ``after[1:]`` (in primary-key order, which the
         version index gives), up to the budget (inside the caller's read transaction)."""
@@ -644,10 +524,10 @@ class RelayStore:
             "WHERE version = ? AND (tbl, pk, cid) > (?, ?, ?) ORDER BY tbl, pk, cid",
             after,
         )
-        rows, more = take_part(cur, _size_of, max_cells, max_bytes)
+        rows, more = rules.take_part(cur, _size_of, request.max_cells, request.max_bytes)
         cur.close()
         resume = (version, rows[-1][0], rows[-1][1], rows[-1][2]) if more else None
-        out = [make_change(r[:9]) for r in rows if r[9] != exclude_site]
+        out = [make_change(r[:9]) for r in rows if r[9] != request.exclude_site]
         return Page(out, version, resume is None and version >= head, resume)
 
     def size_bytes(self) -> int:

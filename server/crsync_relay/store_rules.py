@@ -34,6 +34,52 @@ RowKey = tuple[str, bytes]
 _T = TypeVar("_T")
 
 
+# ---------------------------------------------------------------------------- records
+
+
+@attrs.frozen
+class Page:
+    """One read for a peer (see :meth:`RelayStore.read_page`)."""
+
+    changes: list[Change]
+    upto: int  # the last version the page completes (or, with ``resume``, is inside of)
+    complete: bool  # nothing after ``upto`` at read time
+    resume: tuple[int, str, bytes, str] | None  # where the rest of version ``upto`` starts
+
+
+@attrs.frozen
+class PeerPosition:
+    """What the relay recorded for one peer."""
+
+    site_id: bytes
+    pushed_upto: int
+    received_upto: int
+    last_seen: float | None
+
+
+@attrs.frozen
+class PageRequest:
+    """A read for a peer: what :meth:`StoreBackend.read_page` was asked."""
+
+    cursor: int
+    exclude_site: bytes | None
+    max_cells: int
+    max_bytes: int
+    split: bool
+    after: tuple[int, str, bytes, str] | None
+
+
+@attrs.frozen
+class Push:
+    """A pushed unit to merge: what :meth:`StoreBackend.merge_push` was given."""
+
+    site_id: bytes
+    upto: int
+    changes: Sequence[Change]
+    meta: Mapping[str, Any] | None
+    announced_only: bool
+
+
 # ---------------------------------------------------------------------------- schema
 
 
