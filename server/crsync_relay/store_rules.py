@@ -39,7 +39,7 @@ _T = TypeVar("_T")
 
 @attrs.frozen
 class Page:
-    """One read for a peer (see :meth:`RelayStore.read_page`)."""
+    """One read for a peer (see :meth:`StoreBackend.read_page`)."""
 
     changes: list[Change]
     upto: int  # the last version the page completes (or, with ``resume``, is inside of)
