@@ -6,8 +6,9 @@ import os
 import sys
 import time
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import click
 import trio
@@ -63,130 +64,120 @@ def main() -> None:
     """The crsync relay: many stores, one process."""
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _setting(*decls: str, **attrs: Any) -> Callable[[_F], _F]:
+    """A ``serve`` option: None unless given, so that the config file and the defaults apply."""
+    return click.option(*decls, default=None, **attrs)
+
+
 @main.command()
-@click.option(
+@_setting(
     "--config",
     "config_path",
     type=click.Path(dir_okay=False),
-    default=None,
     help="TOML file with a [relay] table (keys as the long options, with _).",
 )
-@click.option("--data-dir", default=None, help="Directory holding one SQLite file per store.")
-@click.option(
+@_setting("--data-dir", help="Directory holding one SQLite file per store.")
+@_setting(
     "--database",
-    default=None,
     help="postgresql:// URL: keep every store in PostgreSQL instead of --data-dir (several "
     "relay nodes may serve the same database).",
 )
-@click.option(
+@_setting(
     "--database-pool-size",
     type=int,
-    default=None,
     help="PostgreSQL connections this node holds at most (default 16, plus one for LISTEN).",
 )
-@click.option("--host", default=None, help="Address to bind (default 127.0.0.1).")
-@click.option("--port", type=int, default=None, help="Port (default 8765; 0 picks one).")
-@click.option("--secret-file", default=None, help="File holding the token signing secret.")
-@click.option("--dev", is_flag=True, default=None, help="No authentication; loopback only.")
-@click.option("--tls-cert", default=None, help="PEM certificate chain for wss://.")
-@click.option("--tls-key", default=None, help="PEM private key for wss://.")
-@click.option("--max-frame-bytes", type=int, default=None, help="Largest accepted frame.")
-@click.option("--max-open-stores", type=int, default=None, help="Cap on open store files.")
-@click.option("--idle-seconds", type=float, default=None, help="Close stores idle this long.")
-@click.option(
+@_setting("--host", help="Address to bind (default 127.0.0.1).")
+@_setting("--port", type=int, help="Port (default 8765; 0 picks one).")
+@_setting("--secret-file", help="File holding the token signing secret.")
+@_setting("--dev", is_flag=True, help="No authentication; loopback only.")
+@_setting("--tls-cert", help="PEM certificate chain for wss://.")
+@_setting("--tls-key", help="PEM private key for wss://.")
+@_setting("--max-frame-bytes", type=int, help="Largest accepted frame.")
+@_setting("--max-open-stores", type=int, help="Cap on open store files.")
+@_setting("--idle-seconds", type=float, help="Close stores idle this long.")
+@_setting(
     "--max-connections",
     type=int,
-    default=None,
     help="Cap on open connections for the process (default 10000); more are refused as overloaded.",
 )
-@click.option(
+@_setting(
     "--max-connections-per-store",
     type=int,
-    default=None,
     help="Cap on open connections to one store (default 1000); more are refused as overloaded.",
 )
-@click.option(
+@_setting(
     "--max-store-bytes",
     type=int,
-    default=None,
     help="Quota per store, database + WAL in bytes (default 0: none); a store over it refuses "
     "pushes with quota_exceeded (pulls still work).",
 )
-@click.option(
+@_setting(
     "--max-push-cells-per-second",
     type=float,
-    default=None,
     help="Push rate per store in changed cells per second (default 0: none); faster pushes "
     "wait for their acknowledgement, other stores are unaffected.",
 )
-@click.option(
+@_setting(
     "--max-unauthenticated",
     type=int,
-    default=None,
     help="Cap on connections whose token is not checked yet (default 1000).",
 )
-@click.option(
+@_setting(
     "--max-unauthenticated-per-ip",
     type=int,
-    default=None,
     help="The same cap per client address (default 64).",
 )
-@click.option(
+@_setting(
     "--max-open-stores-per-subject",
     type=int,
-    default=None,
     help="Stores one token subject may use at once (default: a quarter of --max-open-stores).",
 )
-@click.option(
+@_setting(
     "--max-new-stores-per-minute",
     type=int,
-    default=None,
     help="Stores one token subject may create a minute (default 60; 0: no limit).",
 )
-@click.option(
+@_setting(
     "--max-stores-per-subject",
     type=int,
-    default=None,
     help="Stores one token subject may create in all (default 10000; 0: no limit).",
 )
-@click.option(
+@_setting(
     "--max-unit-bytes",
     type=int,
-    default=None,
     help="Bytes of frames one multi-part push may hold in memory (default 256 MiB).",
 )
-@click.option(
+@_setting(
     "--send-timeout",
     type=float,
-    default=None,
     help="Drop a peer that reads nothing for this many seconds (default 60).",
 )
-@click.option(
+@_setting(
     "--metrics-port",
     type=int,
-    default=None,
     help="Serve /metrics (Prometheus) and /healthz on this port (off by default).",
 )
-@click.option("--metrics-host", default=None, help="Address for --metrics-port (127.0.0.1).")
-@click.option(
+@_setting("--metrics-host", help="Address for --metrics-port (127.0.0.1).")
+@_setting(
     "--reactor",
-    default=None,
     help="Store reactor to run: module:object or path/to/file.py:object (an async function).",
 )
-@click.option(
+@_setting(
     "--reactor-stores",
-    default=None,
     help="Run the reactor only for store ids matching these comma-separated globs (default *).",
 )
-@click.option(
+@_setting(
     "--reactor-max-attempts",
     type=int,
-    default=None,
     help="Deliveries of a failing batch before it is narrowed to one relay version, and of "
     "that version before it is set aside (default 5).",
 )
-@click.option("--log-format", type=click.Choice(["text", "json"]), default=None)
-@click.option("--log-level", default=None)
+@_setting("--log-format", type=click.Choice(["text", "json"]))
+@_setting("--log-level")
 def serve(**opts: Any) -> None:
     """Serve stores over WebSocket.
 

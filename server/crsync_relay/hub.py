@@ -40,8 +40,9 @@ from crsync.protocol import ErrorCode
 from .datadir import DataDir, check_store_id
 from .metrics import RelayMetrics
 from .refusal import Refusal
-from .store import Page, RelayStore
+from .store import RelayStore
 from .store_api import StoreBackend
+from .store_rules import Page
 
 if TYPE_CHECKING:
     from .pg_store import PgDatabase
@@ -122,6 +123,14 @@ class StoreHandle:
         """Wake every session waiting for a new head."""
         self.changed.set()
         self.changed = trio.Event()
+
+    def remember(
+        self, base: int, upto: int, batch: list[Change], via: bytes | list[bytes], size: int
+    ) -> None:
+        """Keep a batch in the ring of recent ones, dropping the oldest past ``RING_BYTES``."""
+        self.recent.append((base, upto, batch, via, size))
+        while sum(e[4] for e in self.recent) > RING_BYTES:
+            self.recent.popleft()
 
 
 @attrs.frozen
@@ -539,14 +548,8 @@ class Hub:
                 return
             self.metrics.db_seconds.labels(op="fanout_read").observe(time.perf_counter() - started)
             if upto > base and h.sessions > 0:
-                h.recent.append((base, upto, batch, vias, batch_bytes(batch)))
-                while sum(e[4] for e in h.recent) > RING_BYTES:
-                    h.recent.popleft()
-            if head > h.head:
-                h.head = head
-                h.wake()
-                for listener in self.push_listeners:
-                    listener(h)
+                h.remember(base, upto, batch, vias, batch_bytes(batch))
+            self._advance(h, head)
 
     # ------------------------------------------------------------------ data
 
@@ -602,15 +605,18 @@ class Hub:
                 )
                 size = batch_bytes(batch)
                 if complete and upto_read == head and size <= RECENT_MAX_BYTES:
-                    h.recent.append((base, head, batch, site, size))
-                    while sum(e[4] for e in h.recent) > RING_BYTES:
-                        h.recent.popleft()
-            if head > h.head:
-                h.head = head
-                h.wake()
-                for listener in self.push_listeners:
-                    listener(h)
+                    h.remember(base, head, batch, site, size)
+            self._advance(h, head)
         return head, wins
+
+    def _advance(self, h: StoreHandle, head: int) -> None:
+        """A store's head moved to ``head`` (if later): wake its sessions and the
+        ``push_listeners``."""
+        if head > h.head:
+            h.head = head
+            h.wake()
+            for listener in self.push_listeners:
+                listener(h)
 
     async def _throttle(self, h: StoreHandle, cells: int) -> None:
         """Wait until the store's bucket has paid for ``cells`` (one second of burst)."""

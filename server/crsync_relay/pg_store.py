@@ -61,8 +61,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
-import hmac
 import json
 import sqlite3
 import struct
@@ -73,14 +71,17 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
-from crsync.change import SENTINEL, Change
-from crsync.errors import CrsyncError, InvalidChangeError, PackError
-from crsync.merge_rules import MERGE_VERSION, RowState, apply_change
-from crsync.pack import SqlValue, unpack_pk
+from crsync.change import Change
+from crsync.errors import CrsyncError, InvalidChangeError
+from crsync.merge_rules import RowState
+from crsync.pack import SqlValue
 from crsync.protocol import TableSchema, quote
 
+from . import store_rules as rules
 from .datadir import check_store_id
-from .store import MAX_COLUMNS, MAX_NAME, MAX_TABLES, Page, PeerPosition, RelayStore
+from .store import RelayStore
+from .store_api import StoreBackend
+from .store_rules import Page, PageRequest, PeerPosition, Push
 
 if TYPE_CHECKING:
     import psycopg
@@ -204,149 +205,6 @@ def _cell_bytes(tbl: bytes, pk: bytes, cid: bytes, data: bytes | None) -> int:
     return CELL_OVERHEAD + len(tbl) + len(pk) + len(cid) + (len(data) if data else 0)
 
 
-# ---------------------------------------------------------------------------- pure rules
-# The same checks as RelayStore.check_schema / merge_push (store.py), as pure functions.
-
-
-def plan_schema(
-    known: Mapping[str, TableSchema], unconstrained: set[str], schema: Mapping[str, TableSchema]
-) -> tuple[str | None, dict[str, TableSchema]]:
-    """What recording a peer's announced ``schema`` changes in a store that has ``known``
-    (``unconstrained``: tables recorded before constraints were announced).
-
-    Returns:
-        ``(problem, new)``: why the schema is incompatible (nothing to record then), or None
-        and the table entries to write (empty: nothing new).
-    """
-    new: dict[str, TableSchema] = {}
-    for table, s in schema.items():
-        if len(table.encode()) > MAX_NAME or any(
-            len(c.encode()) > MAX_NAME for c in (*s.pk, *s.columns)
-        ):
-            return f"a table or column name is longer than {MAX_NAME} bytes", {}
-        have = known.get(table)
-        if have is None:
-            if len(s.columns) > MAX_COLUMNS:
-                return f"table {quote(table)} announces more than {MAX_COLUMNS} columns", {}
-            new[table] = TableSchema(
-                s.pk,
-                tuple(sorted(set(s.columns))),
-                tuple(sorted(set(s.notnull) & set(s.columns))),
-                s.integer_key,
-            )
-            continue
-        if list(have.pk) != list(s.pk):
-            return (
-                f"table {quote(table)}: primary key is {list(have.pk)} in this store but "
-                f"{list(s.pk)} on this device; the schemas are incompatible"
-            ), {}
-        cols = set(have.columns) | set(s.columns)
-        legacy = table in unconstrained
-        if legacy:
-            have = TableSchema(have.pk, have.columns, s.notnull, s.integer_key)
-        notnull = tuple(sorted(set(have.notnull) & set(s.notnull) & cols))
-        intkey = have.integer_key and s.integer_key
-        if (
-            legacy
-            or cols != set(have.columns)
-            or notnull != have.notnull
-            or intkey != have.integer_key
-        ):
-            if len(cols) > MAX_COLUMNS:
-                return f"table {quote(table)} would have more than {MAX_COLUMNS} columns", {}
-            new[table] = TableSchema(have.pk, tuple(sorted(cols)), notnull, intkey)
-    if new and len(set(known) | set(new)) > MAX_TABLES:
-        return f"this store would have more than {MAX_TABLES} tables", {}
-    return None, new
-
-
-def group_changes(changes: Sequence[Change]) -> dict[tuple[str, bytes], list[Change]]:
-    """The changes of a unit by row, names checked for length."""
-    groups: dict[tuple[str, bytes], list[Change]] = {}
-    for i, c in enumerate(changes):
-        if len(c.table.encode()) > MAX_NAME or len(c.cid.encode()) > MAX_NAME:
-            raise InvalidChangeError(f"change #{i}: name longer than {MAX_NAME} bytes")
-        groups.setdefault((c.table, c.pk), []).append(c)
-    return groups
-
-
-def check_unit(
-    changes: Sequence[Change],
-    groups: Mapping[tuple[str, bytes], list[Change]],
-    schema: Mapping[str, TableSchema],
-    announced_only: bool,
-) -> None:
-    """Refuse a unit devices could not apply (see :meth:`RelayStore.merge_push`)."""
-    arity = {t: len(s.pk) for t, s in schema.items()}
-    if announced_only:
-        for i, c in enumerate(changes):
-            ts = schema.get(c.table)
-            if ts is None:
-                raise InvalidChangeError(
-                    f"change #{i}: table {quote(c.table)} was not announced in a hello; "
-                    "a device announces every table it pushes"
-                )
-            if c.cid != SENTINEL and c.cid not in ts.columns:
-                raise InvalidChangeError(
-                    f"change #{i}: table {quote(c.table)} has no announced column {quote(c.cid)}"
-                )
-            if c.val is None and c.cid in ts.notnull:
-                raise InvalidChangeError(
-                    f"change #{i}: table {quote(c.table)}, column {quote(c.cid)} is NOT NULL "
-                    "on every device that announced the table; no device could apply NULL"
-                )
-    for table, pk in groups:
-        try:
-            key = unpack_pk(pk)
-        except PackError as exc:
-            raise InvalidChangeError(f"table {quote(table)}: {exc}") from None
-        if not key or None in key:
-            raise InvalidChangeError(
-                f"table {quote(table)}: pk {pk.hex()[:64]} is empty or has NULL"
-            )
-        ts = schema.get(table)
-        if announced_only and ts is not None and ts.integer_key and type(key[0]) is not int:
-            raise InvalidChangeError(
-                f"table {quote(table)}: pk {pk.hex()[:64]} is not an integer, and every "
-                "device that announced the table keys it by its rowid (INTEGER PRIMARY KEY)"
-            )
-        for v in key:
-            if isinstance(v, float) and v != v:
-                raise InvalidChangeError(
-                    f"table {quote(table)}: pk {pk.hex()[:64]} holds NaN, which SQLite "
-                    "stores as NULL"
-                )
-            if isinstance(v, str):
-                try:
-                    v.encode("utf-8")
-                except UnicodeEncodeError:
-                    raise InvalidChangeError(
-                        f"table {quote(table)}: pk {pk.hex()[:64]} holds text that is not "
-                        "valid UTF-8"
-                    ) from None
-        n = arity.get(table)
-        if n is not None and len(key) != n:
-            raise InvalidChangeError(
-                f"table {quote(table)}: pk {pk.hex()[:64]} has {len(key)} values, the table's "
-                f"primary key has {n} columns"
-            )
-
-
-def _row_state(rows: list[tuple[Any, ...]]) -> RowState:
-    """A row's state from its cells ``(cid, val, col_version, site_id, cl, seq, version)``."""
-    cl = rows[0][4]
-    st = RowState(cl, cl % 2 == 1)
-    values: dict[str, SqlValue] = {}
-    for cid, val, cv, site, _cl, seq, version in rows:
-        if cid == SENTINEL:
-            st.sentinel = (cv, version, site, seq)
-        else:
-            st.cells[cid] = (cv, version, site, seq)
-            values[cid] = val
-    st.values = values
-    return st
-
-
 def _schema_from_rows(rows: list[tuple[Any, ...]]) -> tuple[dict[str, TableSchema], set[str]]:
     schema = {
         bytes(t).decode(): TableSchema(
@@ -377,6 +235,14 @@ _READ_COLS = (
     "tbl, pk, cid, kind, data, col_version, version, site_id, cl, seq, "
     "coalesce(via, site_id), coalesce(octet_length(data), 0)"
 )
+
+
+def _version_of(r: tuple[Any, ...]) -> int:
+    return int(r[6])
+
+
+def _size_of(r: tuple[Any, ...]) -> int:
+    return rules.cell_size(r[1], r[11])
 
 
 def _change(r: tuple[Any, ...]) -> Change:
@@ -710,37 +576,31 @@ class PgDatabase:
                             self._export_cells(sq, batch)
                             batch = []
                     self._export_cells(sq, batch)
-                sq.executemany(
-                    "INSERT INTO relay_peers (site_id, pushed_upto, received_upto, "
-                    "last_seen, key_hash) VALUES (?, ?, ?, ?, ?)",
-                    (
-                        (bytes(r[0]), r[1], r[2], r[3], None if r[4] is None else bytes(r[4]))
-                        for r in conn.execute(
-                            "SELECT site_id, pushed_upto, received_upto, last_seen, "
-                            f"key_hash FROM {_S}.peers WHERE store_id = %s",
-                            (store_id,),
-                        )
-                    ),
+
+                def copy(insert: str, select: str, row: Callable[[tuple[Any, ...]], Any]) -> None:
+                    """Rows of ``SELECT {select} WHERE store_id``, as ``row`` makes them."""
+                    rows = conn.execute(f"SELECT {select} WHERE store_id = %s", (store_id,))
+                    sq.executemany(insert, (row(r) for r in rows))
+
+                def blob(v: Any) -> bytes | None:
+                    return None if v is None else bytes(v)
+
+                copy(
+                    "INSERT INTO relay_peers (site_id, pushed_upto, received_upto, last_seen, "
+                    "key_hash) VALUES (?, ?, ?, ?, ?)",
+                    f"site_id, pushed_upto, received_upto, last_seen, key_hash FROM {_S}.peers",
+                    lambda r: (bytes(r[0]), r[1], r[2], r[3], blob(r[4])),
                 )
-                sq.executemany(
+                copy(
                     "INSERT INTO relay_schema (tbl, pk, columns, not_null, intkey) "
                     "VALUES (CAST(? AS TEXT), ?, ?, ?, ?)",
-                    (
-                        (bytes(r[0]), r[1], r[2], r[3], None if r[4] is None else int(r[4]))
-                        for r in conn.execute(
-                            "SELECT tbl, pk, columns, not_null, intkey FROM "
-                            f"{_S}.tables WHERE store_id = %s",
-                            (store_id,),
-                        )
-                    ),
+                    f"tbl, pk, columns, not_null, intkey FROM {_S}.tables",
+                    lambda r: (bytes(r[0]), r[1], r[2], r[3], None if r[4] is None else int(r[4])),
                 )
-                sq.executemany(
+                copy(
                     "INSERT INTO reactor_set_aside (base, upto, reason, at) VALUES (?, ?, ?, ?)",
-                    conn.execute(
-                        "SELECT base, upto, reason, at FROM "
-                        f"{_S}.reactor_set_aside WHERE store_id = %s",
-                        (store_id,),
-                    ).fetchall(),
+                    f"base, upto, reason, at FROM {_S}.reactor_set_aside",
+                    tuple,
                 )
             except BaseException:
                 sq.execute("ROLLBACK")
@@ -1042,7 +902,7 @@ def _reconnecting(
     return call
 
 
-class PgRelayStore:
+class PgRelayStore(StoreBackend):
     """One store in a :class:`PgDatabase` (the interface of
     :class:`crsync_relay.store_api.StoreBackend`). Instances are cheap: each call borrows a
     pooled connection; any number of instances (on any number of nodes) may serve a store."""
@@ -1080,6 +940,15 @@ class PgRelayStore:
         with self.db.pool.connection() as conn:
             row: tuple[Any, ...] | None = conn.execute(sql, params).fetchone()
         return row
+
+    def _store_row(self, conn: psycopg.Connection[Any], cols: str) -> tuple[Any, ...]:
+        """``cols`` of the store's row in ``stores``; the store must still exist."""
+        row = conn.execute(
+            f"SELECT {cols} FROM {_S}.stores WHERE store_id = %s", (self.store_id,)
+        ).fetchone()
+        if row is None:
+            raise PgStoreError(f"store {self.store_id!r} was removed from the database")
+        return tuple(row)
 
     def _lock_row(self, conn: psycopg.Connection[Any]) -> tuple[int, int]:
         """Lock the store's row until the transaction ends: ``(head, schema_gen)``."""
@@ -1137,11 +1006,7 @@ class PgRelayStore:
         """The union of the replicated schemas peers announced (cached per schema generation:
         one small query tells whether another node changed it)."""
         with self.db.pool.connection() as conn:
-            row = conn.execute(
-                f"SELECT schema_gen FROM {_S}.stores WHERE store_id = %s", (self.store_id,)
-            ).fetchone()
-            if row is None:
-                raise PgStoreError(f"store {self.store_id!r} was removed from the database")
+            row = self._store_row(conn, "schema_gen")
             return dict(self._schema_for(conn, int(row[0])))
 
     @_reconnecting
@@ -1151,13 +1016,13 @@ class PgRelayStore:
         new, then under the store's lock, recomputed from the committed schema (nodes that
         record announcements at once never lose one another's columns)."""
         known = self.schema()
-        problem, new = plan_schema(known, set(self._unconstrained), schema)
+        problem, new = rules.plan_schema(known, set(self._unconstrained), schema)
         if problem is not None or not new:
             return problem
         with self._tx() as conn:
             _head, gen = self._lock_row(conn)
             known = dict(self._schema_for(conn, gen))
-            problem, new = plan_schema(known, set(self._unconstrained), schema)
+            problem, new = rules.plan_schema(known, set(self._unconstrained), schema)
             if problem is not None or not new:
                 return problem
             with conn.cursor() as cur:
@@ -1248,34 +1113,26 @@ class PgRelayStore:
         return PeerPosition(site_id, int(row[0]), int(row[1]), row[2])
 
     @_reconnecting
-    def bind_site(self, site_id: bytes, site_key: bytes | None) -> str | None:
-        """Check a hello's claim to speak for ``site_id``; bind the site to its key on first
-        use (see :meth:`RelayStore.bind_site`)."""
-        digest = None if site_key is None else hashlib.sha256(site_key).digest()
+    def _key_hash(self, site_id: bytes) -> bytes | None:
         sql = f"SELECT key_hash FROM {_S}.peers WHERE store_id = %s AND site_id = %s"
         row = self._one(sql, (self.store_id, site_id))
-        bound = None if row is None or row[0] is None else bytes(row[0])
-        if bound is not None:
-            if digest is None or not hmac.compare_digest(bound, digest):
-                return (
-                    f"site id {site_id.hex()} is bound to another device's key; a device "
-                    "speaks only for its own site (a copied database gets a new site id: "
-                    "crsync reset-site)"
-                )
-            return None
-        if digest is not None:
-            with self.db.pool.connection() as conn:
-                conn.execute(
-                    f"INSERT INTO {_S}.peers (store_id, site_id, key_hash) VALUES (%s, %s, %s) "
-                    "ON CONFLICT (store_id, site_id) DO UPDATE SET key_hash = excluded.key_hash "
-                    "WHERE peers.key_hash IS NULL",
-                    (self.store_id, site_id, digest),
-                )
-                again = conn.execute(sql, (self.store_id, site_id)).fetchone()
-            assert again is not None
-            if not hmac.compare_digest(bytes(again[0]), digest):  # another node bound it first
-                return f"site id {site_id.hex()} is bound to another device's key"
-        return None
+        return None if row is None or row[0] is None else bytes(row[0])
+
+    @_reconnecting
+    def _bind_key(self, site_id: bytes, digest: bytes) -> bytes:
+        with self.db.pool.connection() as conn:
+            conn.execute(
+                f"INSERT INTO {_S}.peers (store_id, site_id, key_hash) VALUES (%s, %s, %s) "
+                "ON CONFLICT (store_id, site_id) DO UPDATE SET key_hash = excluded.key_hash "
+                "WHERE peers.key_hash IS NULL",
+                (self.store_id, site_id, digest),
+            )
+            row = conn.execute(
+                f"SELECT key_hash FROM {_S}.peers WHERE store_id = %s AND site_id = %s",
+                (self.store_id, site_id),
+            ).fetchone()
+        assert row is not None
+        return bytes(row[0])
 
     @_reconnecting
     def record_received(self, site_id: bytes, upto: int) -> None:
@@ -1365,29 +1222,10 @@ class PgRelayStore:
     # ------------------------------------------------------------------ merge
 
     @_reconnecting
-    def merge_push(
-        self,
-        site_id: bytes,
-        upto: int,
-        changes: Sequence[Change],
-        meta: Mapping[str, Any] | None = None,
-        *,
-        announced_only: bool = False,
-    ) -> tuple[int, int]:
-        """Merge a pushed unit (whole transactions) and record the peer's pushed position
-        (see :meth:`RelayStore.merge_push`: the same rules and refusals).
-
-        Committed in PostgreSQL when it returns; the store's row lock is held from the
-        version's allocation to the commit (see the module docstring).
-
-        Returns:
-            ``(head, wins)``: the relay version after the merge and how many changes won.
-
-        Raises:
-            InvalidChangeError: a change is unacceptable; nothing was stored.
-        """
-        if not changes and not meta and self.peer(site_id).pushed_upto >= upto:
-            return self.head, 0  # an empty push that tells nothing new: no write
+    def _merge(self, push: Push) -> tuple[int, int]:
+        """Committed in PostgreSQL when it returns; the store's row lock is held from the
+        version's allocation to the commit (see the module docstring)."""
+        site_id, changes = push.site_id, push.changes
         with self._tx() as conn:
             row = conn.execute(
                 f"SELECT s.head, s.schema_gen, m.data FROM {_S}.stores s LEFT JOIN {_S}.meta m "
@@ -1398,51 +1236,24 @@ class PgRelayStore:
             if row is None:
                 raise PgStoreError(f"store {self.store_id!r} was removed from the database")
             head, gen = int(row[0]), int(row[1])
-            reserved = None if row[2] is None or not announced_only else bytes(row[2])
-            if reserved is not None and any(c.site_id == reserved for c in changes):
-                # Changes claiming the reactor's own site: see RelayStore.merge_push.
-                changes = [c for c in changes if c.site_id != reserved]
-            groups = group_changes(changes)
-            check_unit(changes, groups, self._schema_for(conn, gen), announced_only)
+            reserved = None if row[2] is None or not push.announced_only else bytes(row[2])
+            changes = rules.drop_reserved(changes, reserved, site_id)
+            groups = rules.check_unit(changes, self._schema_for(conn, gen), push.announced_only)
             version = head + 1
-            wins = 0
-            rows_out: list[tuple[Any, ...]] = []
-            dead: dict[bytes, list[bytes]] = {}
             states, via_of, old_bytes = self._load_many(conn, list(groups))
-            freed = 0
+            merged = rules.merge_groups(groups, states, via_of, version, site_id)
+            dead: dict[bytes, list[bytes]] = {}
+            for table, pk in merged.rewritten:
+                dead.setdefault(table.encode(), []).append(pk)
+            freed = sum(old_bytes[key] for key in merged.rewritten)
             added = 0
-            for (table, pk), group in groups.items():
-                st = states.get((table, pk)) or RowState()
-                for c in group:
-                    if apply_change(st, c, {}):
-                        wins += 1
-                if not st.changed:
-                    continue
-                tbl = table.encode()
-                dead.setdefault(tbl, []).append(pk)
-                freed += old_bytes.get((table, pk), 0)
-                for cid, clock in st.cells.items():
-                    if clock is None:
-                        continue
-                    dbv = version if clock[1] == MERGE_VERSION else clock[1]
-                    kind, data = encode_value(st.values.get(cid))
-                    cid_b = cid.encode()
-                    added += _cell_bytes(tbl, pk, cid_b, data)
-                    rows_out.append(
-                        (self.store_id, tbl, pk, cid_b, kind, data, clock[0], clock[2],
-                         st.cl, clock[3], dbv,
-                         site_id if dbv == version else via_of.get((table, pk, cid)))
-                    )  # fmt: skip
-                if st.sentinel is not None:
-                    s = st.sentinel
-                    dbv = version if s[1] == MERGE_VERSION else s[1]
-                    via = site_id if dbv == version else via_of.get((table, pk, SENTINEL))
-                    added += _cell_bytes(tbl, pk, b"-1", None)
-                    rows_out.append(
-                        (self.store_id, tbl, pk, b"-1", 0, None, st.cl, s[2], st.cl, s[3],
-                         dbv, via)
-                    )  # fmt: skip
-            if dead:
+            rows_out: list[tuple[Any, ...]] = []
+            for table, pk, cid, val, *clocks, via in merged.cells:
+                tbl, cid_b = table.encode(), cid.encode()
+                kind, data = encode_value(val)
+                added += _cell_bytes(tbl, pk, cid_b, data)
+                rows_out.append((self.store_id, tbl, pk, cid_b, kind, data, *clocks, via))
+            if merged.cells or merged.rewritten:
                 for tbl, pks in dead.items():
                     conn.execute(
                         f"DELETE FROM {_S}.cells WHERE store_id = %s AND tbl = %s AND pk = ANY(%s)",
@@ -1472,11 +1283,11 @@ class PgRelayStore:
                 "VALUES (%s, %s, %s, %s) ON CONFLICT (store_id, site_id) DO UPDATE SET "
                 "pushed_upto = greatest(peers.pushed_upto, excluded.pushed_upto), "
                 "last_seen = excluded.last_seen",
-                (self.store_id, site_id, upto, time.time()),
+                (self.store_id, site_id, push.upto, time.time()),
             )
-            if meta:
-                self._set_meta(conn, meta)
-        return head, wins
+            if push.meta:
+                self._set_meta(conn, push.meta)
+        return head, merged.wins
 
     def _load_many(
         self, conn: psycopg.Connection[Any], keys: list[tuple[str, bytes]]
@@ -1510,53 +1321,21 @@ class PgRelayStore:
                 size_of[key] = size_of.get(key, 0) + _cell_bytes(
                     tbl, pk, cid_raw, None if data is None else bytes(data)
                 )
-        return {key: _row_state(rows) for key, rows in rows_of.items()}, via_of, size_of
+        return {key: rules.row_state(rows) for key, rows in rows_of.items()}, via_of, size_of
 
     # ------------------------------------------------------------------ reads
 
-    def changes_since(
-        self,
-        cursor: int,
-        exclude_site: bytes | None,
-        max_cells: int = 5000,
-        max_bytes: int = 8 << 20,
-    ) -> tuple[list[Change], int, bool]:
-        """Changes of relay versions after ``cursor``, whole versions at a time (see
-        :meth:`RelayStore.changes_since`)."""
-        page = self.read_page(cursor, exclude_site, max_cells, max_bytes, split=False)
-        return page.changes, page.upto, page.complete
-
     @_reconnecting
-    def read_page(
-        self,
-        cursor: int,
-        exclude_site: bytes | None,
-        max_cells: int = 5000,
-        max_bytes: int = 8 << 20,
-        *,
-        split: bool = True,
-        after: tuple[int, str, bytes, str] | None = None,
-    ) -> Page:
-        """What a peer at ``cursor`` lacks, within a budget of cells and bytes (see
-        :meth:`RelayStore.read_page`). One REPEATABLE READ snapshot: the head and the cells
-        read are consistent; rows are streamed through a server-side cursor, never all
-        loaded."""
+    def _read(self, request: PageRequest) -> Page:
+        """One REPEATABLE READ snapshot: the head and the cells read are consistent; rows are
+        streamed through a server-side cursor, never all loaded."""
+        cursor, max_cells = request.cursor, request.max_cells
         with self._tx(snapshot=True) as conn:
-            row = conn.execute(
-                f"SELECT head FROM {_S}.stores WHERE store_id = %s", (self.store_id,)
-            ).fetchone()
-            if row is None:
-                raise PgStoreError(f"store {self.store_id!r} was removed from the database")
-            head = int(row[0])
-            if after is not None:
-                return self._version_part(conn, after, exclude_site, max_cells, max_bytes, head)
+            head = int(self._store_row(conn, "head")[0])
+            if request.after is not None:
+                return self._version_part(conn, request, request.after, head)
             if cursor >= head:
                 return Page([], head, True, None)
-            rows: list[tuple[Any, ...]] = []
-            size = 0
-            upto, complete = head, True
-            start = 0
-            stopped = False
             with conn.cursor(name="crsync_page") as cur:
                 cur.itersize = min(max_cells + 1, 500)
                 cur.execute(
@@ -1564,29 +1343,13 @@ class PgRelayStore:
                     "AND version > %s AND version <= %s ORDER BY version, seq, tbl, pk, cid",
                     (self.store_id, cursor, head),
                 )
-                for r in cur:
-                    version = r[6]
-                    if rows and version != rows[-1][6]:
-                        if len(rows) > max_cells or size > max_bytes:
-                            stopped = True
-                            break
-                        start = len(rows)
-                    rows.append(r)
-                    size += 120 + len(r[1]) + r[11]
-                    if len(rows) > max_cells or size > max_bytes:
-                        if start > 0:
-                            del rows[start:]  # whole versions only
-                            stopped = True
-                            break
-                        if split:  # the first version alone is over the budget: in parts
-                            cur.close()
-                            return self._version_part(
-                                conn, (version, "", b"", ""), exclude_site, max_cells,
-                                max_bytes, head,
-                            )  # fmt: skip
-            if stopped:
-                upto, complete = rows[-1][6], False
-        out = [_change(r) for r in rows if r[10] != exclude_site]
+                rows, stopped, in_parts = rules.take_versions(
+                    cur, _version_of, _size_of, max_cells, request.max_bytes, request.split
+                )
+            if in_parts is not None:
+                return self._version_part(conn, request, (in_parts, "", b"", ""), head)
+            upto, complete = (rows[-1][6], False) if stopped else (head, True)
+        out = [_change(r) for r in rows if r[10] != request.exclude_site]
         return Page(out, upto, complete, None)
 
     @_reconnecting
@@ -1598,12 +1361,7 @@ class PgRelayStore:
         ``(changes, vias, upto, head)``. Over the budget: nothing (``([], [], cursor, head)``):
         sessions then read from the database themselves."""
         with self._tx(snapshot=True) as conn:
-            row = conn.execute(
-                f"SELECT head FROM {_S}.stores WHERE store_id = %s", (self.store_id,)
-            ).fetchone()
-            if row is None:
-                raise PgStoreError(f"store {self.store_id!r} was removed from the database")
-            head = int(row[0])
+            head = int(self._store_row(conn, "head")[0])
             if cursor >= head:
                 return [], [], head, head
             rows = conn.execute(
@@ -1612,7 +1370,7 @@ class PgRelayStore:
                 "LIMIT %s",
                 (self.store_id, cursor, head, max_cells + 1),
             ).fetchall()
-        size = sum(120 + len(r[1]) + r[11] for r in rows)
+        size = sum(_size_of(r) for r in rows)
         if len(rows) > max_cells or size > max_bytes:
             return [], [], cursor, head
         return [_change(r) for r in rows], [bytes(r[10]) for r in rows], head, head
@@ -1620,34 +1378,28 @@ class PgRelayStore:
     def _version_part(
         self,
         conn: psycopg.Connection[Any],
+        request: PageRequest,
         after: tuple[int, str, bytes, str],
-        exclude_site: bytes | None,
-        max_cells: int,
-        max_bytes: int,
         head: int,
     ) -> Page:
         """Cells of version ``after[0]`` past key ``after[1:]`` in key order, up to the budget
         (inside the caller's snapshot)."""
         version = after[0]
-        rows: list[tuple[Any, ...]] = []
-        size = 0
-        resume: tuple[int, str, bytes, str] | None = None
         with conn.cursor(name="crsync_part") as cur:
-            cur.itersize = min(max_cells + 1, 500)
+            cur.itersize = min(request.max_cells + 1, 500)
             cur.execute(
                 f"SELECT {_READ_COLS} FROM {_S}.cells WHERE store_id = %s AND version = %s "
                 "AND (tbl, pk, cid) > (%s, %s, %s) ORDER BY tbl, pk, cid",
                 (self.store_id, version, after[1].encode(), after[2], after[3].encode()),
             )
-            for r in cur:
-                if rows and (len(rows) >= max_cells or size >= max_bytes):
-                    last = rows[-1]
-                    resume = (version, bytes(last[0]).decode(), bytes(last[1]),
-                              bytes(last[2]).decode())  # fmt: skip
-                    break
-                rows.append(r)
-                size += 120 + len(r[1]) + r[11]
-        out = [_change(r) for r in rows if r[10] != exclude_site]
+            rows, more = rules.take_part(cur, _size_of, request.max_cells, request.max_bytes)
+        last = rows[-1] if more else None
+        resume = (
+            None
+            if last is None
+            else (version, bytes(last[0]).decode(), bytes(last[1]), bytes(last[2]).decode())
+        )
+        out = [_change(r) for r in rows if r[10] != request.exclude_site]
         return Page(out, version, resume is None and version >= head, resume)
 
     # ------------------------------------------------------------------ sizes

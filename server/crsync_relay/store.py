@@ -13,26 +13,25 @@ per connection object.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import hmac
 import json
 import logging
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import attrs
-
-from crsync.change import SENTINEL, Change, make_change
-from crsync.errors import CrsyncError, InvalidChangeError, PackError
-from crsync.merge_rules import MERGE_VERSION, RowState, all_fresh_cells, apply_change
-from crsync.pack import SqlValue, small_int_key, unpack_pk
+from crsync.change import make_change
+from crsync.errors import CrsyncError
+from crsync.merge_rules import RowState
+from crsync.pack import SqlValue
 from crsync.protocol import TableSchema, quote
 
+from . import store_rules as rules
 from .datadir import create_owner_only
+from .store_api import StoreBackend
+from .store_rules import Page, PageRequest, PeerPosition, Push
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +52,6 @@ _DDL = [
     "CREATE TABLE IF NOT EXISTS reactor_set_aside (base INTEGER PRIMARY KEY, "
     "upto INTEGER NOT NULL, reason TEXT NOT NULL, at REAL NOT NULL)",
 ]
-MAX_NAME = 2048
-MAX_TABLES = 10_000  # announced tables per store
-MAX_COLUMNS = 2_000  # announced columns per table (SQLite's own default limit)
 # Columns added after the first release: (table, column, declaration), added to older files.
 _ADDED_COLUMNS = [
     # The site of the connection that pushed the cell (the author field is only a claim):
@@ -76,27 +72,15 @@ def _read_only_uri(path: Path) -> str:
     return path.resolve().as_uri() + "?mode=ro"
 
 
-@attrs.frozen
-class Page:
-    """One read for a peer (see :meth:`RelayStore.read_page`)."""
-
-    changes: list[Change]
-    upto: int  # the last version the page completes (or, with ``resume``, is inside of)
-    complete: bool  # nothing after ``upto`` at read time
-    resume: tuple[int, str, bytes, str] | None  # where the rest of version ``upto`` starts
+def _version_of(row: tuple[Any, ...]) -> int:
+    return int(row[5])
 
 
-@attrs.frozen
-class PeerPosition:
-    """What the relay recorded for one peer."""
-
-    site_id: bytes
-    pushed_upto: int
-    received_upto: int
-    last_seen: float | None
+def _size_of(row: tuple[Any, ...]) -> int:
+    return rules.cell_size(row[1], row[10])
 
 
-class RelayStore:
+class RelayStore(StoreBackend):
     """A store file, opened with one connection (use one instance per thread of work)."""
 
     def __init__(self, path: Path, *, create: bool = True) -> None:
@@ -170,51 +154,9 @@ class RelayStore:
         Returns:
             None if compatible, else a message naming the table and the difference.
         """
-        known = self.schema()
-        new: dict[str, TableSchema] = {}
-        for table, s in schema.items():
-            if len(table.encode()) > MAX_NAME or any(
-                len(c.encode()) > MAX_NAME for c in (*s.pk, *s.columns)
-            ):
-                return f"a table or column name is longer than {MAX_NAME} bytes"
-            have = known.get(table)
-            if have is None:
-                if len(s.columns) > MAX_COLUMNS:
-                    return f"table {quote(table)} announces more than {MAX_COLUMNS} columns"
-                new[table] = TableSchema(
-                    s.pk,
-                    tuple(sorted(set(s.columns))),
-                    tuple(sorted(set(s.notnull) & set(s.columns))),
-                    s.integer_key,
-                )
-                continue
-            if list(have.pk) != list(s.pk):
-                return (
-                    f"table {quote(table)}: primary key is {list(have.pk)} in this store but "
-                    f"{list(s.pk)} on this device; the schemas are incompatible"
-                )
-            cols = set(have.columns) | set(s.columns)
-            # A constraint holds only while every announcing device declares it: what one
-            # device can store, the relay accepts (the others set it aside). A table recorded
-            # before constraints were announced takes them from its next announcement.
-            legacy = table in self._unconstrained
-            if legacy:
-                have = TableSchema(have.pk, have.columns, s.notnull, s.integer_key)
-            notnull = tuple(sorted(set(have.notnull) & set(s.notnull) & cols))
-            intkey = have.integer_key and s.integer_key
-            if (
-                legacy
-                or cols != set(have.columns)
-                or notnull != have.notnull
-                or intkey != have.integer_key
-            ):
-                if len(cols) > MAX_COLUMNS:
-                    return f"table {quote(table)} would have more than {MAX_COLUMNS} columns"
-                new[table] = TableSchema(have.pk, tuple(sorted(cols)), notnull, intkey)
-        if not new:
-            return None  # nothing to record: no write, no commit
-        if len(set(known) | set(new)) > MAX_TABLES:
-            return f"this store would have more than {MAX_TABLES} tables"
+        problem, new = rules.plan_schema(self.schema(), self._unconstrained, schema)
+        if problem is not None or not new:
+            return problem  # nothing to record: no write, no commit
         conn = self.conn
         try:
             with self._transaction():
@@ -441,41 +383,22 @@ class RelayStore:
         site = self._meta("relay_site")
         return None if site is None else bytes(site)
 
-    def bind_site(self, site_id: bytes, site_key: bytes | None) -> str | None:
-        """Check a hello's claim to speak for ``site_id``; bind the site to its key on first use.
-
-        Returns:
-            None if the claim holds (or the site is not bound and no key is given: an older
-            client), else why it does not.
-        """
-        digest = None if site_key is None else hashlib.sha256(site_key).digest()
-        conn = self.conn
-        row = conn.execute(
+    def _key_hash(self, site_id: bytes) -> bytes | None:
+        row = self.conn.execute(
             "SELECT key_hash FROM relay_peers WHERE site_id = ?", (site_id,)
         ).fetchone()
-        bound = None if row is None else row[0]
-        if bound is not None:
-            if digest is None or not hmac.compare_digest(bound, digest):
-                return (
-                    f"site id {site_id.hex()} is bound to another device's key; a device "
-                    "speaks only for its own site (a copied database gets a new site id: "
-                    "crsync reset-site)"
-                )
-            return None
-        if digest is not None:
-            with self._transaction():
-                conn.execute(
-                    "INSERT INTO relay_peers (site_id, key_hash) VALUES (?, ?) ON CONFLICT "
-                    "(site_id) DO UPDATE SET key_hash = excluded.key_hash "
-                    "WHERE key_hash IS NULL",
-                    (site_id, digest),
-                )
-            again = conn.execute(
-                "SELECT key_hash FROM relay_peers WHERE site_id = ?", (site_id,)
-            ).fetchone()[0]
-            if not hmac.compare_digest(again, digest):  # another connection bound it first
-                return f"site id {site_id.hex()} is bound to another device's key"
-        return None
+        return None if row is None else row[0]
+
+    def _bind_key(self, site_id: bytes, digest: bytes) -> bytes:
+        with self._transaction():
+            self.conn.execute(
+                "INSERT INTO relay_peers (site_id, key_hash) VALUES (?, ?) ON CONFLICT "
+                "(site_id) DO UPDATE SET key_hash = excluded.key_hash WHERE key_hash IS NULL",
+                (site_id, digest),
+            )
+        bound = self._key_hash(site_id)
+        assert bound is not None
+        return bound
 
     def record_received(self, site_id: bytes, upto: int) -> None:
         """Record that a peer merged everything up to relay version ``upto`` (no write when
@@ -494,157 +417,19 @@ class RelayStore:
 
     # ------------------------------------------------------------------ merge
 
-    def merge_push(
-        self,
-        site_id: bytes,
-        upto: int,
-        changes: Sequence[Change],
-        meta: Mapping[str, Any] | None = None,
-        *,
-        announced_only: bool = False,
-    ) -> tuple[int, int]:
-        """Merge a pushed unit (whole transactions) and record the peer's pushed position.
-
-        ``meta``: ``relay_meta`` entries to set in the same transaction (a reactor's cursor).
-        ``announced_only``: refuse changes of tables or columns no hello announced (pushes
-        from peers: an honest device announces every table it pushes).
-
-        Every key is checked the way devices will apply it: no NULL, no NaN, text that is
-        valid UTF-8 (no lone surrogates), and the arity of the table's announced key. A change
-        that fails is refused with the whole unit (nothing stored): what the relay accepts,
-        devices can apply.
-
-        Durable when it returns (WAL, synchronous=FULL).
-
-        Returns:
-            ``(head, wins)``: the relay version after the merge and how many changes won.
-
-        Raises:
-            InvalidChangeError: a change is unacceptable; nothing was stored.
-        """
-        if not changes and not meta and self.peer(site_id).pushed_upto >= upto:
-            return self.head, 0  # an empty push that tells nothing new: no write
-        reserved = self._meta("relay_site") if announced_only else None
-        if reserved is not None and any(c.site_id == reserved for c in changes):
-            # Changes claiming the reactor's own site: only the reactor writes under it. A
-            # device re-pushing what it merged from the reactor (a full push after a restore)
-            # is honest, a forged "server answer" is not, and the two look alike: neither
-            # enters the store (the reactor's own writes are there already, or it writes
-            # them again), and the rest of the unit is merged.
-            kept = [c for c in changes if c.site_id != reserved]
-            log.info(
-                "relay.push.reactor_site_ignored site=%s changes=%d",
-                site_id.hex(),
-                len(changes) - len(kept),
-            )
-            changes = kept
-        # Group by row, checking each distinct (table, column) once (at its first change).
-        groups: dict[tuple[str, bytes], list[Change]] = {}
-        first: dict[tuple[str, str], int] = {}
-        for i, c in enumerate(changes):
-            tc = (c[0], c[2])
-            if tc not in first:
-                first[tc] = i
-            rk = (c[0], c[1])
-            g = groups.get(rk)
-            if g is None:
-                groups[rk] = [c]
-            else:
-                g.append(c)
-        for (table, cid), i in first.items():
-            if len(table.encode()) > MAX_NAME or len(cid.encode()) > MAX_NAME:
-                raise InvalidChangeError(f"change #{i}: name longer than {MAX_NAME} bytes")
-        schema = self.schema()
-        arity = {t: len(s.pk) for t, s in schema.items()}
-        if announced_only:
-            self._check_announced(changes, first, schema)
-        for table, pk in groups:
-            if small_int_key(pk) is not None and arity.get(table, 1) == 1:
-                continue  # a non-negative integer: passes every check below
-            try:
-                key = unpack_pk(pk)
-            except PackError as exc:
-                raise InvalidChangeError(f"table {quote(table)}: {exc}") from None
-            if not key or None in key:
-                raise InvalidChangeError(
-                    f"table {quote(table)}: pk {pk.hex()[:64]} is empty or has NULL"
-                )
-            ts = schema.get(table)
-            if announced_only and ts is not None and ts.integer_key and type(key[0]) is not int:
-                raise InvalidChangeError(
-                    f"table {quote(table)}: pk {pk.hex()[:64]} is not an integer, and every "
-                    "device that announced the table keys it by its rowid (INTEGER PRIMARY KEY)"
-                )
-            for v in key:
-                if isinstance(v, float) and v != v:
-                    raise InvalidChangeError(
-                        f"table {quote(table)}: pk {pk.hex()[:64]} holds NaN, which SQLite "
-                        "stores as NULL"
-                    )
-                if isinstance(v, str):
-                    try:
-                        v.encode("utf-8")
-                    except UnicodeEncodeError:
-                        raise InvalidChangeError(
-                            f"table {quote(table)}: pk {pk.hex()[:64]} holds text that is not "
-                            "valid UTF-8"
-                        ) from None
-            # A key devices cannot apply would stop every device of the store on merge.
-            n = arity.get(table)
-            if n is not None and len(key) != n:
-                raise InvalidChangeError(
-                    f"table {quote(table)}: pk {pk.hex()[:64]} has {len(key)} values, the table's "
-                    f"primary key has {n} columns"
-                )
+    def _merge(self, push: Push) -> tuple[int, int]:
+        """Durable when it returns (WAL, synchronous=FULL)."""
+        site_id, changes, meta = push.site_id, push.changes, push.meta
+        reserved = self._meta("relay_site") if push.announced_only else None
+        changes = rules.drop_reserved(changes, reserved, site_id)
+        groups = rules.check_unit(changes, self.schema(), push.announced_only)
         conn = self.conn
         with self._transaction():
             head = self.head
             version = head + 1
-            wins = 0
-            rows_out: list[tuple[Any, ...]] = []
-            dead: list[tuple[str, bytes]] = []
             states, via_of = self._load_many(list(groups))
-            for (table, pk), group in groups.items():
-                st = states.get((table, pk))
-                if st is None:
-                    if all_fresh_cells(group):  # a new row's cells: every change wins
-                        wins += len(group)
-                        rows_out += [
-                            (table, pk, c[2], c[3], c[4], c[6], 1, c[8], version, site_id)
-                            for c in group
-                        ]
-                        continue
-                    st = RowState()
-                for c in group:
-                    if apply_change(st, c, {}):
-                        wins += 1
-                if not st.changed:
-                    continue
-                if (table, pk) in states:
-                    dead.append((table, pk))
-                for cid, clock in st.cells.items():
-                    if clock is None:
-                        continue
-                    dbv = version if clock[1] == MERGE_VERSION else clock[1]
-                    rows_out.append(
-                        (
-                            table,
-                            pk,
-                            cid,
-                            st.values.get(cid),
-                            clock[0],
-                            clock[2],
-                            st.cl,
-                            clock[3],
-                            dbv,
-                            site_id if dbv == version else via_of.get((table, pk, cid)),
-                        )
-                    )
-                if st.sentinel is not None:
-                    s = st.sentinel
-                    dbv = version if s[1] == MERGE_VERSION else s[1]
-                    via = site_id if dbv == version else via_of.get((table, pk, SENTINEL))
-                    rows_out.append((table, pk, SENTINEL, None, st.cl, s[2], st.cl, s[3], dbv, via))
+            merged = rules.merge_groups(groups, states, via_of, version, site_id)
+            dead, rows_out = merged.rewritten, merged.cells
             if dead:
                 conn.executemany("DELETE FROM relay_cells WHERE tbl = ? AND pk = ?", dead)
             if rows_out:
@@ -659,55 +444,11 @@ class RelayStore:
                 "INSERT INTO relay_peers (site_id, pushed_upto, last_seen) VALUES (?, ?, ?) "
                 "ON CONFLICT (site_id) DO UPDATE SET pushed_upto = "
                 "max(pushed_upto, excluded.pushed_upto), last_seen = excluded.last_seen",
-                (site_id, upto, time.time()),
+                (site_id, push.upto, time.time()),
             )
             if meta:
                 conn.executemany("INSERT OR REPLACE INTO relay_meta VALUES (?, ?)", meta.items())
-            return head, wins
-
-    @staticmethod
-    def _check_announced(
-        changes: Sequence[Change],
-        first: Mapping[tuple[str, str], int],
-        schema: Mapping[str, TableSchema],
-    ) -> None:
-        """Refuse the first change (in push order) of a table or column no hello announced,
-        or holding NULL in a column every announcing device declares NOT NULL."""
-        bad: list[tuple[int, str]] = []
-        notnull: set[tuple[str, str]] = set()
-        for (table, cid), i in first.items():
-            ts = schema.get(table)
-            if ts is None:
-                bad.append(
-                    (
-                        i,
-                        f"change #{i}: table {quote(table)} was not announced in a hello; "
-                        "a device announces every table it pushes",
-                    )
-                )
-            elif cid != SENTINEL and cid not in ts.columns:
-                bad.append(
-                    (
-                        i,
-                        f"change #{i}: table {quote(table)} has no announced column {quote(cid)}",
-                    )
-                )
-            elif cid in ts.notnull:
-                notnull.add((table, cid))
-        if notnull:
-            for i, c in enumerate(changes):
-                if c[3] is None and (c[0], c[2]) in notnull:
-                    bad.append(
-                        (
-                            i,
-                            f"change #{i}: table {quote(c[0])}, column {quote(c[2])} is NOT "
-                            "NULL on every device that announced the table; no device could "
-                            "apply NULL",
-                        )
-                    )
-                    break
-        if bad:
-            raise InvalidChangeError(min(bad)[1])
+            return head, merged.wins
 
     def _load_many(
         self, keys: list[tuple[str, bytes]]
@@ -729,67 +470,19 @@ class RelayStore:
                 ):
                     rows_of.setdefault((table, row[0]), []).append(row[1:8])
                     via_of[(table, row[0], row[1])] = row[8]
-        return {key: self._state(rows) for key, rows in rows_of.items()}, via_of
-
-    @staticmethod
-    def _state(rows: list[tuple[Any, ...]]) -> RowState:
-        cl = rows[0][4]
-        st = RowState(cl, cl % 2 == 1)
-        values: dict[str, SqlValue] = {}
-        for cid, val, cv, site, _cl, seq, version in rows:
-            if cid == SENTINEL:
-                st.sentinel = (cv, version, site, seq)
-            else:
-                st.cells[cid] = (cv, version, site, seq)
-                values[cid] = val
-        st.values = values
-        return st
+        return {key: rules.row_state(rows) for key, rows in rows_of.items()}, via_of
 
     # ------------------------------------------------------------------ reads
 
-    def changes_since(
-        self, cursor: int, exclude: bytes | None, max_cells: int = 5000, max_bytes: int = 8 << 20
-    ) -> tuple[list[Change], int, bool]:
-        """Changes of relay versions after ``cursor``, whole versions at a time, leaving out
-        the cells site ``exclude``'s connections pushed (whatever author they claim; cells
-        stored before the pushing site was recorded fall back to their author).
-
-        Reads stop at the first version boundary past ``max_cells`` cells or ``max_bytes``
-        bytes of values and keys (rows are streamed, never all loaded); a first version larger
-        than that is read whole, being one atomic unit (see :meth:`read_page` to read it in
-        parts).
-
-        Returns:
-            ``(changes, upto, complete)``: ``upto`` is the last version fully included;
-            ``complete`` is true if nothing after ``upto`` exists (at read time).
-        """
-        page = self.read_page(cursor, exclude, max_cells, max_bytes, split=False)
-        return page.changes, page.upto, page.complete
-
-    def read_page(
-        self,
-        cursor: int,
-        exclude_site: bytes | None,
-        max_cells: int = 5000,
-        max_bytes: int = 8 << 20,
-        *,
-        split: bool = True,
-        after: tuple[int, str, bytes, str] | None = None,
-    ) -> Page:
-        """What a peer at ``cursor`` lacks, within a budget of cells and bytes.
-
-        Whole versions while they fit. A first version larger than the budget is read in
-        parts when ``split`` (memory per reader stays bounded): the page then ends inside it
-        and ``resume`` says where the next part starts (pass it as ``after``); the parts of
-        one version form one atomic unit for the receiver. ``after``: continue such a version.
-        """
+    def _read(self, request: PageRequest) -> Page:
+        cursor, max_cells = request.cursor, request.max_cells
         with self._transaction(read=True) as conn:
             head = self.head
-            if after is not None:
-                return self._version_part(after, exclude_site, max_cells, max_bytes, head)
+            if request.after is not None:
+                return self._version_part(request, request.after, head)
             if cursor >= head:
                 return Page([], head, True, None)
-            if split:
+            if request.split:
                 # A first version over the cell budget is read in parts (below, that is found
                 # only after sorting all of it by seq): counted first, on the index.
                 first = conn.execute(
@@ -802,52 +495,25 @@ class RelayStore:
                         (first, max_cells + 1),
                     ).fetchone()[0]
                     if n > max_cells:
-                        return self._version_part(
-                            (first, "", b"", ""), exclude_site, max_cells, max_bytes, head
-                        )
-            rows: list[tuple[Any, ...]] = []
-            size = 0
-            upto, complete = head, True
+                        return self._version_part(request, (first, "", b"", ""), head)
             cur = conn.execute(
                 "SELECT tbl, pk, cid, val, col_version, version, site_id, cl, seq, "
                 "coalesce(via, site_id), length(val) FROM relay_cells "
                 "WHERE version > ? AND version <= ? ORDER BY version, seq",
                 (cursor, head),
             )
-            start = 0  # index in rows where the version being read began
-            stopped = False
-            for row in cur:
-                version = row[5]
-                if rows and version != rows[-1][5]:
-                    if len(rows) > max_cells or size > max_bytes:
-                        stopped = True  # the budget ran out exactly at a version boundary
-                        break
-                    start = len(rows)
-                rows.append(row)
-                size += 120 + len(row[1]) + (row[10] or 0)
-                if len(rows) > max_cells or size > max_bytes:
-                    if start > 0:
-                        del rows[start:]  # drop the partly read version: whole versions only
-                        stopped = True
-                        break
-                    if split:  # the first version alone is over the budget: read it in parts
-                        cur.close()
-                        return self._version_part(
-                            (version, "", b"", ""), exclude_site, max_cells, max_bytes, head
-                        )
+            rows, stopped, in_parts = rules.take_versions(
+                cur, _version_of, _size_of, max_cells, request.max_bytes, request.split
+            )
             cur.close()
-            if stopped:
-                upto, complete = rows[-1][5], False
-        out = [make_change(r[:9]) for r in rows if r[9] != exclude_site]
+            if in_parts is not None:
+                return self._version_part(request, (in_parts, "", b"", ""), head)
+            upto, complete = (rows[-1][5], False) if stopped else (head, True)
+        out = [make_change(r[:9]) for r in rows if r[9] != request.exclude_site]
         return Page(out, upto, complete, None)
 
     def _version_part(
-        self,
-        after: tuple[int, str, bytes, str],
-        exclude_site: bytes | None,
-        max_cells: int,
-        max_bytes: int,
-        head: int,
+        self, request: PageRequest, after: tuple[int, str, bytes, str], head: int
     ) -> Page:
         """Cells of version ``after[0]`` past key ``after[1:]`` (in primary-key order, which the
         version index gives), up to the budget (inside the caller's read transaction)."""
@@ -858,18 +524,10 @@ class RelayStore:
             "WHERE version = ? AND (tbl, pk, cid) > (?, ?, ?) ORDER BY tbl, pk, cid",
             after,
         )
-        rows: list[tuple[Any, ...]] = []
-        size = 0
-        resume: tuple[int, str, bytes, str] | None = None
-        for row in cur:
-            if rows and (len(rows) >= max_cells or size >= max_bytes):
-                last = rows[-1]
-                resume = (version, last[0], last[1], last[2])
-                break
-            rows.append(row)
-            size += 120 + len(row[1]) + (row[10] or 0)
+        rows, more = rules.take_part(cur, _size_of, request.max_cells, request.max_bytes)
         cur.close()
-        out = [make_change(r[:9]) for r in rows if r[9] != exclude_site]
+        resume = (version, rows[-1][0], rows[-1][1], rows[-1][2]) if more else None
+        out = [make_change(r[:9]) for r in rows if r[9] != request.exclude_site]
         return Page(out, version, resume is None and version >= head, resume)
 
     def size_bytes(self) -> int:

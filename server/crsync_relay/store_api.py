@@ -3,12 +3,16 @@
 Two implementations: :class:`crsync_relay.store.RelayStore` (one SQLite file per store, the
 embedded default) and :class:`crsync_relay.pg_store.PgRelayStore` (every store in one
 PostgreSQL schema). The hub, sessions and reactors call only what :class:`StoreBackend` lists;
-mypy checks both classes against it (see the end of this module). Every method is blocking:
-the server calls them from worker threads, one call at a time per instance.
+both classes subclass it, and mypy checks them against it (see the end of this module). What
+the two share beyond the rules of :mod:`crsync_relay.store_rules` is written here once, over
+small backend hooks (``_read``, ``_merge``, ``_key_hash``, ``_bind_key``). Every method is
+blocking: the server calls them from worker threads, one call at a time per instance.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -16,7 +20,7 @@ from crsync.change import Change
 from crsync.pack import SqlValue
 from crsync.protocol import TableSchema
 
-from .store import Page, PeerPosition
+from .store_rules import Page, PageRequest, PeerPosition, Push
 
 __all__ = ["Page", "PeerPosition", "StoreBackend"]
 
@@ -63,7 +67,33 @@ class StoreBackend(Protocol):
         ...
 
     def bind_site(self, site_id: bytes, site_key: bytes | None) -> str | None:
-        """Check (and on first use record) the key a site id is bound to."""
+        """Check a hello's claim to speak for ``site_id``; bind the site to its key on first use.
+
+        Returns:
+            None if the claim holds (or the site is not bound and no key is given: an older
+            client), else why it does not.
+        """
+        digest = None if site_key is None else hashlib.sha256(site_key).digest()
+        bound = self._key_hash(site_id)
+        if bound is not None:
+            if digest is None or not hmac.compare_digest(bound, digest):
+                return (
+                    f"site id {site_id.hex()} is bound to another device's key; a device "
+                    "speaks only for its own site (a copied database gets a new site id: "
+                    "crsync reset-site)"
+                )
+            return None
+        if digest is not None and not hmac.compare_digest(self._bind_key(site_id, digest), digest):
+            return f"site id {site_id.hex()} is bound to another device's key"  # bound first
+        return None
+
+    def _key_hash(self, site_id: bytes) -> bytes | None:
+        """The sha256 of the key ``site_id`` is bound to (None: not bound)."""
+        ...
+
+    def _bind_key(self, site_id: bytes, digest: bytes) -> bytes:
+        """Bind ``site_id`` to the key of sha256 ``digest`` unless it is bound already
+        (another connection or node may just have bound it); the hash it is bound to."""
         ...
 
     def record_received(self, site_id: bytes, upto: int) -> None:
@@ -101,7 +131,28 @@ class StoreBackend(Protocol):
         *,
         announced_only: bool = False,
     ) -> tuple[int, int]:
-        """Merge a pushed unit durably (committed when it returns): ``(head, wins)``."""
+        """Merge a pushed unit (whole transactions) and record the peer's pushed position.
+
+        ``meta``: ``relay_meta`` entries to set in the same transaction (a reactor's cursor).
+        ``announced_only``: refuse changes of tables or columns no hello announced (pushes
+        from peers: an honest device announces every table it pushes).
+
+        Every key is checked the way devices will apply it (:func:`store_rules.check_unit`). A
+        change that fails is refused with the whole unit (nothing stored): what the relay
+        accepts, devices can apply. Durable (committed) when it returns.
+
+        Returns:
+            ``(head, wins)``: the relay version after the merge and how many changes won.
+
+        Raises:
+            InvalidChangeError: a change is unacceptable; nothing was stored.
+        """
+        if not changes and not meta and self.peer(site_id).pushed_upto >= upto:
+            return self.head, 0  # an empty push that tells nothing new: no write
+        return self._merge(Push(site_id, upto, changes, meta, announced_only))
+
+    def _merge(self, push: Push) -> tuple[int, int]:
+        """:meth:`merge_push` past its check for an empty push."""
         ...
 
     def changes_since(
@@ -111,8 +162,21 @@ class StoreBackend(Protocol):
         max_cells: int = 5000,
         max_bytes: int = 8 << 20,
     ) -> tuple[list[Change], int, bool]:
-        """Whole versions after ``cursor``: ``(changes, upto, complete)``."""
-        ...
+        """Changes of relay versions after ``cursor``, whole versions at a time, leaving out
+        the cells site ``exclude_site``'s connections pushed (whatever author they claim; cells
+        stored before the pushing site was recorded fall back to their author).
+
+        Reads stop at the first version boundary past ``max_cells`` cells or ``max_bytes``
+        bytes of values and keys (rows are streamed, never all loaded); a first version larger
+        than that is read whole, being one atomic unit (see :meth:`read_page` to read it in
+        parts).
+
+        Returns:
+            ``(changes, upto, complete)``: ``upto`` is the last version fully included;
+            ``complete`` is true if nothing after ``upto`` exists (at read time).
+        """
+        page = self.read_page(cursor, exclude_site, max_cells, max_bytes, split=False)
+        return page.changes, page.upto, page.complete
 
     def read_page(
         self,
@@ -124,7 +188,18 @@ class StoreBackend(Protocol):
         split: bool = True,
         after: tuple[int, str, bytes, str] | None = None,
     ) -> Page:
-        """What a peer at ``cursor`` lacks within a budget, a large version in parts."""
+        """What a peer at ``cursor`` lacks, within a budget of cells and bytes.
+
+        Whole versions while they fit. A first version larger than the budget is read in
+        parts when ``split`` (memory per reader stays bounded): the page then ends inside it
+        and ``resume`` says where the next part starts (pass it as ``after``); the parts of
+        one version form one atomic unit for the receiver. ``after``: continue such a version.
+        One consistent snapshot of the store.
+        """
+        return self._read(PageRequest(cursor, exclude_site, max_cells, max_bytes, split, after))
+
+    def _read(self, request: PageRequest) -> Page:
+        """:meth:`read_page`, in one read snapshot."""
         ...
 
     # sizes

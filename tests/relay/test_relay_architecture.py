@@ -9,6 +9,8 @@
   an exported store file in one transaction) ``PgDatabase._export``: no other code writes
   ``BEGIN``, ``COMMIT`` or ``ROLLBACK``.
 * The connection handler's rules are ``crsync.relay_session``'s: session.py imports it.
+* The store rules both backends apply are ``store_rules``'s, pure: it imports no database
+  driver, and both backends import it.
 """
 
 from __future__ import annotations
@@ -97,3 +99,25 @@ def test_the_connection_handler_is_a_loop_around_the_relay_session() -> None:
         for alias in node.names
     }
     assert "relay_session" in imported
+
+
+def _imported_modules(module: str) -> set[str]:
+    tree = ast.parse((RELAY / f"{module}.py").read_text(encoding="utf-8"))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = "." * node.level + (node.module or "")
+            found.add(base)
+            found |= {f"{base}.{alias.name}".replace("..", ".") for alias in node.names}
+    return found
+
+
+def test_store_rules_are_pure_and_shared_by_both_backends() -> None:
+    rules = _imported_modules("store_rules")
+    assert not {m for m in rules if m.split(".")[0] in {"sqlite3", "psycopg", "psycopg_pool"}}
+    assert not {m for m in rules if m.startswith(".")}  # no relay module: no I/O comes in
+    for backend in ("store", "pg_store"):
+        assert ".store_rules" in _imported_modules(backend), backend
+        assert ".store_api.StoreBackend" in _imported_modules(backend), backend
