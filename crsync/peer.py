@@ -893,16 +893,18 @@ class Peer:
         self.stats.received_changes += len(unit.changes)
         self.stats.merged_wins += wins
         self.stats.rejected_changes += rejected
-        await self._perform(ws, self._rules.merged())
+        # The merge is durable. on_progress runs before the session counts it as merged: a
+        # callback that raises stops the peer before any task (wait_synced) sees that merge.
         if self.on_progress is not None:
             try:
-                self.on_progress(self.pull_upto, self.relay_head)
+                self.on_progress(unit.upto, max(self.relay_head, unit.upto))
             except Exception as exc:
                 err = PeerFailedError(
                     f"the on_progress callback raised {type(exc).__name__}: {exc}"
                 )
                 err.__cause__ = exc
                 raise _Fatal(err) from exc
+        await self._perform(ws, self._rules.merged())
 
     async def _refusal_left(self, ws: Connection, closed: BaseException) -> None:
         """Raise the relay's refusal if the connection ended with one: an error frame still
