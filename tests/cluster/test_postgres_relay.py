@@ -3,54 +3,21 @@ real devices (:class:`crsync.Peer`)."""
 
 from __future__ import annotations
 
-import contextlib
-import subprocess
-import sys
-from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
 import trio
 from crsync_relay.process import RelayLauncher
 from store.pg_server import PrivatePostgres
-from sync.helpers import eventually, open_db, rows, snapshot
+from sync.conftest import relay_cli
+from sync.helpers import FAST, converge, eventually, open_db, rows, snapshot
+from sync.helpers import peers_at as peers
 
-import crsync
 from crsync.peer import Peer
 
 from .conftest import NodeFactory, start_node
 
-FAST = {"backoff_initial": 0.05, "backoff_max": 0.5}
-
 pytestmark = pytest.mark.e2e
-
-
-@contextlib.asynccontextmanager
-async def peers(url: str, store: str, *dbs: crsync.Database) -> AsyncIterator[list[Peer]]:
-    """One Peer per database on a store of a --dev relay."""
-    async with contextlib.AsyncExitStack() as stack:
-        out = []
-        for db in dbs:
-            out.append(
-                await stack.enter_async_context(Peer(db, url, store=store, **FAST))  # type: ignore[arg-type]
-            )
-        yield out
-
-
-async def converge(ps: Sequence[Peer]) -> None:
-    """Two rounds of wait_synced: everybody pushed, then everybody pulled everything."""
-    for _ in range(2):
-        for p in ps:
-            await p.wait_synced()
-
-
-def relay_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "crsync_relay.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 async def test_devices_sync_through_a_relay_on_postgres_and_resume_after_its_restart(

@@ -15,12 +15,13 @@ import trio
 from alembic import command
 from alembic.config import Config
 from sync.conftest import RelayProcess
+from sync.helpers import converge
 
 import crsync
 from crsync.contrib import sqlalchemy as crsync_sa
 from crsync.contrib.alembic import include_name
 
-from .conftest import converge, peers
+from .conftest import peers
 
 # The SQLAlchemy example's migration chain (0001 notes, 0002 due + batch rebuild), run by this
 # suite's env.py (its metadata also declares a table no base migration creates).
