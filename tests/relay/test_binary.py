@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT / "tests") not in sys.path:
     sys.path.insert(0, str(ROOT / "tests"))
 
-from single_file import build, running, sync_one_row  # noqa: E402
+from relay_harness import build, running, sync_one_row  # noqa: E402
 from store.pg_fixtures import pg_server  # noqa: E402, F401  (the fixture)
 from store.pg_server import PrivatePostgres  # noqa: E402
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import trio
 from crsync_relay.process import RelayLauncher
-from single_file import build, running, sync_one_row
+from relay_harness import build, running, sync_one_row
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "server" / "build_zipapp.py"

@@ -1,6 +1,7 @@
-"""What the single-file relay tests share (``test_zipapp.py``: the ``.pyz``; ``test_binary.py``:
-the PyInstaller executable): building the artifact, running it as a relay that must stop
-cleanly, and syncing one row between two fresh databases through it."""
+"""What the relay-process tests of this directory share: running a relay that must stop
+cleanly (``test_deploy_files.py`` too) and, for the single-file relays (``test_zipapp.py``: the
+``.pyz``; ``test_binary.py``: the PyInstaller executable), building the artifact and syncing
+one row between two fresh databases through it."""
 
 from __future__ import annotations
 
