@@ -10,7 +10,15 @@ import trio
 from crsync_relay.process import RelayLauncher
 from store.pg_server import PrivatePostgres
 from sync.conftest import relay_cli
-from sync.helpers import FAST, converge, eventually, open_db, rows, snapshot
+from sync.helpers import (
+    FAST,
+    assert_resumes_without_resending,
+    converge,
+    eventually,
+    open_db,
+    rows,
+    snapshot,
+)
 from sync.helpers import peers_at as peers
 
 from crsync.peer import Peer
@@ -34,17 +42,10 @@ async def test_devices_sync_through_a_relay_on_postgres_and_resume_after_its_res
             assert ps[1].stats.received_changes > 0
         node.stop()
         node.start()  # same port, same database: positions and epoch kept
-        async with peers(node.url, "resume", a, b) as ps:
-            await converge(ps)
-            for p in ps:
-                assert p.stats.received_changes == 0
-                assert p.stats.pushed_changes == 0
-                assert p.stats.connects == 1
-        a.conn.execute("UPDATE todos SET title = 'new' WHERE id = '7'")
-        async with peers(node.url, "resume", a, b) as (pa, pb):
-            await converge([pa, pb])
-            assert pa.stats.pushed_changes == 1
-            assert pb.stats.received_changes == 1
+        await assert_resumes_without_resending(
+            lambda: peers(node.url, "resume", a, b),
+            lambda: a.conn.execute("UPDATE todos SET title = 'new' WHERE id = '7'"),
+        )
     assert snapshot(a) == snapshot(b)
 
 
@@ -154,16 +155,10 @@ async def test_devices_of_a_migrated_data_directory_resume_without_a_full_re_pus
     assert again.returncode == 1 and "exist in the database already" in again.stderr
     node = nodes()
     with trio.fail_after(60):
-        async with peers(node.url, "moving", a, b) as ps:
-            await converge(ps)
-            for p in ps:  # same epoch and positions: nothing pushed or sent again
-                assert p.stats.pushed_changes == 0
-                assert p.stats.received_changes == 0
-        a.conn.execute("UPDATE todos SET title = 'after' WHERE id = '3'")
-        async with peers(node.url, "moving", a, b) as (pa, pb):
-            await converge([pa, pb])
-            assert pa.stats.pushed_changes == 1
-            assert pb.stats.received_changes == 1
+        await assert_resumes_without_resending(  # the migrated store kept epoch and positions
+            lambda: peers(node.url, "moving", a, b),
+            lambda: a.conn.execute("UPDATE todos SET title = 'after' WHERE id = '3'"),
+        )
     assert snapshot(a) == snapshot(b)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -129,3 +129,24 @@ async def converge(ps: Sequence[Peer]) -> None:
     for _ in range(2):
         for p in ps:
             await p.wait_synced()
+
+
+async def assert_resumes_without_resending(
+    connect: Callable[[], AbstractAsyncContextManager[list[Peer]]],
+    edit: Callable[[], object],
+) -> None:
+    """After a full sync, reconnecting the peers of ``connect()`` (first one the writer) sends
+    nothing again in either direction (same epoch and positions; one connect each); then
+    ``edit()``, one changed cell on the writer, travels as exactly one change, one way."""
+    async with connect() as ps:
+        await converge(ps)
+        for p in ps:
+            assert p.stats.received_changes == 0
+            assert p.stats.pushed_changes == 0
+            assert p.stats.connects == 1
+    edit()
+    async with connect() as (writer, reader):
+        await converge([writer, reader])
+        assert writer.stats.pushed_changes == 1
+        assert writer.stats.received_changes == 0
+        assert reader.stats.received_changes == 1
