@@ -38,7 +38,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import _procstats
 import trio
+from _procstats import pct
 from crsync_relay.process import RelayLauncher
 
 import crsync
@@ -91,10 +93,9 @@ def free_port() -> int:
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time a process used so far (0 if it is gone)."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return _procstats.cpu_seconds(pid)
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def tree_cpu_seconds(root: int) -> float:
@@ -145,13 +146,6 @@ def device(path: Path) -> crsync.Database:
     db.conn.execute(SCHEMA)
     db.track("items")
     return db
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    return s[min(len(s) - 1, round(q * (len(s) - 1)))]
 
 
 class Cluster:

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from _procstats import cpu_seconds, open_fds, pct, rss_mb
 from crsync_relay.process import RelayLauncher, relay_process
 
 import crsync
@@ -50,25 +51,6 @@ from crsync.peer import Peer, PeerState
 SCHEMA = "CREATE TABLE IF NOT EXISTS events (id TEXT PRIMARY KEY NOT NULL, t REAL, body TEXT)"
 ERROR_LINES = re.compile(r"relay\.(internal_error|store_write_failed|protocol_error|refused)")
 FLUSH_EVERY = 1.0  # seconds between a client's data lines
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_mb(pid: int) -> float:
-    """Resident memory of a process in MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def open_fds(pid: int) -> int:
-    """File descriptors a process holds open."""
-    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 def relay_errors(relay: RelayLauncher) -> list[str]:
@@ -86,13 +68,6 @@ def running_relay(work: Path) -> Iterator[tuple[RelayLauncher, bytes]]:
         work / "relay", secret_file=secret, args=["--log-level", "info"], stop_timeout=20
     ) as r:
         yield r, secret.read_bytes().strip()
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    return s[min(len(s) - 1, round(q * (len(s) - 1)))]
 
 
 # ---------------------------------------------------------------------- client process

@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import trio
+from _procstats import cpu_seconds, open_fds, pct, rss_mb
 from crsync_relay.process import relay_process
 from websockets.trio.client import connect as ws_connect
 
@@ -60,28 +61,11 @@ def relay(data_dir: Path, secret: Path) -> Iterator[tuple[str, int]]:
         yield child.url, child.pid
 
 
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def open_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
 def device(path: Path) -> crsync.Database:
     db = crsync.connect(path)
     db.conn.execute(SCHEMA)
     db.track("items", integer_keys="app-assigned")
     return db
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds a process has used (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def relay_merge(work: Path, cells: int, repeats: int = 3) -> dict[str, float]:
@@ -142,11 +126,6 @@ def relay_merge(work: Path, cells: int, repeats: int = 3) -> dict[str, float]:
         "floor_cells_per_s": n / f,
         "merge_over_floor": m / f,
     }
-
-
-def pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, round(q * (len(s) - 1)))]
 
 
 async def latency(url: str, token: str, work: Path, npeers: int, rounds: int) -> dict[str, float]:

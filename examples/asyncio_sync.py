@@ -16,18 +16,13 @@ run on whichever event loop runs them (see ``two_devices.py`` for the same job u
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
 import functools
-import secrets
 import socket
 import sys
-import tempfile
 from pathlib import Path
 
-from crsync_relay.auth import issue_token
-from crsync_relay.process import relay_process
+from _demo import demo_relay, run_in_workdir
 
 import crsync
 from crsync.live import RowChange
@@ -64,10 +59,6 @@ def unused_port() -> int:
 
 
 async def run(workdir: Path) -> bool:
-    secret_file = workdir / "relay.secret"
-    secret_file.write_text(secrets.token_urlsafe(48))
-    secret_file.chmod(0o600)  # the relay refuses a secret others can read
-    token = issue_token(secret_file.read_bytes().strip(), ["family"], 3600, "asyncio_sync")
     laptop = open_device(workdir / "laptop.db")
     phone = open_device(workdir / "phone.db")
 
@@ -80,7 +71,8 @@ async def run(workdir: Path) -> bool:
     def on_phone_change(changes: list[RowChange]) -> None:  # runs in this event loop
         merged.extend(c for c in changes if not c.local)
 
-    with relay_process(workdir / "relay-data", secret_file=secret_file) as relay:
+    with demo_relay(workdir, "family", "asyncio_sync") as relay:
+        token = relay.token
         say(f"relay listening at {relay.url}; store 'family'")
         handle = await phone.on_change("todos", on_phone_change)
         async with (
@@ -126,14 +118,9 @@ async def run(workdir: Path) -> bool:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--keep", type=Path, help="keep the databases in this directory")
-    keep: Path | None = parser.parse_args().keep
-    with contextlib.ExitStack() as cleanup:
-        if keep is None:
-            keep = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="crsync-aio-")))
-        keep.mkdir(parents=True, exist_ok=True)
-        return 0 if asyncio.run(run(keep)) else 1
+    return run_in_workdir(
+        __doc__.split("\n\n")[0], "crsync-aio-", lambda workdir: asyncio.run(run(workdir))
+    )
 
 
 if __name__ == "__main__":

@@ -16,13 +16,12 @@ is needed: two device files exchange change sets directly with ``changes_since``
 
 from __future__ import annotations
 
-import argparse
-import shutil
 import sqlite3
 import sys
-import tempfile
 import uuid
 from pathlib import Path
+
+from _demo import run_in_workdir
 
 import crsync
 
@@ -207,17 +206,7 @@ def run(workdir: Path) -> bool:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--keep", type=Path, help="keep the databases in this directory")
-    args = parser.parse_args()
-    workdir = args.keep or Path(tempfile.mkdtemp(prefix="crsync-existing-app-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    try:
-        ok = run(workdir)
-    finally:
-        if args.keep is None:
-            shutil.rmtree(workdir, ignore_errors=True)
-    return 0 if ok else 1
+    return run_in_workdir(__doc__.split("\n\n")[0], "crsync-existing-app-", run)
 
 
 if __name__ == "__main__":

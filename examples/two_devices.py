@@ -7,16 +7,11 @@ store, and drives two device databases through a realistic day.
 
 from __future__ import annotations
 
-import argparse
-import os
-import secrets
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import trio
-from crsync_relay.process import relay_process
+from _demo import demo_relay, run_in_workdir
 
 import crsync
 from crsync.peer import Peer
@@ -59,18 +54,11 @@ async def sync_once(db: crsync.Database, url: str, token: str, name: str) -> Non
 
 
 async def run(workdir: Path) -> bool:
-    secret_file = workdir / "relay.secret"
-    secret_file.write_text(secrets.token_urlsafe(48))
-    secret_file.chmod(0o600)  # the relay refuses a secret others can read
-    os.chmod(secret_file, 0o600)
-    from crsync_relay.auth import issue_token
-
-    token = issue_token(secret_file.read_bytes().strip(), ["family"], 3600, "two_devices")
     laptop = open_device(workdir / "laptop.db")
     phone = open_device(workdir / "phone.db")
 
-    with relay_process(workdir / "relay-data", secret_file=secret_file) as relay:
-        url = relay.url
+    with demo_relay(workdir, "family", "two_devices") as relay:
+        url, token = relay.url, relay.token
         say(f"relay listening at {url}; store 'family'")
         say("1. the laptop writes two todos and syncs")
         laptop.conn.execute("INSERT INTO todos (id, title) VALUES ('t1', 'buy milk')")
@@ -112,17 +100,7 @@ async def run(workdir: Path) -> bool:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--keep", type=Path, help="keep the databases in this directory")
-    args = parser.parse_args()
-    workdir = args.keep or Path(tempfile.mkdtemp(prefix="crsync-demo-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    try:
-        ok = trio.run(run, workdir)
-    finally:
-        if args.keep is None:
-            shutil.rmtree(workdir, ignore_errors=True)
-    return 0 if ok else 1
+    return run_in_workdir(__doc__ or "", "crsync-demo-", lambda workdir: trio.run(run, workdir))
 
 
 if __name__ == "__main__":

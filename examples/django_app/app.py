@@ -9,16 +9,14 @@ a real ``crsync-relay`` process, then runs each device as ``app.py device ...``:
 
 from __future__ import annotations
 
-import argparse
 import os
-import secrets
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # examples/_demo.py
+from _demo import demo_relay, run_in_workdir  # noqa: E402
 
 
 def device(db: str, url: str, token: str, title: str) -> None:
@@ -50,42 +48,31 @@ def device(db: str, url: str, token: str, title: str) -> None:
     print(f"  {Path(db).stem}: {titles}", flush=True)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--keep", type=Path, help="keep the databases in this directory")
-    args = parser.parse_args()
-    workdir = args.keep or Path(tempfile.mkdtemp(prefix="crsync-django-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    from crsync_relay.auth import issue_token
-    from crsync_relay.process import relay_process
-
-    secret_file = workdir / "relay.secret"
-    secret_file.write_text(secrets.token_urlsafe(48))
-    secret_file.chmod(0o600)
-    token = issue_token(secret_file.read_bytes().strip(), ["notes"], 3600, "django_app")
+def run(workdir: Path) -> bool:
+    """Run the three device steps through one relay; True when the last two agree."""
     outputs = []
-    try:
-        for name in ("laptop.db", "phone.db"):
-            (workdir / name).unlink(missing_ok=True)
-        with relay_process(workdir / "relay-data", secret_file=secret_file) as relay:
-            for db, title in (("laptop", "buy milk"), ("phone", "call mum"), ("laptop", "")):
-                print(f"{db}: migrate, write {title!r}, sync", flush=True)
-                proc = subprocess.run(
-                    [sys.executable, __file__, "device", str(workdir / f"{db}.db"), relay.url,
-                     token, title],
-                    capture_output=True, text=True, timeout=120,
-                )
-                print(proc.stdout, end="", flush=True)
-                if proc.returncode != 0:
-                    print(proc.stderr, file=sys.stderr)
-                    return 1
-                outputs.append(proc.stdout.split(":", 1)[1].strip())
-    finally:
-        if args.keep is None:
-            shutil.rmtree(workdir, ignore_errors=True)
+    for name in ("laptop.db", "phone.db"):
+        (workdir / name).unlink(missing_ok=True)
+    with demo_relay(workdir, "notes", "django_app") as relay:
+        for db, title in (("laptop", "buy milk"), ("phone", "call mum"), ("laptop", "")):
+            print(f"{db}: migrate, write {title!r}, sync", flush=True)
+            proc = subprocess.run(
+                [sys.executable, __file__, "device", str(workdir / f"{db}.db"), relay.url,
+                 relay.token, title],
+                capture_output=True, text=True, timeout=120,
+            )
+            print(proc.stdout, end="", flush=True)
+            if proc.returncode != 0:
+                print(proc.stderr, file=sys.stderr)
+                return False
+            outputs.append(proc.stdout.split(":", 1)[1].strip())
     converged = outputs[-1] == outputs[-2]
     print("converged: " + ("yes" if converged else "NO"))
-    return 0 if converged else 1
+    return converged
+
+
+def main() -> int:
+    return run_in_workdir(__doc__ or "", "crsync-django-", run)
 
 
 if __name__ == "__main__":

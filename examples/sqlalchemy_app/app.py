@@ -8,27 +8,22 @@ with a ``crsync.Peer`` per device on ``crsync.contrib.sqlalchemy.connect(engine)
 
 from __future__ import annotations
 
-import argparse
-import secrets
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import sqlalchemy as sa
 import trio
 from alembic import command
 from alembic.config import Config
-from crsync_relay.auth import issue_token
-from crsync_relay.process import relay_process
 from sqlalchemy.orm import Session
 
 import crsync
 from crsync.contrib import sqlalchemy as crsync_sa
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from models import Note  # noqa: E402 - the app's models, beside this file
+sys.path[:0] = [str(HERE), str(HERE.parent)]  # the app's models beside it; examples/_demo.py
+from _demo import demo_relay, run_in_workdir  # noqa: E402
+from models import Note  # noqa: E402
 
 
 def say(msg: str) -> None:
@@ -59,10 +54,6 @@ async def synced(*peers: crsync.Peer) -> None:
 
 
 async def run(workdir: Path) -> bool:
-    secret_file = workdir / "relay.secret"
-    secret_file.write_text(secrets.token_urlsafe(48))
-    secret_file.chmod(0o600)
-    token = issue_token(secret_file.read_bytes().strip(), ["notes"], 3600, "sqlalchemy_app")
     paths = {"laptop": workdir / "laptop.db", "phone": workdir / "phone.db"}
     for p in paths.values():
         p.unlink(missing_ok=True)
@@ -70,7 +61,8 @@ async def run(workdir: Path) -> bool:
     engines = {n: sa.create_engine(f"sqlite:///{p}") for n, p in paths.items()}
     laptop, phone = engines["laptop"], engines["phone"]
 
-    with relay_process(workdir / "relay-data", secret_file=secret_file) as relay:
+    with demo_relay(workdir, "notes", "sqlalchemy_app") as relay:
+        token = relay.token
         dbs = [crsync_sa.connect(e) for e in engines.values()]
         async with (
             crsync.Peer(dbs[0], relay.url, store="notes", token=token) as p1,
@@ -111,17 +103,9 @@ async def run(workdir: Path) -> bool:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--keep", type=Path, help="keep the databases in this directory")
-    args = parser.parse_args()
-    workdir = args.keep or Path(tempfile.mkdtemp(prefix="crsync-sqlalchemy-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    try:
-        ok = trio.run(run, workdir)
-    finally:
-        if args.keep is None:
-            shutil.rmtree(workdir, ignore_errors=True)
-    return 0 if ok else 1
+    return run_in_workdir(
+        __doc__ or "", "crsync-sqlalchemy-", lambda workdir: trio.run(run, workdir)
+    )
 
 
 if __name__ == "__main__":

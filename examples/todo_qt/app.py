@@ -51,6 +51,7 @@ from crsync.live import RowChange
 from crsync.peer import PeerState
 from crsync.sync_thread import SyncStatus
 from examples.todo_sync.model import TABLE, TodoModel
+from examples.todo_sync.relay import LocalRelay, local_relay
 from examples.todo_sync.status import colour, describe
 
 
@@ -252,6 +253,24 @@ def open_window(
     return window
 
 
+def open_device_windows(
+    workdir: Path, relay: LocalRelay, call_soon: GuiCallSoon
+) -> list[TodoWindow]:
+    """The laptop's and the phone's windows, each on its own file in ``workdir``, syncing
+    through ``relay``."""
+    return [
+        open_window(
+            workdir / f"{name}.db",
+            relay.url,
+            store=relay.store,
+            token=relay.token,
+            name=name,
+            call_soon=call_soon,
+        )
+        for name in ("laptop", "phone")
+    ]
+
+
 SEED = ("buy milk", "call mum", "water the plants")
 
 
@@ -302,8 +321,6 @@ def main(argv: list[str] | None = None) -> int:
         window.show()
         return app.exec()
 
-    from examples.todo_sync.relay import local_relay
-
     workdir = Path(tempfile.mkdtemp(prefix="crsync-qt-todos-"))
     try:
         seed = TodoModel.open(workdir / "laptop.db")
@@ -311,17 +328,7 @@ def main(argv: list[str] | None = None) -> int:
             seed.add(title)
         seed.close()
         with local_relay(workdir / "relay", store=args.store) as relay:
-            windows = [
-                open_window(
-                    workdir / f"{name}.db",
-                    relay.url,
-                    store=relay.store,
-                    token=relay.token,
-                    name=name,
-                    call_soon=call_soon,
-                )
-                for name in ("laptop", "phone")
-            ]
+            windows = open_device_windows(workdir, relay, call_soon)
             for i, window in enumerate(windows):
                 window.move(40 + 420 * i, 60)
                 window.show()

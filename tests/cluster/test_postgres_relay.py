@@ -3,54 +3,29 @@ real devices (:class:`crsync.Peer`)."""
 
 from __future__ import annotations
 
-import contextlib
-import subprocess
-import sys
-from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
 import trio
 from crsync_relay.process import RelayLauncher
 from store.pg_server import PrivatePostgres
-from sync.helpers import eventually, open_db, rows, snapshot
+from sync.conftest import relay_cli
+from sync.helpers import (
+    FAST,
+    assert_resumes_without_resending,
+    converge,
+    eventually,
+    open_db,
+    rows,
+    snapshot,
+)
+from sync.helpers import peers_at as peers
 
-import crsync
 from crsync.peer import Peer
 
 from .conftest import NodeFactory, start_node
 
-FAST = {"backoff_initial": 0.05, "backoff_max": 0.5}
-
 pytestmark = pytest.mark.e2e
-
-
-@contextlib.asynccontextmanager
-async def peers(url: str, store: str, *dbs: crsync.Database) -> AsyncIterator[list[Peer]]:
-    """One Peer per database on a store of a --dev relay."""
-    async with contextlib.AsyncExitStack() as stack:
-        out = []
-        for db in dbs:
-            out.append(
-                await stack.enter_async_context(Peer(db, url, store=store, **FAST))  # type: ignore[arg-type]
-            )
-        yield out
-
-
-async def converge(ps: Sequence[Peer]) -> None:
-    """Two rounds of wait_synced: everybody pushed, then everybody pulled everything."""
-    for _ in range(2):
-        for p in ps:
-            await p.wait_synced()
-
-
-def relay_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "crsync_relay.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 async def test_devices_sync_through_a_relay_on_postgres_and_resume_after_its_restart(
@@ -67,17 +42,10 @@ async def test_devices_sync_through_a_relay_on_postgres_and_resume_after_its_res
             assert ps[1].stats.received_changes > 0
         node.stop()
         node.start()  # same port, same database: positions and epoch kept
-        async with peers(node.url, "resume", a, b) as ps:
-            await converge(ps)
-            for p in ps:
-                assert p.stats.received_changes == 0
-                assert p.stats.pushed_changes == 0
-                assert p.stats.connects == 1
-        a.conn.execute("UPDATE todos SET title = 'new' WHERE id = '7'")
-        async with peers(node.url, "resume", a, b) as (pa, pb):
-            await converge([pa, pb])
-            assert pa.stats.pushed_changes == 1
-            assert pb.stats.received_changes == 1
+        await assert_resumes_without_resending(
+            lambda: peers(node.url, "resume", a, b),
+            lambda: a.conn.execute("UPDATE todos SET title = 'new' WHERE id = '7'"),
+        )
     assert snapshot(a) == snapshot(b)
 
 
@@ -187,16 +155,10 @@ async def test_devices_of_a_migrated_data_directory_resume_without_a_full_re_pus
     assert again.returncode == 1 and "exist in the database already" in again.stderr
     node = nodes()
     with trio.fail_after(60):
-        async with peers(node.url, "moving", a, b) as ps:
-            await converge(ps)
-            for p in ps:  # same epoch and positions: nothing pushed or sent again
-                assert p.stats.pushed_changes == 0
-                assert p.stats.received_changes == 0
-        a.conn.execute("UPDATE todos SET title = 'after' WHERE id = '3'")
-        async with peers(node.url, "moving", a, b) as (pa, pb):
-            await converge([pa, pb])
-            assert pa.stats.pushed_changes == 1
-            assert pb.stats.received_changes == 1
+        await assert_resumes_without_resending(  # the migrated store kept epoch and positions
+            lambda: peers(node.url, "moving", a, b),
+            lambda: a.conn.execute("UPDATE todos SET title = 'after' WHERE id = '3'"),
+        )
     assert snapshot(a) == snapshot(b)
 
 

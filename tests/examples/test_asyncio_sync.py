@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 @pytest.mark.e2e
-def test_asyncio_example_syncs_two_devices_with_a_live_list(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "asyncio_sync.py"), "--keep", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    out = proc.stdout
+def test_asyncio_example_syncs_two_devices_with_a_live_list(
+    run_example: Callable[..., str],
+) -> None:
+    out = run_example("asyncio_sync.py")
     assert "converged: yes" in out
     # the live list showed the merge, then the phone's own edit
     assert "phone shows: ['buy milk', 'call mum']" in out

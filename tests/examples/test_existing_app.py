@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
-import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _notes(path: Path) -> list[tuple[object, ...]]:
@@ -22,15 +19,10 @@ def _notes(path: Path) -> list[tuple[object, ...]]:
         conn.close()
 
 
-def test_existing_app_example_backfills_syncs_and_converges(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "existing_app.py"), "--keep", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    out = proc.stdout
-    assert proc.returncode == 0, out + proc.stderr
+def test_existing_app_example_backfills_syncs_and_converges(
+    run_example: Callable[..., str], tmp_path: Path
+) -> None:
+    out = run_example("existing_app.py")
     assert "refused: table 'notes': has a UNIQUE index notes_title on (title)" in out
     assert "backfilled feed: 16 changes" in out
     assert "feed since 1: 5 changes" in out
@@ -50,9 +42,8 @@ def test_existing_app_example_backfills_syncs_and_converges(tmp_path: Path) -> N
     )
 
 
-def test_existing_app_example_can_rerun_in_the_same_directory(tmp_path: Path) -> None:
-    cmd = [sys.executable, str(ROOT / "examples" / "existing_app.py"), "--keep", str(tmp_path)]
-    for _ in range(2):
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        assert proc.stdout.rstrip().endswith("converged: yes")
+def test_existing_app_example_can_rerun_in_the_same_directory(
+    run_example: Callable[..., str],
+) -> None:
+    for _ in range(2):  # the fixture keeps the files in the same tmp_path both times
+        assert run_example("existing_app.py").rstrip().endswith("converged: yes")

@@ -38,7 +38,7 @@ except ImportError as exc:  # not installed, or a system library missing
 
 from crsync.peer import PeerState  # noqa: E402
 from crsync.sync_thread import SyncStatus  # noqa: E402
-from examples.todo_qt.app import GuiCallSoon, TodoWindow, open_window  # noqa: E402
+from examples.todo_qt.app import GuiCallSoon, TodoWindow, open_device_windows  # noqa: E402
 from examples.todo_sync.model import TodoModel  # noqa: E402
 from examples.todo_sync.relay import LocalRelay, local_relay  # noqa: E402
 
@@ -77,17 +77,7 @@ def test_two_qt_windows_sync_through_a_relay_and_update_on_the_gui_thread(
     qapp: Any, tmp_path: Path, relay: LocalRelay
 ) -> None:
     call_soon = GuiCallSoon()
-    windows = [
-        open_window(
-            tmp_path / f"{name}.db",
-            relay.url,
-            store=relay.store,
-            token=relay.token,
-            name=name,
-            call_soon=call_soon,
-        )
-        for name in ("laptop", "phone")
-    ]
+    windows = open_device_windows(tmp_path, relay, call_soon)
     laptop, phone = windows
     seen_on: set[str] = set()
     for w in windows:

@@ -15,21 +15,29 @@ import trio
 from alembic import command
 from alembic.config import Config
 from sync.conftest import RelayProcess
+from sync.helpers import converge
 
 import crsync
 from crsync.contrib import sqlalchemy as crsync_sa
 from crsync.contrib.alembic import include_name
 
-from .conftest import converge, peers
+from .conftest import peers
 
-PROJECT = Path(__file__).parent / "alembic_project"
+# The SQLAlchemy example's migration chain (0001 notes, 0002 due + batch rebuild), run by this
+# suite's env.py (its metadata also declares a table no base migration creates).
+EXAMPLE_MIGRATIONS = Path(__file__).resolve().parents[2] / "examples/sqlalchemy_app/migrations"
+ENV_PY = Path(__file__).parent / "alembic_env.py"
 
 
 def alembic_config(tmp_path: Path, db: Path) -> Config:
-    """The migrations directory, copied into tmp_path, on the database ``db``."""
+    """The example's migrations with this suite's env.py, copied into tmp_path (tests add
+    revisions to the copy), on the database ``db``."""
     scripts = tmp_path / "migrations"
     if not scripts.exists():
-        shutil.copytree(PROJECT, scripts, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(
+            EXAMPLE_MIGRATIONS, scripts, ignore=shutil.ignore_patterns("__pycache__")
+        )
+        shutil.copyfile(ENV_PY, scripts / "env.py")
     cfg = Config()
     cfg.set_main_option("script_location", str(scripts))
     cfg.set_main_option("sqlalchemy.url", f"sqlite:///{db}")
@@ -83,7 +91,7 @@ def test_autogenerate_ignores_crsync_tables(tmp_path: Path) -> None:
         metadata,
         sa.Column("id", sa.Integer, primary_key=True),
         sa.Column("title", sa.String, nullable=False, server_default="untitled"),
-        sa.Column("done", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("done", sa.Boolean, nullable=False, server_default=sa.false()),
         sa.Column("due", sa.String),
     )
     with engine.connect() as conn:

@@ -15,11 +15,12 @@ import sqlalchemy as sa
 import trio
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sync.conftest import RelayProcess
+from sync.helpers import converge
 
 import crsync
 from crsync.contrib import sqlalchemy as crsync_sa
 
-from .conftest import converge, peers
+from .conftest import peers
 
 
 class Base(DeclarativeBase):

@@ -10,10 +10,11 @@ import pytest
 import sqlite_utils
 import trio
 from sync.conftest import RelayProcess
+from sync.helpers import converge
 
 import crsync
 
-from .conftest import converge, peers
+from .conftest import peers
 
 pytestmark = pytest.mark.e2e
 

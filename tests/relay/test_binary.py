@@ -22,14 +22,12 @@ import pytest
 import trio
 from crsync_relay.process import RelayLauncher
 
-import crsync
-from crsync.peer import Peer
-
 ROOT = Path(__file__).resolve().parents[2]
 # tests/relay is not a package: the private PostgreSQL harness is imported from tests/.
 if str(ROOT / "tests") not in sys.path:
     sys.path.insert(0, str(ROOT / "tests"))
 
+from relay_harness import build, running, sync_one_row  # noqa: E402
 from store.pg_fixtures import pg_server  # noqa: E402, F401  (the fixture)
 from store.pg_server import PrivatePostgres  # noqa: E402
 
@@ -74,15 +72,8 @@ def _command(binary: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def relay_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("dist") / "crsync-relay"
-    proc = subprocess.run(
-        [sys.executable, str(BUILD), "--output", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert out.is_file() and os.access(out, os.X_OK)
+    out = build(BUILD, tmp_path_factory.mktemp("dist") / "crsync-relay", timeout=600)
+    assert os.access(out, os.X_OK)
     return out
 
 
@@ -128,14 +119,6 @@ def test_binary_refuses_bad_usage_with_the_usage_status(relay_binary: Path) -> N
 async def test_binary_relay_syncs_a_row_between_two_databases(
     relay_binary: Path, tmp_path: Path
 ) -> None:
-    schema = "CREATE TABLE notes (id TEXT PRIMARY KEY NOT NULL, body TEXT)"
-    a = crsync.connect(tmp_path / "a.db")
-    b = crsync.connect(tmp_path / "b.db")
-    for db in (a, b):
-        db.conn.execute(schema)
-        db.track("notes")
-    a.conn.execute("INSERT INTO notes VALUES ('n1', 'no Python on this host')")
-
     relay = RelayLauncher(
         tmp_path / "relay-data",
         command=_command(relay_binary),
@@ -143,24 +126,10 @@ async def test_binary_relay_syncs_a_row_between_two_databases(
         env={"PATH": "/usr/bin:/bin"},
         ready_timeout=120,
     )
-    relay.start()
-    try:
+    with running(relay):
         with trio.fail_after(60):
-            async with Peer(a, relay.url, store="notes") as pa:
-                await pa.wait_synced()
-            async with Peer(b, relay.url, store="notes") as pb:
-                await pb.wait_synced()
-    finally:
-        code = relay.stop()
-    assert code == 0, relay.log
-    assert relay.count("relay.stopped"), relay.log
-    assert pb.stats.received_changes == pa.stats.pushed_changes > 0
-    assert b.conn.execute("SELECT id, body FROM notes").fetchall() == [
-        ("n1", "no Python on this host")
-    ]
+            await sync_one_row(relay.url, tmp_path, "no Python on this host")
     assert (tmp_path / "relay-data" / "notes.store.sqlite3").is_file()
-    a.close()
-    b.close()
 
 
 @pytest.mark.e2e
@@ -173,36 +142,14 @@ async def test_binary_relay_serves_postgres_and_syncs_a_row(
     # (PSYCOPG_IMPL=binary makes psycopg fail rather than fall back to another one).
     name = f"binary_{uuid.uuid4().hex[:10]}"
     pg_server.create_database(name)
-    url = pg_server.url(name)
-    schema = "CREATE TABLE notes (id TEXT PRIMARY KEY NOT NULL, body TEXT)"
-    a = crsync.connect(tmp_path / "a.db")
-    b = crsync.connect(tmp_path / "b.db")
-    for db in (a, b):
-        db.conn.execute(schema)
-        db.track("notes")
-    a.conn.execute("INSERT INTO notes VALUES ('n1', 'stored in PostgreSQL')")
-
     relay = RelayLauncher(
         None,
-        database=url,
+        database=pg_server.url(name),
         command=_command(relay_binary),
         cwd=tmp_path,
         env={"PATH": "/usr/bin:/bin", "PSYCOPG_IMPL": "binary"},
         ready_timeout=120,
     )
-    relay.start()
-    try:
+    with running(relay):
         with trio.fail_after(60):
-            async with Peer(a, relay.url, store="notes") as pa:
-                await pa.wait_synced()
-            async with Peer(b, relay.url, store="notes") as pb:
-                await pb.wait_synced()
-    finally:
-        code = relay.stop()
-    assert code == 0, relay.log
-    assert pb.stats.received_changes == pa.stats.pushed_changes > 0
-    assert b.conn.execute("SELECT id, body FROM notes").fetchall() == [
-        ("n1", "stored in PostgreSQL")
-    ]
-    a.close()
-    b.close()
+            await sync_one_row(relay.url, tmp_path, "stored in PostgreSQL")

@@ -24,6 +24,7 @@ import pytest
 import trustme
 from crsync_relay.cli import serve
 from crsync_relay.process import RelayLauncher
+from relay_harness import running
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "server" / "deploy"
@@ -42,16 +43,13 @@ SERVE_FLAGS = {opt for p in serve.params for opt in p.opts if opt.startswith("--
 @contextmanager
 def relay_process(args: list[str], cwd: Path) -> Iterator[RelayLauncher]:
     """Run ``serve`` configured by ``args`` alone (the launcher adds no option); yield it once
-    it listens; SIGTERM on exit, which must end it cleanly (status 0)."""
-    relay = RelayLauncher(
-        None, args=args, cwd=cwd, ready_timeout=READY_TIMEOUT, stop_timeout=STOP_TIMEOUT
-    )
-    relay.start()
-    try:
+    it listens; SIGTERM on exit, which must end it cleanly (status 0, ``relay.stopped``)."""
+    with running(
+        RelayLauncher(
+            None, args=args, cwd=cwd, ready_timeout=READY_TIMEOUT, stop_timeout=STOP_TIMEOUT
+        )
+    ) as relay:
         yield relay
-    finally:
-        code = relay.stop()
-    assert code == 0, relay.log
 
 
 def _healthz(relay: RelayLauncher, scheme: str = "http", ctx: ssl.SSLContext | None = None) -> None:

@@ -12,16 +12,12 @@ import os
 import subprocess
 import sys
 import zipfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import trio
 from crsync_relay.process import RelayLauncher
-
-import crsync
-from crsync.peer import Peer
+from relay_harness import build, running, sync_one_row
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "server" / "build_zipapp.py"
@@ -33,11 +29,9 @@ def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(("CRSYNC_RELAY_", "PYTHON"))}
 
 
-@contextmanager
-def pyz_relay(relay_pyz: Path, tmp_path: Path) -> Iterator[RelayLauncher]:
-    """The single-file relay (``--dev``), isolated from this environment; yield it once it
-    listens. On exit: SIGTERM and a check that it stopped cleanly (exit status 0)."""
-    relay = RelayLauncher(
+def pyz_relay(relay_pyz: Path, tmp_path: Path) -> RelayLauncher:
+    """The single-file relay (``--dev``), isolated from this environment (not started)."""
+    return RelayLauncher(
         tmp_path / "relay-data",
         command=[sys.executable, "-I", "-S", str(relay_pyz)],
         cwd=tmp_path,
@@ -45,27 +39,11 @@ def pyz_relay(relay_pyz: Path, tmp_path: Path) -> Iterator[RelayLauncher]:
         ready_timeout=READY_TIMEOUT,
         stop_timeout=STOP_TIMEOUT,
     )
-    relay.start()
-    try:
-        yield relay
-    finally:
-        code = relay.stop()
-    assert code == 0, relay.log
-    assert relay.count("relay.stopped"), relay.log
 
 
 @pytest.fixture(scope="module")
 def relay_pyz(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("dist") / "crsync-relay.pyz"
-    proc = subprocess.run(
-        [sys.executable, str(BUILD), "--output", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert out.is_file()
-    return out
+    return build(BUILD, tmp_path_factory.mktemp("dist") / "crsync-relay.pyz", timeout=300)
 
 
 def test_isolated_mode_cannot_see_the_environment_packages(tmp_path: Path) -> None:
@@ -110,27 +88,7 @@ def test_pyz_holds_pure_python_relay_without_watchfiles(relay_pyz: Path) -> None
 
 @pytest.mark.e2e
 async def test_pyz_relay_syncs_a_row_between_two_databases(relay_pyz: Path, tmp_path: Path) -> None:
-    schema = "CREATE TABLE notes (id TEXT PRIMARY KEY NOT NULL, body TEXT)"
-    a = crsync.connect(tmp_path / "a.db")
-    b = crsync.connect(tmp_path / "b.db")
-    for db in (a, b):
-        db.conn.execute(schema)
-        db.track("notes")
-    a.conn.execute("INSERT INTO notes VALUES ('n1', 'shipped as one file')")
-
-    with pyz_relay(relay_pyz, tmp_path) as relay:
-        url = relay.url
+    with running(pyz_relay(relay_pyz, tmp_path)) as relay:
         with trio.fail_after(30):
-            async with Peer(a, url, store="notes") as pa:
-                await pa.wait_synced()
-            async with Peer(b, url, store="notes") as pb:
-                await pb.wait_synced()
-        assert pa.stats.pushed_changes > 0
-        assert pb.stats.received_changes == pa.stats.pushed_changes
-
-    assert b.conn.execute("SELECT id, body FROM notes").fetchall() == [
-        ("n1", "shipped as one file")
-    ]
+            await sync_one_row(relay.url, tmp_path, "shipped as one file")
     assert (relay.data_dir / "notes.store.sqlite3").is_file()
-    a.close()
-    b.close()

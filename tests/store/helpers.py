@@ -67,3 +67,21 @@ def feed(store: StoreBackend, max_cells: int = 10**6) -> list[tuple[int, list[tu
 def state(store: StoreBackend) -> list[tuple[Any, ...]]:
     """Every cell the store holds, with its relay version, sorted (the relay state)."""
     return sorted((c for _, cs in feed(store) for c in cs), key=repr)
+
+
+def read_version_1_in_parts(
+    store: StoreBackend, max_bytes: int = 50_000
+) -> tuple[list[Change], Any, int]:
+    """Page through the store from version 0 under a ``max_bytes`` budget while version 1 (one
+    version larger than the budget) is read in parts, each page ending inside it: what the
+    pages held, the last page and how many pages were read."""
+    seen: list[Change] = []
+    parts = 1
+    page = store.read_page(0, None, max_cells=10**6, max_bytes=max_bytes)
+    while page.resume is not None:
+        assert page.upto == 1 and not page.complete
+        seen += page.changes
+        page = store.read_page(0, None, max_cells=10**6, max_bytes=max_bytes, after=page.resume)
+        parts += 1
+    seen += page.changes
+    return seen, page, parts

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .helpers import A, B, cell, feed, state
+from .helpers import A, B, cell, feed, read_version_1_in_parts, state
 
 
 def _push_versions(store: Any, sizes: list[int]) -> None:
@@ -57,14 +57,7 @@ def test_a_version_larger_than_the_budget_is_read_in_parts(store: Any) -> None:
     store.merge_push(A, 2, [cell("after", "title", "t")])
     whole = store.changes_since(0, None, 10**6)[0]
     assert len(whole) == 301
-    seen, parts = [], 1
-    page = store.read_page(0, None, max_cells=10**6, max_bytes=50_000)
-    while page.resume is not None:
-        assert page.upto == 1 and not page.complete
-        seen += page.changes
-        page = store.read_page(0, None, max_cells=10**6, max_bytes=50_000, after=page.resume)
-        parts += 1
-    seen += page.changes
+    seen, page, parts = read_version_1_in_parts(store)
     assert page.upto == 1 and not page.complete  # version 2 is still to read
     assert parts > 5
     assert sorted(c.as_tuple() for c in seen) == sorted(

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,7 @@ import anyio
 import sniffio
 
 import crsync
+from crsync.peer import Peer
 
 TODOS = (
     "CREATE TABLE IF NOT EXISTS todos "
@@ -102,3 +103,50 @@ async def ws_close(ws: Any, code: int, reason: str) -> None:
     reason."""
     close = getattr(ws, "aclose", None) or ws.close  # trio: aclose(); asyncio: close()
     await close(code, reason)
+
+
+FAST = {"backoff_initial": 0.05, "backoff_max": 0.5}  # quick reconnects for tests
+
+
+@asynccontextmanager
+async def peers_at(
+    url: str, store: str, *dbs: crsync.Database, token: str | None = None, **kw: Any
+) -> AsyncIterator[list[Peer]]:
+    """One running Peer per database on ``store`` of the relay at ``url`` (FAST backoff unless
+    ``kw`` says otherwise)."""
+    opts = {**FAST, **kw}
+    async with AsyncExitStack() as stack:
+        out = []
+        for db in dbs:
+            out.append(
+                await stack.enter_async_context(Peer(db, url, store=store, token=token, **opts))
+            )
+        yield out
+
+
+async def converge(ps: Sequence[Peer]) -> None:
+    """Two rounds of wait_synced: everybody pushed, then everybody pulled everything."""
+    for _ in range(2):
+        for p in ps:
+            await p.wait_synced()
+
+
+async def assert_resumes_without_resending(
+    connect: Callable[[], AbstractAsyncContextManager[list[Peer]]],
+    edit: Callable[[], object],
+) -> None:
+    """After a full sync, reconnecting the peers of ``connect()`` (first one the writer) sends
+    nothing again in either direction (same epoch and positions; one connect each); then
+    ``edit()``, one changed cell on the writer, travels as exactly one change, one way."""
+    async with connect() as ps:
+        await converge(ps)
+        for p in ps:
+            assert p.stats.received_changes == 0
+            assert p.stats.pushed_changes == 0
+            assert p.stats.connects == 1
+    edit()
+    async with connect() as (writer, reader):
+        await converge([writer, reader])
+        assert writer.stats.pushed_changes == 1
+        assert writer.stats.received_changes == 0
+        assert reader.stats.received_changes == 1

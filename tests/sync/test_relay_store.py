@@ -12,6 +12,7 @@ from crsync_relay.hub import Hub
 from crsync_relay.store import RelayStore
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from store.helpers import read_version_1_in_parts
 
 import crsync
 from crsync import Change, InvalidChangeError, pack_pk
@@ -351,15 +352,7 @@ def test_a_version_larger_than_the_read_budget_is_read_in_parts_covering_every_c
     store.merge_push(a.site_id, a.db_version, a.changes(v0))
     assert store.head == 1
     whole = store.changes_since(0, None, 10**6)[0]
-    seen = []
-    page = store.read_page(0, None, max_cells=10**6, max_bytes=50_000)
-    parts = 1
-    while page.resume is not None:
-        assert page.upto == 1 and not page.complete
-        seen += page.changes
-        page = store.read_page(0, None, max_cells=10**6, max_bytes=50_000, after=page.resume)
-        parts += 1
-    seen += page.changes
+    seen, page, parts = read_version_1_in_parts(store)
     assert page.complete and page.upto == 1
     assert parts > 5
     assert sorted(c.as_tuple() for c in seen) == sorted(c.as_tuple() for c in whole)

@@ -9,7 +9,7 @@ import sqlite3
 import ssl
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
@@ -22,12 +22,19 @@ from crsync import AuthError, ProtocolError, SchemaMismatchError
 from crsync.peer import Peer, PeerState
 
 from .conftest import RelayFactory, RelayProcess
-from .helpers import TODOS, eventually, open_db, rows, snapshot
+from .helpers import (
+    FAST,
+    TODOS,
+    assert_resumes_without_resending,
+    converge,
+    eventually,
+    open_db,
+    peers_at,
+    rows,
+    snapshot,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
-
-FAST = {"backoff_initial": 0.05, "backoff_max": 0.5}
-
 
 @contextlib.asynccontextmanager
 async def peers(
@@ -35,24 +42,9 @@ async def peers(
 ) -> AsyncIterator[list[Peer]]:
     """Run one Peer per database on a store (with a token when the relay needs one)."""
     token = relay.token(store) if relay.secret is not None else None
-    opts = {**FAST, **kw}
-    url = opts.pop("url", relay.url)
-    async with contextlib.AsyncExitStack() as stack:
-        out = []
-        for db in dbs:
-            out.append(
-                await stack.enter_async_context(
-                    Peer(db, url, store=store, token=token, **opts)  # type: ignore[arg-type]
-                )
-            )
+    url = str(kw.pop("url", relay.url))
+    async with peers_at(url, store, *dbs, token=token, **kw) as out:
         yield out
-
-
-async def converge(ps: Sequence[Peer]) -> None:
-    """Two rounds of wait_synced: everybody pushed, then everybody pulled everything."""
-    for _ in range(2):
-        for p in ps:
-            await p.wait_synced()
 
 
 def assert_same(*dbs: crsync.Database) -> None:
@@ -388,18 +380,10 @@ async def test_restarted_peer_resumes_from_its_cursors(relay: RelayProcess, tmp_
         async with peers(relay, "resume", a, b) as ps:
             await converge(ps)
             assert ps[1].stats.received_changes > 0
-        async with peers(relay, "resume", a, b) as ps:
-            await converge(ps)
-            for p in ps:
-                assert p.stats.received_changes == 0
-                assert p.stats.pushed_changes == 0
-                assert p.stats.connects == 1
-        a.conn.execute("UPDATE todos SET title = 'new' WHERE id = '7'")
-        async with peers(relay, "resume", a, b) as (pa, pb):
-            await converge([pa, pb])
-            assert pa.stats.pushed_changes == 1
-            assert pa.stats.received_changes == 0
-            assert pb.stats.received_changes == 1
+        await assert_resumes_without_resending(
+            lambda: peers(relay, "resume", a, b),
+            lambda: a.conn.execute("UPDATE todos SET title = 'new' WHERE id = '7'"),
+        )
     assert_same(a, b)
 
 

@@ -1,5 +1,5 @@
-"""Alembic env.py of the integration tests: the app's models (new version) and crsync's
-helper around the migration run."""
+"""Alembic env.py of the integration tests, copied beside the SQLAlchemy example's migration
+versions: the app's models (new version) and crsync's helper around the migration run."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ notes = sa.Table(
     target_metadata,
     sa.Column("id", sa.Integer, primary_key=True, default=crsync.new_id),
     sa.Column("title", sa.String, nullable=False, server_default="untitled"),
-    sa.Column("done", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("done", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("due", sa.String, nullable=True),
 )
 
