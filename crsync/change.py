@@ -14,6 +14,11 @@ from .pack import SqlValue
 SENTINEL = "-1"
 """``cid`` of a row-existence record (create, delete or resurrect)."""
 
+COLLECTED_SITE = bytes(16)
+"""``site_id`` of a *collected* tombstone: a delete below the store's horizon whose author,
+seq and clock the relay no longer keeps, only the row's causal length (see docs/concepts.md,
+"Tombstones and the horizon"). No device may use it as its own site id."""
+
 I64_MIN = -(1 << 63)
 I64_MAX = (1 << 63) - 1
 MAX_CLOCK = (1 << 53) - 1

@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 import attrs
 import msgpack
 
-from .change import Change, validate_changes
+from .change import COLLECTED_SITE, Change, validate_changes
 from .errors import CrsyncError, InvalidChangeError, ProtocolError
 
 PROTOCOL_VERSION = 1
@@ -106,6 +106,20 @@ class Hello:
     # A secret the device keeps beside its site id: the relay binds the site id to it on first
     # use, so no other client can speak for this site (None: an older client, not bound).
     site_key: bytes | None = None
+    # A catch-up unit the device was receiving in parts when the last connection dropped, and
+    # holds durably: continue it instead of sending it again (None: nothing to resume).
+    resume: Resume | None = None
+
+
+@attrs.frozen
+class Resume:
+    """Where a device's half-received catch-up unit stands: the unit's ``upto`` (one relay
+    version, read in parts) and the key ``(table, pk, cid)`` of the last change it holds."""
+
+    upto: int
+    table: str
+    pk: bytes
+    cid: str
 
 
 @attrs.frozen
@@ -117,6 +131,15 @@ class Welcome:
     epoch: str
     head: int  # the store's latest relay version
     acked: int  # the peer's local version the relay holds everything up to (this epoch)
+    # The store's horizon: every relay version up to it is stable (see docs/concepts.md);
+    # None from a relay that does not collect tombstones.
+    horizon: int | None = None
+    # How many changes the relay holds after the hello's cursor (for progress; an estimate:
+    # changes written meanwhile add to it). None: not counted.
+    remaining: int | None = None
+    # True: the relay continues the unit named in ``hello.resume``: the next ``changes`` is that
+    # unit's next part (``base`` = the cursor, ``upto`` = ``resume.upto``).
+    resumed: bool = False
 
 
 @attrs.frozen
@@ -175,6 +198,7 @@ class Pong:
     TYPE: ClassVar[str] = "pong"
     id: int
     head: int
+    horizon: int | None = None  # the store's horizon now (see :class:`Welcome`)
 
 
 @attrs.frozen
@@ -206,8 +230,17 @@ def encode(msg: Message) -> bytes:
         )
         if msg.site_key is not None:
             body["site_key"] = msg.site_key
+        if msg.resume is not None:
+            r = msg.resume
+            body["resume"] = {"upto": r.upto, "after": [r.table, r.pk, r.cid]}
     elif isinstance(msg, Welcome):
         body.update(v=msg.version, epoch=msg.epoch, head=msg.head, acked=msg.acked)
+        if msg.horizon is not None:
+            body["horizon"] = msg.horizon
+        if msg.remaining is not None:
+            body["remaining"] = msg.remaining
+        if msg.resumed:
+            body["resumed"] = True
     elif isinstance(msg, Push):
         body.update(
             batch=msg.batch,
@@ -231,6 +264,8 @@ def encode(msg: Message) -> bytes:
         body.update(id=msg.id)
     elif isinstance(msg, Pong):
         body.update(id=msg.id, head=msg.head)
+        if msg.horizon is not None:
+            body["horizon"] = msg.horizon
     elif isinstance(msg, Error):
         body.update(code=msg.code, reason=msg.reason)
     else:  # pragma: no cover - exhaustive over Message
@@ -259,6 +294,27 @@ def _version(body: Mapping[str, Any], key: str) -> int:
     if v < 0 or v >= 1 << 63:
         raise _bad(f"{key!r} out of range")
     return v
+
+
+def _optional_version(body: Mapping[str, Any], key: str) -> int | None:
+    return None if body.get(key) is None else _version(body, key)
+
+
+def _resume(raw: Any) -> Resume | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise _bad("'resume' must be a map")
+    after = raw.get("after")
+    if (
+        not isinstance(after, list)
+        or len(after) != 3
+        or not isinstance(after[0], str)
+        or not isinstance(after[1], bytes)
+        or not isinstance(after[2], str)
+    ):
+        raise _bad("'resume.after' must be [table (str), pk (bin), cid (str)]")
+    return Resume(_version(raw, "upto"), after[0], after[1], after[2])
 
 
 def _changes(body: Mapping[str, Any]) -> list[Change]:
@@ -354,6 +410,8 @@ def _decode(data: bytes | bytearray | memoryview | str, max_size: int) -> Messag
         site = _get(body, "site", bytes)
         if len(site) != 16:
             raise _bad("'site' must be 16 bytes")
+        if site == COLLECTED_SITE:
+            raise _bad("'site' must not be 16 zero bytes (the author of collected tombstones)")
         site_key = body.get("site_key")
         if site_key is not None and (
             not isinstance(site_key, bytes) or not 16 <= len(site_key) <= 64
@@ -368,13 +426,20 @@ def _decode(data: bytes | bytearray | memoryview | str, max_size: int) -> Messag
             epoch=_get(body, "epoch", str),
             token=token,
             site_key=site_key,
+            resume=_resume(body.get("resume")),
         )
     if t == "welcome":
+        resumed = body.get("resumed", False)
+        if not isinstance(resumed, bool):
+            raise _bad("'resumed' must be a boolean")
         return Welcome(
             _version(body, "v"),
             _get(body, "epoch", str),
             _version(body, "head"),
             _version(body, "acked"),
+            _optional_version(body, "horizon"),
+            _optional_version(body, "remaining"),
+            resumed,
         )
     if t == "push":
         return Push(_version(body, "batch"), *_unit(body))
@@ -387,7 +452,9 @@ def _decode(data: bytes | bytearray | memoryview | str, max_size: int) -> Messag
     if t == "ping":
         return Ping(_version(body, "id"))
     if t == "pong":
-        return Pong(_version(body, "id"), _version(body, "head"))
+        return Pong(
+            _version(body, "id"), _version(body, "head"), _optional_version(body, "horizon")
+        )
     if t == "error":
         return Error(_get(body, "code", str), _get(body, "reason", str))
     raise ProtocolError(ErrorCode.UNKNOWN_TYPE.value, f"unknown message type {quote(t)}")
