@@ -249,7 +249,7 @@ def _schema_row(store_id: str, t: str, s: TableSchema) -> tuple[Any, ...]:
 _CELL_COLS = "tbl, pk, cid, kind, data, col_version, site_id, cl, seq, version, via"
 _SENTINEL_SQL = "'\\x2d31'::bytea"  # the cid "-1"
 _ZERO_SITE_SQL = "'\\x" + "00" * 16 + "'::bytea"  # COLLECTED_SITE
-_TOMBSTONE = f"cid = {_SENTINEL_SQL} AND cl % 2 = 0"
+_TOMBSTONE = f"cid = {_SENTINEL_SQL} AND mod(cl, 2) = 0"
 # A read's rows: the change's fields (a grave's db_version 0), the pushing site, the value's
 # length, and the relay version (ordering and cuts). Graves come out as collected tombstones.
 _READ_COLS = (
@@ -1472,14 +1472,17 @@ class PgRelayStore(StoreBackend):
     @_reconnecting
     def row_cells(self, table: str, pk: bytes) -> list[tuple[str, SqlValue, int, int]]:
         """The cells the store holds for one row: ``(cid, value, col_version, cl)`` each
-        (the sentinel included), none if the row was never written."""
+        (the sentinel included; a collected tombstone as ``("-1", None, cl, cl)``), none if
+        the row was never written."""
         with self.db.pool.connection() as conn:
             return [
                 (bytes(cid).decode(), decode_value(kind, data), int(cv), int(cl))
                 for cid, kind, data, cv, cl in conn.execute(
                     f"SELECT cid, kind, data, col_version, cl FROM {_S}.cells "
-                    "WHERE store_id = %s AND tbl = %s AND pk = %s",
-                    (self.store_id, table.encode(), pk),
+                    "WHERE store_id = %(s)s AND tbl = %(t)s AND pk = %(p)s UNION ALL "
+                    f"SELECT {_SENTINEL_SQL}, 0::smallint, NULL::bytea, cl, cl FROM {_S}.graves "
+                    "WHERE store_id = %(s)s AND tbl = %(t)s AND pk = %(p)s",
+                    {"s": self.store_id, "t": table.encode(), "p": pk},
                 )
             ]
 
