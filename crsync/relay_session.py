@@ -47,7 +47,7 @@ Rules (``docs/protocol.md`` says them language-neutrally):
   (``invalid_changes``). The unit is merged as one, and acknowledged only after it is durable.
 * Acks are monotonic: an ack never carries an ``upto`` below one sent before on the connection.
 * ``received`` positions are recorded only when they advance, and never past what this
-  connection sent.
+  connection sent (or, at the handshake, past the honoured cursor of the hello).
 * Refusals end the connection: an ``error`` frame with the code, then a close (1011 for
   ``internal``, 1008 otherwise), the reason cut to :data:`MAX_REASON` characters.
 """
@@ -277,7 +277,9 @@ class RelaySession:
         return out
 
     def admitted(self, view: StoreView) -> list[Action]:
-        """The store is open for the hello (after :class:`Admit`).
+        """The store is open for the hello (after :class:`Admit`): the welcome, then a
+        :class:`RecordReceived` of the hello's cursor when it is honoured and past what the
+        store recorded for the site.
 
         Raises:
             Refused: ``forbidden`` (the relay's own site), ``site_forbidden`` (the site is
@@ -304,6 +306,12 @@ class RelaySession:
         self.received = min(view.received_upto, self.sent_upto)
         self.horizon = view.horizon
         self.state = RelayState.OPEN
+        out: list[Action] = []
+        if self.sent_upto > self.received:
+            # The honoured cursor says the device merged everything up to it (a `received`
+            # the last connection may not have delivered): its position, for the horizon.
+            self.received = self.sent_upto
+            out.append(RecordReceived(self.sent_upto))
         welcome = p.Welcome(
             p.PROTOCOL_VERSION,
             view.epoch,
@@ -313,7 +321,7 @@ class RelaySession:
             view.remaining,
             self.resumed,
         )
-        return [Send(welcome)]
+        return [Send(welcome), *out]
 
     def catch_up_from(
         self, epoch: str, head: int, next_version: int | None = None
