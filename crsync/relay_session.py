@@ -38,9 +38,9 @@ Rules (``docs/protocol.md`` says them language-neutrally):
   unit the device holds part of) is continued (``welcome.resumed``) only when the cursor is
   honoured and the first version after it holding anything is still the unit's ``upto``; the
   first read then starts after the named key. ``welcome.horizon``, ``welcome.remaining`` and
-  ``pong.horizon`` carry what the loop found in the store (:class:`StoreView`). ``welcome.acked`` is the site's
-  recorded push position under the current epoch, 0 after an epoch change (the device then
-  pushes everything again and resets its positions).
+  ``pong.horizon`` carry what the loop found in the store (:class:`StoreView`).
+  ``welcome.acked`` is the site's recorded push position under the current epoch, 0 after an
+  epoch change (the device then pushes everything again and resets its positions).
 * Multi-part units: push parts are buffered until the part with ``more = false``; the store is
   checked for its quota before the first part of a multi-part unit is buffered; a unit larger
   than ``max_unit_cells`` cells or ``max_unit_bytes`` frame bytes is refused
