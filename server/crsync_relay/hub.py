@@ -195,6 +195,8 @@ class Hub:
         self._gc_due: set[str] = set()  # stores opened and not collected yet
         self._gc_wake = trio.Event()
         self.gc_figures: dict[str, GcStats] = {}  # per open store, as of its last collection
+        self.gc_rounds = 0  # rounds of the collector done (a state callers may wait on)
+        self.gc_round_done = trio.Event()  # set, and replaced, when a round ends
         if (data_dir is None) == (database is None):
             raise ValueError("a hub serves a data directory or a database, exactly one")
         self.data_dir = data_dir
@@ -506,6 +508,9 @@ class Hub:
                 finally:
                     h.users -= 1
                     h.last_used = time.monotonic()
+            self.gc_rounds += 1
+            done, self.gc_round_done = self.gc_round_done, trio.Event()
+            done.set()
 
     async def close_all(self) -> None:
         """Close every open store (shutdown)."""

@@ -273,9 +273,7 @@ def _open_resuming(
 
 
 def test_welcome_carries_the_horizon_and_what_remains() -> None:
-    s, actions = _open(
-        cursor=4, view=rs.StoreView("E", 10, pushed_upto=7, horizon=3, remaining=42)
-    )
+    s, actions = _open(cursor=4, view=rs.StoreView("E", 10, pushed_upto=7, horizon=3, remaining=42))
     (welcome,) = _sent(actions)
     assert welcome == p.Welcome(p.PROTOCOL_VERSION, "E", 10, 7, 3, 42, False)
     assert not s.resumed

@@ -495,3 +495,28 @@ def test_export_and_import_carry_graves_and_departed_devices(
     back = RelayStore(tmp_path / "back.store.sqlite3", create=False, clock=clock)
     assert (everything(back), back.gc_stats(), back.horizon(), back.max_offline()) == want
     back.close()
+
+
+def test_backup_and_restore_keep_graves_horizon_and_departed_devices(tmp_path: Any) -> None:
+    from crsync_relay.backup import backup_store, restore_store
+    from crsync_relay.datadir import DataDir
+    from crsync_relay.store import RelayStore
+
+    clock = FakeClock()
+    layout = DataDir(tmp_path / "relay")
+    layout.create()
+    s = RelayStore(layout.store_path("s"), clock=clock)
+    s.merge_push(B, 1, [cell("b", "title", "y", site=B)])
+    s.record_received(B, 1)
+    s.merge_push(A, 1, [cell("a", "title", "x")])
+    s.merge_push(A, 2, [sentinel("a", 2)])
+    clock.advance(DEFAULT_MAX_OFFLINE + DAY)
+    s.record_received(A, 3)
+    assert s.collect() == Collected(3, 1, 1)
+    want = (everything(s), s.gc_stats(), s.horizon())
+    s.close()
+    backup_store(tmp_path / "relay", "s", tmp_path / "s.bak")
+    restore_store(tmp_path / "relay", "t", tmp_path / "s.bak")
+    t = RelayStore(layout.store_path("t"), create=False, clock=clock)
+    assert (everything(t), t.gc_stats(), t.horizon()) == want
+    t.close()

@@ -36,6 +36,7 @@ from .helpers import (
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
+
 @contextlib.asynccontextmanager
 async def peers(
     relay: RelayProcess, store: str, *dbs: crsync.Database, **kw: object
