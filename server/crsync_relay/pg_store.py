@@ -1209,13 +1209,16 @@ class PgRelayStore(StoreBackend):
 
     @_reconnecting
     def seen(self, site_id: bytes) -> None:
-        """A device connected now: record it as seen (re-admitted if it had departed)."""
+        """A device connected now: record it as seen (re-admitted if it had departed); no
+        write when it was seen within the last minute."""
+        now = self.clock()
         with self.db.pool.connection() as conn:
             conn.execute(
                 f"INSERT INTO {_S}.peers (store_id, site_id, last_seen) VALUES (%s, %s, %s) "
                 "ON CONFLICT (store_id, site_id) DO UPDATE SET last_seen = excluded.last_seen, "
-                "departed = false",
-                (self.store_id, site_id, self.clock()),
+                "departed = false WHERE peers.departed OR peers.last_seen IS NULL "
+                "OR peers.last_seen < %s",
+                (self.store_id, site_id, now, now - 60),
             )
 
     @staticmethod

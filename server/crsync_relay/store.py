@@ -462,12 +462,19 @@ class RelayStore(StoreBackend):
 
     def seen(self, site_id: bytes) -> None:
         """A device connected now: record it as seen (a departed device is re-admitted: it
-        holds the horizon back again from its next ``received``)."""
+        holds the horizon back again from its next ``received``). No write when it was seen
+        within the last minute (a hello costs no commit then)."""
+        now = self.clock()
+        row = self.conn.execute(
+            "SELECT last_seen, departed FROM relay_peers WHERE site_id = ?", (site_id,)
+        ).fetchone()
+        if row is not None and row[0] is not None and not row[1] and row[0] >= now - 60:
+            return
         with self._transaction():
             self.conn.execute(
                 "INSERT INTO relay_peers (site_id, last_seen) VALUES (?, ?) ON CONFLICT "
                 "(site_id) DO UPDATE SET last_seen = excluded.last_seen, departed = 0",
-                (site_id, self.clock()),
+                (site_id, now),
             )
 
     # ------------------------------------------------------------------ merge
