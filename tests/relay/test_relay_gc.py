@@ -151,6 +151,7 @@ async def test_a_new_device_receives_collected_tombstones_and_the_horizon(
     assert _metric(text, "crsync_relay_gc_runs_total") >= 1
 
 
+@pytest.mark.slow
 async def test_400_days_later_an_absent_device_has_departed_and_is_readmitted_by_catch_up(
     tmp_path: Path, relays: list[RelayLauncher]
 ) -> None:
