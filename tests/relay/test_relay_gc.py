@@ -12,6 +12,7 @@ import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -22,6 +23,13 @@ import crsync
 from crsync import protocol as p
 from crsync.change import COLLECTED_SITE
 from crsync.peer import Peer
+
+ROOT = Path(__file__).resolve().parents[2]
+# tests/relay is not a package: the private PostgreSQL harness is imported from tests/.
+if str(ROOT / "tests") not in sys.path:
+    sys.path.insert(0, str(ROOT / "tests"))
+
+from store.pg_fixtures import pg_server  # noqa: E402, F401  (the fixture)
 
 pytestmark = pytest.mark.e2e
 
@@ -254,3 +262,36 @@ async def test_a_catch_up_unit_dropped_midway_resumes_after_the_last_change_held
     fresh, frames = await _hello(relay.url, 0, "another epoch", resume)
     assert not fresh.resumed and fresh.remaining == total
     assert sum(len(f.changes) for f in frames) == total
+
+
+def test_gc_max_offline_and_details_work_on_a_postgresql_database(pg_server: Any) -> None:
+    import uuid
+
+    from crsync_relay.pg_store import PgDatabase
+
+    name = f"gc_{uuid.uuid4().hex[:8]}"
+    conninfo = pg_server.create_database(name)
+    url = pg_server.url(name)
+    a, b = bytes([0xA] * 16), bytes([0xB] * 16)
+    with PgDatabase(conninfo, max_size=2) as db:
+        s = db.open_store("alice")
+        notes = crsync.pack_pk
+        s.merge_push(a, 1, [crsync.Change("n", notes([1]), "b", "x", 1, 1, a, 1, 0)])
+        s.merge_push(a, 2, [crsync.Change("n", notes([1]), "-1", None, 2, 2, a, 2, 0)])
+        s.record_received(a, 2)
+        s.record_received(b, 1)
+    shown = _cli("max-offline", "--database", url, "alice")
+    assert shown.stdout.strip() == "store alice: max-offline 180 days", shown.stderr
+    assert _cli("max-offline", "--database", url, "alice", "10").returncode == 0
+    done = _cli("gc", "--database", url)
+    assert done.returncode == 0, done.stderr
+    assert "store alice: horizon 1, collected 0 tombstone(s), 0 device(s) departed" in done.stdout
+    later = {"CRSYNC_RELAY_CLOCK_SKEW": str(11 * DAY)}
+    done = _cli("gc", "--database", url, "--store", "alice", env=later)
+    assert "store alice: horizon 2, collected 1 tombstone(s), 2 device(s) departed" in done.stdout
+    listed = _cli("stores", "--database", url, "--details", env=later)
+    assert listed.returncode == 0, listed.stderr
+    assert "collected 1" in listed.stdout and "max-offline 10 days" in listed.stdout
+    assert listed.stdout.count("departed") == 2
+    missing = _cli("gc", "--database", url, "--store", "nobody")
+    assert missing.returncode == 1 and "nobody" in missing.stderr
