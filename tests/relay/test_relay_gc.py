@@ -264,7 +264,9 @@ async def test_a_catch_up_unit_dropped_midway_resumes_after_the_last_change_held
     assert sum(len(f.changes) for f in frames) == total
 
 
-def test_gc_max_offline_and_details_work_on_a_postgresql_database(pg_server: Any) -> None:
+def test_gc_max_offline_and_details_work_on_a_postgresql_database(
+    pg_server: Any,  # noqa: F811  (the fixture imported above)
+) -> None:
     import uuid
 
     from crsync_relay.pg_store import PgDatabase
