@@ -103,7 +103,9 @@ def _commit(bind: Connection | Engine) -> None:
         bind.commit()
 
 
-def retrack(db: Database, *models: Any, previously_tracked: list[str] | None = None) -> list[str]:
+def retrack(
+    db: Database, *models: Any, previously_tracked: list[str] | None = None
+) -> list[str]:
     """Bring tracking up to date after migrations ran (without :func:`migrations`).
 
     - Tracked tables that no longer exist and that ``models`` no longer declare are untracked

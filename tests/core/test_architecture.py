@@ -302,7 +302,9 @@ def test_contrib_uses_the_public_api_only(path: Path) -> None:
             elif module.startswith("crsync.") and not module.startswith("crsync.contrib"):
                 bad.append(module)
     assert bad == []
-    violations = [v for v in _violations(source) if not any(ok in v for ok in _THIRD_PARTY_PUBLIC)]
+    violations = [
+        v for v in _violations(source) if not any(ok in v for ok in _THIRD_PARTY_PUBLIC)
+    ]
     assert violations == []
 
 

@@ -40,11 +40,9 @@ def test_editing_a_cell_at_the_bound_saturates_and_still_syncs() -> None:
     assert v.col_version == MAX_CLOCK and type(v.col_version) is int
     assert b.merge(mine) >= 1  # valid everywhere: no REAL clock, nothing refused
     # equal clocks: the larger value wins on both devices
-    assert (
-        a.conn.execute("SELECT v, w FROM t").fetchall()
-        == b.conn.execute("SELECT v, w FROM t").fetchall()
-        == [("zzz edited", "other")]
-    )
+    assert a.conn.execute("SELECT v, w FROM t").fetchall() == b.conn.execute(
+        "SELECT v, w FROM t"
+    ).fetchall() == [("zzz edited", "other")]
 
 
 def test_deleting_a_row_at_the_causal_length_bound_is_refused_clearly() -> None:

@@ -85,25 +85,13 @@ async def test_backup_and_restore_use_paths_exactly(relay: RelayProcess, tmp_pat
     junk.write_bytes(b"junk, not a database")
     relay.stop()
     refused = _cli(
-        "restore",
-        "--data-dir",
-        str(relay.data_dir),
-        "--store",
-        "bob",
-        "--from",
-        str(junk),
+        "restore", "--data-dir", str(relay.data_dir), "--store", "bob", "--from", str(junk),
         "--force",
     )
     assert refused.returncode != 0 and "not a relay store backup" in refused.stderr
     assert "Traceback" not in refused.stderr
     restored = _cli(
-        "restore",
-        "--data-dir",
-        str(relay.data_dir),
-        "--store",
-        "bob",
-        "--from",
-        str(odd),
+        "restore", "--data-dir", str(relay.data_dir), "--store", "bob", "--from", str(odd),
         "--force",
     )
     assert restored.returncode == 0, restored.stderr
@@ -136,13 +124,7 @@ async def test_restore_refuses_while_a_relay_serves_the_data_dir(
         _cli("backup", "--data-dir", str(relay.data_dir), "--store", "s", "--to", str(backup))
     ).returncode == 0
     done = _cli(
-        "restore",
-        "--data-dir",
-        str(relay.data_dir),
-        "--store",
-        "s",
-        "--from",
-        str(backup),
+        "restore", "--data-dir", str(relay.data_dir), "--store", "s", "--from", str(backup),
         "--force",
     )
     assert done.returncode != 0 and "stop it before restoring" in done.stderr
@@ -151,27 +133,16 @@ async def test_restore_refuses_while_a_relay_serves_the_data_dir(
 def test_a_second_relay_on_the_same_data_dir_is_refused(relay: RelayProcess) -> None:
     assert relay.secret_file is not None
     done = _cli(
-        "serve",
-        "--data-dir",
-        str(relay.data_dir),
-        "--secret-file",
-        str(relay.secret_file),
-        "--port",
-        "0",
+        "serve", "--data-dir", str(relay.data_dir), "--secret-file", str(relay.secret_file),
+        "--port", "0",
     )
     assert done.returncode != 0 and "another relay serves" in done.stderr
 
 
 def test_dev_relay_refuses_metrics_off_loopback(tmp_path: Path) -> None:
     done = _cli(
-        "serve",
-        "--dev",
-        "--data-dir",
-        str(tmp_path / "d"),
-        "--metrics-port",
-        "0",
-        "--metrics-host",
-        "0.0.0.0",
+        "serve", "--dev", "--data-dir", str(tmp_path / "d"), "--metrics-port", "0",
+        "--metrics-host", "0.0.0.0",
     )
     assert done.returncode != 0 and "only on loopback" in done.stderr
 

@@ -47,7 +47,9 @@ class Raw:
                 return msg
 
 
-def _hello(store: str, site: bytes, token: str, key: bytes | None, epoch: str = "") -> p.Hello:
+def _hello(
+    store: str, site: bytes, token: str, key: bytes | None, epoch: str = ""
+) -> p.Hello:
     return p.Hello(1, store, site, SCHEMA, 0, epoch, token, key)
 
 

@@ -139,9 +139,7 @@ async def test_dev_relay_refuses_browser_origins(relay_factory: RelayFactory) ->
     # A web page's WebSocket always carries an Origin header: refused at the handshake.
     with pytest.raises(InvalidHandshake) as info:
         async with ws_client(
-            relay.url,
-            origin="https://evil.example",
-            compression=None,  # type: ignore[arg-type]
+            relay.url, origin="https://evil.example", compression=None  # type: ignore[arg-type]
         ) as ws:
             await ws.send(hello)
             await ws.recv()

@@ -34,7 +34,9 @@ def alembic_config(tmp_path: Path, db: Path) -> Config:
     revisions to the copy), on the database ``db``."""
     scripts = tmp_path / "migrations"
     if not scripts.exists():
-        shutil.copytree(EXAMPLE_MIGRATIONS, scripts, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(
+            EXAMPLE_MIGRATIONS, scripts, ignore=shutil.ignore_patterns("__pycache__")
+        )
         shutil.copyfile(ENV_PY, scripts / "env.py")
     cfg = Config()
     cfg.set_main_option("script_location", str(scripts))

@@ -80,12 +80,8 @@ def test_create_all_tracks_the_models_and_sessions_are_captured(tmp_path: Path) 
         note_id = note.id
     assert note_id > 2**32  # crsync.new_id(), not SQLite's next rowid
     changed = {(c.table, c.cid) for c in db.changes(since=before)}
-    assert changed == {
-        ("notes", "title"),
-        ("notes", "done"),
-        ("notes", "body"),
-        ("tags", "note_id"),
-    }
+    assert changed == {("notes", "title"), ("notes", "done"), ("notes", "body"),
+                       ("tags", "note_id")}
     engine.dispose()
 
 

@@ -117,14 +117,7 @@ def test_change_values_keep_type_and_bits(val: Any) -> None:
 
 def test_int64_extremes_in_every_integer_field_round_trip() -> None:
     c = Change(
-        "t",
-        pack_pk([I64_MIN, I64_MAX]),
-        "c",
-        I64_MIN,
-        MAX_CLOCK,
-        MAX_CLOCK,
-        SITE,
-        MAX_CLOCK,
+        "t", pack_pk([I64_MIN, I64_MAX]), "c", I64_MIN, MAX_CLOCK, MAX_CLOCK, SITE, MAX_CLOCK,
         I64_MAX,
     )
     out = p.decode(p.encode(p.Changes(0, I64_MAX, [c])))

@@ -19,7 +19,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 OPTS = {"backoff_initial": 0.05, "backoff_max": 0.3}
 OLD = "CREATE TABLE todos (id TEXT PRIMARY KEY NOT NULL, title TEXT, done INTEGER)"
 NEW = (
-    "CREATE TABLE todos (id TEXT PRIMARY KEY NOT NULL, title TEXT, done INTEGER NOT NULL DEFAULT 0)"
+    "CREATE TABLE todos (id TEXT PRIMARY KEY NOT NULL, title TEXT, "
+    "done INTEGER NOT NULL DEFAULT 0)"
 )
 
 
@@ -69,10 +70,7 @@ async def test_a_row_another_app_version_cannot_apply_is_set_aside_and_sync_goes
             await po.wait_synced()
             await pn.wait_synced()
     assert [r[0] for r in new.conn.execute("SELECT id FROM todos ORDER BY id")] == [
-        "a",
-        "b",
-        "c",
-        "d",
+        "a", "b", "c", "d"
     ]
     assert new.retry_rejected() == len(rejected)
     assert new.conn.execute("SELECT title, done FROM todos WHERE id = 'b'").fetchone() == (

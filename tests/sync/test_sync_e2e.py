@@ -36,7 +36,6 @@ from .helpers import (
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
-
 @contextlib.asynccontextmanager
 async def peers(
     relay: RelayProcess, store: str, *dbs: crsync.Database, **kw: object

@@ -140,7 +140,9 @@ def track_models(
     try:
         existing = {
             n.lower()
-            for (n,) in database.conn.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")
+            for (n,) in database.conn.execute(
+                "SELECT name FROM sqlite_schema WHERE type = 'table'"
+            )
         }
         done = []
         for model, opts in models.items():
