@@ -239,7 +239,10 @@ async def _send_error(ws: ServerConnection, close: rs.Close, hub: Hub) -> None:
 async def _look(handle: StoreHandle, hello: p.Hello, rules: rs.RelaySession) -> rs.StoreView:
     """What the store says about the hello's site and schema, checked in the order
     :class:`~crsync.relay_session.StoreView` names, stopping at the first problem (a site that
-    is the relay's own is never bound)."""
+    is the relay's own is never bound); then the site is recorded as seen (a departed device
+    is re-admitted) and the catch-up figures are read: the horizon, what remains after the
+    catch-up start and, for a hello naming a half-received unit, the first version after the
+    cursor (``rules`` decides where catch-up starts)."""
     w = handle.writer
     async with handle.write_lock:
         epoch, head = handle.epoch, handle.head
