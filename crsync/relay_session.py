@@ -34,16 +34,20 @@ Rules (``docs/protocol.md`` says them language-neutrally):
 * Hello first, once; nothing is sent before ``welcome``; the store is opened and the token
   checked only after a well-formed hello of at most :data:`crsync.protocol.MAX_HELLO_BYTES`.
 * Resume: a hello's ``cursor`` is honoured only under the store's current epoch and when it is
-  not past the store's head; otherwise catch-up starts at 0. ``welcome.acked`` is the site's
-  recorded push position under the current epoch, 0 after an epoch change (the device then
-  pushes everything again and resets its positions).
+  not past the store's head; otherwise catch-up starts at 0. A hello's ``resume`` (a catch-up
+  unit the device holds part of) is continued (``welcome.resumed``) only when the cursor is
+  honoured and the first version after it holding anything is still the unit's ``upto``; the
+  first read then starts after the named key. ``welcome.horizon``, ``welcome.remaining`` and
+  ``pong.horizon`` carry what the loop found in the store (:class:`StoreView`).
+  ``welcome.acked`` is the site's recorded push position under the current epoch, 0 after an
+  epoch change (the device then pushes everything again and resets its positions).
 * Multi-part units: push parts are buffered until the part with ``more = false``; the store is
   checked for its quota before the first part of a multi-part unit is buffered; a unit larger
   than ``max_unit_cells`` cells or ``max_unit_bytes`` frame bytes is refused
   (``invalid_changes``). The unit is merged as one, and acknowledged only after it is durable.
 * Acks are monotonic: an ack never carries an ``upto`` below one sent before on the connection.
 * ``received`` positions are recorded only when they advance, and never past what this
-  connection sent.
+  connection sent (or, at the handshake, past the honoured cursor of the hello).
 * Refusals end the connection: an ``error`` frame with the code, then a close (1011 for
   ``internal``, 1008 otherwise), the reason cut to :data:`MAX_REASON` characters.
 """
@@ -138,6 +142,14 @@ class StoreView:
     own_site: bool = False
     site_claim: str | None = None
     schema_problem: str | None = None
+    # The store's horizon (None: the relay does not collect), and how many cells and collected
+    # tombstones the peer has yet to receive from where its catch-up starts (see
+    # :meth:`RelaySession.catch_up_from`; None: not counted).
+    horizon: int | None = None
+    remaining: int | None = None
+    # The first relay version after the catch-up cursor holding anything (asked only for a
+    # hello with ``resume``: the unit it names continues only if it is still that version).
+    next_version: int | None = None
 
 
 class RelayState(enum.Enum):
@@ -191,6 +203,8 @@ class RelaySession:
         self._unit_bytes = 0
         self._merging: p.Push | None = None  # the final part of the unit being merged
         self._resume: tuple[int, str, bytes, str] | None = None
+        self.horizon: int | None = None  # the store's horizon as last told
+        self.resumed = False  # the hello's half-received unit is being continued
 
     # ------------------------------------------------------------------ frames
 
@@ -238,7 +252,7 @@ class RelaySession:
             self.received = upto
             return [RecordReceived(upto)]
         if isinstance(msg, p.Ping):
-            return [Send(p.Pong(msg.id, self.head))]
+            return [Send(p.Pong(msg.id, self.head, self.horizon))]
         raise _unexpected(f"a peer may not send {msg.TYPE!r} now")
 
     def _push(self, msg: p.Push, size: int) -> list[Action]:
@@ -263,7 +277,9 @@ class RelaySession:
         return out
 
     def admitted(self, view: StoreView) -> list[Action]:
-        """The store is open for the hello (after :class:`Admit`).
+        """The store is open for the hello (after :class:`Admit`): the welcome, then a
+        :class:`RecordReceived` of the hello's cursor when it is honoured and past what the
+        store recorded for the site.
 
         Raises:
             Refused: ``forbidden`` (the relay's own site), ``site_forbidden`` (the site is
@@ -284,11 +300,46 @@ class RelaySession:
         same_epoch = hello.epoch == view.epoch
         self.epoch = view.epoch
         self.head = view.head
-        self.sent_upto = hello.cursor if same_epoch and hello.cursor <= view.head else 0
+        self.sent_upto, self._resume = self.catch_up_from(view.epoch, view.head, view.next_version)
+        self.resumed = self._resume is not None
         self.acked = view.pushed_upto if same_epoch else 0
         self.received = min(view.received_upto, self.sent_upto)
+        self.horizon = view.horizon
         self.state = RelayState.OPEN
-        return [Send(p.Welcome(p.PROTOCOL_VERSION, view.epoch, view.head, self.acked))]
+        out: list[Action] = []
+        if self.sent_upto > self.received:
+            # The honoured cursor says the device merged everything up to it (a `received`
+            # the last connection may not have delivered): its position, for the horizon.
+            self.received = self.sent_upto
+            out.append(RecordReceived(self.sent_upto))
+        welcome = p.Welcome(
+            p.PROTOCOL_VERSION,
+            view.epoch,
+            view.head,
+            self.acked,
+            view.horizon,
+            view.remaining,
+            self.resumed,
+        )
+        return [Send(welcome), *out]
+
+    def catch_up_from(
+        self, epoch: str, head: int, next_version: int | None = None
+    ) -> tuple[int, tuple[int, str, bytes, str] | None]:
+        """Where the hello's catch-up starts on a store of ``epoch`` and ``head``: the cursor
+        (the hello's under the same epoch and not past the head, else 0) and, when the hello
+        names a half-received unit that still stands (rule 10: same epoch, cursor honoured,
+        ``next_version`` -- the first version after the cursor holding anything -- is the
+        unit's ``upto``), the key the first read continues after (else None)."""
+        hello = self.hello
+        if hello is None:
+            raise RuntimeError("catch_up_from() before a hello")
+        if hello.epoch != epoch or hello.cursor > head:
+            return 0, None
+        r = hello.resume
+        if r is None or next_version is None or r.upto != next_version or r.upto <= hello.cursor:
+            return hello.cursor, None
+        return hello.cursor, (r.upto, r.table, r.pk, r.cid)
 
     @property
     def epoch_matched(self) -> bool:
@@ -305,9 +356,12 @@ class RelaySession:
         self.acked = max(self.acked, msg.upto)
         return [Send(p.Ack(msg.batch, self.acked, self.head))]
 
-    def store_advanced(self, head: int) -> None:
-        """The store's head is ``head`` now (a push of any connection, a reactor write)."""
+    def store_advanced(self, head: int, horizon: int | None = None) -> None:
+        """The store's head is ``head`` now (a push of any connection, a reactor write), and
+        its horizon ``horizon`` (None: not told; a horizon never moves back)."""
         self.head = max(self.head, head)
+        if horizon is not None:
+            self.horizon = horizon if self.horizon is None else max(self.horizon, horizon)
 
     def next_read(self) -> ReadChanges | None:
         """What to read for the peer next, or None: it has everything up to the head (wait

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -18,7 +19,9 @@ from crsync.errors import CrsyncError, ExitStatus
 from . import logconfig
 from .auth import issue_token, load_secret
 from .datadir import DataDir, check_store_id
-from .server import DATABASE_POOL_SIZE, RelayConfig, describe_store, run_relay
+from .server import DATABASE_POOL_SIZE, RelayConfig, describe_store, relay_clock, run_relay
+from .store_api import StoreBackend
+from .store_rules import DAY, DEFAULT_MAX_OFFLINE
 
 ENV_PREFIX = "CRSYNC_RELAY_"
 
@@ -176,6 +179,18 @@ def _setting(*decls: str, **attrs: Any) -> Callable[[_F], _F]:
     help="Deliveries of a failing batch before it is narrowed to one relay version, and of "
     "that version before it is set aside (default 5).",
 )
+@_setting(
+    "--gc-interval",
+    type=float,
+    help="Seconds between garbage collections of each open store (default 3600; each store is "
+    "also collected when it opens; 0: only then).",
+)
+@_setting(
+    "--max-offline-days",
+    type=float,
+    help="Days a device may stay away before a store's horizon passes it (default 180); "
+    "per store: crsync-relay max-offline.",
+)
 @_setting("--log-format", type=click.Choice(["text", "json"]))
 @_setting("--log-level")
 def serve(**opts: Any) -> None:
@@ -254,6 +269,8 @@ def serve(**opts: Any) -> None:
         reactor=pick("reactor"),
         reactor_stores=pick("reactor_stores"),
         reactor_max_attempts=int(pick("reactor_max_attempts", 5, int)),
+        gc_interval=float(pick("gc_interval", 3600.0, float)),
+        max_offline_days=float(pick("max_offline_days", 180.0, float)),
     )
     logconfig.configure(pick("log_level", "info"), pick("log_format", "text"))
     try:
@@ -313,19 +330,80 @@ def _open_database(url: str, *, create: bool = False) -> Any:
     return PgDatabase(url, max_size=2, create=create)
 
 
+def _when(t: float | None) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t)) if t else "-"
+
+
+@contextlib.contextmanager
+def _each_store(
+    data_dir: str | None,
+    database: str | None,
+    only: str | None = None,
+    default_max_offline: float = DEFAULT_MAX_OFFLINE,
+) -> Iterator[Iterator[tuple[str, StoreBackend]]]:
+    """The stores of a data directory or database (``only``: that one, which must exist),
+    each opened with the relay's clock (``CRSYNC_RELAY_CLOCK_SKEW``)."""
+    _one_source(data_dir, database)
+    clock = relay_clock()
+    if only is not None:
+        check_store_id(only)
+    if database:
+        with _open_database(database) as db:
+            ids = [only] if only is not None else db.store_ids()
+
+            def pg_stores() -> Iterator[tuple[str, StoreBackend]]:
+                for sid in ids:
+                    yield (
+                        sid,
+                        db.open_store(
+                            sid, create=False, clock=clock, default_max_offline=default_max_offline
+                        ),
+                    )
+
+            yield pg_stores()
+        return
+    from .store import RelayStore
+
+    assert data_dir is not None
+    d = Path(data_dir)
+    if not d.is_dir():
+        _fail(f"no such directory: {d}")
+    layout = DataDir(d)
+    paths = [(only, layout.existing_store(only))] if only is not None else layout.stores()
+
+    def sqlite_stores() -> Iterator[tuple[str, StoreBackend]]:
+        for sid, path in paths:
+            s = RelayStore(path, create=False, clock=clock, default_max_offline=default_max_offline)
+            try:
+                yield sid, s
+            finally:
+                s.close()
+
+    yield sqlite_stores()
+
+
 @main.command()
 @click.option("--data-dir", default=None, help="The relay's data directory.")
 @click.option("--database", default=None, help="Or the relay's PostgreSQL database URL.")
-def stores(data_dir: str | None, database: str | None) -> None:
+@click.option(
+    "--details",
+    is_flag=True,
+    help="Also the horizon, tombstones and each device: last seen, positions, departed.",
+)
+def stores(data_dir: str | None, database: str | None, details: bool) -> None:
     """List stores with size, peers and last activity.
 
-    Example: crsync-relay stores --data-dir /var/lib/crsync
+    Example: crsync-relay stores --data-dir /var/lib/crsync --details
     """
     _one_source(data_dir, database)
     figures: list[tuple[str, dict[str, Any]]] = []
-    if database:
-        with _open_database(database) as db:
-            figures = [(sid, db.open_store(sid, create=False).stats()) for sid in db.store_ids()]
+    gc: dict[str, Any] = {}
+    if database or details:
+        with _each_store(data_dir, database) as each:
+            for sid, s in each:
+                figures.append((sid, s.stats()))
+                if details:
+                    gc[sid] = s.gc_stats()
     else:
         assert data_dir is not None
         d = Path(data_dir)
@@ -334,12 +412,77 @@ def stores(data_dir: str | None, database: str | None) -> None:
         figures = [(name, describe_store(path)) for name, path in DataDir(d).stores()]
     click.echo(f"{'store':<32} {'bytes':>12} {'cells':>10} {'peers':>6} {'head':>8}  last activity")
     for name, st in figures:
-        last = st["last_activity"]
-        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(last)) if last else "-"
         click.echo(
             f"{name:<32} {st['bytes']:>12} {st['cells']:>10} {st['peers']:>6} {st['head']:>8}  "
-            f"{when}"
+            f"{_when(st['last_activity'])}"
         )
+        g = gc.get(name)
+        if g is None:
+            continue
+        click.echo(
+            f"  horizon {g.horizon} (age {g.horizon_age / DAY:.1f} days), tombstones "
+            f"{g.tombstones}, collected {g.graves}, max-offline {g.max_offline / DAY:g} days, "
+            f"about to depart {g.about_to_depart}"
+        )
+        click.echo(f"  {'device':<32} {'last seen':<20} {'pushed':>10} {'received':>10}  state")
+        for dev in g.devices:
+            state = "departed" if dev.departed else "active"
+            click.echo(
+                f"  {dev.site_id.hex():<32} {_when(dev.last_seen):<20} {dev.pushed_upto:>10} "
+                f"{dev.received_upto:>10}  {state}"
+            )
+
+
+@main.command()
+@click.option("--data-dir", default=None, help="The relay's data directory.")
+@click.option("--database", default=None, help="Or the relay's PostgreSQL database URL.")
+@click.option("--store", default=None, help="Only this store (default: every store).")
+@click.option(
+    "--max-offline-days",
+    type=float,
+    default=180.0,
+    show_default=True,
+    help="The relay's default max-offline (stores with their own setting keep it).",
+)
+def gc(
+    data_dir: str | None, database: str | None, store: str | None, max_offline_days: float
+) -> None:
+    """Collect tombstones now (the relay does it every --gc-interval anyway): move each
+    store's horizon, turn tombstones below it into collected tombstones, let devices away
+    longer than the store's max-offline depart. Safe while the relay serves.
+
+    Example: crsync-relay gc --data-dir /var/lib/crsync --store alice
+    """
+    if not 0 < max_offline_days < float("inf"):
+        _usage("--max-offline-days must be a positive number of days")
+    n = 0
+    with _each_store(data_dir, database, store, max_offline_days * DAY) as each:
+        for sid, s in each:
+            done = s.collect()
+            n += 1
+            click.echo(
+                f"store {sid}: horizon {done.horizon}, collected {done.collected} "
+                f"tombstone(s), {done.departed} device(s) departed"
+            )
+    click.echo(f"collected {n} store(s)")
+
+
+@main.command("max-offline")
+@click.option("--data-dir", default=None, help="The relay's data directory.")
+@click.option("--database", default=None, help="Or the relay's PostgreSQL database URL.")
+@click.argument("store")
+@click.argument("days", type=float, required=False)
+def max_offline(data_dir: str | None, database: str | None, store: str, days: float | None) -> None:
+    """Show or set how many days a device of STORE may stay away before the store's horizon
+    passes it (it then departs: re-admitted by catch-up when it returns).
+
+    Example: crsync-relay max-offline --data-dir /var/lib/crsync alice 365
+    """
+    with _each_store(data_dir, database, store) as each:
+        for sid, s in each:
+            if days is not None:
+                s.set_max_offline(days * DAY)
+            click.echo(f"store {sid}: max-offline {s.max_offline() / DAY:g} days")
 
 
 @main.command()

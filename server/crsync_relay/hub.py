@@ -42,7 +42,7 @@ from .metrics import RelayMetrics
 from .refusal import Refusal
 from .store import RelayStore
 from .store_api import StoreBackend
-from .store_rules import Page
+from .store_rules import DEFAULT_MAX_OFFLINE, Collected, GcStats, Page
 
 if TYPE_CHECKING:
     from .pg_store import PgDatabase
@@ -118,6 +118,10 @@ class StoreHandle:
     sessions: int = 0
     # push rate limit: the time (trio clock) at which the cells pushed so far are paid for
     paid_until: float = 0.0
+    horizon: int = 0  # the store's horizon as last read or collected
+    # Sites connected to the store now, each with its number of connections (they count as
+    # seen now when the store collects).
+    connected: dict[bytes, int] = attrs.Factory(dict)
 
     def wake(self) -> None:
         """Wake every session waiting for a new head."""
@@ -151,6 +155,11 @@ class HubLimits:
     """Stores one token subject creates a minute."""
     max_stores_per_subject: int = 0
     """Stores one token subject creates in all."""
+    gc_interval: float = 3600.0
+    """Seconds between two garbage collections of an open store (each store is also
+    collected once when it opens); 0: only when a store opens."""
+    max_offline: float = DEFAULT_MAX_OFFLINE
+    """A store's ``max_offline`` unless an operator set one for it."""
 
     @property
     def open_per_subject(self) -> int:
@@ -177,9 +186,17 @@ class Hub:
         metrics: RelayMetrics | None = None,
         *,
         database: PgDatabase | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         """Serve the stores in ``data_dir`` (created if missing), or in ``database``, within
-        ``limits``."""
+        ``limits``. ``clock``: the wall clock stores record ``last_seen`` with and collect
+        by (a relay process skews it by ``CRSYNC_RELAY_CLOCK_SKEW``, for tests and drills)."""
+        self.clock = clock
+        self._gc_due: set[str] = set()  # stores opened and not collected yet
+        self._gc_wake = trio.Event()
+        self.gc_figures: dict[str, GcStats] = {}  # per open store, as of its last collection
+        self.gc_rounds = 0  # rounds of the collector done (a state callers may wait on)
+        self.gc_round_done = trio.Event()  # set, and replaced, when a round ends
         if (data_dir is None) == (database is None):
             raise ValueError("a hub serves a data directory or a database, exactly one")
         self.data_dir = data_dir
@@ -220,13 +237,14 @@ class Hub:
     def _open_backend(self, store: str) -> tuple[StoreBackend, StoreBackend]:
         """Writer and reader of a store (blocking; created if missing). A PostgreSQL store
         is one instance: each call borrows a pooled connection."""
+        clock, max_offline = self.clock, self.limits.max_offline
         if self.database is not None:
-            s = self.database.open_store(store)
+            s = self.database.open_store(store, clock=clock, default_max_offline=max_offline)
             return s, s
         path = self.path_for(store)
-        writer = RelayStore(path)
+        writer = RelayStore(path, clock=clock, default_max_offline=max_offline)
         try:
-            return writer, RelayStore(path)
+            return writer, RelayStore(path, clock=clock, default_max_offline=max_offline)
         except BaseException:
             writer.close()
             raise
@@ -349,6 +367,8 @@ class Hub:
             h = StoreHandle(store, writer, reader, head, writer.epoch)
             h.users = 1
             self._open[store] = h
+            self._gc_due.add(store)  # collected once when it opens
+            self._gc_wake.set()
             self.metrics.stores_open.set(len(self._open))
             log.info(
                 "relay.store.open store=%s epoch=%s head=%d",
@@ -380,6 +400,9 @@ class Hub:
 
     async def _close(self, h: StoreHandle) -> None:
         self._open.pop(h.store_id, None)
+        self._gc_due.discard(h.store_id)
+        if self.gc_figures.pop(h.store_id, None) is not None:
+            self._publish_gc()
         async with h.write_lock, h.read_lock:
             await trio.to_thread.run_sync(h.writer.close)
             if h.reader is not h.writer:
@@ -404,6 +427,90 @@ class Hub:
         while True:
             await trio.sleep(max(self.limits.idle_seconds / 4, 0.5))
             await self.close_idle()
+
+    # ------------------------------------------------------------ garbage collection
+
+    async def collect(self, h: StoreHandle) -> Collected:
+        """Collect one open store now (under its write lock, in a worker thread like every
+        store call): move its horizon, turn tombstones below it into collected tombstones,
+        let devices away longer than ``max_offline`` depart. The sites connected to the
+        store count as seen now."""
+        async with h.write_lock:
+            started = time.perf_counter()
+            done = await trio.to_thread.run_sync(
+                functools.partial(h.writer.collect, list(h.connected))
+            )
+            figures = await trio.to_thread.run_sync(h.writer.gc_stats)
+            elapsed = time.perf_counter() - started
+        h.horizon = max(h.horizon, done.horizon)
+        self.metrics.gc_runs.inc()
+        self.metrics.gc_seconds.observe(elapsed)
+        self.metrics.tombstones_collected.inc(done.collected)
+        self.metrics.devices_departed_total.inc(done.departed)
+        if h.store_id in self._open:
+            self.gc_figures[h.store_id] = figures
+            self._publish_gc()
+        log.info(
+            "relay.gc store=%s horizon=%d collected=%d departed=%d tombstones=%d graves=%d "
+            "seconds=%.3f",
+            h.store_id,
+            done.horizon,
+            done.collected,
+            done.departed,
+            figures.tombstones,
+            figures.graves,
+            elapsed,
+            extra={"store": h.store_id},
+        )
+        return done
+
+    def _publish_gc(self) -> None:
+        """Set the garbage-collection gauges from the open stores' last figures."""
+        figures = list(self.gc_figures.values())
+        m = self.metrics
+        m.tombstones.set(sum(f.tombstones for f in figures))
+        m.graves.set(sum(f.graves for f in figures))
+        m.horizon_age.set(max((f.horizon_age for f in figures), default=0.0))
+        m.devices_departing.set(sum(f.about_to_depart for f in figures))
+        m.devices_departed.set(sum(sum(d.departed for d in f.devices) for f in figures))
+
+    async def collector(self) -> None:
+        """Run forever: collect each store when it opens, and every open store every
+        ``gc_interval`` seconds (a timer, not a synchronisation). A failed collection is
+        logged and tried again at the next round; it never stops the relay."""
+        interval = self.limits.gc_interval
+        next_round = trio.current_time() + interval
+        while True:
+            with trio.move_on_at(next_round if interval > 0 else float("inf")):
+                await self._gc_wake.wait()
+            self._gc_wake = trio.Event()
+            if interval > 0 and trio.current_time() >= next_round:
+                due = list(self._open)
+                next_round = trio.current_time() + interval
+            else:
+                due = [s for s in self._open if s in self._gc_due]
+            self._gc_due.clear()
+            for store in due:
+                h = self._open.get(store)
+                if h is None:
+                    continue
+                h.users += 1  # kept open while it is collected
+                try:
+                    await self.collect(h)
+                except Exception as exc:
+                    log.warning(
+                        "relay.gc_failed store=%s error=%s: %s",
+                        store,
+                        type(exc).__name__,
+                        exc,
+                        extra={"store": store},
+                    )
+                finally:
+                    h.users -= 1
+                    h.last_used = time.monotonic()
+            self.gc_rounds += 1
+            done, self.gc_round_done = self.gc_round_done, trio.Event()
+            done.set()
 
     async def close_all(self) -> None:
         """Close every open store (shutdown)."""

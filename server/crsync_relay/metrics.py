@@ -79,6 +79,52 @@ class RelayMetrics:
             registry=r,
         )
 
+        # Garbage collection (docs/concepts.md, "Tombstones and the horizon"): gauges summed
+        # over the stores open on this node, as of each one's last collection.
+        self.tombstones = Gauge(
+            "crsync_relay_tombstones",
+            "Deleted rows held as full tombstones (above the horizon), open stores",
+            registry=r,
+        )
+        self.graves = Gauge(
+            "crsync_relay_graves",
+            "Collected tombstones (deleted rows below the horizon: key, cl, version), open stores",
+            registry=r,
+        )
+        self.horizon_age = Gauge(
+            "crsync_relay_horizon_age_seconds",
+            "Largest horizon age of the open stores: seconds since the device holding a "
+            "store's horizon back was last seen",
+            registry=r,
+        )
+        self.devices_departing = Gauge(
+            "crsync_relay_devices_departing",
+            "Devices within 7 days of their store's max_offline (about to depart), open stores",
+            registry=r,
+        )
+        self.devices_departed = Gauge(
+            "crsync_relay_devices_departed",
+            "Departed devices (away longer than max_offline; site binding kept), open stores",
+            registry=r,
+        )
+        self.gc_runs = Counter("crsync_relay_gc_runs", "Garbage collections of a store", registry=r)
+        self.gc_seconds = Histogram(
+            "crsync_relay_gc_seconds",
+            "Time of one store's garbage collection",
+            registry=r,
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60),
+        )
+        self.tombstones_collected = Counter(
+            "crsync_relay_tombstones_collected",
+            "Tombstones turned into collected tombstones",
+            registry=r,
+        )
+        self.devices_departed_total = Counter(
+            "crsync_relay_devices_departures",
+            "Devices that departed (their positions forgotten)",
+            registry=r,
+        )
+
     def render(self) -> bytes:
         """The Prometheus text exposition."""
         return generate_latest(self.registry)

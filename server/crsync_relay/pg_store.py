@@ -67,7 +67,7 @@ import struct
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
@@ -81,14 +81,15 @@ from . import store_rules as rules
 from .datadir import check_store_id
 from .store import RelayStore
 from .store_api import StoreBackend
-from .store_rules import Page, PageRequest, PeerPosition, Push
+from .store_rules import Collected, DeviceInfo, GcStats, Page, PageRequest, PeerPosition, Push
 
 if TYPE_CHECKING:
     import psycopg
     import psycopg_pool
 
 SCHEMA = "crsync_relay"
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
+"""1: the first layout; 2: collected tombstones (``graves``) and ``peers.departed``."""
 EXTRA_HINT = "install the relay's PostgreSQL support: pip install 'crsync[postgres]'"
 
 _S = SCHEMA
@@ -121,8 +122,23 @@ _DDL = [
     f"CREATE TABLE IF NOT EXISTS {_S}.store_creators (store_id text PRIMARY KEY, "
     "creator text NOT NULL, created_at double precision NOT NULL)",
     f"CREATE INDEX IF NOT EXISTS store_creators_creator ON {_S}.store_creators (creator)",
+    # Layout 2: collected tombstones (deletes below the horizon: the row's causal length and
+    # the delete's relay version) and departed devices.
+    f"CREATE TABLE IF NOT EXISTS {_S}.graves (store_id text NOT NULL, tbl bytea NOT NULL, "
+    "pk bytea NOT NULL, cl bigint NOT NULL, version bigint NOT NULL, "
+    "PRIMARY KEY (store_id, tbl, pk))",
+    f"CREATE INDEX IF NOT EXISTS graves_version ON {_S}.graves (store_id, version, tbl, pk)",
+    f"ALTER TABLE {_S}.peers ADD COLUMN IF NOT EXISTS departed boolean NOT NULL DEFAULT false",
 ]
-_PER_STORE_TABLES = ("cells", "peers", "tables", "reactor_set_aside", "meta", "stores")
+_PER_STORE_TABLES = (
+    "cells",
+    "graves",
+    "peers",
+    "tables",
+    "reactor_set_aside",
+    "meta",
+    "stores",
+)
 # (store_creators is not dropped with a store: a subject's cap counts the stores it created.)
 _STORE_ROW_KEYS = frozenset({"epoch", "head", "created"})  # relay_meta keys kept in ``stores``
 _DDL_LOCK = 0x63727379  # advisory lock key serialising layout creation ("crsy")
@@ -231,14 +247,31 @@ def _schema_row(store_id: str, t: str, s: TableSchema) -> tuple[Any, ...]:
 
 
 _CELL_COLS = "tbl, pk, cid, kind, data, col_version, site_id, cl, seq, version, via"
+_SENTINEL_SQL = "'\\x2d31'::bytea"  # the cid "-1"
+_ZERO_SITE_SQL = "'\\x" + "00" * 16 + "'::bytea"  # COLLECTED_SITE
+_TOMBSTONE = f"cid = {_SENTINEL_SQL} AND mod(cl, 2) = 0"
+# A read's rows: the change's fields (a grave's db_version 0), the pushing site, the value's
+# length, and the relay version (ordering and cuts). Graves come out as collected tombstones.
 _READ_COLS = (
     "tbl, pk, cid, kind, data, col_version, version, site_id, cl, seq, "
-    "coalesce(via, site_id), coalesce(octet_length(data), 0)"
+    "coalesce(via, site_id), coalesce(octet_length(data), 0), version"
+)
+_GRAVE_READ_COLS = (
+    f"tbl, pk, {_SENTINEL_SQL}, 0::smallint, NULL::bytea, cl, 0::bigint, {_ZERO_SITE_SQL}, cl, "
+    f"0::bigint, {_ZERO_SITE_SQL}, 0, version"
 )
 
 
+def _grave_bytes(tbl: bytes, pk: bytes) -> int:
+    """What a collected tombstone counts against the quota: the tombstone cell it was."""
+    return _cell_bytes(tbl, pk, b"-1", None)
+
+
+_GRAVE_BYTES_SQL = f"{CELL_OVERHEAD + 2} + octet_length(tbl) + octet_length(pk)"
+
+
 def _version_of(r: tuple[Any, ...]) -> int:
-    return int(r[6])
+    return int(r[12])
 
 
 def _size_of(r: tuple[Any, ...]) -> int:
@@ -361,21 +394,33 @@ class PgDatabase:
                     f"the {_S} schema has layout version {row[0]}, written by a newer crsync "
                     f"(this one knows up to {LAYOUT_VERSION}); upgrade crsync"
                 )
-            if not create:
+            if row is None and not create:
                 raise PgStoreError(f"the database has no relay stores (no {_S} schema)")
-            # Several nodes may start at once: one creates the layout, the others wait.
+            # Several nodes may start at once: one creates (or upgrades) the layout, the
+            # others wait. Every statement is idempotent: an older layout gains what it lacks.
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_DDL_LOCK,))
             for stmt in _DDL:
                 conn.execute(stmt)
             conn.execute(
                 f"INSERT INTO {_S}.layout (one, version) VALUES (true, %s) "
-                "ON CONFLICT (one) DO NOTHING",
+                "ON CONFLICT (one) DO UPDATE SET version = greatest(layout.version, "
+                "excluded.version)",
                 (LAYOUT_VERSION,),
             )
 
-    def open_store(self, store_id: str, *, create: bool = True) -> PgRelayStore:
-        """A store (created with a fresh epoch if missing and ``create``)."""
-        return PgRelayStore(self, store_id, create=create)
+    def open_store(
+        self,
+        store_id: str,
+        *,
+        create: bool = True,
+        clock: Callable[[], float] = time.time,
+        default_max_offline: float = rules.DEFAULT_MAX_OFFLINE,
+    ) -> PgRelayStore:
+        """A store (created with a fresh epoch if missing and ``create``); ``clock`` and
+        ``default_max_offline`` as for :class:`PgRelayStore`."""
+        return PgRelayStore(
+            self, store_id, create=create, clock=clock, default_max_offline=default_max_offline
+        )
 
     def store_ids(self) -> list[str]:
         """Every store's id, sorted."""
@@ -587,9 +632,16 @@ class PgDatabase:
 
                 copy(
                     "INSERT INTO relay_peers (site_id, pushed_upto, received_upto, last_seen, "
-                    "key_hash) VALUES (?, ?, ?, ?, ?)",
-                    f"site_id, pushed_upto, received_upto, last_seen, key_hash FROM {_S}.peers",
-                    lambda r: (bytes(r[0]), r[1], r[2], r[3], blob(r[4])),
+                    "key_hash, departed) VALUES (?, ?, ?, ?, ?, ?)",
+                    f"site_id, pushed_upto, received_upto, last_seen, key_hash, departed "
+                    f"FROM {_S}.peers",
+                    lambda r: (bytes(r[0]), r[1], r[2], r[3], blob(r[4]), int(bool(r[5]))),
+                )
+                copy(
+                    "INSERT INTO relay_graves (tbl, pk, cl, version) "
+                    "VALUES (CAST(? AS TEXT), ?, ?, ?)",
+                    f"tbl, pk, cl, version FROM {_S}.graves",
+                    lambda r: (bytes(r[0]), bytes(r[1]), r[2], r[3]),
                 )
                 copy(
                     "INSERT INTO relay_schema (tbl, pk, columns, not_null, intkey) "
@@ -684,6 +736,18 @@ class PgDatabase:
                 total += _cell_bytes(tbl, pk, cid, data)
                 top = max(top, int(r[10]))
                 copy.write_row((store_id, tbl, pk, cid, kind, data, *r[6:12]))
+        has_graves = sq.execute(
+            "SELECT 1 FROM sqlite_master WHERE name = 'relay_graves'"
+        ).fetchone()
+        if has_graves:
+            with conn.cursor().copy(
+                f"COPY {_S}.graves (store_id, tbl, pk, cl, version) FROM STDIN"
+            ) as copy:
+                for r in sq.execute("SELECT CAST(tbl AS BLOB), pk, cl, version FROM relay_graves"):
+                    tbl, pk = bytes(r[0]), bytes(r[1])
+                    total += _grave_bytes(tbl, pk)
+                    top = max(top, int(r[3]))
+                    copy.write_row((store_id, tbl, pk, r[2], r[3]))
         if top > head:
             raise PgStoreError(f"the store file holds version {top} above its head {head}")
         conn.execute(
@@ -700,15 +764,17 @@ class PgDatabase:
                     if k not in _STORE_ROW_KEYS
                 ],
             )
-            key_hash = "key_hash" if "key_hash" in columns("relay_peers") else "NULL"
+            peer_cols = columns("relay_peers")
+            key_hash = "key_hash" if "key_hash" in peer_cols else "NULL"
+            departed = "departed" if "departed" in peer_cols else "0"
             cur.executemany(
                 f"INSERT INTO {_S}.peers (store_id, site_id, pushed_upto, received_upto, "
-                "last_seen, key_hash) VALUES (%s, %s, %s, %s, %s, %s)",
+                "last_seen, key_hash, departed) VALUES (%s, %s, %s, %s, %s, %s, %s)",
                 [
-                    (store_id, *r)
+                    (store_id, *r[:5], bool(r[5]))
                     for r in sq.execute(
                         "SELECT site_id, pushed_upto, received_upto, last_seen, "
-                        f"{key_hash} FROM relay_peers"
+                        f"{key_hash}, {departed} FROM relay_peers"
                     )
                 ],
             )
@@ -907,9 +973,22 @@ class PgRelayStore(StoreBackend):
     :class:`crsync_relay.store_api.StoreBackend`). Instances are cheap: each call borrows a
     pooled connection; any number of instances (on any number of nodes) may serve a store."""
 
-    def __init__(self, db: PgDatabase, store_id: str, *, create: bool = True) -> None:
-        """Open (or, with ``create``, create with a fresh epoch) the store ``store_id``."""
+    def __init__(
+        self,
+        db: PgDatabase,
+        store_id: str,
+        *,
+        create: bool = True,
+        clock: Callable[[], float] = time.time,
+        default_max_offline: float = rules.DEFAULT_MAX_OFFLINE,
+    ) -> None:
+        """Open (or, with ``create``, create with a fresh epoch) the store ``store_id``.
+
+        ``clock``: the time every ``last_seen`` and :meth:`collect` use (tests inject a fake
+        one); ``default_max_offline``: the store's ``max_offline`` unless set for it."""
         self.db = db
+        self.clock = clock
+        self.default_max_offline = default_max_offline
         self.store_id = check_store_id(store_id)
         self._schema: dict[str, TableSchema] | None = None
         self._unconstrained: set[str] = set()
@@ -921,7 +1000,7 @@ class PgRelayStore(StoreBackend):
                 conn.execute(
                     f"INSERT INTO {_S}.stores (store_id, epoch, created) VALUES (%s, %s, %s) "
                     "ON CONFLICT (store_id) DO NOTHING",
-                    (store_id, uuid.uuid4().hex, time.time()),
+                    (store_id, uuid.uuid4().hex, clock()),
                 )
             row = conn.execute(
                 f"SELECT epoch FROM {_S}.stores WHERE store_id = %s", (store_id,)
@@ -936,7 +1015,7 @@ class PgRelayStore(StoreBackend):
     def _tx(self, *, snapshot: bool = False) -> contextlib.AbstractContextManager[Any]:
         return self.db.transaction(snapshot=snapshot)
 
-    def _one(self, sql: str, params: Sequence[Any]) -> tuple[Any, ...] | None:
+    def _one(self, sql: str, params: Sequence[Any] | Mapping[str, Any]) -> tuple[Any, ...] | None:
         with self.db.pool.connection() as conn:
             row: tuple[Any, ...] | None = conn.execute(sql, params).fetchone()
         return row
@@ -1050,6 +1129,8 @@ class PgRelayStore(StoreBackend):
         with self._tx() as conn:
             self._lock_row(conn)
             n, size = self._delete_cells(conn, "tbl = %s", (table.encode(),))
+            ng, gsize = self._delete_graves(conn, "tbl = %s", (table.encode(),))
+            n, size = n + ng, size + gsize
             gone = conn.execute(
                 f"DELETE FROM {_S}.tables WHERE store_id = %s AND tbl = %s",
                 (self.store_id, table.encode()),
@@ -1078,6 +1159,17 @@ class PgRelayStore(StoreBackend):
         assert row is not None
         return int(row[0]), int(row[1])
 
+    def _delete_graves(
+        self, conn: psycopg.Connection[Any], where: str, params: tuple[Any, ...]
+    ) -> tuple[int, int]:
+        row = conn.execute(
+            f"WITH d AS (DELETE FROM {_S}.graves WHERE store_id = %s AND {where} RETURNING "
+            f"{_GRAVE_BYTES_SQL} AS size) SELECT count(*), coalesce(sum(size), 0) FROM d",
+            (self.store_id, *params),
+        ).fetchone()
+        assert row is not None
+        return int(row[0]), int(row[1])
+
     def remove_cells(self, table: str, pk: bytes, cid: str | None) -> int:
         """Remove one cell (``cid``) or a whole row (``cid`` None): an operator's repair.
 
@@ -1092,6 +1184,9 @@ class PgRelayStore(StoreBackend):
                 n, size = self._delete_cells(
                     conn, "tbl = %s AND pk = %s AND cid = %s", (table.encode(), pk, cid.encode())
                 )
+            if cid is None or cid == "-1":  # a collected tombstone is the row's "-1" cell
+                ng, gsize = self._delete_graves(conn, "tbl = %s AND pk = %s", (table.encode(), pk))
+                n, size = n + ng, size + gsize
             conn.execute(
                 f"UPDATE {_S}.stores SET cell_bytes = cell_bytes - %s WHERE store_id = %s",
                 (size, self.store_id),
@@ -1111,6 +1206,178 @@ class PgRelayStore(StoreBackend):
         if row is None:
             return PeerPosition(site_id, 0, 0, None)
         return PeerPosition(site_id, int(row[0]), int(row[1]), row[2])
+
+    @_reconnecting
+    def seen(self, site_id: bytes) -> None:
+        """A device connected now: record it as seen (re-admitted if it had departed); no
+        write when it was seen within the last minute."""
+        now = self.clock()
+        with self.db.pool.connection() as conn:
+            conn.execute(
+                f"INSERT INTO {_S}.peers (store_id, site_id, last_seen) VALUES (%s, %s, %s) "
+                "ON CONFLICT (store_id, site_id) DO UPDATE SET last_seen = excluded.last_seen, "
+                "departed = false WHERE peers.departed OR peers.last_seen IS NULL "
+                "OR peers.last_seen < %s",
+                (self.store_id, site_id, now, now - 60),
+            )
+
+    @staticmethod
+    def _devices(conn: psycopg.Connection[Any], store_id: str) -> list[DeviceInfo]:
+        return [
+            DeviceInfo(bytes(site), int(pushed), int(received), seen, bool(departed))
+            for site, pushed, received, seen, departed in conn.execute(
+                f"SELECT site_id, pushed_upto, received_upto, last_seen, departed "
+                f"FROM {_S}.peers WHERE store_id = %s ORDER BY site_id",
+                (store_id,),
+            )
+        ]
+
+    @_reconnecting
+    def devices(self) -> list[DeviceInfo]:
+        """Every device the store recorded (its reactor's site included), by site id."""
+        with self.db.pool.connection() as conn:
+            return self._devices(conn, self.store_id)
+
+    # ------------------------------------------------------------- the horizon
+
+    @_reconnecting
+    def horizon(self) -> int:
+        """The store's horizon (0 until the first :meth:`collect`)."""
+        with self.db.pool.connection() as conn:
+            h = self._meta(conn, "horizon")
+        return 0 if h is None else int(h)
+
+    @_reconnecting
+    def max_offline(self) -> float:
+        """Seconds a device may stay away before the horizon passes it."""
+        with self.db.pool.connection() as conn:
+            v = self._meta(conn, "max_offline")
+        return self.default_max_offline if v is None else float(v)
+
+    @_reconnecting
+    def set_max_offline(self, seconds: float) -> None:
+        """Set this store's ``max_offline`` (an operator's setting, kept in the store)."""
+        rules.check_max_offline(seconds)
+        with self._tx() as conn:
+            self._lock_row(conn)
+            self._set_meta(conn, {"max_offline": float(seconds)})
+
+    @_reconnecting
+    def collect(self, connected: Collection[bytes] = ()) -> Collected:
+        """Move the horizon and collect below it, in one transaction under the store's row
+        lock (see :meth:`RelayStore.collect`): merges of other nodes wait, so no version is
+        written meanwhile below the new horizon."""
+        with self._tx() as conn:
+            head, _gen = self._lock_row(conn)
+            now = self.clock()
+            v = self._meta(conn, "max_offline")
+            window = self.default_max_offline if v is None else float(v)
+            devices = self._devices(conn, self.store_id)
+            site = self._meta(conn, "relay_site")
+            exclude = None if site is None else bytes(site)  # type: ignore[arg-type]
+            h = self._meta(conn, "horizon")
+            stored = 0 if h is None else int(h)
+            gone = [x for x in rules.departing(devices, now, window) if x not in connected]
+            horizon = rules.compute_horizon(
+                devices, head, stored, now, window, exclude=exclude, connected=connected
+            )
+            moved = 0
+            if horizon > stored:
+                # Tombstones up to the stored horizon were collected when it was set.
+                span = "version > %s AND version <= %s"
+                row = conn.execute(
+                    f"WITH g AS (INSERT INTO {_S}.graves (store_id, tbl, pk, cl, version) "
+                    f"SELECT store_id, tbl, pk, cl, version FROM {_S}.cells WHERE "
+                    f"store_id = %s AND {span} AND {_TOMBSTONE} ON CONFLICT "
+                    "(store_id, tbl, pk) DO UPDATE SET cl = excluded.cl, "
+                    f"version = excluded.version RETURNING {_GRAVE_BYTES_SQL} AS size) "
+                    "SELECT count(*), coalesce(sum(size), 0) FROM g",
+                    (self.store_id, stored, horizon),
+                ).fetchone()
+                assert row is not None
+                moved, added = int(row[0]), int(row[1])
+                if moved:
+                    _n, freed = self._delete_cells(
+                        conn,
+                        f"(tbl, pk) IN (SELECT tbl, pk FROM {_S}.cells WHERE store_id = %s "
+                        f"AND {span} AND {_TOMBSTONE})",
+                        (self.store_id, stored, horizon),
+                    )
+                    conn.execute(
+                        f"UPDATE {_S}.stores SET cell_bytes = cell_bytes + %s WHERE store_id = %s",
+                        (added - freed, self.store_id),
+                    )
+            if gone:
+                conn.execute(
+                    f"UPDATE {_S}.peers SET pushed_upto = 0, received_upto = 0, departed = true "
+                    "WHERE store_id = %s AND site_id = ANY(%s)",
+                    (self.store_id, gone),
+                )
+            if horizon != stored or h is None:
+                self._set_meta(conn, {"horizon": horizon})
+        return Collected(horizon, moved, len(gone))
+
+    @_reconnecting
+    def gc_stats(self) -> GcStats:
+        """Tombstones, graves, the horizon and its age, the devices (see :class:`GcStats`)."""
+        with self._tx(snapshot=True) as conn:
+            head = int(self._store_row(conn, "head")[0])
+            row = conn.execute(
+                f"SELECT (SELECT count(*) FROM {_S}.cells WHERE store_id = %(s)s AND "
+                f"{_TOMBSTONE}), (SELECT count(*) FROM {_S}.graves WHERE store_id = %(s)s)",
+                {"s": self.store_id},
+            ).fetchone()
+            assert row is not None
+            devices = self._devices(conn, self.store_id)
+            h = self._meta(conn, "horizon")
+            v = self._meta(conn, "max_offline")
+            site = self._meta(conn, "relay_site")
+        horizon = 0 if h is None else int(h)
+        window = self.default_max_offline if v is None else float(v)
+        exclude = None if site is None else bytes(site)  # type: ignore[arg-type]
+        age, soon = rules.gc_figures(devices, head, horizon, self.clock(), window, exclude)
+        shown = [d for d in devices if d.site_id != exclude]
+        return GcStats(int(row[0]), int(row[1]), horizon, age, shown, soon, window)
+
+    @_reconnecting
+    def next_version(self, cursor: int) -> int | None:
+        """The first relay version after ``cursor`` holding anything (None: none)."""
+        row = self._one(
+            f"SELECT least((SELECT min(version) FROM {_S}.cells WHERE store_id = %(s)s AND "
+            f"version > %(c)s), (SELECT min(version) FROM {_S}.graves WHERE store_id = %(s)s "
+            "AND version > %(c)s))",
+            {"s": self.store_id, "c": cursor},
+        )
+        return None if row is None or row[0] is None else int(row[0])
+
+    @_reconnecting
+    def remaining(self, cursor: int, after: tuple[int, str, bytes, str] | None = None) -> int:
+        """How many cells and graves a peer at ``cursor`` has yet to receive."""
+        with self._tx(snapshot=True) as conn:
+            row = conn.execute(
+                f"SELECT (SELECT count(*) FROM {_S}.cells WHERE store_id = %(s)s AND "
+                f"version > %(c)s) + (SELECT count(*) FROM {_S}.graves WHERE store_id = %(s)s "
+                "AND version > %(c)s)",
+                {"s": self.store_id, "c": cursor},
+            ).fetchone()
+            n = int(row[0]) if row else 0
+            if after is not None:
+                k = {
+                    "s": self.store_id,
+                    "v": after[0],
+                    "t": after[1].encode(),
+                    "p": after[2],
+                    "c": after[3].encode(),
+                }
+                row = conn.execute(
+                    f"SELECT (SELECT count(*) FROM {_S}.cells WHERE store_id = %(s)s AND "
+                    "version = %(v)s AND (tbl, pk, cid) <= (%(t)s, %(p)s, %(c)s)) + "
+                    f"(SELECT count(*) FROM {_S}.graves WHERE store_id = %(s)s AND "
+                    f"version = %(v)s AND (tbl, pk, {_SENTINEL_SQL}) <= (%(t)s, %(p)s, %(c)s))",
+                    k,
+                ).fetchone()
+                n -= int(row[0]) if row else 0
+        return max(0, n)
 
     @_reconnecting
     def _key_hash(self, site_id: bytes) -> bytes | None:
@@ -1142,9 +1409,9 @@ class PgRelayStore(StoreBackend):
             conn.execute(
                 f"INSERT INTO {_S}.peers (store_id, site_id, received_upto, last_seen) "
                 "VALUES (%s, %s, %s, %s) ON CONFLICT (store_id, site_id) DO UPDATE SET "
-                "received_upto = excluded.received_upto, last_seen = excluded.last_seen "
-                "WHERE peers.received_upto < excluded.received_upto",
-                (self.store_id, site_id, upto, time.time()),
+                "received_upto = excluded.received_upto, last_seen = excluded.last_seen, "
+                "departed = false WHERE peers.received_upto < excluded.received_upto",
+                (self.store_id, site_id, upto, self.clock()),
             )
 
     # ------------------------------------------------------------------ reactor
@@ -1188,7 +1455,7 @@ class PgRelayStore(StoreBackend):
                 f"INSERT INTO {_S}.reactor_set_aside (store_id, base, upto, reason, at) "
                 "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (store_id, base) DO UPDATE SET "
                 "upto = excluded.upto, reason = excluded.reason, at = excluded.at",
-                (self.store_id, base, upto, reason[:2000].replace("\x00", "\\0"), time.time()),
+                (self.store_id, base, upto, reason[:2000].replace("\x00", "\\0"), self.clock()),
             )
             self._set_meta(conn, {"reactor_cursor": upto})
 
@@ -1208,14 +1475,17 @@ class PgRelayStore(StoreBackend):
     @_reconnecting
     def row_cells(self, table: str, pk: bytes) -> list[tuple[str, SqlValue, int, int]]:
         """The cells the store holds for one row: ``(cid, value, col_version, cl)`` each
-        (the sentinel included), none if the row was never written."""
+        (the sentinel included; a collected tombstone as ``("-1", None, cl, cl)``), none if
+        the row was never written."""
         with self.db.pool.connection() as conn:
             return [
                 (bytes(cid).decode(), decode_value(kind, data), int(cv), int(cl))
                 for cid, kind, data, cv, cl in conn.execute(
                     f"SELECT cid, kind, data, col_version, cl FROM {_S}.cells "
-                    "WHERE store_id = %s AND tbl = %s AND pk = %s",
-                    (self.store_id, table.encode(), pk),
+                    "WHERE store_id = %(s)s AND tbl = %(t)s AND pk = %(p)s UNION ALL "
+                    f"SELECT {_SENTINEL_SQL}, 0::smallint, NULL::bytea, cl, cl FROM {_S}.graves "
+                    "WHERE store_id = %(s)s AND tbl = %(t)s AND pk = %(p)s",
+                    {"s": self.store_id, "t": table.encode(), "p": pk},
                 )
             ]
 
@@ -1240,7 +1510,7 @@ class PgRelayStore(StoreBackend):
             changes = rules.drop_reserved(changes, reserved, site_id)
             groups = rules.check_unit(changes, self._schema_for(conn, gen), push.announced_only)
             version = head + 1
-            states, via_of, old_bytes = self._load_many(conn, list(groups))
+            states, via_of, old_bytes, graves = self._load_many(conn, list(groups))
             merged = rules.merge_groups(groups, states, via_of, version, site_id)
             dead: dict[bytes, list[bytes]] = {}
             for table, pk in merged.rewritten:
@@ -1257,6 +1527,16 @@ class PgRelayStore(StoreBackend):
                 for tbl, pks in dead.items():
                     conn.execute(
                         f"DELETE FROM {_S}.cells WHERE store_id = %s AND tbl = %s AND pk = ANY(%s)",
+                        (self.store_id, tbl, pks),
+                    )
+                buried: dict[bytes, list[bytes]] = {}
+                for table, pk in merged.rewritten:
+                    if (table, pk) in graves:  # the row won over its collected tombstone
+                        buried.setdefault(table.encode(), []).append(pk)
+                for tbl, pks in buried.items():
+                    conn.execute(
+                        f"DELETE FROM {_S}.graves WHERE store_id = %s AND tbl = %s "
+                        "AND pk = ANY(%s)",
                         (self.store_id, tbl, pks),
                     )
                 with conn.cursor().copy(
@@ -1282,8 +1562,8 @@ class PgRelayStore(StoreBackend):
                 f"INSERT INTO {_S}.peers (store_id, site_id, pushed_upto, last_seen) "
                 "VALUES (%s, %s, %s, %s) ON CONFLICT (store_id, site_id) DO UPDATE SET "
                 "pushed_upto = greatest(peers.pushed_upto, excluded.pushed_upto), "
-                "last_seen = excluded.last_seen",
-                (self.store_id, site_id, push.upto, time.time()),
+                "last_seen = excluded.last_seen, departed = false",
+                (self.store_id, site_id, push.upto, self.clock()),
             )
             if push.meta:
                 self._set_meta(conn, push.meta)
@@ -1295,15 +1575,18 @@ class PgRelayStore(StoreBackend):
         dict[tuple[str, bytes], RowState],
         dict[tuple[str, bytes, str], bytes | None],
         dict[tuple[str, bytes], int],
+        set[tuple[str, bytes]],
     ]:
         """Current state of many rows (one query per table), the pushing site of each of their
-        cells, and the bytes each row's cells count."""
+        cells, the bytes each row's cells (or collected tombstone) count, and which rows are
+        collected tombstones (their state: :func:`store_rules.grave_state`)."""
         via_of: dict[tuple[str, bytes, str], bytes | None] = {}
         by_table: dict[str, list[bytes]] = {}
         for table, pk in keys:
             by_table.setdefault(table, []).append(pk)
         rows_of: dict[tuple[str, bytes], list[tuple[Any, ...]]] = {}
         size_of: dict[tuple[str, bytes], int] = {}
+        graves: dict[tuple[str, bytes], int] = {}
         for table, pks in by_table.items():
             tbl = table.encode()
             for pk_m, cid_b, kind, data, cv, site, cl, seq, version, via in conn.execute(
@@ -1321,7 +1604,17 @@ class PgRelayStore(StoreBackend):
                 size_of[key] = size_of.get(key, 0) + _cell_bytes(
                     tbl, pk, cid_raw, None if data is None else bytes(data)
                 )
-        return {key: rules.row_state(rows) for key, rows in rows_of.items()}, via_of, size_of
+            for pk_m, cl in conn.execute(
+                f"SELECT pk, cl FROM {_S}.graves WHERE store_id = %s AND tbl = %s AND pk = ANY(%s)",
+                (self.store_id, tbl, pks),
+            ):
+                pk = bytes(pk_m)
+                graves[(table, pk)] = int(cl)
+                size_of[(table, pk)] = size_of.get((table, pk), 0) + _grave_bytes(tbl, pk)
+        states = {key: rules.row_state(rows) for key, rows in rows_of.items()}
+        for key, cl in graves.items():
+            states.setdefault(key, rules.grave_state(cl))
+        return states, via_of, size_of, set(graves)
 
     # ------------------------------------------------------------------ reads
 
@@ -1339,16 +1632,18 @@ class PgRelayStore(StoreBackend):
             with conn.cursor(name="crsync_page") as cur:
                 cur.itersize = min(max_cells + 1, 500)
                 cur.execute(
-                    f"SELECT {_READ_COLS} FROM {_S}.cells WHERE store_id = %s "
-                    "AND version > %s AND version <= %s ORDER BY version, seq, tbl, pk, cid",
-                    (self.store_id, cursor, head),
+                    f"SELECT {_READ_COLS} FROM {_S}.cells WHERE store_id = %(s)s "
+                    "AND version > %(c)s AND version <= %(h)s UNION ALL "
+                    f"SELECT {_GRAVE_READ_COLS} FROM {_S}.graves WHERE store_id = %(s)s "
+                    "AND version > %(c)s AND version <= %(h)s ORDER BY 13, 10, 1, 2, 3",
+                    {"s": self.store_id, "c": cursor, "h": head},
                 )
                 rows, stopped, in_parts = rules.take_versions(
                     cur, _version_of, _size_of, max_cells, request.max_bytes, request.split
                 )
             if in_parts is not None:
                 return self._version_part(conn, request, (in_parts, "", b"", ""), head)
-            upto, complete = (rows[-1][6], False) if stopped else (head, True)
+            upto, complete = (rows[-1][12], False) if stopped else (head, True)
         out = [_change(r) for r in rows if r[10] != request.exclude_site]
         return Page(out, upto, complete, None)
 
@@ -1365,10 +1660,11 @@ class PgRelayStore(StoreBackend):
             if cursor >= head:
                 return [], [], head, head
             rows = conn.execute(
-                f"SELECT {_READ_COLS} FROM {_S}.cells WHERE store_id = %s "
-                "AND version > %s AND version <= %s ORDER BY version, seq, tbl, pk, cid "
-                "LIMIT %s",
-                (self.store_id, cursor, head, max_cells + 1),
+                f"SELECT {_READ_COLS} FROM {_S}.cells WHERE store_id = %(s)s "
+                "AND version > %(c)s AND version <= %(h)s UNION ALL "
+                f"SELECT {_GRAVE_READ_COLS} FROM {_S}.graves WHERE store_id = %(s)s "
+                "AND version > %(c)s AND version <= %(h)s ORDER BY 13, 10, 1, 2, 3 LIMIT %(n)s",
+                {"s": self.store_id, "c": cursor, "h": head, "n": max_cells + 1},
             ).fetchall()
         size = sum(_size_of(r) for r in rows)
         if len(rows) > max_cells or size > max_bytes:
@@ -1388,9 +1684,18 @@ class PgRelayStore(StoreBackend):
         with conn.cursor(name="crsync_part") as cur:
             cur.itersize = min(request.max_cells + 1, 500)
             cur.execute(
-                f"SELECT {_READ_COLS} FROM {_S}.cells WHERE store_id = %s AND version = %s "
-                "AND (tbl, pk, cid) > (%s, %s, %s) ORDER BY tbl, pk, cid",
-                (self.store_id, version, after[1].encode(), after[2], after[3].encode()),
+                f"SELECT {_READ_COLS} FROM {_S}.cells WHERE store_id = %(s)s AND version = %(v)s "
+                "AND (tbl, pk, cid) > (%(t)s, %(p)s, %(c)s) UNION ALL "
+                f"SELECT {_GRAVE_READ_COLS} FROM {_S}.graves WHERE store_id = %(s)s "
+                f"AND version = %(v)s AND (tbl, pk, {_SENTINEL_SQL}) > (%(t)s, %(p)s, %(c)s) "
+                "ORDER BY 1, 2, 3",
+                {
+                    "s": self.store_id,
+                    "v": version,
+                    "t": after[1].encode(),
+                    "p": after[2],
+                    "c": after[3].encode(),
+                },
             )
             rows, more = rules.take_part(cur, _size_of, request.max_cells, request.max_bytes)
         last = rows[-1] if more else None
@@ -1432,6 +1737,7 @@ class PgRelayStore(StoreBackend):
         with self._tx(snapshot=True) as conn:
             row = conn.execute(
                 f"SELECT epoch, head, (SELECT count(*) FROM {_S}.cells c WHERE c.store_id = "
+                f"s.store_id), (SELECT count(*) FROM {_S}.graves g WHERE g.store_id = "
                 f"s.store_id), (SELECT count(*) FROM {_S}.peers p WHERE p.store_id = "
                 f"s.store_id), (SELECT max(last_seen) FROM {_S}.peers p WHERE p.store_id = "
                 f"s.store_id) FROM {_S}.stores s WHERE store_id = %s",
@@ -1443,7 +1749,8 @@ class PgRelayStore(StoreBackend):
             "epoch": row[0],
             "head": int(row[1]),
             "cells": int(row[2]),
-            "peers": int(row[3]),
-            "last_activity": row[4],
+            "graves": int(row[3]),
+            "peers": int(row[4]),
+            "last_activity": row[5],
             "bytes": self.size_bytes(),
         }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import signal
 import ssl
 import time
@@ -24,6 +25,7 @@ from .datadir import DataDir
 from .hub import Hub, HubLimits
 from .metrics import MetricsServer, RelayMetrics
 from .session import ConnectionLimits, RelaySettings, handle_connection
+from .store_rules import DAY
 
 if TYPE_CHECKING:
     from .pg_store import PgDatabase
@@ -35,6 +37,34 @@ LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
 DATABASE_POOL_SIZE = 16
 """PostgreSQL connections one node's pool holds at most (plus one LISTEN connection)."""
+
+CLOCK_SKEW_ENV = "CRSYNC_RELAY_CLOCK_SKEW"
+"""Seconds added to the wall clock of a relay process (its stores' ``last_seen`` and garbage
+collection), for tests and drills that make months pass: never set it in production."""
+
+
+def relay_clock() -> Callable[[], float]:
+    """The wall clock of this relay process: ``time.time``, skewed by
+    :data:`CLOCK_SKEW_ENV` seconds when that is set.
+
+    Raises:
+        CrsyncError: the variable is not a number of seconds.
+    """
+    raw = os.environ.get(CLOCK_SKEW_ENV)
+    if not raw:
+        return time.time
+    try:
+        skew = float(raw)
+    except ValueError:
+        raise CrsyncError(f"{CLOCK_SKEW_ENV}={raw!r} is not a number of seconds") from None
+    if skew != skew or abs(skew) == float("inf"):
+        raise CrsyncError(f"{CLOCK_SKEW_ENV}={raw!r} is not a number of seconds")
+    log.warning("relay.clock_skew seconds=%s (for tests and drills only)", skew)
+
+    def skewed() -> float:
+        return time.time() + skew
+
+    return skewed
 
 
 def redact_url(url: str) -> str:
@@ -86,6 +116,10 @@ class RelayConfig:
     send_timeout: float = 60.0  # a peer that reads nothing this long is dropped
     database: str | None = None  # postgresql:// URL: stores in PostgreSQL instead of data_dir
     database_pool_size: int = DATABASE_POOL_SIZE  # PostgreSQL connections of this node's pool
+    gc_interval: float = 3600.0  # seconds between garbage collections of an open store
+    max_offline_days: float = (
+        180.0  # a store's max_offline unless set for it (crsync-relay max-offline)
+    )
 
     def reactor_handler(self) -> Any:
         """The loaded reactor handler (None without ``reactor``)."""
@@ -130,6 +164,10 @@ class RelayConfig:
             raise CrsyncError("TLS needs both --tls-cert and --tls-key")
         if self.reactor_stores is not None and self.reactor is None:
             raise CrsyncError("--reactor-stores needs --reactor")
+        if not self.gc_interval >= 0:
+            raise CrsyncError("--gc-interval must be >= 0 seconds (0: only when a store opens)")
+        if not 0 < self.max_offline_days < float("inf"):
+            raise CrsyncError("--max-offline-days must be a positive number of days")
         if self.reactor_max_attempts < 1:
             raise CrsyncError("--reactor-max-attempts must be >= 1")
         if self.max_connections < 1 or self.max_connections_per_store < 1:
@@ -294,8 +332,10 @@ async def _serve(
         max_open_per_subject=config.max_open_stores_per_subject,
         max_new_stores_per_minute=config.max_new_stores_per_minute,
         max_stores_per_subject=config.max_stores_per_subject,
+        gc_interval=config.gc_interval,
+        max_offline=config.max_offline_days * DAY,
     )
-    hub = Hub(None if db else config.data_dir, limits, metrics, database=db)
+    hub = Hub(None if db else config.data_dir, limits, metrics, database=db, clock=relay_clock())
     metrics_server: MetricsServer | None = None
     serving = False
 
@@ -358,6 +398,7 @@ async def _serve(
         with signals_cm as signals:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(hub.reaper)
+                nursery.start_soon(hub.collector)
                 if db is not None:
                     await nursery.start(hub.follow_heads)
                 if reactor_handler is not None:

@@ -166,7 +166,7 @@ class Session:
         h = self.handle
         rules = self.rules
         while True:
-            rules.store_advanced(h.head)
+            rules.store_advanced(h.head, h.horizon)
             read = rules.next_read()
             if read is None:
                 await h.changed.wait()
@@ -193,7 +193,7 @@ class Session:
                 )
             else:
                 msg = rules.decode(raw)
-            rules.store_advanced(self.handle.head)
+            rules.store_advanced(self.handle.head, self.handle.horizon)
             for action in rules.receive(msg, len(raw)):
                 await self._perform(action)
 
@@ -236,10 +236,13 @@ async def _send_error(ws: ServerConnection, close: rs.Close, hub: Hub) -> None:
         pass
 
 
-async def _look(handle: StoreHandle, hello: p.Hello) -> rs.StoreView:
+async def _look(handle: StoreHandle, hello: p.Hello, rules: rs.RelaySession) -> rs.StoreView:
     """What the store says about the hello's site and schema, checked in the order
     :class:`~crsync.relay_session.StoreView` names, stopping at the first problem (a site that
-    is the relay's own is never bound)."""
+    is the relay's own is never bound); then the site is recorded as seen (a departed device
+    is re-admitted) and the catch-up figures are read: the horizon, what remains after the
+    catch-up start and, for a hello naming a half-received unit, the first version after the
+    cursor (``rules`` decides where catch-up starts)."""
     w = handle.writer
     async with handle.write_lock:
         epoch, head = handle.epoch, handle.head
@@ -249,9 +252,29 @@ async def _look(handle: StoreHandle, hello: p.Hello) -> rs.StoreView:
         if claim is not None:
             return rs.StoreView(epoch, head, site_claim=claim)
         problem = await trio.to_thread.run_sync(w.check_schema, dict(hello.schema))
+        if problem is not None:
+            return rs.StoreView(epoch, head, schema_problem=problem)
         position = await trio.to_thread.run_sync(w.peer, hello.site)
+        await trio.to_thread.run_sync(w.seen, hello.site)  # re-admits a departed device
+    # Catch-up figures: read outside the write lock (merges meanwhile only add to them).
+    r = handle.reader
+    async with handle.read_lock:
+        horizon = await trio.to_thread.run_sync(r.horizon)
+        cursor, _ = rules.catch_up_from(epoch, head)
+        nxt = None
+        if hello.resume is not None:
+            nxt = await trio.to_thread.run_sync(r.next_version, cursor)
+        cursor, after = rules.catch_up_from(epoch, head, nxt)
+        remaining = await trio.to_thread.run_sync(r.remaining, cursor, after)
+    handle.horizon = max(handle.horizon, horizon)
     return rs.StoreView(
-        epoch, head, position.pushed_upto, position.received_upto, schema_problem=problem
+        epoch,
+        head,
+        position.pushed_upto,
+        position.received_upto,
+        horizon=horizon,
+        remaining=remaining,
+        next_version=nxt,
     )
 
 
@@ -296,19 +319,22 @@ async def handle_connection(ws: ServerConnection, hub: Hub, settings: RelaySetti
         counted_store = True
         handle = await hub.acquire(hello.store, subject if settings.secret else None)
         await hub.charge(handle)
-        welcome = rules.admitted(await _look(handle, hello))
+        welcome = rules.admitted(await _look(handle, hello, rules))
         session = Session(ws, hub, settings, rules, handle)
         for action in welcome:
             await session._perform(action)
         session.log.info(
-            "relay.connect store=%s site=%s cursor=%d head=%d epoch_match=%s",
+            "relay.connect store=%s site=%s cursor=%d head=%d epoch_match=%s resumed=%s",
             hello.store,
             hello.site.hex(),
             rules.sent_upto,
             rules.head,
             rules.epoch_matched,
+            rules.resumed,
         )
         handle.sessions += 1
+        site = hello.site
+        handle.connected[site] = handle.connected.get(site, 0) + 1
         hub.metrics.connections.inc()
         hub.metrics.connections_active.inc()
         try:
@@ -318,6 +344,10 @@ async def handle_connection(ws: ServerConnection, hub: Hub, settings: RelaySetti
                 nursery.cancel_scope.cancel()
         finally:
             handle.sessions -= 1
+            if handle.connected[site] == 1:
+                del handle.connected[site]
+            else:
+                handle.connected[site] -= 1
             hub.metrics.connections_active.dec()
     except (Refusal, rs.Refused) as exc:
         close = rules.fail(exc.code, exc.reason)

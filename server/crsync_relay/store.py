@@ -18,11 +18,11 @@ import logging
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
-from crsync.change import make_change
+from crsync.change import SENTINEL, make_change
 from crsync.errors import CrsyncError
 from crsync.merge_rules import RowState
 from crsync.pack import SqlValue
@@ -31,7 +31,7 @@ from crsync.protocol import TableSchema, quote
 from . import store_rules as rules
 from .datadir import create_owner_only
 from .store_api import StoreBackend
-from .store_rules import Page, PageRequest, PeerPosition, Push
+from .store_rules import Collected, DeviceInfo, GcStats, Page, PageRequest, PeerPosition, Push
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,12 @@ _DDL = [
     # that later changes are handled, kept here with the reason for the operator.
     "CREATE TABLE IF NOT EXISTS reactor_set_aside (base INTEGER PRIMARY KEY, "
     "upto INTEGER NOT NULL, reason TEXT NOT NULL, at REAL NOT NULL)",
+    # Collected tombstones ("graves"): deletes below the horizon, kept as the row's causal
+    # length and the relay version of the delete only (see docs/concepts.md, "Tombstones and
+    # the horizon"). Served to catch-up reads as collected tombstones, merged as the row.
+    "CREATE TABLE IF NOT EXISTS relay_graves (tbl TEXT NOT NULL, pk BLOB NOT NULL, "
+    "cl INTEGER NOT NULL, version INTEGER NOT NULL, PRIMARY KEY (tbl, pk)) WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS relay_graves_version ON relay_graves (version)",
 ]
 # Columns added after the first release: (table, column, declaration), added to older files.
 _ADDED_COLUMNS = [
@@ -63,6 +69,9 @@ _ADDED_COLUMNS = [
     # list), and whether all key the table by the rowid (integers only). NULL: never announced.
     ("relay_schema", "not_null", "TEXT"),
     ("relay_schema", "intkey", "INTEGER"),
+    # 1: the device stayed away longer than the store's max_offline; its positions were
+    # forgotten (only its site binding is kept) and it no longer holds the horizon back.
+    ("relay_peers", "departed", "INTEGER NOT NULL DEFAULT 0"),
 ]
 
 
@@ -73,7 +82,20 @@ def _read_only_uri(path: Path) -> str:
 
 
 def _version_of(row: tuple[Any, ...]) -> int:
-    return int(row[5])
+    return int(row[11])
+
+
+# A read's rows: the nine fields of the change (a cell's db_version is its relay version, a
+# grave's 0), the pushing site (for leaving a peer's own cells out), the value's length, and
+# the relay version (for ordering and cutting). Graves come out as collected tombstones.
+_READ_CELLS = (
+    "SELECT tbl, pk, cid, val, col_version, version, site_id, cl, seq, "
+    "coalesce(via, site_id), length(val), version FROM relay_cells"
+)
+_READ_GRAVES = (
+    "SELECT tbl, pk, '-1', NULL, cl, 0, zeroblob(16), cl, 0, zeroblob(16), NULL, version "
+    "FROM relay_graves"
+)
 
 
 def _size_of(row: tuple[Any, ...]) -> int:
@@ -83,11 +105,25 @@ def _size_of(row: tuple[Any, ...]) -> int:
 class RelayStore(StoreBackend):
     """A store file, opened with one connection (use one instance per thread of work)."""
 
-    def __init__(self, path: Path, *, create: bool = True) -> None:
-        """Open (or create) the store file; ``synchronous=FULL``: a commit is durable."""
+    def __init__(
+        self,
+        path: Path,
+        *,
+        create: bool = True,
+        clock: Callable[[], float] = time.time,
+        default_max_offline: float = rules.DEFAULT_MAX_OFFLINE,
+    ) -> None:
+        """Open (or create) the store file; ``synchronous=FULL``: a commit is durable.
+
+        ``clock``: the time (seconds since the epoch) every ``last_seen`` and :meth:`collect`
+        use (tests inject a fake one). ``default_max_offline``: the store's ``max_offline``
+        unless an operator set one for it (:meth:`set_max_offline`).
+        """
         if not create and not path.exists():
             raise CrsyncError(f"no store at {path}")
         self.path = path
+        self.clock = clock
+        self.default_max_offline = default_max_offline
         self._schema: dict[str, TableSchema] | None = None
         self._unconstrained: set[str] = set()  # tables recorded before constraints existed
         if create:
@@ -110,7 +146,7 @@ class RelayStore(StoreBackend):
             )
             self.conn.execute("INSERT OR IGNORE INTO relay_meta VALUES ('head', 0)")
             self.conn.execute(
-                "INSERT OR IGNORE INTO relay_meta VALUES ('created', ?)", (time.time(),)
+                "INSERT OR IGNORE INTO relay_meta VALUES ('created', ?)", (self.clock(),)
             )
         self.epoch: str = self._meta("epoch")
 
@@ -210,6 +246,7 @@ class RelayStore(StoreBackend):
         try:
             with self._transaction():
                 n = conn.execute("DELETE FROM relay_cells WHERE tbl = ?", (table,)).rowcount
+                n += conn.execute("DELETE FROM relay_graves WHERE tbl = ?", (table,)).rowcount
                 gone = conn.execute("DELETE FROM relay_schema WHERE tbl = ?", (table,)).rowcount
                 # A new epoch: every device re-pushes what it holds, so the table's rows come back
                 # under the key devices announce now.
@@ -239,7 +276,12 @@ class RelayStore(StoreBackend):
                     "DELETE FROM relay_cells WHERE tbl = ? AND pk = ? AND cid = ?",
                     (table, pk, cid),
                 )
-        return int(cur.rowcount)
+            n = int(cur.rowcount)
+            if cid is None or cid == SENTINEL:  # a collected tombstone is the row's "-1" cell
+                n += conn.execute(
+                    "DELETE FROM relay_graves WHERE tbl = ? AND pk = ?", (table, pk)
+                ).rowcount
+        return n
 
     # ------------------------------------------------------------------ peers
 
@@ -260,7 +302,7 @@ class RelayStore(StoreBackend):
         with self._transaction():
             conn.execute(
                 "INSERT OR REPLACE INTO reactor_set_aside VALUES (?, ?, ?, ?)",
-                (base, upto, reason[:2000], time.time()),
+                (base, upto, reason[:2000], self.clock()),
             )
             conn.execute("INSERT OR REPLACE INTO relay_meta VALUES ('reactor_cursor', ?)", (upto,))
 
@@ -284,12 +326,14 @@ class RelayStore(StoreBackend):
 
     def row_cells(self, table: str, pk: bytes) -> list[tuple[str, SqlValue, int, int]]:
         """The cells the store holds for one row: ``(cid, value, col_version, cl)`` each
-        (the sentinel included), none if the row was never written."""
+        (the sentinel included; a collected tombstone as ``("-1", None, cl, cl)``), none if
+        the row was never written."""
         return [
             (str(cid), val, int(cv), int(cl))
             for cid, val, cv, cl in self.conn.execute(
-                "SELECT cid, val, col_version, cl FROM relay_cells WHERE tbl = ? AND pk = ?",
-                (table, pk),
+                "SELECT cid, val, col_version, cl FROM relay_cells WHERE tbl = ? AND pk = ? "
+                "UNION ALL SELECT '-1', NULL, cl, cl FROM relay_graves WHERE tbl = ? AND pk = ?",
+                (table, pk, table, pk),
             )
         ]
 
@@ -411,9 +455,27 @@ class RelayStore(StoreBackend):
         self.conn.execute(
             "INSERT INTO relay_peers (site_id, received_upto, last_seen) VALUES (?, ?, ?) "
             "ON CONFLICT (site_id) DO UPDATE SET received_upto = "
-            "max(received_upto, excluded.received_upto), last_seen = excluded.last_seen",
-            (site_id, upto, time.time()),
+            "max(received_upto, excluded.received_upto), last_seen = excluded.last_seen, "
+            "departed = 0",
+            (site_id, upto, self.clock()),
         )
+
+    def seen(self, site_id: bytes) -> None:
+        """A device connected now: record it as seen (a departed device is re-admitted: it
+        holds the horizon back again from its next ``received``). No write when it was seen
+        within the last minute (a hello costs no commit then)."""
+        now = self.clock()
+        row = self.conn.execute(
+            "SELECT last_seen, departed FROM relay_peers WHERE site_id = ?", (site_id,)
+        ).fetchone()
+        if row is not None and row[0] is not None and not row[1] and row[0] >= now - 60:
+            return
+        with self._transaction():
+            self.conn.execute(
+                "INSERT INTO relay_peers (site_id, last_seen) VALUES (?, ?) ON CONFLICT "
+                "(site_id) DO UPDATE SET last_seen = excluded.last_seen, departed = 0",
+                (site_id, now),
+            )
 
     # ------------------------------------------------------------------ merge
 
@@ -427,11 +489,14 @@ class RelayStore(StoreBackend):
         with self._transaction():
             head = self.head
             version = head + 1
-            states, via_of = self._load_many(list(groups))
+            states, via_of, graves = self._load_many(list(groups))
             merged = rules.merge_groups(groups, states, via_of, version, site_id)
             dead, rows_out = merged.rewritten, merged.cells
             if dead:
                 conn.executemany("DELETE FROM relay_cells WHERE tbl = ? AND pk = ?", dead)
+                buried = [key for key in dead if key in graves]
+                if buried:  # the row won over its collected tombstone: its cells replace it
+                    conn.executemany("DELETE FROM relay_graves WHERE tbl = ? AND pk = ?", buried)
             if rows_out:
                 conn.executemany(
                     "INSERT INTO relay_cells (tbl, pk, cid, val, col_version, site_id, cl, seq, "
@@ -443,8 +508,9 @@ class RelayStore(StoreBackend):
             conn.execute(
                 "INSERT INTO relay_peers (site_id, pushed_upto, last_seen) VALUES (?, ?, ?) "
                 "ON CONFLICT (site_id) DO UPDATE SET pushed_upto = "
-                "max(pushed_upto, excluded.pushed_upto), last_seen = excluded.last_seen",
-                (site_id, push.upto, time.time()),
+                "max(pushed_upto, excluded.pushed_upto), last_seen = excluded.last_seen, "
+                "departed = 0",
+                (site_id, push.upto, self.clock()),
             )
             if meta:
                 conn.executemany("INSERT OR REPLACE INTO relay_meta VALUES (?, ?)", meta.items())
@@ -452,14 +518,20 @@ class RelayStore(StoreBackend):
 
     def _load_many(
         self, keys: list[tuple[str, bytes]]
-    ) -> tuple[dict[tuple[str, bytes], RowState], dict[tuple[str, bytes, str], bytes | None]]:
+    ) -> tuple[
+        dict[tuple[str, bytes], RowState],
+        dict[tuple[str, bytes, str], bytes | None],
+        set[tuple[str, bytes]],
+    ]:
         """Current state of many rows, read in chunks (one query per 400 rows of a table),
-        and the pushing site of each of their cells."""
+        the pushing site of each of their cells, and which rows are collected tombstones
+        (their state: deleted with their causal length, :func:`store_rules.grave_state`)."""
         via_of: dict[tuple[str, bytes, str], bytes | None] = {}
         by_table: dict[str, list[bytes]] = {}
         for table, pk in keys:
             by_table.setdefault(table, []).append(pk)
         rows_of: dict[tuple[str, bytes], list[tuple[Any, ...]]] = {}
+        graves: dict[tuple[str, bytes], int] = {}
         for table, pks in by_table.items():
             for i in range(0, len(pks), 400):
                 chunk = pks[i : i + 400]
@@ -470,7 +542,135 @@ class RelayStore(StoreBackend):
                 ):
                     rows_of.setdefault((table, row[0]), []).append(row[1:8])
                     via_of[(table, row[0], row[1])] = row[8]
-        return {key: rules.row_state(rows) for key, rows in rows_of.items()}, via_of
+                for pk, cl in self.conn.execute(
+                    f"SELECT pk, cl FROM relay_graves WHERE tbl = ? AND pk IN "
+                    f"({', '.join('?' * len(chunk))})",
+                    (table, *chunk),
+                ):
+                    graves[(table, pk)] = int(cl)
+        states = {key: rules.row_state(rows) for key, rows in rows_of.items()}
+        for key, cl in graves.items():
+            states.setdefault(key, rules.grave_state(cl))
+        return states, via_of, set(graves)
+
+    # ------------------------------------------------------------- the horizon
+
+    def horizon(self) -> int:
+        """The store's horizon (0 until the first :meth:`collect`): every device seen within
+        ``max_offline`` merged every relay version up to it."""
+        h = self._meta("horizon")
+        return 0 if h is None else int(h)
+
+    def max_offline(self) -> float:
+        """Seconds a device may stay away before the horizon passes it (the operator's
+        setting for this store, else the relay's default)."""
+        v = self._meta("max_offline")
+        return self.default_max_offline if v is None else float(v)
+
+    def set_max_offline(self, seconds: float) -> None:
+        """Set this store's ``max_offline`` (an operator's setting, kept in the store)."""
+        rules.check_max_offline(seconds)
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO relay_meta VALUES ('max_offline', ?)", (float(seconds),)
+            )
+
+    def devices(self) -> list[DeviceInfo]:
+        """Every device the store recorded (its reactor's site included), by site id."""
+        return [
+            DeviceInfo(bytes(site), int(pushed), int(received), seen, bool(departed))
+            for site, pushed, received, seen, departed in self.conn.execute(
+                "SELECT site_id, pushed_upto, received_upto, last_seen, departed "
+                "FROM relay_peers ORDER BY site_id"
+            )
+        ]
+
+    def collect(self, connected: Collection[bytes] = ()) -> Collected:
+        """Move the horizon and collect below it, in one transaction: tombstones of relay
+        versions up to the horizon become collected tombstones (graves), and devices not seen
+        for ``max_offline`` depart (their positions are forgotten, their site binding kept).
+        ``connected``: sites connected now (seen now, whatever was recorded)."""
+        with self._transaction() as conn:
+            now = self.clock()
+            window = self.max_offline()
+            devices = self.devices()
+            exclude = self.relay_site()
+            stored = self.horizon()
+            gone = [s for s in rules.departing(devices, now, window) if s not in connected]
+            horizon = rules.compute_horizon(
+                devices, self.head, stored, now, window, exclude=exclude, connected=connected
+            )
+            moved = 0
+            if horizon > stored:
+                # Tombstones at versions up to the stored horizon were collected when it was
+                # set (a later merge gives any tombstone it writes a new version).
+                low = stored
+                moved = conn.execute(
+                    "INSERT OR REPLACE INTO relay_graves (tbl, pk, cl, version) "
+                    "SELECT tbl, pk, cl, version FROM relay_cells WHERE version > ? "
+                    "AND version <= ? AND cid = '-1' AND cl % 2 = 0",
+                    (low, horizon),
+                ).rowcount
+                if moved:
+                    conn.execute(
+                        "DELETE FROM relay_cells WHERE (tbl, pk) IN (SELECT tbl, pk FROM "
+                        "relay_cells WHERE version > ? AND version <= ? AND cid = '-1' "
+                        "AND cl % 2 = 0)",
+                        (low, horizon),
+                    )
+            if gone:
+                conn.executemany(
+                    "UPDATE relay_peers SET pushed_upto = 0, received_upto = 0, departed = 1 "
+                    "WHERE site_id = ?",
+                    [(s,) for s in gone],
+                )
+            if horizon != stored or self._meta("horizon") is None:
+                conn.execute("INSERT OR REPLACE INTO relay_meta VALUES ('horizon', ?)", (horizon,))
+        return Collected(horizon, int(moved), len(gone))
+
+    def gc_stats(self) -> GcStats:
+        """Tombstones, graves, the horizon and its age, the devices (see :class:`GcStats`)."""
+        with self._transaction(read=True) as conn:
+            tombstones = conn.execute(
+                "SELECT count(*) FROM relay_cells WHERE cid = '-1' AND cl % 2 = 0"
+            ).fetchone()[0]
+            graves = conn.execute("SELECT count(*) FROM relay_graves").fetchone()[0]
+            devices = self.devices()
+            head, horizon, window = self.head, self.horizon(), self.max_offline()
+            exclude = self.relay_site()
+        age, soon = rules.gc_figures(devices, head, horizon, self.clock(), window, exclude)
+        shown = [d for d in devices if d.site_id != exclude]
+        return GcStats(int(tombstones), int(graves), horizon, age, shown, soon, window)
+
+    def _next_version(self, cursor: int) -> int | None:
+        row = self.conn.execute(
+            "SELECT min(v) FROM (SELECT min(version) AS v FROM relay_cells WHERE version > ?1 "
+            "UNION ALL SELECT min(version) FROM relay_graves WHERE version > ?1)",
+            (cursor,),
+        ).fetchone()
+        return None if row[0] is None else int(row[0])
+
+    def next_version(self, cursor: int) -> int | None:
+        """The first relay version after ``cursor`` holding anything (None: none)."""
+        return self._next_version(cursor)
+
+    def remaining(self, cursor: int, after: tuple[int, str, bytes, str] | None = None) -> int:
+        """How many cells and graves a peer at ``cursor`` has yet to receive (``after``: it
+        holds the changes of version ``after[0]`` up to that key already)."""
+        with self._transaction(read=True) as conn:
+            n = conn.execute(
+                "SELECT (SELECT count(*) FROM relay_cells WHERE version > ?1) + "
+                "(SELECT count(*) FROM relay_graves WHERE version > ?1)",
+                (cursor,),
+            ).fetchone()[0]
+            if after is not None:
+                n -= conn.execute(
+                    "SELECT (SELECT count(*) FROM relay_cells WHERE version = ?1 AND "
+                    "(tbl, pk, cid) <= (?2, ?3, ?4)) + (SELECT count(*) FROM relay_graves "
+                    "WHERE version = ?1 AND (tbl, pk, '-1') <= (?2, ?3, ?4))",
+                    after,
+                ).fetchone()[0]
+        return max(0, int(n))
 
     # ------------------------------------------------------------------ reads
 
@@ -485,21 +685,19 @@ class RelayStore(StoreBackend):
             if request.split:
                 # A first version over the cell budget is read in parts (below, that is found
                 # only after sorting all of it by seq): counted first, on the index.
-                first = conn.execute(
-                    "SELECT min(version) FROM relay_cells WHERE version > ?", (cursor,)
-                ).fetchone()[0]
+                first = self._next_version(cursor)
                 if first is not None and first <= head:
                     n = conn.execute(
-                        "SELECT count(*) FROM (SELECT 1 FROM relay_cells WHERE version = ? "
-                        "LIMIT ?)",
+                        "SELECT (SELECT count(*) FROM (SELECT 1 FROM relay_cells WHERE "
+                        "version = ?1 LIMIT ?2)) + (SELECT count(*) FROM (SELECT 1 FROM "
+                        "relay_graves WHERE version = ?1 LIMIT ?2))",
                         (first, max_cells + 1),
                     ).fetchone()[0]
                     if n > max_cells:
                         return self._version_part(request, (first, "", b"", ""), head)
             cur = conn.execute(
-                "SELECT tbl, pk, cid, val, col_version, version, site_id, cl, seq, "
-                "coalesce(via, site_id), length(val) FROM relay_cells "
-                "WHERE version > ? AND version <= ? ORDER BY version, seq",
+                f"{_READ_CELLS} WHERE version > ?1 AND version <= ?2 UNION ALL "
+                f"{_READ_GRAVES} WHERE version > ?1 AND version <= ?2 ORDER BY 12, 9",
                 (cursor, head),
             )
             rows, stopped, in_parts = rules.take_versions(
@@ -508,7 +706,7 @@ class RelayStore(StoreBackend):
             cur.close()
             if in_parts is not None:
                 return self._version_part(request, (in_parts, "", b"", ""), head)
-            upto, complete = (rows[-1][5], False) if stopped else (head, True)
+            upto, complete = (rows[-1][11], False) if stopped else (head, True)
         out = [make_change(r[:9]) for r in rows if r[9] != request.exclude_site]
         return Page(out, upto, complete, None)
 
@@ -519,9 +717,9 @@ class RelayStore(StoreBackend):
         version index gives), up to the budget (inside the caller's read transaction)."""
         version = after[0]
         cur = self.conn.execute(
-            "SELECT tbl, pk, cid, val, col_version, version, site_id, cl, seq, "
-            "coalesce(via, site_id), length(val) FROM relay_cells "
-            "WHERE version = ? AND (tbl, pk, cid) > (?, ?, ?) ORDER BY tbl, pk, cid",
+            f"{_READ_CELLS} WHERE version = ?1 AND (tbl, pk, cid) > (?2, ?3, ?4) UNION ALL "
+            f"{_READ_GRAVES} WHERE version = ?1 AND (tbl, pk, '-1') > (?2, ?3, ?4) "
+            "ORDER BY 1, 2, 3",
             after,
         )
         rows, more = rules.take_part(cur, _size_of, request.max_cells, request.max_bytes)
@@ -552,6 +750,7 @@ class RelayStore(StoreBackend):
     def stats(self) -> dict[str, Any]:
         """Size and activity figures for operators."""
         cells = self.conn.execute("SELECT count(*) FROM relay_cells").fetchone()[0]
+        graves = self.conn.execute("SELECT count(*) FROM relay_graves").fetchone()[0]
         last = self.conn.execute("SELECT max(last_seen) FROM relay_peers").fetchone()[0]
         npeers = self.conn.execute("SELECT count(*) FROM relay_peers").fetchone()[0]
         size = self.size_bytes()
@@ -559,6 +758,7 @@ class RelayStore(StoreBackend):
             "epoch": self.epoch,
             "head": self.head,
             "cells": cells,
+            "graves": graves,
             "peers": npeers,
             "last_activity": last,
             "bytes": size,

@@ -13,16 +13,24 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from crsync.change import Change
 from crsync.pack import SqlValue
 from crsync.protocol import TableSchema
 
-from .store_rules import Page, PageRequest, PeerPosition, Push
+from .store_rules import (
+    Collected,
+    DeviceInfo,
+    GcStats,
+    Page,
+    PageRequest,
+    PeerPosition,
+    Push,
+)
 
-__all__ = ["Page", "PeerPosition", "StoreBackend"]
+__all__ = ["Collected", "DeviceInfo", "GcStats", "Page", "PeerPosition", "StoreBackend"]
 
 
 class StoreBackend(Protocol):
@@ -97,7 +105,56 @@ class StoreBackend(Protocol):
         ...
 
     def record_received(self, site_id: bytes, upto: int) -> None:
-        """A peer merged everything up to relay version ``upto``."""
+        """A peer merged everything up to relay version ``upto`` (seen now)."""
+        ...
+
+    def seen(self, site_id: bytes) -> None:
+        """A device connected now: record it as seen, re-admitting it if it had departed."""
+        ...
+
+    def devices(self) -> list[DeviceInfo]:
+        """Every site the store recorded, by site id."""
+        ...
+
+    # the horizon and collected tombstones (docs/concepts.md, "Tombstones and the horizon")
+    def horizon(self) -> int:
+        """The store's horizon (0 until the first :meth:`collect`); it never moves back."""
+        ...
+
+    def max_offline(self) -> float:
+        """Seconds a device may stay away before the horizon passes it (the store's own
+        setting, else the relay's default)."""
+        ...
+
+    def set_max_offline(self, seconds: float) -> None:
+        """Set the store's ``max_offline`` (an operator's setting, kept in the store).
+
+        Raises:
+            CrsyncError: not a positive number of seconds.
+        """
+        ...
+
+    def collect(self, connected: Collection[bytes] = ()) -> Collected:
+        """One garbage collection, in one transaction, at the store's clock's now: the
+        horizon is moved (``min(received_upto)`` of the devices seen within ``max_offline``,
+        the reactor left out, ``connected`` sites counting as seen now; the head if none; never
+        back), tombstones of versions up to it become collected tombstones, and devices not
+        seen within ``max_offline`` depart: their positions are forgotten, their site binding
+        is kept."""
+        ...
+
+    def gc_stats(self) -> GcStats:
+        """Tombstones, collected tombstones, the horizon and its age, the devices (the
+        reactor's site left out) and how many are about to depart."""
+        ...
+
+    def next_version(self, cursor: int) -> int | None:
+        """The first relay version after ``cursor`` holding any cell or collected tombstone."""
+        ...
+
+    def remaining(self, cursor: int, after: tuple[int, str, bytes, str] | None = None) -> int:
+        """Cells and collected tombstones of versions after ``cursor`` (``after``: less those
+        of version ``after[0]`` up to key ``after[1:]``, which the peer holds)."""
         ...
 
     # reactor
@@ -165,6 +222,9 @@ class StoreBackend(Protocol):
         """Changes of relay versions after ``cursor``, whole versions at a time, leaving out
         the cells site ``exclude_site``'s connections pushed (whatever author they claim; cells
         stored before the pushing site was recorded fall back to their author).
+
+        Collected tombstones come out as ``Change(table, pk, "-1", None, cl, 0,
+        COLLECTED_SITE, cl, 0)``, in version order with the cells (never left out).
 
         Reads stop at the first version boundary past ``max_cells`` cells or ``max_bytes``
         bytes of values and keys (rows are streamed, never all loaded); a first version larger

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import attrs
 
 from crsync.change import SENTINEL, Change
-from crsync.errors import InvalidChangeError, PackError
+from crsync.errors import CrsyncError, InvalidChangeError, PackError
 from crsync.merge_rules import MERGE_VERSION, RowState, all_fresh_cells, apply_change
 from crsync.pack import SqlValue, small_int_key, unpack_pk
 from crsync.protocol import TableSchema, quote
@@ -414,3 +414,127 @@ def take_part(
 def cell_size(key: bytes, value_bytes: int | None) -> int:
     """What one cell counts against a read's byte budget."""
     return 120 + len(key) + (value_bytes or 0)
+
+
+# ---------------------------------------------------------------------------- the horizon
+
+DAY = 86_400.0
+DEFAULT_MAX_OFFLINE = 180 * DAY
+"""How long a device may stay away before the horizon passes it (a store's default)."""
+DEPARTING_WINDOW = 7 * DAY
+"""A device within this much of its store's ``max_offline`` is *about to depart* (metrics)."""
+
+
+class DeviceInfo(NamedTuple):
+    """What the relay keeps of one device of a store (``stores --details``, :class:`GcStats`)."""
+
+    site_id: bytes
+    pushed_upto: int
+    received_upto: int
+    last_seen: float | None
+    departed: bool
+
+
+@attrs.frozen
+class Collected:
+    """What one :meth:`StoreBackend.collect` did: the store's ``horizon`` now, how many
+    tombstones it ``collected`` (moved to graves) and how many devices ``departed`` (their
+    positions forgotten, only their site binding kept)."""
+
+    horizon: int
+    collected: int
+    departed: int
+
+
+@attrs.frozen
+class GcStats:
+    """A store's garbage-collection figures (metrics, ``stores --details``)."""
+
+    tombstones: int  # deleted rows still held as full tombstones (above the horizon)
+    graves: int  # collected tombstones
+    horizon: int
+    horizon_age: float  # seconds since the device holding the horizon back was last seen
+    devices: list[DeviceInfo]
+    about_to_depart: int  # active devices within DEPARTING_WINDOW of max_offline
+    max_offline: float = DEFAULT_MAX_OFFLINE
+
+
+def active(device: DeviceInfo, now: float, max_offline: float) -> bool:
+    """Whether a device still holds the horizon back: not departed, seen within the window."""
+    return (
+        not device.departed
+        and device.last_seen is not None
+        and device.last_seen >= now - max_offline
+    )
+
+
+def compute_horizon(
+    devices: Iterable[DeviceInfo],
+    head: int,
+    stored: int,
+    now: float,
+    max_offline: float,
+    *,
+    exclude: bytes | None = None,
+    connected: Iterable[bytes] = (),
+) -> int:
+    """The store's horizon: the lowest ``received_upto`` of the devices seen within
+    ``max_offline`` (the reactor's site ``exclude`` left out; ``connected`` sites count as
+    seen now), capped at ``head``; ``head`` if there is none. Never below ``stored`` (the
+    horizon never moves back)."""
+    here = set(connected)
+    lowest = head
+    for d in devices:
+        if d.site_id == exclude:
+            continue
+        if d.site_id in here or active(d, now, max_offline):
+            lowest = min(lowest, d.received_upto)
+    return max(stored, min(lowest, head))
+
+
+def departing(devices: Iterable[DeviceInfo], now: float, max_offline: float) -> list[bytes]:
+    """Site ids of the devices to mark departed now: not departed, last seen before
+    ``now - max_offline`` (a site bound but never seen holds nothing back: left as it is)."""
+    return [
+        d.site_id
+        for d in devices
+        if not d.departed and d.last_seen is not None and d.last_seen < now - max_offline
+    ]
+
+
+def gc_figures(
+    devices: list[DeviceInfo],
+    head: int,
+    horizon: int,
+    now: float,
+    max_offline: float,
+    exclude: bytes | None,
+) -> tuple[float, int]:
+    """``(horizon_age, about_to_depart)`` of a store (see :class:`GcStats`): the age of the
+    last sighting of the active device with the lowest ``received_upto`` below ``head``
+    (0 if none), and how many active devices are within :data:`DEPARTING_WINDOW` of
+    ``max_offline``."""
+    live = [d for d in devices if d.site_id != exclude and active(d, now, max_offline)]
+    behind = [d for d in live if d.received_upto < head]
+    age = 0.0
+    if behind:
+        holder = min(behind, key=lambda d: (d.received_upto, d.last_seen or 0.0))
+        age = max(0.0, now - (holder.last_seen or now))
+    soon = sum(
+        1
+        for d in live
+        if d.last_seen is not None and d.last_seen < now - max_offline + DEPARTING_WINDOW
+    )
+    return age, soon
+
+
+def grave_state(cl: int) -> RowState:
+    """The state of a row held only as a collected tombstone: deleted, causal length ``cl``,
+    no clock (a change of causal length <= ``cl`` loses, a higher one wins)."""
+    return RowState(cl, False)
+
+
+def check_max_offline(seconds: float) -> None:
+    """Refuse a ``max_offline`` that is not a positive number of seconds."""
+    if not seconds > 0 or seconds != seconds or seconds == float("inf"):
+        raise CrsyncError(f"max_offline must be a positive number of seconds, not {seconds!r}")

@@ -208,8 +208,10 @@ def test_acks_never_go_back() -> None:
 
 
 def test_received_is_recorded_when_it_advances_and_never_past_what_was_sent() -> None:
-    s, _ = _open(cursor=4)  # the store recorded 3 for the site
-    assert s.receive(p.Received(4)) == [rs.RecordReceived(4)]
+    s, actions = _open(cursor=4)  # the store recorded 3 for the site
+    # The honoured cursor is what the device merged: recorded at the handshake (a received
+    # the last connection sent may have been lost), so the horizon does not lag behind it.
+    assert actions[1:] == [rs.RecordReceived(4)]
     assert s.receive(p.Received(4)) == []
     assert s.receive(p.Received(2)) == []
     assert s.receive(p.Received(9)) == []  # nothing past 4 was sent on this connection
@@ -253,3 +255,81 @@ def test_refusal_codes_of_the_relay_are_protocol_codes() -> None:
         assert cls.code in codes, cls
         close = rs.RelaySession().fail(cls.code, str(cls("why")))
         assert close.code == cls.code and close.reason == "why"
+
+
+# ------------------------------------------------------------------ horizon, progress, resume
+
+
+def _open_resuming(
+    resume: p.Resume | None, cursor: int = 4, epoch: str = "E", head: int = 10
+) -> rs.RelaySession:
+    s = rs.RelaySession()
+    raw = p.encode(
+        p.Hello(p.PROTOCOL_VERSION, "s", SITE, SCHEMA, cursor, epoch, None, resume=resume)
+    )
+    (admit,) = s.receive(s.decode(raw), len(raw))
+    assert isinstance(admit, rs.Admit)
+    return s
+
+
+def test_welcome_carries_the_horizon_and_what_remains() -> None:
+    s, actions = _open(cursor=4, view=rs.StoreView("E", 10, pushed_upto=7, horizon=3, remaining=42))
+    (welcome,) = _sent(actions)
+    assert welcome == p.Welcome(p.PROTOCOL_VERSION, "E", 10, 7, 3, 42, False)
+    assert not s.resumed
+
+
+def test_pong_carries_the_horizon_which_never_moves_back() -> None:
+    s, _ = _open(view=rs.StoreView("E", 10, horizon=3))
+    assert _sent(s.receive(p.Ping(1))) == [p.Pong(1, 10, 3)]
+    s.store_advanced(12, 8)
+    assert _sent(s.receive(p.Ping(2))) == [p.Pong(2, 12, 8)]
+    s.store_advanced(12, 5)  # a stale figure
+    s.store_advanced(12)  # not told
+    assert _sent(s.receive(p.Ping(3))) == [p.Pong(3, 12, 8)]
+
+
+def test_a_relay_that_does_not_collect_sends_no_horizon() -> None:
+    s, actions = _open()
+    (welcome,) = _sent(actions)
+    assert isinstance(welcome, p.Welcome)
+    assert (welcome.horizon, welcome.remaining, welcome.resumed) == (None, None, False)
+    assert _sent(s.receive(p.Ping(1))) == [p.Pong(1, 10, None)]
+
+
+def test_a_half_received_unit_is_resumed_after_the_key_it_names() -> None:
+    resume = p.Resume(6, "t", b"\x01\x09\x05", "a")
+    s = _open_resuming(resume)
+    assert s.catch_up_from("E", 10) == (4, None)  # the store not asked yet
+    assert s.catch_up_from("E", 10, 6) == (4, (6, "t", b"\x01\x09\x05", "a"))
+    actions = s.admitted(rs.StoreView("E", 10, horizon=2, remaining=17, next_version=6))
+    (welcome,) = _sent(actions)
+    assert isinstance(welcome, p.Welcome) and welcome.resumed and welcome.remaining == 17
+    assert s.resumed
+    # The first read continues the unit: base = the cursor, after the named key.
+    assert s.next_read() == rs.ReadChanges(4, (6, "t", b"\x01\x09\x05", "a"))
+    rest = _sent(s.page_read([_change(6, 3)], 6, None))
+    assert rest == [p.Changes(4, 6, [_change(6, 3)], False)]
+    assert s.next_read() == rs.ReadChanges(6, None)
+
+
+@pytest.mark.parametrize(
+    ("epoch", "cursor", "next_version", "why"),
+    [
+        ("OLD", 4, 6, "another epoch"),
+        ("E", 11, 6, "a cursor past the head"),
+        ("E", 4, 5, "another version comes first now"),
+        ("E", 4, None, "nothing after the cursor any more"),
+        ("E", 6, 6, "the unit is not after the cursor"),
+    ],
+)
+def test_a_unit_that_no_longer_stands_is_not_resumed(
+    epoch: str, cursor: int, next_version: int | None, why: str
+) -> None:
+    s = _open_resuming(p.Resume(6, "t", b"\x01", "a"), cursor=cursor, epoch=epoch)
+    actions = s.admitted(rs.StoreView("E", 10, next_version=next_version))
+    (welcome,) = _sent(actions)
+    assert isinstance(welcome, p.Welcome) and not welcome.resumed, why
+    read = s.next_read()
+    assert read is not None and read.resume is None, why
+    assert read.cursor == (cursor if epoch == "E" and cursor <= 10 else 0), why

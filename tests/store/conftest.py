@@ -32,19 +32,20 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def make_store(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
-    """``make_store(name="s", create=True)``: a store of the backend under test; the same
-    name opens the same store again (a reopen), another name another store."""
+    """``make_store(name="s", create=True, **options)``: a store of the backend under test;
+    the same name opens the same store again (a reopen), another name another store.
+    ``options``: ``clock``, ``default_max_offline`` (both backends take them)."""
     prefix = uuid.uuid4().hex[:12]
     if backend == "postgres":
         db = request.getfixturevalue("pg_database")
 
-        def make_pg(name: str = "s", *, create: bool = True) -> Any:
-            return db.open_store(f"t{prefix}-{name}", create=create)
+        def make_pg(name: str = "s", *, create: bool = True, **options: Any) -> Any:
+            return db.open_store(f"t{prefix}-{name}", create=create, **options)
 
         return make_pg
 
-    def make_sqlite(name: str = "s", *, create: bool = True) -> Any:
-        return RelayStore(tmp_path / f"{name}.store.sqlite3", create=create)
+    def make_sqlite(name: str = "s", *, create: bool = True, **options: Any) -> Any:
+        return RelayStore(tmp_path / f"{name}.store.sqlite3", create=create, **options)
 
     return make_sqlite
 
