@@ -55,7 +55,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""The on-disk format of crsync's metadata. 2: ``dbv`` is nullable and its index partial (a
+compacted tombstone, see :func:`crsync.positions.apply_horizon`), ``crsync_peers.local``, and
+``crsync_staged``. A format-1 file is migrated when opened read-write
+(:func:`crsync.tracking.migrate_format_1`); read-only, it is read as it is."""
+_READABLE_FORMATS = (1, FORMAT_VERSION)
 
 _METADATA_DDL = [
     "CREATE TABLE IF NOT EXISTS crsync_meta (key TEXT PRIMARY KEY, value)",
@@ -79,6 +84,8 @@ _METADATA_DDL = [
     rejected.DDL,
     # Peer tracking: acknowledged positions per peer and direction (see crsync.positions).
     positions.DDL,
+    # Parts of a catch-up unit received so far (see crsync.positions.stage).
+    positions.STAGED_DDL,
 ]
 
 
@@ -116,6 +123,15 @@ class Database:
             fmt = conn.execute(
                 "SELECT value FROM crsync_meta WHERE key = 'format_version'"
             ).fetchone()[0]
+            if fmt == 1:
+                rebuilt = tracking.migrate_format_1(conn)
+                positions.migrate_format_1(conn)
+                conn.execute(
+                    "UPDATE crsync_meta SET value = ? WHERE key = 'format_version'",
+                    (FORMAT_VERSION,),
+                )
+                log.info("crsync.format.migrated from=1 to=%d tables=%d", FORMAT_VERSION, rebuilt)
+                fmt = FORMAT_VERSION
             if fmt != FORMAT_VERSION:
                 raise CrsyncError(
                     f"this database uses crsync metadata format {fmt}; this crsync reads "
@@ -443,7 +459,7 @@ class Database:
                 "read-write once with crsync.connect() (and track its tables) first"
             )
         fmt = conn.execute("SELECT value FROM crsync_meta WHERE key = 'format_version'").fetchone()
-        if fmt is None or fmt[0] != FORMAT_VERSION:
+        if fmt is None or fmt[0] not in _READABLE_FORMATS:
             raise CrsyncError(
                 f"this database uses crsync metadata format {fmt[0] if fmt else None}; this "
                 f"crsync reads format {FORMAT_VERSION}"

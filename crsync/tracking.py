@@ -31,8 +31,10 @@ from .schema import (
     validate_table,
 )
 from .triggers import (
+    DBV_INDEX_WHERE,
     SEQ_STEP,
     cell_columns,
+    dbv_index_name,
     generate,
     meta_table_name,
     seq_offset,
@@ -116,6 +118,45 @@ def metadata_bytes(db: Database) -> int | None:
     except sqlite3.Error:
         return None
     return None if n is None else int(n)
+
+
+def migrate_format_1(conn: sqlite3.Connection) -> int:
+    """Bring the metadata tables of a format-1 file to format 2: ``dbv`` nullable (a
+    compacted tombstone has none) and its index partial (``WHERE dbv IS NOT NULL``). SQLite
+    cannot drop a NOT NULL constraint in place, so each metadata table is rebuilt (copied to
+    a new table that takes its name); the capture triggers name it and keep working. Runs
+    inside the caller's write transaction. Returns how many tables were rebuilt."""
+    legacy = conn.execute("PRAGMA legacy_alter_table").fetchone()[0]
+    # Legacy renaming leaves the triggers' text alone (they name the metadata table, which
+    # is missing between the DROP and the RENAME; the modern rename would refuse them).
+    conn.execute("PRAGMA legacy_alter_table = ON")
+    n = 0
+    try:
+        for (name,) in conn.execute("SELECT name FROM crsync_tables").fetchall():
+            m = meta_table_name(name)
+            row = conn.execute(
+                "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = ?", (m,)
+            ).fetchone()
+            if row is None or "dbv INTEGER NOT NULL" not in row[0]:
+                continue
+            tmp = m + "_format2"
+            head = f"CREATE TABLE {quote_ident(m)}"
+            sql: str = row[0]
+            if not sql.startswith(head):
+                raise CrsyncError(f"cannot migrate the metadata table {m!r}: unexpected DDL")
+            sql = "CREATE TABLE " + quote_ident(tmp) + sql[len(head) :]
+            conn.execute(sql.replace("dbv INTEGER NOT NULL", "dbv INTEGER", 1))
+            conn.execute(f"INSERT INTO {quote_ident(tmp)} SELECT * FROM {quote_ident(m)}")
+            conn.execute(f"DROP TABLE {quote_ident(m)}")
+            conn.execute(f"ALTER TABLE {quote_ident(tmp)} RENAME TO {quote_ident(m)}")
+            conn.execute(
+                f"CREATE INDEX {quote_ident(dbv_index_name(name))} ON {quote_ident(m)} (dbv) "
+                f"WHERE {DBV_INDEX_WHERE}"
+            )
+            n += 1
+    finally:
+        conn.execute(f"PRAGMA legacy_alter_table = {int(legacy)}")
+    return n
 
 
 def load_registry(db: Database) -> None:
