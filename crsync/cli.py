@@ -329,20 +329,22 @@ def sync(
         bar = Progress(
             TextColumn("receiving"),
             BarColumn(),
-            TextColumn("relay version {task.completed:.0f}/{task.total:.0f}"),
+            TextColumn("{task.completed:.0f}/{task.total:.0f} changes"),
             TimeElapsedColumn(),
             console=Console(stderr=True),
             transient=True,
         )
 
-    def progress(done: int, head: int) -> None:
+    def progress(done: int, total: int) -> None:
+        """The peer's on_progress: cells of the catch-up received (merged or staged) and
+        expected (see crsync.Peer's on_progress)."""
         nonlocal task
-        if bar is None or not head:
+        if bar is None or not total:
             return
         if task is None:
             bar.start()
-            task = bar.add_task("receive", total=head)
-        bar.update(task, completed=done, total=max(head, done))
+            task = bar.add_task("receive", total=total)
+        bar.update(task, completed=done, total=max(total, done))
 
     async def report(peer: Peer) -> None:
         """State changes (on a terminal) and, always, why the peer is not syncing."""

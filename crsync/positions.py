@@ -33,6 +33,7 @@ import attrs
 
 from . import identity, merge
 from . import protocol as p
+from .device_session import StagedUnit
 from .change import COLLECTED_SITE, SENTINEL, Change, validate_changes
 from .pack import pack_pk
 
@@ -179,20 +180,6 @@ def merge_and_record(
 # ---------------------------------------------------------------------- staged units
 
 
-@attrs.frozen
-class Staged:
-    """A multi-part catch-up unit received in part (``crsync_staged``): its epoch, the
-    ``(base, upto]`` of the unit, how many parts and cells are held, and the key
-    ``(table, pk, cid)`` of the last change held."""
-
-    epoch: str
-    base: int
-    upto: int
-    parts: int
-    cells: int
-    last: tuple[str, bytes, str]
-
-
 def stage(db: Database, key: str, epoch: str, part: p.Changes) -> None:
     """Keep one part (``more`` true) of a catch-up unit durably, in its own transaction. Every
     staged part of ``key`` belongs to the same unit: parts of another unit are dropped first."""
@@ -223,7 +210,7 @@ def stage(db: Database, key: str, epoch: str, part: p.Changes) -> None:
         )
 
 
-def staged(db: Database, key: str) -> Staged | None:
+def staged(db: Database, key: str) -> StagedUnit | None:
     """The unit staged for peer ``key``, or None."""
     with db._read() as conn:
         row = conn.execute(
@@ -233,12 +220,12 @@ def staged(db: Database, key: str) -> Staged | None:
         ).fetchall()
         if len(row) != 1:
             return None
-        epoch, base, upto, parts, cells, top = row[0]
+        epoch, base, upto, _parts, cells, top = row[0]
         t, pk, cid = conn.execute(
             "SELECT last_tbl, last_pk, last_cid FROM crsync_staged WHERE peer = ? AND part = ?",
             (key, top),
         ).fetchone()
-    return Staged(epoch, base, upto, parts, cells, (t, pk, cid))
+    return StagedUnit(epoch, base, upto, cells, (t, pk, cid))
 
 
 def drop_staged(db: Database, key: str) -> None:

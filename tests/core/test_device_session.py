@@ -274,13 +274,15 @@ def test_changes_are_merged_then_received_is_sent() -> None:
     assert s.pull_upto == 25
 
 
-def test_a_multi_part_unit_is_merged_whole() -> None:
+def test_a_multi_part_unit_is_staged_then_merged_whole() -> None:
     s, _ = _connected()
-    assert s.receive(p.Changes(20, 21, [_c(21, 0, OTHER)], more=True)) == []
-    assert s.receive(p.Changes(20, 21, [_c(21, 1, OTHER)], more=True)) == []
+    first = p.Changes(20, 21, [_c(21, 0, OTHER)], more=True)
+    second = p.Changes(20, 21, [_c(21, 1, OTHER)], more=True)
+    assert s.receive(first) == [ds.StagePart("E", first)]
+    assert s.receive(second) == [ds.StagePart("E", second)]
     (merge,) = s.receive(p.Changes(20, 21, [_c(21, 2, OTHER)]))
-    assert isinstance(merge, ds.MergeUnit)
-    assert [c.seq for c in merge.changes] == [0, 1, 2] and merge.upto == 21
+    # The last part merges with the staged ones, as one unit.
+    assert merge == ds.MergeUnit([_c(21, 2, OTHER)], "E", 21, staged=True)
 
 
 def test_a_half_received_unit_is_dropped_with_the_connection() -> None:
