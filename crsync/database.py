@@ -28,6 +28,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import attrs
+
 from . import adoption, feed, identity, merge, positions, rejected, tracking, versions
 from ._gc import gc_paused
 from .change import Change, validate_changes
@@ -87,6 +89,29 @@ _METADATA_DDL = [
     # Parts of a catch-up unit received so far (see crsync.positions.stage).
     positions.STAGED_DDL,
 ]
+
+
+@attrs.frozen
+class MetadataStats:
+    """What crsync's metadata costs in a database (:meth:`Database.metadata_stats`)."""
+
+    rows: int
+    """Live replicated rows (in every tracked table)."""
+    tombstones: int
+    """Deleted rows kept with their delete's clock (a full tombstone)."""
+    collected: int
+    """Deleted rows compacted below the relay's horizon: only the key and causal length."""
+    metadata_bytes: int
+    """Bytes of the file used by crsync's metadata (tables and indexes)."""
+    metadata_bytes_exact: bool
+    """True: ``metadata_bytes`` was measured (SQLite's ``dbstat``); False: estimated from the
+    stored length of each metadata row's fields (this SQLite has no ``dbstat``)."""
+    bytes_per_row: float | None
+    """``metadata_bytes`` per live row (None without live rows)."""
+    horizon: int | None
+    """The relay's horizon as last heard (a relay version), None if none was announced."""
+    horizon_seen_at: float | None
+    """When that horizon was heard (seconds since the Unix epoch)."""
 
 
 class Database:
@@ -491,6 +516,31 @@ class Database:
                 },
             )
         return {n: dict(d) for n, d in cached[1].items()}
+
+    # ------------------------------------------------------------------ metadata
+
+    def metadata_stats(self) -> MetadataStats:
+        """How much metadata this database keeps: live rows, full tombstones, collected
+        (compacted) deletes, the metadata's bytes (measured with ``dbstat`` when SQLite has
+        it, else estimated: see :attr:`MetadataStats.metadata_bytes_exact`) and per live row,
+        and the relay's horizon as last heard (and when)."""
+        self._no_txn("read metadata stats")
+        with self._read():
+            self._refresh()
+            rows, tombstones, collected, estimate = tracking.metadata_counts(self)
+            measured = tracking.metadata_bytes(self)
+            heard = positions.horizon(self)
+        size = estimate if measured is None else measured
+        return MetadataStats(
+            rows,
+            tombstones,
+            collected,
+            size,
+            measured is not None,
+            size / rows if rows else None,
+            None if heard is None else heard[0],
+            None if heard is None else heard[1],
+        )
 
     # ------------------------------------------------------------------ versions
 

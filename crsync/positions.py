@@ -33,8 +33,8 @@ import attrs
 
 from . import identity, merge
 from . import protocol as p
-from .device_session import StagedUnit
 from .change import COLLECTED_SITE, SENTINEL, Change, validate_changes
+from .device_session import StagedUnit
 from .pack import pack_pk
 
 if TYPE_CHECKING:
@@ -305,6 +305,17 @@ def apply_horizon(db: Database, key: str, horizon: int) -> int:
             _record(conn, key, COMPACTED, epoch, min(mark_local, push_upto))
         _record(conn, key, MARK, epoch, pull[1], pull[2] or 0)
     return n
+
+
+def horizon(db: Database) -> tuple[int, float | None] | None:
+    """``(horizon, heard_at)`` of the relay horizon heard most recently (of any peer), or
+    None if no relay announced one."""
+    row = db.conn.execute(
+        "SELECT version, updated_at FROM crsync_peers WHERE event = ? "
+        "ORDER BY updated_at DESC LIMIT 1",
+        (HORIZON,),
+    ).fetchone()
+    return None if row is None else (int(row[0]), row[1])
 
 
 def collected_tombstones(db: Database) -> list[Change]:

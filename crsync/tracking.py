@@ -159,6 +159,35 @@ def migrate_format_1(conn: sqlite3.Connection) -> int:
     return n
 
 
+def metadata_counts(db: Database) -> tuple[int, int, int, int]:
+    """``(rows, tombstones, collected, estimated_bytes)`` over every tracked table's metadata:
+    live rows (odd ``cl``), tombstones with their clock (even ``cl``, ``dbv`` set), collected
+    records (compacted: ``dbv`` NULL), and an estimate of the metadata tables' bytes (the
+    stored length of each row's fields, one byte of header per field, plus the ``dbv`` index
+    entries), for SQLite builds without ``dbstat``."""
+    rows = tombstones = collected = estimate = 0
+    conn = db.conn
+    for name in db._tracked:
+        m = quote_ident(meta_table_name(name))
+        cols = [r[1] for r in conn.execute(f"PRAGMA table_info({m})")]
+        width = " + ".join(f"coalesce(length({quote_ident(c)}), 0)" for c in cols)
+        keys = " + ".join(
+            f"coalesce(length({quote_ident(c)}), 0)" for c in cols if c.startswith("p")
+        )
+        live, dead, gone, size = conn.execute(
+            f"SELECT coalesce(sum(cl % 2 = 1), 0), "
+            f"coalesce(sum(cl % 2 = 0 AND dbv IS NOT NULL), 0), "
+            f"coalesce(sum(dbv IS NULL), 0), "
+            f"coalesce(sum({width} + {len(cols)} + "
+            f"CASE WHEN dbv IS NULL THEN 0 ELSE {keys} + 8 END), 0) FROM {m}"
+        ).fetchone()
+        rows += live
+        tombstones += dead
+        collected += gone
+        estimate += size
+    return int(rows), int(tombstones), int(collected), int(estimate)
+
+
 def load_registry(db: Database) -> None:
     tracked: dict[str, Tracked] = {}
     for name, slots_json in db.conn.execute("SELECT name, slots FROM crsync_tables").fetchall():
