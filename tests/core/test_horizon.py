@@ -203,7 +203,9 @@ def test_tombstones_below_the_horizon_are_compacted_and_keep_key_reuse_right(
     fresh.merge(positions.collected_tombstones(db) + db.changes(since=0))
     full.merge(db.changes(since=since))
     for d in (full, fresh):
-        assert d.conn.execute("SELECT id, title FROM todos WHERE id LIKE 'k%' ORDER BY id").fetchall() == [
+        assert d.conn.execute(
+            "SELECT id, title FROM todos WHERE id LIKE 'k%' ORDER BY id"
+        ).fetchall() == [
             ("k0", "back"),
             ("k3", "x"),
         ]
@@ -266,7 +268,9 @@ def test_a_format_1_database_is_migrated_when_opened(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     shutil.copy(FIXTURES / "format1.db", path)
     raw = sqlite3.connect(path)
-    assert raw.execute("SELECT value FROM crsync_meta WHERE key = 'format_version'").fetchone() == (1,)
+    assert raw.execute("SELECT value FROM crsync_meta WHERE key = 'format_version'").fetchone() == (
+        1,
+    )
     before = {
         t: raw.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall() for t in ("todos", "notes")
     }
