@@ -17,8 +17,9 @@ connection (its error is classified as today).
 
 1. Connect (``Peer._session``): open the socket; read ``positions.load(key)`` (epoch,
    push_upto, pull_upto), ``positions.site_and_full_push()`` (site, full-push token, site
-   key) and the replicated schema (``_schema(db)``); send
-   ``hello = s.connect(Stored(epoch, push_upto, pull_upto), site, site_key, token, schema)``.
+   key), the replicated schema (``_schema(db)``) and the unit staged from an earlier
+   connection (``positions.staged(key)``); send ``hello = s.connect(Stored(epoch, push_upto,
+   pull_upto), site, site_key, token, schema, staged)``.
 2. Read one frame within ``open_timeout``: ``msg = s.decode(raw)``; if
    ``s.needs_local_version(msg)`` read ``local = db.db_version`` (else None); perform
    ``s.handshake(msg, local)``:
@@ -29,7 +30,10 @@ connection (its error is classified as today).
    * ``ResetSite(reason)``: ``new = db.reset_site()``; ``s.site_reset(new)``; log
      ``site_reset`` with the reason;
    * ``Reconnect(reason)``: raise ``_Reconnect(reason)``;
-   * ``Fail(error, fatal)``: raise ``_Fatal(error)`` if ``fatal`` else ``error``.
+   * ``Fail(error, fatal)``: raise ``_Fatal(error)`` if ``fatal`` else ``error``;
+   * ``DropStaged()``: ``positions.drop_staged(key)`` (the relay did not resume the unit);
+   * ``ApplyHorizon(epoch, horizon)``: ``positions.apply_horizon(key, horizon)`` (record the
+     relay's horizon, compact the tombstones below it).
 
    Afterwards the connection is open (``s.connected``: stats.connects += 1, state SYNCING,
    ``reason = None``); ``s.full_push`` says whether the first push round pushes every site's
@@ -37,19 +41,22 @@ connection (its error is classified as today).
 3. Then, concurrently, until one of them ends the connection:
 
    * push loop (``Peer._pusher``): forever: clear the local-change event; read
-     ``sealed, changes = db.changes_since(s.push_upto)`` and the schema; perform
-     ``s.push_round(sealed, changes, schema)``: ``Send(Push)`` (count ``pushed_changes``;
+     ``sealed, changes = db.changes_since(s.push_upto)``, the schema and, if ``s.full_push``,
+     ``collected = positions.collected_tombstones()``; perform
+     ``s.push_round(sealed, changes, schema, collected)``: ``Send(Push)`` (count ``pushed_changes``;
      a part with ``more = false`` ends a unit: ``pushed_units``), ``AwaitAck(upto)`` (wait for
      progress until ``s.push_upto >= upto``), ``RecordPush``, ``ClearFullPush(token)``
      (``positions.clear_full_push(token)``), ``Reconnect`` (the schema changed: announce it
      in a new hello); then update the state from ``s.synced`` and wait for a local change.
    * receive loop (``Peer._receiver``): for each frame, perform ``s.receive(s.decode(raw))``:
-     ``RecordPush``/``ClearFullPush`` (an ack), ``MergeUnit(changes, epoch, upto)``
-     (``wins, rejected = positions.merge_and_record(changes, key, epoch, upto)``; a merge
-     failure that is not the local file's is fatal; count the stats; then perform
-     ``s.merged()`` -> ``Send(Received)``, and call ``on_progress(s.pull_upto, s.relay_head)``),
-     ``Fail``; then update the state from ``s.synced`` (this wakes ``AwaitAck`` and
-     ``wait_synced``).
+     ``RecordPush``/``ClearFullPush`` (an ack), ``StagePart(epoch, part, progress)``
+     (``positions.stage(key, epoch, part)``, then ``on_progress(*progress)``),
+     ``MergeUnit(changes, epoch, upto, staged, progress)``
+     (``wins, rejected = positions.merge_and_record(changes, key, epoch, upto,
+     staged=staged)``; a merge failure that is not the local file's is fatal; count the
+     stats; call ``on_progress(*progress)``; then perform ``s.merged()`` ->
+     ``Send(Received)``), ``ApplyHorizon`` (a pong's), ``Fail``; then update the state from
+     ``s.synced`` (this wakes ``AwaitAck`` and ``wait_synced``).
    * ``wait_synced``: ``target = db.db_version``; ``ping = s.ping()``, send it while connected
      and wait until ``s.pong(ping.id)`` is not None (that is the relay's head; a lost
      connection: ping again on the next one); then wait until ``s.synced_to(target, head)``.
