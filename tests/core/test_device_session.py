@@ -375,7 +375,7 @@ def test_the_welcome_and_pongs_horizon_becomes_an_apply_horizon_action() -> None
 
 
 def test_a_horizon_under_a_new_epoch_comes_after_the_reset() -> None:
-    s, actions = _connected(welcome=p.Welcome(p.PROTOCOL_VERSION, "NEW", 3, 0, horizon=2))
+    _, actions = _connected(welcome=p.Welcome(p.PROTOCOL_VERSION, "NEW", 3, 0, horizon=2))
     assert actions == [ds.ResetPositions("NEW", "E", 3, False), ds.ApplyHorizon("NEW", 2)]
 
 
