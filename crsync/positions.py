@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from . import identity, merge
+from . import identity, merge, versions
 from . import protocol as p
 from .change import COLLECTED_SITE, SENTINEL, Change, validate_changes
 from .device_session import StagedUnit
@@ -254,9 +254,11 @@ def apply_horizon(db: Database, key: str, horizon: int) -> int:
     horizon"): record it and, if it reached the compaction mark, compact this database's
     tombstones the mark covers; then move the mark to the latest recorded pull position.
 
-    The mark ``(mark_relay, mark_local)`` is a pull position recorded earlier and the local
-    db_version right after that merge. Every tombstone merged from relay versions up to
-    ``mark_relay`` has ``sd <= mark_local``; once ``horizon >= mark_relay`` every device has
+    The mark ``(mark_relay, mark_local)`` is a pull position recorded earlier and the last
+    version sealed when the mark was set (the open version is sealed first, so every merge
+    up to ``mark_relay`` stamped at most ``mark_local`` and every later one more). Every
+    tombstone merged from relay versions up to ``mark_relay`` has ``sd <= mark_local``; once
+    ``horizon >= mark_relay`` every device has
     them and the relay keeps them as collected tombstones, so the tombstones with
     ``sd <= mark_local`` are compacted: ``sd``, ``ss``, ``sq`` and ``dbv`` set to NULL (the
     row keeps its key and ``cl``, which is all the merge and the insert trigger read of a
@@ -269,6 +271,8 @@ def apply_horizon(db: Database, key: str, horizon: int) -> int:
     """
     if type(horizon) is not int or horizon < 0:
         raise ValueError(f"horizon must be a non-negative integer, not {horizon!r}")
+    db._no_txn("apply the relay's horizon")
+    sealed = versions.seal(db)
     with db._write() as conn:
         rows = {
             event: (epoch, version, local)
@@ -294,16 +298,16 @@ def apply_horizon(db: Database, key: str, horizon: int) -> int:
         mark_local = mark[2] or 0
         push_upto = push[1]
         n = 0
-        if mark_local > lo:
+        if mark_local >= lo and mark_local > 0:
             db._refresh()
             for tr in db._tracked.values():
                 n += conn.execute(
                     f"UPDATE {tr.meta} SET sd = NULL, ss = NULL, sq = NULL, dbv = NULL "
-                    "WHERE dbv > ? AND dbv <= ? AND cl % 2 = 0 AND NOT (ss = 0 AND sd > ?)",
+                    "WHERE dbv >= ? AND dbv <= ? AND cl % 2 = 0 AND NOT (ss = 0 AND sd > ?)",
                     (lo, mark_local, push_upto),
                 ).rowcount
             _record(conn, key, COMPACTED, epoch, min(mark_local, push_upto))
-        _record(conn, key, MARK, epoch, pull[1], pull[2] or 0)
+        _record(conn, key, MARK, epoch, pull[1], sealed)
     return n
 
 

@@ -353,3 +353,27 @@ def test_a_part_of_another_unit_or_an_epoch_change_drops_the_staged_unit(tmp_pat
     positions.stage(db, KEY, "E", p.Changes(0, 8, changes, True))
     positions.reset(db, KEY, "F")
     assert positions.staged(db, KEY) is None
+
+
+def test_a_tombstone_merged_after_the_mark_waits_for_a_horizon_past_it(tmp_path: Path) -> None:
+    # Merges do not seal the open version: two merges in a row can stamp the same local
+    # version. The mark seals first, so a delete merged after it (from a relay version above
+    # the mark) is not compacted by a horizon that covers only the mark.
+    src = _db()
+    src.conn.executemany("INSERT INTO todos (id, title) VALUES (?, 'x')", [("a",), ("b",)])
+    first = src.changes()
+    src.conn.execute("DELETE FROM todos WHERE id = 'a'")
+    del_a = src.changes(since=max(c.db_version for c in first))
+    v = src.db_version
+    src.conn.execute("DELETE FROM todos WHERE id = 'b'")
+    del_b = src.changes(since=v)
+    db = _synced(tmp_path / "d.db")
+    _pull(db, 1, first)
+    _pull(db, 2, del_a)
+    assert positions.apply_horizon(db, KEY, 0) == 0  # mark: relay version 2
+    _pull(db, 3, del_b)  # relay version 3, above every horizon so far
+    assert positions.apply_horizon(db, KEY, 2) == 1
+    assert _meta(db, "a") == (2, None, None, None, None)
+    assert _meta(db, "b")[4] is not None  # b's delete keeps its clock
+    assert positions.apply_horizon(db, KEY, 3) == 1  # the mark moved to 3
+    assert _meta(db, "b") == (2, None, None, None, None)
