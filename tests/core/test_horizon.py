@@ -377,3 +377,21 @@ def test_a_tombstone_merged_after_the_mark_waits_for_a_horizon_past_it(tmp_path:
     assert _meta(db, "b")[4] is not None  # b's delete keeps its clock
     assert positions.apply_horizon(db, KEY, 3) == 1  # the mark moved to 3
     assert _meta(db, "b") == (2, None, None, None, None)
+
+
+def test_the_feed_reads_through_the_partial_dbv_index() -> None:
+    # SQLite uses a partial index only when the query implies its WHERE: ``dbv > ?`` and
+    # ``dbv = ?`` imply ``dbv IS NOT NULL``. A full scan here would make every feed read
+    # and every live-query probe read the whole metadata table.
+    db = _db()
+    db.conn.executemany(
+        "INSERT INTO todos (id, title) VALUES (?, 'x')", [(str(i),) for i in range(50)]
+    )
+    for sql in (
+        'SELECT 1 FROM "todos__crsync" WHERE dbv > ? AND dbv <= ? LIMIT 1',
+        'SELECT 1 FROM "todos__crsync" WHERE dbv = ? LIMIT 1',
+    ):
+        plan = " ".join(
+            r[3] for r in db.conn.execute("EXPLAIN QUERY PLAN " + sql, (1, 2)[: sql.count("?")])
+        )
+        assert "INDEX todos__crsync_dbv" in plan, plan
