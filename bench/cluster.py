@@ -192,7 +192,7 @@ class Receiver:
         self.samples: list[float] = []
         self.arrived = trio.Event()
 
-    def on_progress(self, _done: int, _head: int) -> None:
+    def on_progress(self, _done: int, _total: int) -> None:
         now = time.perf_counter()
         for row_id, t in self.db.conn.execute("SELECT id, t FROM items"):
             if row_id not in self.seen:

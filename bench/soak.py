@@ -86,7 +86,7 @@ class Device:
         self.last_rowid = 0
         self.peer: Peer | None = None
 
-    def on_progress(self, deliveries: list[tuple[float, float]], _upto: int, _head: int) -> None:
+    def on_progress(self, deliveries: list[tuple[float, float]], _done: int, _total: int) -> None:
         """Record ``(arrival, latency)`` of the other devices' rows merged since last time."""
         now = time.time()
         rows = self.db.conn.execute(

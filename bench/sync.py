@@ -133,7 +133,7 @@ async def latency(url: str, token: str, work: Path, npeers: int, rounds: int) ->
     events: list[trio.Event] = [trio.Event() for _ in range(npeers)]
 
     def progress_cb(i: int):
-        def cb(_done: int, _head: int) -> None:
+        def cb(_done: int, _total: int) -> None:
             events[i].set()
 
         return cb

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from . import tracking
 from .change import SENTINEL, Change
-from .database import Database, connect
+from .database import Database, MetadataStats, connect
 from .errors import (
     AuthError,
     ConnectError,
@@ -85,6 +85,7 @@ __all__ = [
     "Database",
     "InvalidChangeError",
     "LocalStorageError",
+    "MetadataStats",
     "MissingExtraError",
     "NotTrackedError",
     "PackError",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import sqlite3
 import sys
@@ -183,6 +184,7 @@ def _status(d: Database) -> dict[str, Any]:
     if not pushed:
         unacked = {"(never synced)": sum(1 for c in d.changes() if c.site_id == d.site_id)}
     meta_bytes = tracking.metadata_bytes(d)
+    stats = d.metadata_stats()
     return {
         "site_id": d.site_id.hex(),
         "db_version": version,
@@ -193,6 +195,7 @@ def _status(d: Database) -> dict[str, Any]:
         "pending_changes": d.pending_count(),
         "rejected_changes": d.rejected_count(),
         "metadata_bytes": meta_bytes,
+        "metadata": attrs.asdict(stats),
     }
 
 
@@ -220,8 +223,26 @@ def status(db: str, as_json: bool) -> None:
             f"rejected      {s['rejected_changes']} changes from other devices this database "
             "cannot apply (db.rejected_changes() lists them with the reason)"
         )
-    if s["metadata_bytes"] is not None:
-        click.echo(f"metadata      {s['metadata_bytes']} bytes")
+    m = s["metadata"]
+    how = "" if m["metadata_bytes_exact"] else " (estimated: this SQLite has no dbstat)"
+    per_row = "" if m["bytes_per_row"] is None else f", {m['bytes_per_row']:.1f} per live row"
+    click.echo(f"metadata      {m['metadata_bytes']} bytes{per_row}{how}")
+    click.echo(
+        f"rows          {m['rows']} live, {m['tombstones']} tombstones, "
+        f"{m['collected']} collected deletes (compacted below the relay's horizon)"
+    )
+    if m["horizon"] is None:
+        click.echo("horizon       none announced by a relay")
+    else:
+        seen = m["horizon_seen_at"]
+        when = (
+            ""
+            if seen is None
+            else " (heard "
+            + datetime.datetime.fromtimestamp(seen, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
+            + " UTC)"
+        )
+        click.echo(f"horizon       relay version {m['horizon']}{when}")
     click.echo("tables:")
     for t in s["tables"]:
         click.echo(
@@ -329,20 +350,22 @@ def sync(
         bar = Progress(
             TextColumn("receiving"),
             BarColumn(),
-            TextColumn("relay version {task.completed:.0f}/{task.total:.0f}"),
+            TextColumn("{task.completed:.0f}/{task.total:.0f} changes"),
             TimeElapsedColumn(),
             console=Console(stderr=True),
             transient=True,
         )
 
-    def progress(done: int, head: int) -> None:
+    def progress(done: int, total: int) -> None:
+        """The peer's on_progress: cells of the catch-up received (merged or staged) and
+        expected (see crsync.Peer's on_progress)."""
         nonlocal task
-        if bar is None or not head:
+        if bar is None or not total:
             return
         if task is None:
             bar.start()
-            task = bar.add_task("receive", total=head)
-        bar.update(task, completed=done, total=max(head, done))
+            task = bar.add_task("receive", total=total)
+        bar.update(task, completed=done, total=max(total, done))
 
     async def report(peer: Peer) -> None:
         """State changes (on a terminal) and, always, why the peer is not syncing."""

@@ -28,6 +28,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import attrs
+
 from . import adoption, feed, identity, merge, positions, rejected, tracking, versions
 from ._gc import gc_paused
 from .change import Change, validate_changes
@@ -55,7 +57,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""The on-disk format of crsync's metadata. 2: ``dbv`` is nullable and its index partial (a
+compacted tombstone, see :func:`crsync.positions.apply_horizon`), ``crsync_peers.local``, and
+``crsync_staged``. A format-1 file is migrated when opened read-write
+(:func:`crsync.tracking.migrate_format_1`); read-only, it is read as it is."""
+_READABLE_FORMATS = (1, FORMAT_VERSION)
 
 _METADATA_DDL = [
     "CREATE TABLE IF NOT EXISTS crsync_meta (key TEXT PRIMARY KEY, value)",
@@ -79,7 +86,32 @@ _METADATA_DDL = [
     rejected.DDL,
     # Peer tracking: acknowledged positions per peer and direction (see crsync.positions).
     positions.DDL,
+    # Parts of a catch-up unit received so far (see crsync.positions.stage).
+    positions.STAGED_DDL,
 ]
+
+
+@attrs.frozen
+class MetadataStats:
+    """What crsync's metadata costs in a database (:meth:`Database.metadata_stats`)."""
+
+    rows: int
+    """Live replicated rows (in every tracked table)."""
+    tombstones: int
+    """Deleted rows kept with their delete's clock (a full tombstone)."""
+    collected: int
+    """Deleted rows compacted below the relay's horizon: only the key and causal length."""
+    metadata_bytes: int
+    """Bytes of the file used by crsync's metadata (tables and indexes)."""
+    metadata_bytes_exact: bool
+    """True: ``metadata_bytes`` was measured (SQLite's ``dbstat``); False: estimated from the
+    stored length of each metadata row's fields (this SQLite has no ``dbstat``)."""
+    bytes_per_row: float | None
+    """``metadata_bytes`` per live row (None without live rows)."""
+    horizon: int | None
+    """The relay's horizon as last heard (a relay version), None if none was announced."""
+    horizon_seen_at: float | None
+    """When that horizon was heard (seconds since the Unix epoch)."""
 
 
 class Database:
@@ -116,6 +148,15 @@ class Database:
             fmt = conn.execute(
                 "SELECT value FROM crsync_meta WHERE key = 'format_version'"
             ).fetchone()[0]
+            if fmt == 1:
+                rebuilt = tracking.migrate_format_1(conn)
+                positions.migrate_format_1(conn)
+                conn.execute(
+                    "UPDATE crsync_meta SET value = ? WHERE key = 'format_version'",
+                    (FORMAT_VERSION,),
+                )
+                log.info("crsync.format.migrated from=1 to=%d tables=%d", FORMAT_VERSION, rebuilt)
+                fmt = FORMAT_VERSION
             if fmt != FORMAT_VERSION:
                 raise CrsyncError(
                     f"this database uses crsync metadata format {fmt}; this crsync reads "
@@ -443,7 +484,7 @@ class Database:
                 "read-write once with crsync.connect() (and track its tables) first"
             )
         fmt = conn.execute("SELECT value FROM crsync_meta WHERE key = 'format_version'").fetchone()
-        if fmt is None or fmt[0] != FORMAT_VERSION:
+        if fmt is None or fmt[0] not in _READABLE_FORMATS:
             raise CrsyncError(
                 f"this database uses crsync metadata format {fmt[0] if fmt else None}; this "
                 f"crsync reads format {FORMAT_VERSION}"
@@ -475,6 +516,31 @@ class Database:
                 },
             )
         return {n: dict(d) for n, d in cached[1].items()}
+
+    # ------------------------------------------------------------------ metadata
+
+    def metadata_stats(self) -> MetadataStats:
+        """How much metadata this database keeps: live rows, full tombstones, collected
+        (compacted) deletes, the metadata's bytes (measured with ``dbstat`` when SQLite has
+        it, else estimated: see :attr:`MetadataStats.metadata_bytes_exact`) and per live row,
+        and the relay's horizon as last heard (and when)."""
+        self._no_txn("read metadata stats")
+        with self._read():
+            self._refresh()
+            rows, tombstones, collected, estimate = tracking.metadata_counts(self)
+            measured = tracking.metadata_bytes(self)
+            heard = positions.horizon(self)
+        size = estimate if measured is None else measured
+        return MetadataStats(
+            rows,
+            tombstones,
+            collected,
+            size,
+            measured is not None,
+            size / rows if rows else None,
+            None if heard is None else heard[0],
+            None if heard is None else heard[1],
+        )
 
     # ------------------------------------------------------------------ versions
 

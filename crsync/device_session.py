@@ -17,8 +17,9 @@ connection (its error is classified as today).
 
 1. Connect (``Peer._session``): open the socket; read ``positions.load(key)`` (epoch,
    push_upto, pull_upto), ``positions.site_and_full_push()`` (site, full-push token, site
-   key) and the replicated schema (``_schema(db)``); send
-   ``hello = s.connect(Stored(epoch, push_upto, pull_upto), site, site_key, token, schema)``.
+   key), the replicated schema (``_schema(db)``) and the unit staged from an earlier
+   connection (``positions.staged(key)``); send ``hello = s.connect(Stored(epoch, push_upto,
+   pull_upto), site, site_key, token, schema, staged)``.
 2. Read one frame within ``open_timeout``: ``msg = s.decode(raw)``; if
    ``s.needs_local_version(msg)`` read ``local = db.db_version`` (else None); perform
    ``s.handshake(msg, local)``:
@@ -29,7 +30,10 @@ connection (its error is classified as today).
    * ``ResetSite(reason)``: ``new = db.reset_site()``; ``s.site_reset(new)``; log
      ``site_reset`` with the reason;
    * ``Reconnect(reason)``: raise ``_Reconnect(reason)``;
-   * ``Fail(error, fatal)``: raise ``_Fatal(error)`` if ``fatal`` else ``error``.
+   * ``Fail(error, fatal)``: raise ``_Fatal(error)`` if ``fatal`` else ``error``;
+   * ``DropStaged()``: ``positions.drop_staged(key)`` (the relay did not resume the unit);
+   * ``ApplyHorizon(epoch, horizon)``: ``positions.apply_horizon(key, horizon)`` (record the
+     relay's horizon, compact the tombstones below it).
 
    Afterwards the connection is open (``s.connected``: stats.connects += 1, state SYNCING,
    ``reason = None``); ``s.full_push`` says whether the first push round pushes every site's
@@ -37,19 +41,22 @@ connection (its error is classified as today).
 3. Then, concurrently, until one of them ends the connection:
 
    * push loop (``Peer._pusher``): forever: clear the local-change event; read
-     ``sealed, changes = db.changes_since(s.push_upto)`` and the schema; perform
-     ``s.push_round(sealed, changes, schema)``: ``Send(Push)`` (count ``pushed_changes``;
+     ``sealed, changes = db.changes_since(s.push_upto)``, the schema and, if ``s.full_push``,
+     ``collected = positions.collected_tombstones()``; perform
+     ``s.push_round(sealed, changes, schema, collected)``: ``Send(Push)`` (count ``pushed_changes``;
      a part with ``more = false`` ends a unit: ``pushed_units``), ``AwaitAck(upto)`` (wait for
      progress until ``s.push_upto >= upto``), ``RecordPush``, ``ClearFullPush(token)``
      (``positions.clear_full_push(token)``), ``Reconnect`` (the schema changed: announce it
      in a new hello); then update the state from ``s.synced`` and wait for a local change.
    * receive loop (``Peer._receiver``): for each frame, perform ``s.receive(s.decode(raw))``:
-     ``RecordPush``/``ClearFullPush`` (an ack), ``MergeUnit(changes, epoch, upto)``
-     (``wins, rejected = positions.merge_and_record(changes, key, epoch, upto)``; a merge
-     failure that is not the local file's is fatal; count the stats; then perform
-     ``s.merged()`` -> ``Send(Received)``, and call ``on_progress(s.pull_upto, s.relay_head)``),
-     ``Fail``; then update the state from ``s.synced`` (this wakes ``AwaitAck`` and
-     ``wait_synced``).
+     ``RecordPush``/``ClearFullPush`` (an ack), ``StagePart(epoch, part, progress)``
+     (``positions.stage(key, epoch, part)``, then ``on_progress(*progress)``),
+     ``MergeUnit(changes, epoch, upto, staged, progress)``
+     (``wins, rejected = positions.merge_and_record(changes, key, epoch, upto,
+     staged=staged)``; a merge failure that is not the local file's is fatal; count the
+     stats; call ``on_progress(*progress)``; then perform ``s.merged()`` ->
+     ``Send(Received)``), ``ApplyHorizon`` (a pong's), ``Fail``; then update the state from
+     ``s.synced`` (this wakes ``AwaitAck`` and ``wait_synced``).
    * ``wait_synced``: ``target = db.db_version``; ``ping = s.ping()``, send it while connected
      and wait until ``s.pong(ping.id)`` is not None (that is the relay's head; a lost
      connection: ping again on the next one); then wait until ``s.synced_to(target, head)``.
@@ -152,11 +159,53 @@ class AwaitAck:
 @attrs.frozen
 class MergeUnit:
     """Merge the relay's unit and record relay version ``upto`` (under ``epoch``) in the same
-    transaction; then call :meth:`DeviceSession.merged`."""
+    transaction; then call :meth:`DeviceSession.merged`. ``staged``: ``changes`` is the unit's
+    last part; the parts staged before it (:class:`StagePart`) merge with it as one unit, in
+    the same transaction that clears the staging. ``progress``: ``(done, total)`` for
+    ``on_progress`` once the merge is durable (see :meth:`DeviceSession.progress`)."""
 
     changes: Sequence[Change]
     epoch: str
     upto: int
+    staged: bool = False
+    progress: tuple[int, int] = attrs.field(default=(0, 0), eq=False)
+
+
+@attrs.frozen
+class StagePart:
+    """Keep this part (``more`` true) of a multi-part catch-up unit durably (docs/protocol.md
+    rule 10), so that a dropped connection resumes the unit; then report ``progress``."""
+
+    epoch: str
+    part: p.Changes
+    progress: tuple[int, int] = attrs.field(default=(0, 0), eq=False)
+
+
+@attrs.frozen
+class DropStaged:
+    """Forget the staged parts of a unit: the relay did not resume it."""
+
+
+@attrs.frozen
+class ApplyHorizon:
+    """The relay announced ``horizon`` (under ``epoch``): record it and compact the
+    tombstones below it (``positions.apply_horizon``)."""
+
+    epoch: str
+    horizon: int
+
+
+@attrs.frozen
+class StagedUnit:
+    """What a device holds of a multi-part unit it was receiving (``crsync_staged``): the
+    unit's epoch and ``(base, upto]``, the cells held, and the key ``(table, pk, cid)`` of the
+    last change held."""
+
+    epoch: str
+    base: int
+    upto: int
+    cells: int
+    last: tuple[str, bytes, str]
 
 
 Action = (
@@ -169,6 +218,9 @@ Action = (
     | Fail
     | AwaitAck
     | MergeUnit
+    | StagePart
+    | DropStaged
+    | ApplyHorizon
 )
 
 
@@ -220,11 +272,20 @@ class DeviceSession:
         self._full_push_until = _NO_FULL_PUSH_YET
         self._conn = p.PeerConnection(max_frame)
         self._batch = 0
-        self._parts: list[Change] = []
+        self._resume_cells = 0
         self._unit_upto: int | None = None  # the upto of the unit being received
         self._merging: int | None = None  # the upto of the unit being merged
         self._pongs: dict[int, int] = {}
         self._ping_ids = 0
+        self.horizon: int | None = None  # the relay's horizon as last heard
+        self._staged: StagedUnit | None = None  # held durably when this connection started
+        self._resume: p.Resume | None = None  # what the hello asked to resume
+        self._unit_staged = False  # the unit being received has parts staged
+        # Progress of the current catch-up (see progress()).
+        self._done = 0  # cells merged or staged since the welcome (resumed ones included)
+        self._done0 = 0  # cells held at the welcome (a resumed unit's)
+        self._remaining: int | None = None
+        self._cursor0 = 0  # pull_upto at the welcome
 
     # ------------------------------------------------------------------ connection
 
@@ -235,10 +296,13 @@ class DeviceSession:
         site_key: bytes | None,
         full_push_token: str | None,
         schema: Mapping[str, p.TableSchema],
+        staged: StagedUnit | None = None,
     ) -> p.Hello:
         """A new connection: what is recorded, the database's site (it may have changed since
-        the last connection: a copied file, ``reset-site``), its pending full-push request and
-        its replicated schema. Returns the hello to send."""
+        the last connection: a copied file, ``reset-site``), its pending full-push request, its
+        replicated schema and the unit it holds in part (``positions.staged``), if any.
+        Returns the hello to send (with ``resume`` when the staged unit continues from the
+        recorded position)."""
         self.disconnected()
         self._conn = p.PeerConnection(self.max_frame)
         self._stored = stored
@@ -247,6 +311,18 @@ class DeviceSession:
         self._full_push_until = _NO_FULL_PUSH_YET
         self._hello_schema = dict(schema)
         self._batch = 0
+        self._staged = staged
+        self._resume = None
+        self._resume_cells = 0
+        if (
+            staged is not None
+            and stored.epoch
+            and staged.epoch == stored.epoch
+            and staged.base == stored.pull_upto
+            and staged.upto > staged.base
+        ):
+            self._resume = p.Resume(staged.upto, *staged.last)
+            self._resume_cells = staged.cells
         return p.Hello(
             p.PROTOCOL_VERSION,
             self.store,
@@ -256,6 +332,7 @@ class DeviceSession:
             stored.epoch,
             self.token,
             site_key,
+            self._resume,
         )
 
     def decode(self, data: bytes | bytearray | memoryview | str) -> p.Message:
@@ -299,9 +376,16 @@ class DeviceSession:
             ]
         if not isinstance(msg, p.Welcome):
             raise ProtocolError(p.ErrorCode.UNEXPECTED.value, "expected welcome")
+        if msg.resumed and (self._resume is None or msg.epoch != self._stored.epoch):
+            raise ProtocolError(
+                p.ErrorCode.UNEXPECTED.value, "the relay resumed a unit this device did not name"
+            )
         old = self._stored
         push_upto, pull_upto = old.push_upto, old.pull_upto
         out: list[Action] = []
+        if self._staged is not None and not msg.resumed:
+            out.append(DropStaged())  # the relay starts that unit over (or another epoch)
+        self._staged = None
         full_push = False
         went_back = msg.epoch == old.epoch and msg.head < old.pull_upto
         if msg.epoch != old.epoch or went_back:
@@ -331,7 +415,34 @@ class DeviceSession:
         self.site_resets_refused = 0
         self.connected = True
         self.full_push = full_push or self.full_push_next or bool(self.full_push_token)
+        self._done0 = 0
+        if msg.resumed and self._resume is not None:
+            self._unit_upto = self._resume.upto
+            self._unit_staged = True
+            self._done0 = self._resume_cells
+        self._done = self._done0
+        self._remaining = msg.remaining
+        self._cursor0 = pull_upto
+        if msg.horizon is not None:
+            self.horizon = msg.horizon
+            out.append(ApplyHorizon(msg.epoch, msg.horizon))
         return out
+
+    def progress(self, upto: int | None = None) -> tuple[int, int]:
+        """``(done, total)`` of the current catch-up, in cells: ``done`` = cells merged or
+        staged since the welcome (a resumed unit's cells held at the welcome included),
+        ``total`` = ``done`` at the welcome + the welcome's ``remaining`` (never below
+        ``done``: changes written meanwhile arrive too).
+
+        A relay that sends no ``remaining`` (an older one) gives no count of cells: then
+        both are relay versions since the welcome, ``done`` = the merged version (``upto``:
+        the unit being merged) - the cursor at the welcome and ``total`` = the relay's head
+        - that cursor."""
+        if self._remaining is None:
+            merged = self.pull_upto if upto is None else upto
+            head = max(self.relay_head, merged)
+            return merged - self._cursor0, head - self._cursor0
+        return self._done, max(self._done0 + self._remaining, self._done)
 
     def site_reset(self, site: bytes) -> None:
         """The database now has site id ``site`` (after :class:`ResetSite`)."""
@@ -339,10 +450,11 @@ class DeviceSession:
         self.full_push_next = True
 
     def disconnected(self) -> None:
-        """The connection ended: what was half received is dropped."""
+        """The connection ended: what was half received in memory is dropped (staged parts
+        are kept by the database; the next :meth:`connect` is told about them)."""
         self.connected = False
-        self._parts = []
         self._unit_upto = None
+        self._unit_staged = False
         self._merging = None
 
     def closed(self, code: int | None, reason: str) -> Fail | None:
@@ -360,9 +472,15 @@ class DeviceSession:
         sealed: int,
         changes: Sequence[Change],
         schema: Mapping[str, p.TableSchema],
+        collected: Sequence[Change] = (),
     ) -> list[Action]:
         """One push round: the database's changes after :attr:`push_upto` (all sites', in
-        db_version order) up to its sealed version ``sealed``, and its replicated schema now."""
+        db_version order) up to its sealed version ``sealed``, and its replicated schema now.
+
+        ``collected``: the database's compacted tombstones as collected tombstones
+        (``positions.collected_tombstones``), read when :attr:`full_push` is set: a full push
+        sends them as the first parts of its first unit, so that a relay rebuilt from the
+        devices gets them back. Ignored otherwise."""
         if not self.connected:
             raise RuntimeError("push_round() before the relay's welcome")
         if dict(schema) != self._hello_schema:
@@ -376,6 +494,24 @@ class DeviceSession:
         if full:  # a reset's request is cleared when the relay acknowledges this round
             self._full_push_until = sealed
         out: list[Action] = []
+        if full and collected:
+            # Collected tombstones carry db_version 0: they lead the first unit as parts of
+            # their own (the unit's upto is its first whole transaction, or ``sealed``).
+            units = p.chunk_changes(changes, self.batch_cells, self.max_frame // 2)
+            first = sealed if len(units) <= 1 else units[0][0]
+            pre = [
+                part
+                for _v, part, _more in p.chunk_changes(
+                    collected, self.batch_cells, self.max_frame // 2
+                )
+            ]
+            for i, part in enumerate(pre):
+                self._batch += 1
+                if i == len(pre) - 1 and not units:  # nothing else to push: one unit
+                    out.append(Send(p.Push(self._batch, self.push_upto, sealed, part, False)))
+                    out.append(AwaitAck(sealed))
+                else:
+                    out.append(Send(p.Push(self._batch, self.push_upto, first, part, True)))
         if changes:
             units = p.chunk_changes(changes, self.batch_cells, self.max_frame // 2)
             base = self.push_upto
@@ -416,6 +552,9 @@ class DeviceSession:
         if isinstance(msg, p.Pong):
             self._pongs[msg.id] = msg.head
             self.relay_head = max(self.relay_head, msg.head)
+            if msg.horizon is not None and (self.horizon is None or msg.horizon > self.horizon):
+                self.horizon = msg.horizon
+                return [ApplyHorizon(self.epoch, msg.horizon)]
             return []
         raise ProtocolError(p.ErrorCode.UNEXPECTED.value, f"a relay may not send {msg.TYPE!r} now")
 
@@ -444,13 +583,17 @@ class DeviceSession:
                 f"relay sent changes up to version {msg.upto} in a unit from {msg.base}"
                 + ("" if self._unit_upto is None else f" up to {self._unit_upto}"),
             )
-        self._parts.extend(msg.changes)
+        self._done += len(msg.changes)
         if msg.more:
+            # A part of a multi-part unit: kept durably (rule 10), not in memory.
             self._unit_upto = msg.upto
-            return []
-        unit, self._parts, self._unit_upto = self._parts, [], None
+            self._unit_staged = True
+            return [StagePart(self.epoch, msg, self.progress())]
+        staged = self._unit_staged
+        unit = list(msg.changes)
+        self._unit_upto, self._unit_staged = None, False
         self._merging = msg.upto
-        return [MergeUnit(unit, self.epoch, msg.upto)]
+        return [MergeUnit(unit, self.epoch, msg.upto, staged, self.progress(msg.upto))]
 
     def merged(self) -> list[Action]:
         """The unit of the last :class:`MergeUnit` is merged and its version recorded."""

@@ -18,6 +18,12 @@ Rules, applied to one incoming change ``C`` for a row whose local causal length 
 5. A winning write keeps ``C``'s col_version, site id and seq, and is stamped with this merge's
    local db_version (:data:`MERGE_VERSION`, resolved by the caller).
 
+A *collected tombstone* (docs/protocol.md rule 11: a delete kept below the relay's horizon as
+``(table, pk, cl)``, sent with the site id :data:`crsync.change.COLLECTED_SITE`, seq 0 and
+db_version 0) is an even-``cl`` change like any delete: rule 2 applies unchanged, so it
+decides exactly as the original tombstone would (nothing here compares sentinel clocks). Only
+the sentinel it leaves names the zero site, which a store gives a site ordinal like any other.
+
 The state is mutated in place; each call says whether the change won.
 """
 

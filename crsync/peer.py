@@ -94,6 +94,7 @@ class PeerStats:
     merged_wins: int = 0
     retries: int = 0  # failures the peer retried (connection, relay or local storage)
     rejected_changes: int = 0  # set aside: this database could not apply them
+    compacted_tombstones: int = 0  # compacted below the relay's horizon
     last_error: str | None = None
 
 
@@ -342,7 +343,16 @@ class Peer:
             backoff_max: largest reconnect delay bound.
             open_timeout: timeout of opening a connection and of the handshake.
             watch_files: notice writes by other connections through file notifications.
-            on_progress: called with (merged relay version, relay head) after each merge.
+            on_progress: called with ``(done, total)`` of the current catch-up, in cells,
+                after each unit merged and each part of a multi-part unit staged: ``done`` =
+                cells merged or staged since the relay's welcome (the cells of a resumed
+                unit held from the previous connection included), ``total`` = ``done`` at
+                the welcome + the cells the relay said it holds after this device's
+                position (``welcome.remaining``), never below ``done`` (changes written
+                meanwhile arrive too). A relay that does not count (an older one, without
+                ``remaining``) gets relay versions instead: ``done`` = the merged version -
+                the position at the welcome, ``total`` = the relay's head - that position.
+                :attr:`progress` holds the last pair.
             sync_lock: elect one syncer per database file: the peer holds an OS lock on
                 ``<db>.crsync-sync.lock`` (released when its process dies) and, while another
                 process or peer holds it, waits in :attr:`PeerState.STANDBY` and takes over
@@ -406,6 +416,8 @@ class Peer:
         self._lock: SyncLock | None = None
         self._last_data_version = -1
         self._established = False  # the current session got the relay's welcome
+        #: The last ``(done, total)`` reported to ``on_progress`` (see its description).
+        self.progress: tuple[int, int] = (0, 0)
 
     # WIRING: the positions are the session's (read-only here).
     site_id = _FromSession(
@@ -802,8 +814,9 @@ class Peer:
             # every site's changes once if the reset asked for it.
             site, full_push_token, site_key = await self._call(positions.site_and_full_push)
             schema = await self._call(_schema)
+            staged = await self._call(positions.staged, self.key)
             stored = ds.Stored(epoch, push_upto, pull_upto)
-            hello = rules.connect(stored, site, site_key, full_push_token, schema)
+            hello = rules.connect(stored, site, site_key, full_push_token, schema, staged)
             await ws.send(p.encode(hello))
             with anyio.fail_after(self.open_timeout):
                 raw = await ws.recv()
@@ -852,6 +865,22 @@ class Peer:
                 await self._call(positions.clear_full_push, a.token)
             elif isinstance(a, ds.MergeUnit):
                 await self._merge(ws, a)
+            elif isinstance(a, ds.StagePart):
+                await self._call(positions.stage, self.key, a.epoch, a.part)
+                self.stats.received_changes += len(a.part.changes)
+                self._report_progress(a.progress)
+            elif isinstance(a, ds.DropStaged):
+                await self._call(positions.drop_staged, self.key)
+            elif isinstance(a, ds.ApplyHorizon):
+                n = await self._call(positions.apply_horizon, self.key, a.horizon)
+                self.stats.compacted_tombstones += n
+                if n:
+                    log.info(
+                        "crsync.peer.compacted store=%s horizon=%d tombstones=%d",
+                        self.store,
+                        a.horizon,
+                        n,
+                    )
             elif isinstance(a, ds.ResetPositions):
                 await self._call(positions.reset, self.key, a.epoch)
                 if a.old_epoch:
@@ -884,7 +913,14 @@ class Peer:
     async def _merge(self, ws: Connection, unit: ds.MergeUnit) -> None:
         try:
             wins, rejected = await self._call(
-                positions.merge_and_record, unit.changes, self.key, unit.epoch, unit.upto
+                functools.partial(
+                    positions.merge_and_record,
+                    staged=unit.staged,
+                ),
+                unit.changes,
+                self.key,
+                unit.epoch,
+                unit.upto,
             )
         except CrsyncError as exc:
             if sqlite_cause(exc) is not None:
@@ -895,16 +931,20 @@ class Peer:
         self.stats.rejected_changes += rejected
         # The merge is durable. on_progress runs before the session counts it as merged: a
         # callback that raises stops the peer before any task (wait_synced) sees that merge.
+        self._report_progress(unit.progress)
+        await self._perform(ws, self._rules.merged())
+
+    def _report_progress(self, progress: tuple[int, int]) -> None:
+        self.progress = progress
         if self.on_progress is not None:
             try:
-                self.on_progress(unit.upto, max(self.relay_head, unit.upto))
+                self.on_progress(*progress)
             except Exception as exc:
                 err = PeerFailedError(
                     f"the on_progress callback raised {type(exc).__name__}: {exc}"
                 )
                 err.__cause__ = exc
                 raise _Fatal(err) from exc
-        await self._perform(ws, self._rules.merged())
 
     async def _refusal_left(self, ws: Connection, closed: BaseException) -> None:
         """Raise the relay's refusal if the connection ended with one: an error frame still
@@ -945,11 +985,15 @@ class Peer:
         while True:
             self._local = anyio.Event()
             sealed, changes = await self._call(lambda db, s=rules.push_upto: db.changes_since(s))
+            # A full push also sends the compacted tombstones (as collected ones).
+            collected = (
+                await self._call(positions.collected_tombstones) if rules.full_push else []
+            )
             # Checked after reading: a table is tracked before it is written, so changes of a
             # table tracked while connected always come with a schema that differs from the
             # one announced; the session then asks to reconnect, announcing it.
             schema = await self._call(_schema)
-            await self._perform(ws, rules.push_round(sealed, changes, schema))  # WIRING
+            await self._perform(ws, rules.push_round(sealed, changes, schema, collected))  # WIRING
             self._update_synced()
             await self._local.wait()
 

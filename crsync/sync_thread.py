@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
+import functools
 import inspect
 import logging
 import math
@@ -67,6 +68,12 @@ class SyncStatus:
     state: PeerState
     reason: str | None = None
     error: CrsyncError | None = None
+    #: ``(done, total)`` of the current catch-up, as the peer's ``on_progress`` reports it
+    #: (cells received and expected, see :class:`crsync.Peer`), or None before the first
+    #: report. It is kept current in :attr:`SyncThread.status`; a change of progress alone
+    #: is not a status change (no :class:`StateChanged`, no ``on_state`` call): pass
+    #: ``on_progress`` to be called on each report.
+    progress: tuple[int, int] | None = attrs.field(default=None, eq=False)
 
 
 @attrs.frozen
@@ -405,6 +412,8 @@ class SyncThread:
     def _publish(self, status: SyncStatus) -> None:
         """Record a status and tell the app (callbacks, queue, waiters); any thread."""
         with self._cond:
+            if status.progress is None and self._status.progress is not None:
+                status = attrs.evolve(status, progress=self._status.progress)
             if status == self._status:
                 return
             self._status = status
@@ -422,6 +431,16 @@ class SyncThread:
             self.events.put(StateChanged(status))
         for cb in callbacks:
             self._deliver(cb, status)
+
+    def _progress(
+        self, app_callback: Callable[[int, int], None] | None, done: int, total: int
+    ) -> None:
+        """The peer's on_progress: keep it in the status, then call the app's (on the sync
+        thread, as a Peer does: an exception it raises stops the peer)."""
+        with self._cond:
+            self._status = attrs.evolve(self._status, progress=(done, total))
+        if app_callback is not None:
+            app_callback(done, total)
 
     def _changed(self, changes: list[RowChange]) -> None:
         with self._lock:
@@ -497,7 +516,11 @@ class SyncThread:
             return SyncStatus(PeerState.ERROR, str(exc), exc)
         try:
             try:
-                peer = Peer(db, self.url, store=self.store, token=self.token, **self.peer_options)
+                options = dict(self.peer_options)
+                options["on_progress"] = functools.partial(
+                    self._progress, options.get("on_progress")
+                )
+                peer = Peer(db, self.url, store=self.store, token=self.token, **options)
             except CrsyncError as exc:
                 return SyncStatus(PeerState.ERROR, str(exc), exc)
             run.peer = peer

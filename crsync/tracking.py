@@ -31,8 +31,10 @@ from .schema import (
     validate_table,
 )
 from .triggers import (
+    DBV_INDEX_WHERE,
     SEQ_STEP,
     cell_columns,
+    dbv_index_name,
     generate,
     meta_table_name,
     seq_offset,
@@ -116,6 +118,74 @@ def metadata_bytes(db: Database) -> int | None:
     except sqlite3.Error:
         return None
     return None if n is None else int(n)
+
+
+def migrate_format_1(conn: sqlite3.Connection) -> int:
+    """Bring the metadata tables of a format-1 file to format 2: ``dbv`` nullable (a
+    compacted tombstone has none) and its index partial (``WHERE dbv IS NOT NULL``). SQLite
+    cannot drop a NOT NULL constraint in place, so each metadata table is rebuilt (copied to
+    a new table that takes its name); the capture triggers name it and keep working. Runs
+    inside the caller's write transaction. Returns how many tables were rebuilt."""
+    legacy = conn.execute("PRAGMA legacy_alter_table").fetchone()[0]
+    # Legacy renaming leaves the triggers' text alone (they name the metadata table, which
+    # is missing between the DROP and the RENAME; the modern rename would refuse them).
+    conn.execute("PRAGMA legacy_alter_table = ON")
+    n = 0
+    try:
+        for (name,) in conn.execute("SELECT name FROM crsync_tables").fetchall():
+            m = meta_table_name(name)
+            row = conn.execute(
+                "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = ?", (m,)
+            ).fetchone()
+            if row is None or "dbv INTEGER NOT NULL" not in row[0]:
+                continue
+            tmp = m + "_format2"
+            head = f"CREATE TABLE {quote_ident(m)}"
+            sql: str = row[0]
+            if not sql.startswith(head):
+                raise CrsyncError(f"cannot migrate the metadata table {m!r}: unexpected DDL")
+            sql = "CREATE TABLE " + quote_ident(tmp) + sql[len(head) :]
+            conn.execute(sql.replace("dbv INTEGER NOT NULL", "dbv INTEGER", 1))
+            conn.execute(f"INSERT INTO {quote_ident(tmp)} SELECT * FROM {quote_ident(m)}")
+            conn.execute(f"DROP TABLE {quote_ident(m)}")
+            conn.execute(f"ALTER TABLE {quote_ident(tmp)} RENAME TO {quote_ident(m)}")
+            conn.execute(
+                f"CREATE INDEX {quote_ident(dbv_index_name(name))} ON {quote_ident(m)} (dbv) "
+                f"WHERE {DBV_INDEX_WHERE}"
+            )
+            n += 1
+    finally:
+        conn.execute(f"PRAGMA legacy_alter_table = {int(legacy)}")
+    return n
+
+
+def metadata_counts(db: Database) -> tuple[int, int, int, int]:
+    """``(rows, tombstones, collected, estimated_bytes)`` over every tracked table's metadata:
+    live rows (odd ``cl``), tombstones with their clock (even ``cl``, ``dbv`` set), collected
+    records (compacted: ``dbv`` NULL), and an estimate of the metadata tables' bytes (the
+    stored length of each row's fields, one byte of header per field, plus the ``dbv`` index
+    entries), for SQLite builds without ``dbstat``."""
+    rows = tombstones = collected = estimate = 0
+    conn = db.conn
+    for name in db._tracked:
+        m = quote_ident(meta_table_name(name))
+        cols = [r[1] for r in conn.execute(f"PRAGMA table_info({m})")]
+        width = " + ".join(f"coalesce(length({quote_ident(c)}), 0)" for c in cols)
+        keys = " + ".join(
+            f"coalesce(length({quote_ident(c)}), 0)" for c in cols if c.startswith("p")
+        )
+        live, dead, gone, size = conn.execute(
+            f"SELECT coalesce(sum(cl % 2 = 1), 0), "
+            f"coalesce(sum(cl % 2 = 0 AND dbv IS NOT NULL), 0), "
+            f"coalesce(sum(dbv IS NULL), 0), "
+            f"coalesce(sum({width} + {len(cols)} + "
+            f"CASE WHEN dbv IS NULL THEN 0 ELSE {keys} + 8 END), 0) FROM {m}"
+        ).fetchone()
+        rows += live
+        tombstones += dead
+        collected += gone
+        estimate += size
+    return int(rows), int(tombstones), int(collected), int(estimate)
 
 
 def load_registry(db: Database) -> None:

@@ -4,7 +4,9 @@ Storage design: one metadata row per replicated row, in ``<table>__crsync``
 (WITHOUT ROWID, keyed by the primary-key values), holding the row's causal length ``cl``, its
 row-existence record (``sd``/``ss``/``sq``: db_version, site ordinal and seq of the ``-1``
 sentinel; NULL when the row has none, as after a plain first insert), ``dbv`` (the latest
-db_version stamped on the row, indexed, for the change feed) and, per column *slot* ``i``, the
+db_version stamped on the row, indexed, for the change feed; NULL for a *compacted*
+tombstone, a delete below the relay's horizon that keeps only its key and ``cl``, see
+:func:`crsync.positions.apply_horizon`) and, per column *slot* ``i``, the
 cell clock ``v{i}`` (col_version), ``d{i}`` (db_version), ``s{i}`` (site ordinal, 0 = local) and
 ``q{i}`` (seq). A NULL ``v{i}`` means the cell has no clock (deleted row, or a column added by a
 migration and never written).
@@ -94,6 +96,17 @@ def meta_table_name(table: str) -> str:
     return f"{table}__crsync"
 
 
+def dbv_index_name(table: str) -> str:
+    """Name of the ``dbv`` index of a replicated table's metadata table."""
+    return f"{table}__crsync_dbv"
+
+
+DBV_INDEX_WHERE = "dbv IS NOT NULL"
+"""The ``dbv`` index is partial: a compacted tombstone (``dbv`` NULL, see
+:func:`crsync.positions.apply_horizon`) leaves it. Queries ``dbv > ?`` imply it, so SQLite
+uses the index for them."""
+
+
 def bump(expr: str) -> str:
     """SQL for a clock one above ``expr``, saturating at :data:`crsync.change.MAX_CLOCK`: a
     clock there can only have been forged, and one past it would be refused by every peer (a
@@ -172,13 +185,14 @@ def generate(
                 "sd INTEGER",
                 "ss INTEGER",
                 "sq INTEGER",
-                "dbv INTEGER NOT NULL",
+                "dbv INTEGER",
                 *slot_defs,
                 f"PRIMARY KEY ({pk_list})",
             ]
         )
         + ") WITHOUT ROWID",
-        f"CREATE INDEX IF NOT EXISTS {q(meta_table_name(info.name) + '_dbv')} ON {m} (dbv)",
+        f"CREATE INDEX IF NOT EXISTS {q(dbv_index_name(info.name))} ON {m} (dbv) "
+        f"WHERE {DBV_INDEX_WHERE}",
     ]
     add_slots = (
         [

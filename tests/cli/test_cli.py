@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import crsync
+from crsync import positions
 from crsync.cli import main
 
 
@@ -52,6 +53,32 @@ def test_track_status_changes_untrack_round_trip(
     }
     assert main(["untrack", str(db), "todos"]) == 0
     assert crsync.connect(db).tracked_tables() == []
+
+
+def test_status_shows_metadata_tombstones_collected_deletes_and_the_horizon(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _app(tmp_path / "app.db")
+    db = crsync.connect(path)
+    db.track("todos")
+    db.conn.executemany("INSERT INTO todos (id, title) VALUES (?, 'x')", [("b",), ("c",), ("d",)])
+    db.conn.execute("DELETE FROM todos WHERE id IN ('b', 'c')")
+    positions.reset(db, "relay:s", "E")
+    positions.record(db, "relay:s", "push", "E", db.db_version)
+    positions.merge_and_record(db, [], "relay:s", "E", 4)
+    positions.apply_horizon(db, "relay:s", 1)  # sets the mark at relay version 4
+    positions.apply_horizon(db, "relay:s", 4)  # compacts both deletes
+    db.conn.execute("DELETE FROM todos WHERE id = 'd'")  # a tombstone not compacted
+    db.close()
+    assert main(["status", str(path), "--json"]) == 0
+    m = json.loads(capsys.readouterr().out)["metadata"]
+    assert (m["rows"], m["tombstones"], m["collected"], m["horizon"]) == (1, 1, 2, 4)
+    assert m["metadata_bytes"] > 0 and m["horizon_seen_at"] is not None
+    assert main(["status", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "rows          1 live, 1 tombstones, 2 collected deletes" in out
+    assert "horizon       relay version 4 (heard " in out
+    assert "per live row" in out
 
 
 def test_reset_site_gives_a_new_identity(

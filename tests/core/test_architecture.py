@@ -153,7 +153,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "feed": _LOW | {"_gc", "versions"},
     "merge": _LOW | {"rejected"},
     "tracking": _LOW | {"adoption", "merge"},
-    "positions": _LOW | {"identity", "merge"},
+    "positions": _LOW | {"identity", "merge", "versions"},
     # live only inside watch(), changes_feed() and on_change()
     "database": _LOW | set(STORAGE) | {"_gc", "live"},
     "watcher": {"_async_util"},

@@ -6,7 +6,7 @@ import pytest
 
 from crsync import device_session as ds
 from crsync import protocol as p
-from crsync.change import Change
+from crsync.change import COLLECTED_SITE, Change
 from crsync.errors import AuthError, ProtocolError, SchemaMismatchError
 
 SITE = b"\x01" * 16
@@ -274,13 +274,15 @@ def test_changes_are_merged_then_received_is_sent() -> None:
     assert s.pull_upto == 25
 
 
-def test_a_multi_part_unit_is_merged_whole() -> None:
+def test_a_multi_part_unit_is_staged_then_merged_whole() -> None:
     s, _ = _connected()
-    assert s.receive(p.Changes(20, 21, [_c(21, 0, OTHER)], more=True)) == []
-    assert s.receive(p.Changes(20, 21, [_c(21, 1, OTHER)], more=True)) == []
+    first = p.Changes(20, 21, [_c(21, 0, OTHER)], more=True)
+    second = p.Changes(20, 21, [_c(21, 1, OTHER)], more=True)
+    assert s.receive(first) == [ds.StagePart("E", first)]
+    assert s.receive(second) == [ds.StagePart("E", second)]
     (merge,) = s.receive(p.Changes(20, 21, [_c(21, 2, OTHER)]))
-    assert isinstance(merge, ds.MergeUnit)
-    assert [c.seq for c in merge.changes] == [0, 1, 2] and merge.upto == 21
+    # The last part merges with the staged ones, as one unit.
+    assert merge == ds.MergeUnit([_c(21, 2, OTHER)], "E", 21, staged=True)
 
 
 def test_a_half_received_unit_is_dropped_with_the_connection() -> None:
@@ -356,3 +358,146 @@ def test_synced_to_compares_both_positions() -> None:
     assert s.synced_to(5, 20)
     assert not s.synced_to(6, 20)
     assert not s.synced_to(5, 21)
+
+
+# ------------------------------------------------------------------ the horizon
+
+
+def test_the_welcome_and_pongs_horizon_becomes_an_apply_horizon_action() -> None:
+    s, actions = _connected(welcome=p.Welcome(p.PROTOCOL_VERSION, "E", 30, 5, horizon=12))
+    assert actions == [ds.ApplyHorizon("E", 12)]
+    assert s.horizon == 12
+    # A pong with a higher horizon asks again; the same or none does not.
+    assert s.receive(p.Pong(1, 30, 15)) == [ds.ApplyHorizon("E", 15)]
+    assert s.receive(p.Pong(2, 30, 15)) == []
+    assert s.receive(p.Pong(3, 30)) == []
+    assert s.horizon == 15
+
+
+def test_a_horizon_under_a_new_epoch_comes_after_the_reset() -> None:
+    _, actions = _connected(welcome=p.Welcome(p.PROTOCOL_VERSION, "NEW", 3, 0, horizon=2))
+    assert actions == [ds.ResetPositions("NEW", "E", 3, False), ds.ApplyHorizon("NEW", 2)]
+
+
+def test_no_horizon_no_action() -> None:
+    _, actions = _connected(welcome=p.Welcome(p.PROTOCOL_VERSION, "E", 30, 5))
+    assert not any(isinstance(a, ds.ApplyHorizon) for a in actions)
+
+
+def _collected_tomb(k: int) -> Change:
+    return Change("t", bytes([1, 9, k]), "-1", None, 2, 0, COLLECTED_SITE, 2, 0)
+
+
+def test_a_full_push_sends_collected_tombstones_first_in_the_first_unit() -> None:
+    s, _ = _connected(welcome=p.Welcome(p.PROTOCOL_VERSION, "NEW", 0, 0), batch_cells=2)
+    assert s.full_push
+    collected = [_collected_tomb(k) for k in range(3)]
+    sent = _sent(s.push_round(9, [_c(6), _c(7, site=OTHER), _c(8)], SCHEMA, collected))
+    assert [(m.base, m.upto, m.more, list(m.changes)) for m in sent] == [
+        (0, 7, True, collected[:2]),
+        (0, 7, True, collected[2:]),
+        (0, 7, False, [_c(6), _c(7, site=OTHER)]),
+        (7, 9, False, [_c(8)]),
+    ]
+
+
+def test_a_full_push_of_collected_tombstones_alone_is_one_unit_up_to_sealed() -> None:
+    s, _ = _connected(welcome=p.Welcome(p.PROTOCOL_VERSION, "NEW", 0, 0))
+    actions = s.push_round(9, [], SCHEMA, [_collected_tomb(1)])
+    assert actions[:2] == [
+        ds.Send(p.Push(1, 0, 9, [_collected_tomb(1)], False)),
+        ds.AwaitAck(9),
+    ]
+
+
+def test_collected_tombstones_are_not_pushed_outside_a_full_push() -> None:
+    s, _ = _connected()
+    assert not s.full_push
+    sent = _sent(s.push_round(9, [_c(6)], SCHEMA, [_collected_tomb(1)]))
+    assert sent == [p.Push(1, 5, 9, [_c(6)], False)]
+
+
+# ------------------------------------------------------------------ resuming a unit
+
+STAGED = ds.StagedUnit("E", 20, 21, 2, ("t", b"\x01\x09\x01", "a"))
+
+
+def test_a_staged_unit_is_named_in_the_hello() -> None:
+    s = _session()
+    hello = s.connect(RECORDED, SITE, None, None, SCHEMA, STAGED)
+    assert hello.resume == p.Resume(21, "t", b"\x01\x09\x01", "a")
+    # A staged unit that does not start at the recorded position, or of another epoch, is
+    # not resumable.
+    for other in (
+        ds.StagedUnit("E", 19, 21, 2, STAGED.last),
+        ds.StagedUnit("F", 20, 21, 2, STAGED.last),
+    ):
+        assert s.connect(RECORDED, SITE, None, None, SCHEMA, other).resume is None
+
+
+def test_a_resumed_unit_continues_and_merges_with_what_was_staged() -> None:
+    s = _session()
+    s.connect(RECORDED, SITE, None, None, SCHEMA, STAGED)
+    w = p.Welcome(p.PROTOCOL_VERSION, "E", 30, 5, remaining=3, resumed=True)
+    assert s.handshake(s.decode(p.encode(w)), 9) == []
+    part = p.Changes(20, 21, [_c(21, 2, OTHER)], more=True)
+    (stage,) = s.receive(part)
+    assert stage == ds.StagePart("E", part)
+    # Progress counts the two cells held before the welcome.
+    assert stage.progress == (3, 5)
+    (merge,) = s.receive(p.Changes(20, 21, [_c(21, 3, OTHER), _c(21, 4, OTHER)]))
+    assert merge == ds.MergeUnit([_c(21, 3, OTHER), _c(21, 4, OTHER)], "E", 21, staged=True)
+    assert merge.progress == (5, 5)
+    assert s.merged() == [ds.Send(p.Received(21))]
+
+
+def test_a_resumed_unit_must_keep_its_end() -> None:
+    s = _session()
+    s.connect(RECORDED, SITE, None, None, SCHEMA, STAGED)
+    s.handshake(p.Welcome(p.PROTOCOL_VERSION, "E", 30, 5, resumed=True), 9)
+    with pytest.raises(ProtocolError):
+        s.receive(p.Changes(20, 22, [_c(22, 0, OTHER)]))
+
+
+def test_a_unit_not_resumed_drops_the_staging() -> None:
+    s = _session()
+    s.connect(RECORDED, SITE, None, None, SCHEMA, STAGED)
+    assert s.handshake(p.Welcome(p.PROTOCOL_VERSION, "E", 30, 5), 9) == [ds.DropStaged()]
+    # The unit then arrives whole, staged again part by part.
+    assert isinstance(s.receive(p.Changes(20, 21, [_c(21, 0, OTHER)], more=True))[0], ds.StagePart)
+
+
+def test_an_epoch_change_drops_the_staging() -> None:
+    s = _session()
+    s.connect(RECORDED, SITE, None, None, SCHEMA, STAGED)
+    actions = s.handshake(p.Welcome(p.PROTOCOL_VERSION, "NEW", 3, 0), 9)
+    assert actions == [ds.DropStaged(), ds.ResetPositions("NEW", "E", 3, False)]
+
+
+def test_resumed_without_a_resume_is_a_protocol_error() -> None:
+    s = _session()
+    s.connect(RECORDED, SITE, None, None, SCHEMA)
+    with pytest.raises(ProtocolError):
+        s.handshake(p.Welcome(p.PROTOCOL_VERSION, "E", 30, 5, resumed=True), 9)
+
+
+# ------------------------------------------------------------------ progress
+
+
+def test_progress_counts_cells_against_the_welcomes_remaining() -> None:
+    s, _ = _connected(welcome=p.Welcome(p.PROTOCOL_VERSION, "E", 30, 5, remaining=4))
+    assert s.progress() == (0, 4)
+    (merge,) = s.receive(p.Changes(20, 22, [_c(21, 0, OTHER), _c(22, 0, OTHER)]))
+    assert isinstance(merge, ds.MergeUnit) and merge.progress == (2, 4)
+    s.merged()
+    (merge,) = s.receive(p.Changes(22, 31, [_c(k, 0, OTHER) for k in range(23, 26)]))
+    # Changes written after the welcome arrive too: total never stays below done.
+    assert isinstance(merge, ds.MergeUnit) and merge.progress == (5, 5)
+
+
+def test_progress_without_remaining_counts_relay_versions() -> None:
+    s, _ = _connected()  # relay head 30, merged up to 20, no remaining
+    (merge,) = s.receive(p.Changes(20, 25, [_c(21, 0, OTHER)]))
+    assert isinstance(merge, ds.MergeUnit) and merge.progress == (5, 10)
+    s.merged()
+    assert s.progress() == (5, 10)

@@ -508,7 +508,7 @@ async def test_an_exception_in_on_progress_stops_the_peer_with_a_crsync_error(
     a.conn.execute("INSERT INTO todos (id, title) VALUES ('1', 'x')")
     tok = relay.token("s")
 
-    def broken(done: int, head: int) -> None:
+    def broken(done: int, total: int) -> None:
         raise ValueError("bug in the app's callback")
 
     with anyio.fail_after(20):

@@ -231,14 +231,16 @@ async def test_new_device_bootstraps_a_100k_row_store(relay: RelayProcess, tmp_p
         push_time = time.monotonic() - t0
         t0 = time.monotonic()
         progress: list[tuple[int, int]] = []
-        async with peers(relay, "big", c, on_progress=lambda u, h: progress.append((u, h))) as (
-            pc,
-        ):
+        report = progress.append
+        async with peers(relay, "big", c, on_progress=lambda d, t: report((d, t))) as (pc,):
             await pc.wait_synced()
         elapsed = time.monotonic() - t0
     assert c.conn.execute("SELECT count(*), sum(done) FROM todos").fetchone() == (100_000, 50_000)
     assert rows(c)[-1] == ("k099999", "title 99999", 1, None)
     assert len(progress) > 1, "a bootstrap arrives in pages"
+    # (done, total) of the catch-up: done only grows and reaches the total.
+    assert [d for d, _ in progress] == sorted(d for d, _ in progress)
+    assert progress[-1][0] == progress[-1][1] > 0
     assert elapsed < 30, f"bootstrap took {elapsed:.1f}s (the first push {push_time:.1f}s)"
 
 

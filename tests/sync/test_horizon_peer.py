@@ -1,0 +1,110 @@
+"""The Peer and SyncThread with a relay announcing a horizon and counting what it sends: a
+fake relay (a WebSocket server in the test's event loop) speaking the protocol's optional
+fields (``welcome.horizon``, ``welcome.remaining``, ``pong.horizon``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from crsync import Change
+from crsync import protocol as p
+from crsync.peer import Peer
+from crsync.sync_thread import SyncThread
+
+from .helpers import FAST, eventually, open_db, rows, ws_server
+
+pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
+
+
+def _unit(tmp_path: Path) -> list[Change]:
+    """Three rows created, one of them deleted (a tombstone), as one relay version."""
+    src = open_db(tmp_path / "src.db")
+    src.conn.executemany(
+        "INSERT INTO todos (id, title) VALUES (?, ?)", [("a", "1"), ("b", "2"), ("c", "3")]
+    )
+    src.conn.execute("DELETE FROM todos WHERE id = 'b'")
+    out = src.changes()
+    src.close()
+    return out
+
+
+class HorizonRelay:
+    """Welcomes with ``remaining`` and horizon 0, sends one unit (relay version 1), and
+    answers each ping with a horizon one higher than the last."""
+
+    def __init__(self, unit: list[Change]) -> None:
+        self.unit = unit
+        self.horizon = 0
+        self.received: list[int] = []
+
+    async def handler(self, ws: Any) -> None:
+        p.decode(await ws.recv())
+        await ws.send(p.encode(p.Welcome(1, "E", 1, 0, horizon=0, remaining=len(self.unit))))
+        await ws.send(p.encode(p.Changes(0, 1, self.unit)))
+        while True:
+            try:
+                msg = p.decode(await ws.recv())
+            except Exception:
+                return
+            if isinstance(msg, p.Received):
+                self.received.append(msg.upto)
+            elif isinstance(msg, p.Ping):
+                self.horizon += 1
+                await ws.send(p.encode(p.Pong(msg.id, 1, self.horizon)))
+
+
+async def test_the_peer_compacts_tombstones_once_the_horizon_passes_them(
+    tmp_path: Path,
+) -> None:
+    unit = _unit(tmp_path)
+    relay = HorizonRelay(unit)
+    db = open_db(tmp_path / "d.db")
+    progress: list[tuple[int, int]] = []
+    async with ws_server(relay.handler) as port:
+        with anyio.fail_after(20):
+            async with Peer(
+                db,
+                f"ws://127.0.0.1:{port}",
+                store="s",
+                on_progress=lambda d, t: progress.append((d, t)),
+                **FAST,  # type: ignore[arg-type]
+            ) as peer:
+                await peer.wait_synced()  # pong: horizon 1, passes the mark (pull 0)
+                assert db.metadata_stats().tombstones == 1
+                await peer.wait_synced()  # pong: horizon 2, passes the mark (pull 1)
+                await eventually(lambda: peer.stats.compacted_tombstones == 1, "compaction")
+    assert progress == [(len(unit), len(unit))]
+    stats = db.metadata_stats()
+    assert (stats.rows, stats.tombstones, stats.collected, stats.horizon) == (2, 0, 1, 2)
+    assert rows(db) == [("a", "1", 0, None), ("c", "3", 0, None)]
+    # The compacted row is out of the feed; the row it was can come back (cl 3).
+    assert not [c for c in db.changes() if c.cl % 2 == 0]
+    db.conn.execute("INSERT INTO todos (id, title) VALUES ('b', 'again')")
+    assert [c.cl for c in db.changes() if c.cid == "-1"] == [3]
+
+
+async def test_sync_thread_status_shows_the_catch_up_progress(tmp_path: Path) -> None:
+    unit = _unit(tmp_path)
+    relay = HorizonRelay(unit)
+    path = tmp_path / "d.db"
+    open_db(path).close()
+    calls: list[tuple[int, int]] = []
+    async with ws_server(relay.handler) as port:
+        sync = SyncThread(
+            path,
+            f"ws://127.0.0.1:{port}",
+            store="s",
+            on_progress=lambda d, t: calls.append((d, t)),
+            **FAST,  # type: ignore[arg-type]
+        )
+        sync.start()
+        try:
+            await eventually(lambda: relay.received == [1], "the unit merged")
+            assert sync.status.progress == (len(unit), len(unit))
+            assert calls == [(len(unit), len(unit))]
+        finally:
+            await anyio.to_thread.run_sync(sync.stop)
