@@ -10,8 +10,10 @@ from typing import Any
 import anyio
 import pytest
 
-from crsync import Change
+import crsync
+from crsync import Change, positions
 from crsync import protocol as p
+from crsync.change import COLLECTED_SITE
 from crsync.peer import Peer
 from crsync.sync_thread import SyncThread
 
@@ -108,3 +110,56 @@ async def test_sync_thread_status_shows_the_catch_up_progress(tmp_path: Path) ->
             assert calls == [(len(unit), len(unit))]
         finally:
             await anyio.to_thread.run_sync(sync.stop)
+
+
+class NewEpochRelay:
+    """A relay store rebuilt under a new epoch: welcomes with epoch F and head 0 and acks
+    every push, keeping what it received."""
+
+    def __init__(self) -> None:
+        self.pushes: list[p.Push] = []
+        self.acked = 0
+
+    async def handler(self, ws: Any) -> None:
+        p.decode(await ws.recv())
+        await ws.send(p.encode(p.Welcome(1, "F", 0, 0)))
+        while True:
+            try:
+                msg = p.decode(await ws.recv())
+            except Exception:
+                return
+            if isinstance(msg, p.Push):
+                self.pushes.append(msg)
+                if not msg.more:
+                    self.acked = msg.upto
+                    await ws.send(p.encode(p.Ack(msg.batch, msg.upto, 0)))
+            elif isinstance(msg, p.Ping):
+                await ws.send(p.encode(p.Pong(msg.id, 0)))
+
+
+async def test_a_full_push_after_an_epoch_change_sends_compacted_deletes_as_collected(
+    tmp_path: Path,
+) -> None:
+    db = open_db(tmp_path / "d.db")
+    db.conn.executemany(
+        "INSERT INTO todos (id, title) VALUES (?, ?)", [("a", "1"), ("b", "2"), ("c", "3")]
+    )
+    db.conn.execute("DELETE FROM todos WHERE id IN ('a', 'b')")
+    # Synced with a store of epoch E whose horizon passed both deletes: compacted.
+    positions.reset(db, "relay:s", "E")
+    positions.record(db, "relay:s", "push", "E", db.db_version)
+    positions.merge_and_record(db, [], "relay:s", "E", 1)
+    positions.apply_horizon(db, "relay:s", 0)
+    assert positions.apply_horizon(db, "relay:s", 1) == 2
+    relay = NewEpochRelay()
+    async with ws_server(relay.handler) as port:
+        with anyio.fail_after(20):
+            async with Peer(db, f"ws://127.0.0.1:{port}", store="s", **FAST) as peer:  # type: ignore[arg-type]
+                await peer.wait_synced()
+    sent = [c for push in relay.pushes for c in push.changes]
+    collected = [c for c in sent if c.site_id == COLLECTED_SITE]
+    assert sorted(crsync.unpack_pk(c.pk)[0] for c in collected) == ["a", "b"]
+    assert {(c.cid, c.cl, c.db_version, c.seq) for c in collected} == {("-1", 2, 0, 0)}
+    # They lead the first unit; the live row follows.
+    assert relay.pushes[0].changes[: len(collected)] == collected
+    assert {crsync.unpack_pk(c.pk)[0] for c in sent if c.site_id == db.site_id} == {"c"}
