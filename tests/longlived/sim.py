@@ -71,7 +71,7 @@ class World:
         for i in range(ndevices):
             db = crsync.connect(root / f"dev{i}.db")
             db.conn.execute(DDL)
-            db.track(TABLE)
+            db.track(TABLE, integer_keys="app-assigned")
             devices.append(Device(db))
         return cls(relay, devices, clock, collecting)
 
@@ -144,7 +144,7 @@ class World:
         """Each key's causal length on device ``i`` (what a re-insert builds on)."""
         return dict(
             self.devices[i]
-            .db.conn.execute(f"SELECT id, cl FROM {TABLE}__crsync ORDER BY id")
+            .db.conn.execute(f"SELECT p0, cl FROM {TABLE}__crsync ORDER BY p0")
             .fetchall()
         )
 

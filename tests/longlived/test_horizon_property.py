@@ -23,30 +23,36 @@ NDEVICES = 3
 KEYS = st.integers(0, 3)  # few keys: deletes are followed by key reuse
 DEVICE = st.integers(0, NDEVICES - 1)
 
-OPS = st.lists(
-    st.one_of(
-        st.tuples(st.just("write"), DEVICE, KEYS, st.sampled_from(["a", "b"]), st.integers(0, 3)),
-        st.tuples(st.just("delete"), DEVICE, KEYS),
-        st.tuples(st.just("sync"), DEVICE),
-        st.tuples(st.just("tick"), st.sampled_from([1, 30, 150, 200, 400])),
-        st.tuples(st.just("collect")),
-    ),
-    max_size=45,
+WRITE = st.tuples(st.just("write"), DEVICE, KEYS, st.sampled_from(["a", "b"]), st.integers(0, 3))
+DELETE = st.tuples(st.just("delete"), DEVICE, KEYS)
+SYNC = st.tuples(st.just("sync"), DEVICE)
+# A round: which devices are around (the others are away), what they edit (edits of devices
+# away are made offline), how much time passes after it (steps that matter against
+# max_offline = 180 days), and whether the relay collects at its end.
+ROUND = st.tuples(
+    st.sets(DEVICE, max_size=NDEVICES),
+    st.lists(st.one_of(WRITE, DELETE, WRITE, SYNC), max_size=6),
+    st.sampled_from([0, 1, 30, 150, 200, 400]),
+    st.booleans(),
 )
+ROUNDS = st.lists(ROUND, max_size=10)
 
 
-def run(world: World, ops: list[tuple[Any, ...]]) -> None:
-    for op in ops:
-        kind = op[0]
-        if kind == "write":
-            world.write(op[1], op[2], op[3], f"v{op[4]}" if op[3] == "a" else op[4])
-        elif kind == "delete":
-            world.delete(op[1], op[2])
-        elif kind == "sync":
-            world.sync(op[1])
-        elif kind == "tick":
-            world.tick(op[1])
-        else:
+def run(world: World, rounds: list[tuple[Any, ...]]) -> None:
+    for around, edits, days, collect in rounds:
+        for i in sorted(around):
+            world.sync(i)
+        for op in edits:
+            if op[0] == "write":
+                world.write(op[1], op[2], op[3], f"v{op[4]}" if op[3] == "a" else op[4])
+            elif op[0] == "delete":
+                world.delete(op[1], op[2])
+            elif op[1] in around:
+                world.sync(op[1])
+        for i in sorted(around):
+            world.sync(i)
+        world.tick(days)
+        if collect:
             world.collect()
     # Everyone comes back (some after more than max_offline) and syncs until quiet.
     for _ in range(2):
@@ -59,20 +65,20 @@ def run(world: World, ops: list[tuple[Any, ...]]) -> None:
 
 @pytest.mark.slow
 @settings(
-    max_examples=60,
+    max_examples=150,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(ops=OPS)
+@given(rounds=ROUNDS)
 def test_collecting_tombstones_converges_like_a_store_that_never_collects(
-    tmp_path_factory: pytest.TempPathFactory, ops: list[tuple[Any, ...]]
+    tmp_path_factory: pytest.TempPathFactory, rounds: list[tuple[Any, ...]]
 ) -> None:
     root: Path = tmp_path_factory.mktemp("gc")
     gc = World.create(root / "gc", NDEVICES, collecting=True)
     ref = World.create(root / "ref", NDEVICES, collecting=False)
     try:
-        run(gc, ops)
-        run(ref, ops)
+        run(gc, rounds)
+        run(ref, rounds)
         expected = ref.rows(0)
         for i in range(NDEVICES):
             assert ref.rows(i) == expected, "the reference world itself did not converge"

@@ -32,7 +32,7 @@ DDL = "CREATE TABLE items (id INTEGER PRIMARY KEY, title TEXT, n INTEGER)"
 def _device(path: Path) -> crsync.Database:
     db = crsync.connect(path)
     db.conn.execute(DDL)
-    db.track("items")
+    db.track("items", integer_keys="app-assigned")
     return db
 
 
