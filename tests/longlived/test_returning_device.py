@@ -20,7 +20,7 @@ import anyio
 import pytest
 from crsync_relay.process import RelayLauncher
 from faults.proxy import FaultProxy
-from sync.helpers import FAST, converge
+from sync.helpers import FAST, converge, eventually
 
 import crsync
 from crsync.peer import Peer
@@ -125,9 +125,12 @@ async def test_a_device_back_after_400_days_converges_and_transfers_under_5_perc
             await _sync_once(returning, proxy.url)
             back = proxy.stats.bytes_down + proxy.stats.bytes_up
         await _sync_once(writer, f"ws://127.0.0.1:{relay.port}")
-        async with Peer(returning, f"ws://127.0.0.1:{relay.port}", store=STORE, **FAST) as a:
-            async with Peer(writer, f"ws://127.0.0.1:{relay.port}", store=STORE, **FAST) as b:
-                await converge([a, b])
+        url = f"ws://127.0.0.1:{relay.port}"
+        async with (
+            Peer(returning, url, store=STORE, **FAST) as a,
+            Peer(writer, url, store=STORE, **FAST) as b,
+        ):
+            await converge([a, b])
         assert _rows(returning) == _rows(writer)
         present = {r[0] for r in _rows(writer)}
         assert present.isdisjoint(edited_offline), "an edit made offline resurrected a delete"
@@ -163,21 +166,24 @@ async def test_a_bootstrap_cut_at_random_points_resumes_without_starting_over(
 
         rnd = random.Random(7)
         progress: list[tuple[int, int]] = []
-        async with _proxied(relay, seed=7) as proxy:
-            async with Peer(
+        async with (
+            _proxied(relay, seed=7) as proxy,
+            Peer(
                 fresh,
                 proxy.url,
                 store=STORE,
                 on_progress=lambda done, total: progress.append((done, total)),
                 **FAST,
-            ) as peer:
-                cuts = sorted(rnd.uniform(0.1, 0.9) * full for _ in range(4))
-                for at in cuts:
-                    while proxy.stats.bytes_down < at:
-                        await anyio.sleep(0.005)  # polling the byte counter, not a race
-                    proxy.set_fault("drop")
-                    proxy.set_fault("none")
-                await peer.wait_synced()
+            ) as peer,
+        ):
+            cuts = sorted(rnd.uniform(0.1, 0.9) * full for _ in range(4))
+            for at in cuts:
+                await eventually(
+                    lambda at=at: proxy.stats.bytes_down >= at, f"{at:.0f} bytes down", 60
+                )
+                proxy.set_fault("drop")
+                proxy.set_fault("none")
+            await peer.wait_synced()
         assert _rows(fresh) == _rows(writer)
         assert proxy.stats.resets >= 4
         # Each cut loses at most the part in flight: far from four restarts.
@@ -227,13 +233,17 @@ async def test_a_device_process_killed_mid_bootstrap_resumes_where_it_stopped(
             cmd = [sys.executable, "-m", "crsync", "sync", str(fresh_path), "--url", proxy.url]
             cmd += ["--store", STORE, "--timeout", "60"]
             for parts in (3, 8):  # killed twice, once it holds this many parts
-                child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-                with anyio.fail_after(60):
-                    while _staged_parts(fresh_path) < parts:
-                        assert child.poll() is None, child.stderr.read() if child.stderr else ""
-                        await anyio.sleep(0.01)  # polling the file, not waiting out a race
+                child = await anyio.open_process(cmd)
+                await eventually(
+                    lambda child=child, parts=parts: (
+                        child.returncode is None and _staged_parts(fresh_path) >= parts
+                    ),
+                    f"{parts} parts staged",
+                    60,
+                )
+                assert child.returncode is None, "the sync ended before it was killed"
                 child.kill()
-                child.wait(10)
+                await child.wait()
             finish = await anyio.to_thread.run_sync(
                 lambda: subprocess.run(cmd, capture_output=True, text=True, timeout=90)
             )
