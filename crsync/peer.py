@@ -52,6 +52,7 @@ from ._sync_lock import SyncLock
 from ._task_errors import first_error, is_cancelled
 from ._websocket import Connection
 from ._websocket import connect as ws_connect
+from .change import Change
 from .database import Database, connect
 from .errors import (
     AuthError,
@@ -391,6 +392,11 @@ class Peer:
         self.open_timeout = open_timeout
         self.watch_files = watch_files
         self.on_progress = on_progress
+        # The frame being handled, decoded and as received (a staged part is kept as received).
+        self._frame: tuple[object, bytes | None] = (None, None)
+        # Changes of the parts staged for the unit being received, when this process staged
+        # all of them (None: some were staged by an earlier connection, on disk only).
+        self._held: list[Change] | None = []
         # WIRING (crsync.device_session): every sync rule lives in self._rules; this class
         # performs its actions (docs in crsync/device_session.py).
         self._rules = ds.DeviceSession(store, token, max_frame=max_frame, batch_cells=batch_cells)
@@ -815,6 +821,9 @@ class Peer:
             site, full_push_token, site_key = await self._call(positions.site_and_full_push)
             schema = await self._call(_schema)
             staged = await self._call(positions.staged, self.key)
+            # Parts staged by an earlier connection are on disk only: a resumed unit's merge
+            # reads them from there; from its next unit on, parts are held in memory too.
+            self._held = None if staged is not None else []
             stored = ds.Stored(epoch, push_upto, pull_upto)
             hello = rules.connect(stored, site, site_key, full_push_token, schema, staged)
             await ws.send(p.encode(hello))
@@ -866,11 +875,17 @@ class Peer:
             elif isinstance(a, ds.MergeUnit):
                 await self._merge(ws, a)
             elif isinstance(a, ds.StagePart):
-                await self._call(positions.stage, self.key, a.epoch, a.part)
+                # The part as received is kept as it is (no encoding again), and its changes
+                # stay in memory for the unit's merge while every staged part is held here.
+                frame = self._frame[1] if self._frame[0] is a.part else None
+                await self._call(positions.stage, self.key, a.epoch, a.part, frame)
+                if self._held is not None:
+                    self._held.extend(a.part.changes)
                 self.stats.received_changes += len(a.part.changes)
                 self._report_progress(a.progress)
             elif isinstance(a, ds.DropStaged):
                 await self._call(positions.drop_staged, self.key)
+                self._held = []
             elif isinstance(a, ds.ApplyHorizon):
                 n = await self._call(positions.apply_horizon, self.key, a.horizon)
                 self.stats.compacted_tombstones += n
@@ -916,6 +931,7 @@ class Peer:
                 functools.partial(
                     positions.merge_and_record,
                     staged=unit.staged,
+                    held=self._held if unit.staged else None,
                 ),
                 unit.changes,
                 self.key,
@@ -926,6 +942,7 @@ class Peer:
             if sqlite_cause(exc) is not None:
                 raise  # the local file failed, not the changes: _classify decides
             raise _Fatal(SyncError(f"cannot merge changes from the relay: {exc}")) from None
+        self._held = []  # the next unit's parts start here
         self.stats.received_changes += len(unit.changes)
         self.stats.merged_wins += wins
         self.stats.rejected_changes += rejected
@@ -1000,7 +1017,10 @@ class Peer:
     async def _receiver(self, ws: Connection) -> None:
         rules = self._rules
         async for raw in ws:
-            await self._perform(ws, rules.receive(rules.decode(raw)))  # WIRING
+            msg = rules.decode(raw)
+            self._frame = (msg, raw if isinstance(raw, bytes) else None)
+            await self._perform(ws, rules.receive(msg))  # WIRING
+            self._frame = (None, None)
             self._update_synced()
 
     async def _watch(self) -> None:

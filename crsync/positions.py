@@ -152,20 +152,23 @@ def merge_and_record(
     version: int,
     *,
     staged: bool = False,
+    held: list[Change] | None = None,
 ) -> tuple[int, int]:
     """Merge a unit from the relay and record the pull position, in one transaction. Rows this
     database cannot apply are set aside (``db.rejected_changes()``), never fatal.
 
     ``staged``: ``changes`` is the last part of a unit whose earlier parts were staged
     (:func:`stage`): the staged parts and ``changes`` merge as one unit, and the staging is
-    cleared in the same transaction.
+    cleared in the same transaction. ``held``: the changes of every staged part, in order,
+    still in the caller's memory (staged by this process since the unit began): merged
+    instead of decoding the staged frames again.
 
     Returns:
         ``(wins, rejected)`` as :meth:`Database.merge_setting_aside`.
     """
     with db._write() as conn:
         if staged:
-            parts = _staged_changes(conn, key, epoch, version)
+            parts = list(held) if held is not None else _staged_changes(conn, key, epoch, version)
             parts.extend(changes)
             changes = parts
             conn.execute("DELETE FROM crsync_staged WHERE peer = ?", (key,))
@@ -180,12 +183,17 @@ def merge_and_record(
 # ---------------------------------------------------------------------- staged units
 
 
-def stage(db: Database, key: str, epoch: str, part: p.Changes) -> None:
+def stage(
+    db: Database, key: str, epoch: str, part: p.Changes, frame: bytes | None = None
+) -> None:
     """Keep one part (``more`` true) of a catch-up unit durably, in its own transaction. Every
-    staged part of ``key`` belongs to the same unit: parts of another unit are dropped first."""
+    staged part of ``key`` belongs to the same unit: parts of another unit are dropped first.
+    ``frame``: the part as received (its encoding), kept as it is instead of encoding it
+    again."""
     if not part.changes:
         return
-    frame = p.encode(part)
+    if frame is None:
+        frame = p.encode(part)
     last = part.changes[-1]
     with db._write() as conn:
         conn.execute(
