@@ -21,6 +21,7 @@ from .errors import InvalidChangeError, PackError
 from .merge_rules import MERGE_VERSION, Clock, RowState, all_fresh_cells, apply_change
 from .pack import SqlValue, small_int_key, unpack_pk
 from .schema import quote_ident
+from .values import compare_values
 
 if TYPE_CHECKING:
     from .database import Database
@@ -122,11 +123,16 @@ def merge_locked(db: Database, conn: sqlite3.Connection, batch: list[Change]) ->
     for tname, rows in per_table.items():
         tr = db._tracked[tname]
         rows = canonical_keys(db, tr, rows)
-        states = load_states(db, tr, list(rows))
+        reader = _StateReader(db, tr)
+        stored = reader.deciding(list(rows))
         row_defaults = defaults(db, tr)
+        npk = tr.npk
+        n = len(reader.names)
+        where = {name: (npk + 1 + j, npk + 1 + n + j) for j, name in enumerate(reader.names)}
+        slow: list[tuple[tuple[SqlValue, ...], list[Change], Any]] = []
         for key, changes in rows.items():
-            st = states.get(key)
-            if st is None:
+            row = stored.get(key)
+            if row is None:
                 if all_fresh_cells(changes):
                     # A row this database never saw, arriving as cells of its first life:
                     # every cell wins (see all_fresh_cells), written without a RowState.
@@ -136,7 +142,47 @@ def merge_locked(db: Database, conn: sqlite3.Connection, batch: list[Change]) ->
                         if c[5] > top:
                             top = c[5]
                     continue
-                st = RowState()
+                slow.append((key, changes, None))
+                continue
+            # Rules 1-4 of crsync.merge_rules on the stored row as read, without a RowState:
+            # a change older than the row, a delete or create the row already has, or a cell
+            # whose clock (then value) does not beat the stored one loses and changes nothing.
+            # A row whose changes all lose needs no more work (a re-merge); any other row
+            # goes through apply_change from its stored state.
+            local_cl = row[npk]
+            for c in changes:
+                ccl = c[7]
+                if ccl < local_cl:
+                    continue
+                if ccl != local_cl:
+                    break
+                cid = c[2]
+                if ccl % 2 == 0 or cid == SENTINEL:
+                    continue
+                iv, ival = where[cid]
+                lv = row[iv]
+                if lv is None:
+                    break
+                cv = c[4]
+                if cv != lv:
+                    if cv < lv:
+                        continue
+                    break
+                v = c[3]
+                local = row[ival]
+                if type(v) is type(local):  # one storage class: Python's order is its order
+                    if v is None or v <= local:  # type: ignore[operator]
+                        continue
+                    break
+                if compare_values(v, local) > 0:
+                    break
+            else:
+                continue
+            slow.append((key, changes, row))
+        known = [row for _k, _c, row in slow if row is not None]
+        states = iter(reader.states(known)) if known else iter(())
+        for key, changes, row in slow:
+            st = RowState() if row is None else next(states)
             for c in changes:
                 if apply_change(st, c, row_defaults):
                     wins += 1
@@ -233,55 +279,90 @@ def defaults(db: Database, tr: Tracked) -> dict[str, SqlValue]:
     return tr.defaults
 
 
-def load_states(
-    db: Database, tr: Tracked, keys: list[tuple[SqlValue, ...]]
-) -> dict[tuple[SqlValue, ...], RowState]:
-    conn = db.conn
-    out: dict[tuple[SqlValue, ...], RowState] = {}
-    if conn.execute(f"SELECT 1 FROM {tr.meta} LIMIT 1").fetchone() is None:
-        return out  # first sync into an empty table: every row is new
-    rows: list[Sequence[Any]] = []
-    if tr.npk == 1:
-        for i in range(0, len(keys), 500):
-            chunk = [k[0] for k in keys[i : i + 500]]
-            rows += conn.execute(
-                tr.state_in_sql.format(", ".join("?" * len(chunk))), chunk
-            ).fetchall()
-    else:
+class _StateReader:
+    """Reads the stored state of rows by key, in two parts: what decides whether a change can
+    win (causal length, col_versions, values: :meth:`deciding`), and, only for rows where
+    one may, the rest of the clocks (:meth:`state`)."""
+
+    def __init__(self, db: Database, tr: Tracked) -> None:
+        q = quote_ident
+        self.db = db
+        self.tr = tr
+        self.npk = npk = tr.npk
+        self.names = names = [name for name, _c0, _vi in tr.cell_layout()]
+        slots = [tr.slots[n] for n in names]
+        pcols = [f"m.p{j}" for j in range(npk)]
+        join = " AND ".join(f"b.{q(c.name)} = m.p{j}" for j, c in enumerate(tr.info.pk))
+        deciding = ", ".join(
+            [
+                *pcols,
+                "m.cl",
+                *(f"m.v{i}" for i in slots),
+                *(f"b.{q(n)}" for n in names),
+                f"b.{q(tr.info.pk[0].name)}",
+            ]
+        )
+        rest = ", ".join(
+            [*pcols, "m.sd", "m.ss", "m.sq", *(f"m.{x}{i}" for i in slots for x in "dsq")]
+        )
+        frm = f"FROM {tr.meta} AS m"
+        self.deciding_sql = f"SELECT {deciding} {frm} LEFT JOIN {q(tr.info.name)} AS b ON {join}"
+        self.rest_sql = f"SELECT {rest} {frm}"
+        self.by_key = " WHERE " + " AND ".join(f"m.p{j} = ?" for j in range(npk))
+
+    def deciding(self, keys: list[tuple[SqlValue, ...]]) -> dict[tuple[SqlValue, ...], Any]:
+        """By stored key, for the rows of ``keys`` that have metadata: the key columns,
+        ``cl``, then per current column (:meth:`Tracked.cell_layout` order) its col_version,
+        then its value, then one key column of the table row (NULL: no table row)."""
+        if self.db.conn.execute(f"SELECT 1 FROM {self.tr.meta} LIMIT 1").fetchone() is None:
+            return {}  # first sync into an empty table: every row is new
+        return self._fetch(self.deciding_sql, keys)
+
+    def _fetch(self, sql: str, keys: list[tuple[SqlValue, ...]]) -> dict[tuple[SqlValue, ...], Any]:
+        conn = self.db.conn
+        npk = self.npk
+        rows: list[Sequence[Any]] = []
+        if npk == 1:
+            full = sql + " WHERE m.p0 IN ({})".format(", ".join("?" * 500))
+            for i in range(0, len(keys), 500):
+                chunk = [k[0] for k in keys[i : i + 500]]
+                one = (
+                    full
+                    if len(chunk) == 500
+                    else (sql + " WHERE m.p0 IN ({})".format(", ".join("?" * len(chunk))))
+                )
+                rows += conn.execute(one, chunk).fetchall()
+            return {(row[0],): row for row in rows}
+        one = sql + self.by_key
         for k in keys:
-            rows += conn.execute(tr.state_sql, k).fetchall()
-    npk = tr.npk
-    cols = tr.cell_layout()
-    site_of = db._site_of
-    sites: dict[int, bytes] = {}
+            rows += conn.execute(one, k).fetchall()
+        return {tuple(row[:npk]): row for row in rows}
 
-    def site(ordinal: int) -> bytes:
-        b = sites.get(ordinal)
-        if b is None:
-            b = sites[ordinal] = site_of(ordinal)
-        return b
-
-    for row in rows:
-        key = tuple(row[:npk])
-        cl = row[npk]
-        sd = row[npk + 1]
-        exists = row[-1] is not None
-        st = RowState(cl, exists)
-        if sd is not None:
-            st.sentinel = (cl, sd, site(row[npk + 2]), row[npk + 3])
-        cells = st.cells
-        for name, c0, _vi in cols:
-            v = row[c0]
-            if v is not None:
-                so = row[c0 + 2]
-                b = sites.get(so)
-                cells[name] = (v, row[c0 + 1], b if b is not None else site(so), row[c0 + 3])
-            else:
-                cells[name] = None
-        if exists:
-            st.values = {name: row[vi] for name, _c0, vi in cols}
-        out[key] = st
-    return out
+    def states(self, deciding: list[Sequence[Any]]) -> list[RowState]:
+        """The :class:`RowState` of rows read by :meth:`deciding`, in their order."""
+        npk = self.npk
+        names = self.names
+        n = len(names)
+        rest = self._fetch(self.rest_sql, [tuple(row[:npk]) for row in deciding])
+        site_of = self.db._site_of
+        out = []
+        for row in deciding:
+            more = rest[tuple(row[:npk])]
+            cl = row[npk]
+            exists = row[-1] is not None
+            st = RowState(cl, exists)
+            sd = more[npk]
+            if sd is not None:
+                st.sentinel = (cl, sd, site_of(more[npk + 1]), more[npk + 2])
+            cells = st.cells
+            for j, name in enumerate(names):
+                v = row[npk + 1 + j]
+                k = npk + 3 + 3 * j
+                cells[name] = None if v is None else (v, more[k], site_of(more[k + 1]), more[k + 2])
+            if exists:
+                st.values = {name: row[npk + 1 + n + j] for j, name in enumerate(names)}
+            out.append(st)
+        return out
 
 
 def write_rows(

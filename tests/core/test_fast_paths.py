@@ -212,3 +212,47 @@ def test_decoding_a_frame_leaves_the_garbage_collector_as_it_found_it() -> None:
     finally:
         if was:
             gc.enable()
+
+
+DDL_ANY = "CREATE TABLE t (id INTEGER PRIMARY KEY, a, b REAL)"  # a: no affinity
+TIE_VALUES = [None, -3, 0, 1, 2, 1.0, 1.5, -0.0, "", "1", "a", "é", b"", b"1", b"\x00"]
+
+
+def test_a_merge_into_stored_rows_decides_each_change_as_the_rules_do() -> None:
+    """Changes against stored rows (ties on every pair of storage classes, older and newer
+    clocks, deletes and creates the row already has) win exactly when cr-sqlite's order says
+    so, whether the row's other changes in the batch lose (the quick path) or not."""
+    pk = pack_pk([1])
+    for local in TIE_VALUES:
+        for incoming in TIE_VALUES:
+            r = open_db(site=bytes(16))
+            r.conn.execute(DDL_ANY)
+            r.track("t", integer_keys="app-assigned")
+            assert r.merge([Change("t", pk, "a", local, 3, 1, SITE_A, 1, 0)]) == 1
+            batch = [
+                Change("t", pk, "a", incoming, 2, 9, SITE_B, 1, 1),  # older clock: loses
+                Change("t", pk, "-1", None, 1, 9, SITE_B, 1, 2),  # the row's own cl: loses
+                Change("t", pk, "a", incoming, 3, 9, SITE_B, 1, 3),  # tie: the value decides
+            ]
+            want = reference_order(incoming, local) > 0
+            assert r.merge(batch) == int(want), (local, incoming)
+            [(got,)] = r.conn.execute("SELECT a FROM t").fetchall()
+            assert canon(got) == canon(incoming if want else local), (local, incoming)
+            # A newer clock in the same row wins whatever the tie did.
+            assert r.merge([*batch, Change("t", pk, "b", 2.5, 1, 9, SITE_B, 1, 4)]) == 1
+
+
+def test_a_stored_row_without_its_table_row_compares_ties_with_null() -> None:
+    r = open_db(site=bytes(16))
+    r.conn.execute(DDL_ANY)
+    r.track("t", integer_keys="app-assigned")
+    pk = pack_pk([1])
+    assert r.merge([Change("t", pk, "a", "x", 1, 1, SITE_A, 1, 0)]) == 1
+    # The table row goes behind the triggers' back; its metadata (live clocks) stays.
+    r.conn.executescript(
+        "BEGIN; UPDATE crsync_clock SET merging = 1; DELETE FROM t;"
+        " UPDATE crsync_clock SET merging = 0; COMMIT;"
+    )
+    assert r.merge([Change("t", pk, "a", None, 1, 2, SITE_B, 1, 0)]) == 0  # NULL ties NULL
+    assert r.merge([Change("t", pk, "a", b"", 1, 2, SITE_B, 1, 0)]) == 1  # a blob beats it
+    assert r.conn.execute("SELECT id, a FROM t").fetchall() == [(1, b"")]
