@@ -10,10 +10,14 @@ changed; changes for tables or columns this database does not have are kept asid
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
+import operator
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
+
+import attrs
 
 from . import rejected
 from .change import SENTINEL, Change
@@ -69,6 +73,15 @@ def _key_of(table: str, blob: bytes) -> tuple[SqlValue, ...]:
     return (k,) if k is not None else _decode_key(table, blob)
 
 
+_CID = operator.itemgetter(2)
+_VAL = operator.itemgetter(3)
+_CV = operator.itemgetter(4)
+_DBV = operator.itemgetter(5)
+_SITE = operator.itemgetter(6)
+_CL = operator.itemgetter(7)
+_SEQ = operator.itemgetter(8)
+
+
 def merge_locked(db: Database, conn: sqlite3.Connection, batch: list[Change]) -> int:
     """Inside a write transaction: merge a validated batch; returns how many changes won."""
     db._sync_site()
@@ -119,7 +132,7 @@ def merge_locked(db: Database, conn: sqlite3.Connection, batch: list[Change]) ->
     wins = 0
     top = open_v
     written: list[tuple[Tracked, tuple[SqlValue, ...], RowState]] = []
-    fresh: list[tuple[Tracked, tuple[SqlValue, ...], list[Change]]] = []
+    fresh: list[FreshRows] = []
     for tname, rows in per_table.items():
         tr = db._tracked[tname]
         rows = canonical_keys(db, tr, rows)
@@ -130,19 +143,17 @@ def merge_locked(db: Database, conn: sqlite3.Connection, batch: list[Change]) ->
         n = len(reader.names)
         where = {name: (npk + 1 + j, npk + 1 + n + j) for j, name in enumerate(reader.names)}
         slow: list[tuple[tuple[SqlValue, ...], list[Change], Any]] = []
+        unseen: dict[tuple[str, ...], tuple[list[tuple[SqlValue, ...]], list[list[Change]]]] = {}
         for key, changes in rows.items():
             row = stored.get(key)
-            if row is None:
-                if all_fresh_cells(changes):
-                    # A row this database never saw, arriving as cells of its first life:
-                    # every cell wins (see all_fresh_cells), written without a RowState.
-                    fresh.append((tr, key, changes))
-                    wins += len(changes)
-                    for c in changes:
-                        if c[5] > top:
-                            top = c[5]
-                    continue
-                slow.append((key, changes, None))
+            if row is None:  # never seen: grouped by the columns it brings, in their order
+                cids = tuple(map(_CID, changes))
+                same = unseen.get(cids)
+                if same is None:
+                    unseen[cids] = ([key], [changes])
+                else:
+                    same[0].append(key)
+                    same[1].append(changes)
                 continue
             # Rules 1-4 of crsync.merge_rules on the stored row as read, without a RowState:
             # a change older than the row, a delete or create the row already has, or a cell
@@ -179,6 +190,28 @@ def merge_locked(db: Database, conn: sqlite3.Connection, batch: list[Change]) ->
             else:
                 continue
             slow.append((key, changes, row))
+        for cids, (keys, row_changes) in unseen.items():
+            # Rows this database never saw, arriving as cells of their first life (each
+            # cell of another column, causal length 1): every cell wins (see
+            # all_fresh_cells), written column by column without a RowState.
+            if SENTINEL in cids or len(set(cids)) != len(cids):
+                slow += [(k, g, None) for k, g in zip(keys, row_changes, strict=True)]
+                continue
+            flat = list(itertools.chain.from_iterable(row_changes))
+            if max(map(_CL, flat)) != 1:  # some are not: only those go through the rules
+                fresh_keys = []
+                for k, g in zip(keys, row_changes, strict=True):
+                    if all_fresh_cells(g):
+                        fresh_keys.append(k)
+                    else:
+                        slow.append((k, g, None))
+                row_changes = [g for g in row_changes if all_fresh_cells(g)]
+                flat = list(itertools.chain.from_iterable(row_changes))
+                keys = fresh_keys
+            if flat:
+                fresh.append(FreshRows(tr, cids, keys, flat))
+                wins += len(flat)
+                top = max(top, max(map(_DBV, flat)))
         known = [row for _k, _c, row in slow if row is not None]
         states = iter(reader.states(known)) if known else iter(())
         for key, changes, row in slow:
@@ -202,45 +235,60 @@ def merge_locked(db: Database, conn: sqlite3.Connection, batch: list[Change]) ->
     return wins
 
 
+@attrs.frozen
+class FreshRows:
+    """Rows :func:`merge_locked` found never seen and arriving as cells of their first life,
+    bringing the same columns in the same order: every change wins."""
+
+    tr: Tracked
+    cids: tuple[str, ...]
+    """The columns each row brings, in the order its changes came."""
+    keys: list[tuple[SqlValue, ...]]
+    changes: list[Change]
+    """The rows' changes, row after row (``len(cids)`` per row, in ``cids`` order)."""
+
+
+class _Ordinals(dict[bytes, int]):
+    """Site ordinals by site id, looked up at C speed (``__getitem__``)."""
+
+    def __init__(self, db: Database) -> None:
+        super().__init__()
+        self.db = db
+
+    def __missing__(self, site: bytes) -> int:
+        o = self[site] = self.db._site_ordinal(site)
+        return o
+
+
 def write_fresh_rows(
-    db: Database,
-    conn: sqlite3.Connection,
-    fresh: list[tuple[Tracked, tuple[SqlValue, ...], list[Change]]],
-    version: int,
+    db: Database, conn: sqlite3.Connection, fresh: list[FreshRows], version: int
 ) -> None:
     """Write rows created by :func:`merge_locked`'s fresh-row case: every change won, the
     row has cl 1, no sentinel, and the merge's version on every cell (what
-    :func:`write_rows` writes for the same :class:`RowState`)."""
-    upserts: dict[tuple[str, tuple[str, ...]], list[tuple[SqlValue, ...]]] = {}
-    metas: dict[str, list[tuple[SqlValue, ...]]] = {}
-    ords: dict[bytes, int] = {}
-    ordinal = db._site_ordinal
-    layouts: dict[tuple[str, tuple[str, ...]], tuple[tuple[str, ...], list[int], list[int]]] = {}
-    for tr, key, changes in fresh:
-        name = tr.info.name
-        cids = tuple([c[2] for c in changes])
-        lay = layouts.get((name, cids))
-        if lay is None:
-            cols = tuple(sorted(cids))
-            lay = (cols, [cids.index(c) for c in cols], [4 * tr.slots[c] for c in cids])
-            layouts[(name, cids)] = lay
-        cols, order, offsets = lay
-        upserts.setdefault((name, cols), []).append(key + tuple([changes[i][3] for i in order]))
-        cells: list[Any] = [None] * (4 * tr.nslots)
-        for c, off in zip(changes, offsets, strict=True):
-            site = c[6]
-            o = ords.get(site)
-            if o is None:
-                o = ords[site] = ordinal(site)
-            cells[off] = c[4]
-            cells[off + 1] = version
-            cells[off + 2] = o
-            cells[off + 3] = c[8]
-        metas.setdefault(name, []).append((*key, 1, None, None, None, version, *cells))
-    for (name, cols), rows in upserts.items():
-        conn.executemany(upsert_sql(db, db._tracked[name], cols), rows)
-    for name, rows in metas.items():
-        conn.executemany(db._tracked[name].meta_write_sql, rows)
+    :func:`write_rows` writes for the same :class:`RowState`). Each statement's rows are
+    zipped from columns built at C speed (one ``map`` per column), not row by row."""
+    ords = _Ordinals(db)
+    for f in fresh:
+        tr, cids, flat = f.tr, f.cids, f.changes
+        m = len(cids)
+        keycols = [list(map(operator.itemgetter(j), f.keys)) for j in range(tr.npk)]
+        cols = tuple(sorted(cids))
+        values = [list(map(_VAL, flat[cids.index(c) :: m])) for c in cols]
+        conn.executemany(upsert_sql(db, tr, cols), zip(*keycols, *values, strict=True))
+        none = itertools.repeat(None)
+        at = itertools.repeat(version)
+        cells: list[Iterable[Any]] = [none] * (4 * tr.nslots)
+        for i, cid in enumerate(cids):
+            part = flat[i::m]
+            k = 4 * tr.slots[cid]
+            cells[k] = list(map(_CV, part))
+            cells[k + 1] = at
+            cells[k + 2] = list(map(ords.__getitem__, map(_SITE, part)))
+            cells[k + 3] = list(map(_SEQ, part))
+        one = itertools.repeat(1)
+        conn.executemany(
+            tr.meta_write_sql, zip(*keycols, one, none, none, none, at, *cells, strict=False)
+        )
 
 
 def canonical_keys(
