@@ -2,9 +2,11 @@
 
 The rules themselves are :func:`crsync.merge_rules.apply_change` (pure, shared with the
 relay). This module groups a batch into rows per table, brings incoming keys to the form
-SQLite stores, loads the rows' current state, applies the rules and writes the rows that
-changed; changes for tables or columns this database does not have are kept aside in
-``crsync_pending``. Called inside the caller's write transaction (``*_locked``).
+SQLite stores, reads what decides the stored rows' changes (a row whose changes all lose,
+as in a re-merge, stops there), applies the rules to the others and writes the rows that
+changed; rows never seen that arrive as plain inserts are written column by column. Changes
+for tables or columns this database does not have are kept aside in ``crsync_pending``.
+Called inside the caller's write transaction (``*_locked``).
 """
 
 from __future__ import annotations
@@ -330,7 +332,7 @@ def defaults(db: Database, tr: Tracked) -> dict[str, SqlValue]:
 class _StateReader:
     """Reads the stored state of rows by key, in two parts: what decides whether a change can
     win (causal length, col_versions, values: :meth:`deciding`), and, only for rows where
-    one may, the rest of the clocks (:meth:`state`)."""
+    one may, the rest of the clocks (:meth:`states`)."""
 
     def __init__(self, db: Database, tr: Tracked) -> None:
         q = quote_ident
