@@ -701,9 +701,12 @@ def bound_sentence(key: str, p: Profile | None, s: Samples) -> str:
             f"validating the batch (every field of every change, ~0.4 us each) takes {v:.2f}x "
             "the plain insert, and the one read a re-merge cannot skip (cl, col_versions and "
             f"values of every incoming row, by key: 11 values per row) takes {rd:.2f}x; together "
-            f"{v + rd:.2f}x of the 2x budget. The rest is grouping the changes by row (a dict "
+            f"{v + rd:.2f}x of the 2x budget. The remaining "
+            f"{max(0.0, s.med('f_ratio') - v - rd):.2f}x is grouping the changes by row (a dict "
             "of lists, ~0.3 us per change) and one inline comparison per change against the "
-            "row read (no RowState: rows whose changes all lose stop there)."
+            "row read (no RowState: rows whose changes all lose stop there). Validating, "
+            "grouping and comparing are each one Python step per change (~1 us together), "
+            "while the plain insert spends about half a microsecond of SQLite per cell."
         )
     if p is None:
         return ""
