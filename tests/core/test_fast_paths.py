@@ -98,6 +98,13 @@ def test_a_batch_merged_at_once_ends_where_one_change_at_a_time_ends(seed: int) 
     batch = [c for db in sources for c in db.changes()]
     rng.shuffle(batch)
     batch.append(Change("t", pack_pk([3.0]), "a", "real-key", 9, 1, SITE_C, 1, 0))
+    _, replica = _merged_at_once_and_one_by_one(batch)
+    assert replica.merge(batch) == 0  # and everything loses the second time
+
+
+def _merged_at_once_and_one_by_one(batch: list[Change]) -> tuple[int, crsync.Database]:
+    """Merge ``batch`` into a fresh replica at once and into another one change at a time;
+    check both end alike and won as many changes. Returns the wins and the first replica."""
     replicas = []
     for _ in range(2):
         r = open_db(site=bytes(16))
@@ -110,7 +117,7 @@ def test_a_batch_merged_at_once_ends_where_one_change_at_a_time_ends(seed: int) 
     one_by_one = sum(replicas[1].merge([c]) for c in batch)
     assert at_once == one_by_one
     assert _state(replicas[0]) == _state(replicas[1])
-    assert replicas[0].merge(batch) == 0  # and everything loses the second time
+    return at_once, replicas[0]
 
 
 def test_a_fresh_row_with_two_versions_of_one_cell_keeps_the_greater() -> None:
@@ -271,13 +278,4 @@ def test_fresh_rows_with_the_same_columns_are_written_alike_but_a_later_life_is_
             Change("t", pk, "a", f"row {i}", 2, 7, site, cl, 3 * i + 1),
         ]
     batch.append(Change("t", pack_pk([9]), "b", 0.5, 1, 8, SITE_B, 1, 0))  # another layout
-    replicas = []
-    for _ in range(2):
-        r = open_db(site=bytes(16))
-        for ddl in (DDL, DDL2):
-            r.conn.execute(ddl)
-        r.track("t", integer_keys="app-assigned")
-        r.track("k2")
-        replicas.append(r)
-    assert replicas[0].merge(batch) == sum(replicas[1].merge([c]) for c in batch) == 9
-    assert _state(replicas[0]) == _state(replicas[1])
+    assert _merged_at_once_and_one_by_one(batch)[0] == 9
