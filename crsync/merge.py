@@ -2,18 +2,24 @@
 
 The rules themselves are :func:`crsync.merge_rules.apply_change` (pure, shared with the
 relay). This module groups a batch into rows per table, brings incoming keys to the form
-SQLite stores, loads the rows' current state, applies the rules and writes the rows that
-changed; changes for tables or columns this database does not have are kept aside in
-``crsync_pending``. Called inside the caller's write transaction (``*_locked``).
+SQLite stores, reads what decides the stored rows' changes (a row whose changes all lose,
+as in a re-merge, stops there), applies the rules to the others and writes the rows that
+changed; rows never seen that arrive as plain inserts are written column by column. Changes
+for tables or columns this database does not have are kept aside in ``crsync_pending``.
+Called inside the caller's write transaction (``*_locked``).
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
+import operator
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
+
+import attrs
 
 from . import rejected
 from .change import SENTINEL, Change
@@ -21,6 +27,7 @@ from .errors import InvalidChangeError, PackError
 from .merge_rules import MERGE_VERSION, Clock, RowState, all_fresh_cells, apply_change
 from .pack import SqlValue, small_int_key, unpack_pk
 from .schema import quote_ident
+from .values import compare_values
 
 if TYPE_CHECKING:
     from .database import Database
@@ -66,6 +73,15 @@ def _key_of(table: str, blob: bytes) -> tuple[SqlValue, ...]:
     """:func:`_decode_key`, with a fast path for the common one-integer key."""
     k = small_int_key(blob)
     return (k,) if k is not None else _decode_key(table, blob)
+
+
+_CID = operator.itemgetter(2)
+_VAL = operator.itemgetter(3)
+_CV = operator.itemgetter(4)
+_DBV = operator.itemgetter(5)
+_SITE = operator.itemgetter(6)
+_CL = operator.itemgetter(7)
+_SEQ = operator.itemgetter(8)
 
 
 def merge_locked(db: Database, conn: sqlite3.Connection, batch: list[Change]) -> int:
@@ -118,25 +134,90 @@ def merge_locked(db: Database, conn: sqlite3.Connection, batch: list[Change]) ->
     wins = 0
     top = open_v
     written: list[tuple[Tracked, tuple[SqlValue, ...], RowState]] = []
-    fresh: list[tuple[Tracked, tuple[SqlValue, ...], list[Change]]] = []
+    fresh: list[FreshRows] = []
     for tname, rows in per_table.items():
         tr = db._tracked[tname]
         rows = canonical_keys(db, tr, rows)
-        states = load_states(db, tr, list(rows))
+        reader = _StateReader(db, tr)
+        stored = reader.deciding(list(rows))
         row_defaults = defaults(db, tr)
+        npk = tr.npk
+        n = len(reader.names)
+        where = {name: (npk + 1 + j, npk + 1 + n + j) for j, name in enumerate(reader.names)}
+        slow: list[tuple[tuple[SqlValue, ...], list[Change], Any]] = []
+        unseen: dict[tuple[str, ...], tuple[list[tuple[SqlValue, ...]], list[list[Change]]]] = {}
         for key, changes in rows.items():
-            st = states.get(key)
-            if st is None:
-                if all_fresh_cells(changes):
-                    # A row this database never saw, arriving as cells of its first life:
-                    # every cell wins (see all_fresh_cells), written without a RowState.
-                    fresh.append((tr, key, changes))
-                    wins += len(changes)
-                    for c in changes:
-                        if c[5] > top:
-                            top = c[5]
+            row = stored.get(key)
+            if row is None:  # never seen: grouped by the columns it brings, in their order
+                cids = tuple(map(_CID, changes))
+                same = unseen.get(cids)
+                if same is None:
+                    unseen[cids] = ([key], [changes])
+                else:
+                    same[0].append(key)
+                    same[1].append(changes)
+                continue
+            # Rules 1-4 of crsync.merge_rules on the stored row as read, without a RowState:
+            # a change older than the row, a delete or create the row already has, or a cell
+            # whose clock (then value) does not beat the stored one loses and changes nothing.
+            # A row whose changes all lose needs no more work (a re-merge); any other row
+            # goes through apply_change from its stored state.
+            local_cl = row[npk]
+            for c in changes:
+                ccl = c[7]
+                if ccl < local_cl:
                     continue
-                st = RowState()
+                if ccl != local_cl:
+                    break
+                cid = c[2]
+                if ccl % 2 == 0 or cid == SENTINEL:
+                    continue
+                iv, ival = where[cid]
+                lv = row[iv]
+                if lv is None:
+                    break
+                cv = c[4]
+                if cv != lv:
+                    if cv < lv:
+                        continue
+                    break
+                v = c[3]
+                local = row[ival]
+                if type(v) is type(local):  # one storage class: Python's order is its order
+                    if v is None or v <= local:  # type: ignore[operator]
+                        continue
+                    break
+                if compare_values(v, local) > 0:
+                    break
+            else:
+                continue
+            slow.append((key, changes, row))
+        for cids, (keys, row_changes) in unseen.items():
+            # Rows this database never saw, arriving as cells of their first life (each
+            # cell of another column, causal length 1): every cell wins (see
+            # all_fresh_cells), written column by column without a RowState.
+            if SENTINEL in cids or len(set(cids)) != len(cids):
+                slow += [(k, g, None) for k, g in zip(keys, row_changes, strict=True)]
+                continue
+            flat = list(itertools.chain.from_iterable(row_changes))
+            if max(map(_CL, flat)) != 1:  # some are not: only those go through the rules
+                fresh_keys = []
+                for k, g in zip(keys, row_changes, strict=True):
+                    if all_fresh_cells(g):
+                        fresh_keys.append(k)
+                    else:
+                        slow.append((k, g, None))
+                row_changes = [g for g in row_changes if all_fresh_cells(g)]
+                flat = list(itertools.chain.from_iterable(row_changes))
+                keys = fresh_keys
+            if flat:
+                fresh.append(FreshRows(tr, cids, keys, flat))
+                wins += len(flat)
+                top = max(top, max(map(_DBV, flat)))
+        known = [row for _k, _c, row in slow if row is not None]
+        states = iter(reader.states(known)) if known else iter(())
+        for key, changes, row in slow:
+            st = RowState() if row is None else next(states)
             for c in changes:
                 if apply_change(st, c, row_defaults):
                     wins += 1
@@ -156,45 +237,60 @@ def merge_locked(db: Database, conn: sqlite3.Connection, batch: list[Change]) ->
     return wins
 
 
+@attrs.frozen
+class FreshRows:
+    """Rows :func:`merge_locked` found never seen and arriving as cells of their first life,
+    bringing the same columns in the same order: every change wins."""
+
+    tr: Tracked
+    cids: tuple[str, ...]
+    """The columns each row brings, in the order its changes came."""
+    keys: list[tuple[SqlValue, ...]]
+    changes: list[Change]
+    """The rows' changes, row after row (``len(cids)`` per row, in ``cids`` order)."""
+
+
+class _Ordinals(dict[bytes, int]):
+    """Site ordinals by site id, looked up at C speed (``__getitem__``)."""
+
+    def __init__(self, db: Database) -> None:
+        super().__init__()
+        self.db = db
+
+    def __missing__(self, site: bytes) -> int:
+        o = self[site] = self.db._site_ordinal(site)
+        return o
+
+
 def write_fresh_rows(
-    db: Database,
-    conn: sqlite3.Connection,
-    fresh: list[tuple[Tracked, tuple[SqlValue, ...], list[Change]]],
-    version: int,
+    db: Database, conn: sqlite3.Connection, fresh: list[FreshRows], version: int
 ) -> None:
     """Write rows created by :func:`merge_locked`'s fresh-row case: every change won, the
     row has cl 1, no sentinel, and the merge's version on every cell (what
-    :func:`write_rows` writes for the same :class:`RowState`)."""
-    upserts: dict[tuple[str, tuple[str, ...]], list[tuple[SqlValue, ...]]] = {}
-    metas: dict[str, list[tuple[SqlValue, ...]]] = {}
-    ords: dict[bytes, int] = {}
-    ordinal = db._site_ordinal
-    layouts: dict[tuple[str, tuple[str, ...]], tuple[tuple[str, ...], list[int], list[int]]] = {}
-    for tr, key, changes in fresh:
-        name = tr.info.name
-        cids = tuple([c[2] for c in changes])
-        lay = layouts.get((name, cids))
-        if lay is None:
-            cols = tuple(sorted(cids))
-            lay = (cols, [cids.index(c) for c in cols], [4 * tr.slots[c] for c in cids])
-            layouts[(name, cids)] = lay
-        cols, order, offsets = lay
-        upserts.setdefault((name, cols), []).append(key + tuple([changes[i][3] for i in order]))
-        cells: list[Any] = [None] * (4 * tr.nslots)
-        for c, off in zip(changes, offsets, strict=True):
-            site = c[6]
-            o = ords.get(site)
-            if o is None:
-                o = ords[site] = ordinal(site)
-            cells[off] = c[4]
-            cells[off + 1] = version
-            cells[off + 2] = o
-            cells[off + 3] = c[8]
-        metas.setdefault(name, []).append((*key, 1, None, None, None, version, *cells))
-    for (name, cols), rows in upserts.items():
-        conn.executemany(upsert_sql(db, db._tracked[name], cols), rows)
-    for name, rows in metas.items():
-        conn.executemany(db._tracked[name].meta_write_sql, rows)
+    :func:`write_rows` writes for the same :class:`RowState`). Each statement's rows are
+    zipped from columns built at C speed (one ``map`` per column), not row by row."""
+    ords = _Ordinals(db)
+    for f in fresh:
+        tr, cids, flat = f.tr, f.cids, f.changes
+        m = len(cids)
+        keycols = [list(map(operator.itemgetter(j), f.keys)) for j in range(tr.npk)]
+        cols = tuple(sorted(cids))
+        values = [list(map(_VAL, flat[cids.index(c) :: m])) for c in cols]
+        conn.executemany(upsert_sql(db, tr, cols), zip(*keycols, *values, strict=True))
+        none = itertools.repeat(None)
+        at = itertools.repeat(version)
+        cells: list[Iterable[Any]] = [none] * (4 * tr.nslots)
+        for i, cid in enumerate(cids):
+            part = flat[i::m]
+            k = 4 * tr.slots[cid]
+            cells[k] = list(map(_CV, part))
+            cells[k + 1] = at
+            cells[k + 2] = list(map(ords.__getitem__, map(_SITE, part)))
+            cells[k + 3] = list(map(_SEQ, part))
+        one = itertools.repeat(1)
+        conn.executemany(
+            tr.meta_write_sql, zip(*keycols, one, none, none, none, at, *cells, strict=False)
+        )
 
 
 def canonical_keys(
@@ -233,55 +329,90 @@ def defaults(db: Database, tr: Tracked) -> dict[str, SqlValue]:
     return tr.defaults
 
 
-def load_states(
-    db: Database, tr: Tracked, keys: list[tuple[SqlValue, ...]]
-) -> dict[tuple[SqlValue, ...], RowState]:
-    conn = db.conn
-    out: dict[tuple[SqlValue, ...], RowState] = {}
-    if conn.execute(f"SELECT 1 FROM {tr.meta} LIMIT 1").fetchone() is None:
-        return out  # first sync into an empty table: every row is new
-    rows: list[Sequence[Any]] = []
-    if tr.npk == 1:
-        for i in range(0, len(keys), 500):
-            chunk = [k[0] for k in keys[i : i + 500]]
-            rows += conn.execute(
-                tr.state_in_sql.format(", ".join("?" * len(chunk))), chunk
-            ).fetchall()
-    else:
+class _StateReader:
+    """Reads the stored state of rows by key, in two parts: what decides whether a change can
+    win (causal length, col_versions, values: :meth:`deciding`), and, only for rows where
+    one may, the rest of the clocks (:meth:`states`)."""
+
+    def __init__(self, db: Database, tr: Tracked) -> None:
+        q = quote_ident
+        self.db = db
+        self.tr = tr
+        self.npk = npk = tr.npk
+        self.names = names = [name for name, _c0, _vi in tr.cell_layout()]
+        slots = [tr.slots[n] for n in names]
+        pcols = [f"m.p{j}" for j in range(npk)]
+        join = " AND ".join(f"b.{q(c.name)} = m.p{j}" for j, c in enumerate(tr.info.pk))
+        deciding = ", ".join(
+            [
+                *pcols,
+                "m.cl",
+                *(f"m.v{i}" for i in slots),
+                *(f"b.{q(n)}" for n in names),
+                f"b.{q(tr.info.pk[0].name)}",
+            ]
+        )
+        rest = ", ".join(
+            [*pcols, "m.sd", "m.ss", "m.sq", *(f"m.{x}{i}" for i in slots for x in "dsq")]
+        )
+        frm = f"FROM {tr.meta} AS m"
+        self.deciding_sql = f"SELECT {deciding} {frm} LEFT JOIN {q(tr.info.name)} AS b ON {join}"
+        self.rest_sql = f"SELECT {rest} {frm}"
+        self.by_key = " WHERE " + " AND ".join(f"m.p{j} = ?" for j in range(npk))
+
+    def deciding(self, keys: list[tuple[SqlValue, ...]]) -> dict[tuple[SqlValue, ...], Any]:
+        """By stored key, for the rows of ``keys`` that have metadata: the key columns,
+        ``cl``, then per current column (:meth:`Tracked.cell_layout` order) its col_version,
+        then its value, then one key column of the table row (NULL: no table row)."""
+        if self.db.conn.execute(f"SELECT 1 FROM {self.tr.meta} LIMIT 1").fetchone() is None:
+            return {}  # first sync into an empty table: every row is new
+        return self._fetch(self.deciding_sql, keys)
+
+    def _fetch(self, sql: str, keys: list[tuple[SqlValue, ...]]) -> dict[tuple[SqlValue, ...], Any]:
+        conn = self.db.conn
+        npk = self.npk
+        rows: list[Sequence[Any]] = []
+        if npk == 1:
+            full = sql + " WHERE m.p0 IN ({})".format(", ".join("?" * 500))
+            for i in range(0, len(keys), 500):
+                chunk = [k[0] for k in keys[i : i + 500]]
+                one = (
+                    full
+                    if len(chunk) == 500
+                    else (sql + " WHERE m.p0 IN ({})".format(", ".join("?" * len(chunk))))
+                )
+                rows += conn.execute(one, chunk).fetchall()
+            return {(row[0],): row for row in rows}
+        one = sql + self.by_key
         for k in keys:
-            rows += conn.execute(tr.state_sql, k).fetchall()
-    npk = tr.npk
-    cols = tr.cell_layout()
-    site_of = db._site_of
-    sites: dict[int, bytes] = {}
+            rows += conn.execute(one, k).fetchall()
+        return {tuple(row[:npk]): row for row in rows}
 
-    def site(ordinal: int) -> bytes:
-        b = sites.get(ordinal)
-        if b is None:
-            b = sites[ordinal] = site_of(ordinal)
-        return b
-
-    for row in rows:
-        key = tuple(row[:npk])
-        cl = row[npk]
-        sd = row[npk + 1]
-        exists = row[-1] is not None
-        st = RowState(cl, exists)
-        if sd is not None:
-            st.sentinel = (cl, sd, site(row[npk + 2]), row[npk + 3])
-        cells = st.cells
-        for name, c0, _vi in cols:
-            v = row[c0]
-            if v is not None:
-                so = row[c0 + 2]
-                b = sites.get(so)
-                cells[name] = (v, row[c0 + 1], b if b is not None else site(so), row[c0 + 3])
-            else:
-                cells[name] = None
-        if exists:
-            st.values = {name: row[vi] for name, _c0, vi in cols}
-        out[key] = st
-    return out
+    def states(self, deciding: list[Sequence[Any]]) -> list[RowState]:
+        """The :class:`RowState` of rows read by :meth:`deciding`, in their order."""
+        npk = self.npk
+        names = self.names
+        n = len(names)
+        rest = self._fetch(self.rest_sql, [tuple(row[:npk]) for row in deciding])
+        site_of = self.db._site_of
+        out = []
+        for row in deciding:
+            more = rest[tuple(row[:npk])]
+            cl = row[npk]
+            exists = row[-1] is not None
+            st = RowState(cl, exists)
+            sd = more[npk]
+            if sd is not None:
+                st.sentinel = (cl, sd, site_of(more[npk + 1]), more[npk + 2])
+            cells = st.cells
+            for j, name in enumerate(names):
+                v = row[npk + 1 + j]
+                k = npk + 3 + 3 * j
+                cells[name] = None if v is None else (v, more[k], site_of(more[k + 1]), more[k + 2])
+            if exists:
+                st.values = {name: row[npk + 1 + n + j] for j, name in enumerate(names)}
+            out.append(st)
+        return out
 
 
 def write_rows(

@@ -98,6 +98,13 @@ def test_a_batch_merged_at_once_ends_where_one_change_at_a_time_ends(seed: int) 
     batch = [c for db in sources for c in db.changes()]
     rng.shuffle(batch)
     batch.append(Change("t", pack_pk([3.0]), "a", "real-key", 9, 1, SITE_C, 1, 0))
+    _, replica = _merged_at_once_and_one_by_one(batch)
+    assert replica.merge(batch) == 0  # and everything loses the second time
+
+
+def _merged_at_once_and_one_by_one(batch: list[Change]) -> tuple[int, crsync.Database]:
+    """Merge ``batch`` into a fresh replica at once and into another one change at a time;
+    check both end alike and won as many changes. Returns the wins and the first replica."""
     replicas = []
     for _ in range(2):
         r = open_db(site=bytes(16))
@@ -110,7 +117,7 @@ def test_a_batch_merged_at_once_ends_where_one_change_at_a_time_ends(seed: int) 
     one_by_one = sum(replicas[1].merge([c]) for c in batch)
     assert at_once == one_by_one
     assert _state(replicas[0]) == _state(replicas[1])
-    assert replicas[0].merge(batch) == 0  # and everything loses the second time
+    return at_once, replicas[0]
 
 
 def test_a_fresh_row_with_two_versions_of_one_cell_keeps_the_greater() -> None:
@@ -212,3 +219,63 @@ def test_decoding_a_frame_leaves_the_garbage_collector_as_it_found_it() -> None:
     finally:
         if was:
             gc.enable()
+
+
+DDL_ANY = "CREATE TABLE t (id INTEGER PRIMARY KEY, a, b REAL)"  # a: no affinity
+TIE_VALUES = [None, -3, 0, 1, 2, 1.0, 1.5, -0.0, "", "1", "a", "é", b"", b"1", b"\x00"]
+
+
+def test_a_merge_into_stored_rows_decides_each_change_as_the_rules_do() -> None:
+    """Changes against stored rows (ties on every pair of storage classes, older and newer
+    clocks, deletes and creates the row already has) win exactly when cr-sqlite's order says
+    so, whether the row's other changes in the batch lose (the quick path) or not."""
+    pk = pack_pk([1])
+    for local in TIE_VALUES:
+        for incoming in TIE_VALUES:
+            r = open_db(site=bytes(16))
+            r.conn.execute(DDL_ANY)
+            r.track("t", integer_keys="app-assigned")
+            assert r.merge([Change("t", pk, "a", local, 3, 1, SITE_A, 1, 0)]) == 1
+            batch = [
+                Change("t", pk, "a", incoming, 2, 9, SITE_B, 1, 1),  # older clock: loses
+                Change("t", pk, "-1", None, 1, 9, SITE_B, 1, 2),  # the row's own cl: loses
+                Change("t", pk, "a", incoming, 3, 9, SITE_B, 1, 3),  # tie: the value decides
+            ]
+            want = reference_order(incoming, local) > 0
+            assert r.merge(batch) == int(want), (local, incoming)
+            [(got,)] = r.conn.execute("SELECT a FROM t").fetchall()
+            assert canon(got) == canon(incoming if want else local), (local, incoming)
+            # A newer clock in the same row wins whatever the tie did.
+            assert r.merge([*batch, Change("t", pk, "b", 2.5, 1, 9, SITE_B, 1, 4)]) == 1
+
+
+def test_a_stored_row_without_its_table_row_compares_ties_with_null() -> None:
+    r = open_db(site=bytes(16))
+    r.conn.execute(DDL_ANY)
+    r.track("t", integer_keys="app-assigned")
+    pk = pack_pk([1])
+    assert r.merge([Change("t", pk, "a", "x", 1, 1, SITE_A, 1, 0)]) == 1
+    # The table row goes behind the triggers' back; its metadata (live clocks) stays.
+    r.conn.executescript(
+        "BEGIN; UPDATE crsync_clock SET merging = 1; DELETE FROM t;"
+        " UPDATE crsync_clock SET merging = 0; COMMIT;"
+    )
+    assert r.merge([Change("t", pk, "a", None, 1, 2, SITE_B, 1, 0)]) == 0  # NULL ties NULL
+    assert r.merge([Change("t", pk, "a", b"", 1, 2, SITE_B, 1, 0)]) == 1  # a blob beats it
+    assert r.conn.execute("SELECT id, a FROM t").fetchall() == [(1, b"")]
+
+
+def test_fresh_rows_with_the_same_columns_are_written_alike_but_a_later_life_is_not() -> None:
+    """Never-seen rows are grouped by the columns they bring: a group is written column by
+    column, except rows of it not in their first life (causal length above 1), which go
+    through the rules; the result is the same as merging each change alone."""
+    batch = []
+    for i, cl in enumerate((1, 3, 1, 1)):
+        pk = pack_pk([i])
+        site = (SITE_A, SITE_B, SITE_C, SITE_A)[i]
+        batch += [
+            Change("t", pk, "c", b"\x00", 1, 7, site, cl, 3 * i),
+            Change("t", pk, "a", f"row {i}", 2, 7, site, cl, 3 * i + 1),
+        ]
+    batch.append(Change("t", pack_pk([9]), "b", 0.5, 1, 8, SITE_B, 1, 0))  # another layout
+    assert _merged_at_once_and_one_by_one(batch)[0] == 9
