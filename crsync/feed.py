@@ -54,7 +54,10 @@ def changed_tables(db: Database, since: int, upto: int) -> set[str]:
         name
         for name, tr in db._tracked.items()
         if conn.execute(
-            f"SELECT 1 FROM {tr.meta} WHERE dbv > ? AND dbv <= ? LIMIT 1", (since, upto)
+            # no upper bound on dbv: see read_table (a row written again after upto still
+            # holds records of (since, upto])
+            f"SELECT 1 FROM {tr.meta} WHERE dbv > ? LIMIT 1",
+            (since,),
         ).fetchone()
         is not None
     }
@@ -94,18 +97,23 @@ def read_table(
         pack_one = None
         key_of = operator.itemgetter(*range(npk))
     i_cl, i_sd, i_ss, i_sq = npk, npk + 1, npk + 2, npk + 3
-    for row in db.conn.execute(tr.read_sql, (since, upto)):
+    # Rows are selected by ``dbv > since`` with no upper bound, and each record by its own
+    # version in ``(since, upto]``: a write committed after ``upto`` was sealed (by another
+    # connection, before this read's snapshot) moves a row's ``dbv`` past ``upto`` but keeps
+    # the clocks of the cells it did not write, which belong to this read: bounding ``dbv``
+    # by ``upto`` lost them for good (the next read starts after ``upto``).
+    for row in db.conn.execute(tr.read_sql, (since,)):
         pkb = pack_one(row[0]) if pack_one is not None else pack_pk(key_of(row))  # type: ignore[misc]
         cl = row[i_cl]
         sd = row[i_sd]
-        if sd is not None and sd > since:
+        if sd is not None and since < sd <= upto:
             so = row[i_ss]
             if so != excl:
                 site = sites.get(so) or sites.setdefault(so, site_of(so))
                 append(new(Change, (name, pkb, SENTINEL, None, cl, sd, site, cl, row[i_sq])))
         for cid, k, vi in cells:
             d = row[k + 1]
-            if d is None or d <= since:
+            if d is None or d <= since or d > upto:
                 continue
             so = row[k + 2]
             if so == excl:
