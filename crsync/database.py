@@ -35,6 +35,7 @@ from ._gc import gc_paused
 from .change import Change, validate_changes
 from .errors import (
     CrsyncError,
+    InvalidChangeError,
     ReadOnlyError,
     SchemaError,
 )
@@ -592,7 +593,13 @@ class Database:
             return 0
         with self._write() as conn, gc_paused():
             self._refresh()
-            return merge.merge_locked(self, conn, batch)
+            try:
+                return merge.merge_locked(self, conn, batch)
+            except UnicodeEncodeError as exc:  # sqlite3 cannot bind the text: nothing applied
+                raise InvalidChangeError(
+                    f"a text value or key is not valid Unicode ({exc.reason} at "
+                    f"{exc.start}: {exc.object[exc.start : exc.end]!r}); nothing was applied"
+                ) from None
 
     def _sync_site(self) -> None:
         """Drop cached site ordinals if another connection reset the site id."""

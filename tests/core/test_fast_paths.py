@@ -6,6 +6,7 @@ order's same-class shortcut is cr-sqlite's order."""
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -279,3 +280,19 @@ def test_fresh_rows_with_the_same_columns_are_written_alike_but_a_later_life_is_
         ]
     batch.append(Change("t", pack_pk([9]), "b", 0.5, 1, 8, SITE_B, 1, 0))  # another layout
     assert _merged_at_once_and_one_by_one(batch)[0] == 9
+
+
+def test_text_that_is_not_valid_unicode_is_refused_with_a_clear_error_and_nothing_applied(
+    tmp_path: Path,
+) -> None:
+    db = crsync.connect(tmp_path / "a.db")
+    db.conn.execute("CREATE TABLE t (id TEXT PRIMARY KEY NOT NULL, v TEXT)")
+    db.track("t")
+    site = bytes(range(1, 17))
+    good = Change("t", pack_pk(["ok"]), "v", "fine", 1, 1, site, 1, 0)
+    lone = Change("t", pack_pk(["bad"]), "v", "\ud800", 1, 1, site, 1, 1)
+    with pytest.raises(crsync.InvalidChangeError, match="not valid Unicode"):
+        db.merge([good, lone])
+    assert db.conn.execute("SELECT count(*) FROM t").fetchone()[0] == 0
+    assert db.merge([good]) == 1
+    db.close()
