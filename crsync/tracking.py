@@ -59,8 +59,6 @@ class Tracked:
     npk: int
     meta: str  # quoted metadata table
     read_sql: str
-    state_sql: str
-    state_in_sql: str
     delete_sql: str
     meta_write_sql: str
     pk_affinity: tuple[str, ...]
@@ -68,7 +66,7 @@ class Tracked:
     upserts: dict[tuple[str, ...], str] = attrs.Factory(dict)
 
     def cell_layout(self) -> list[tuple[str, int, int]]:
-        """Where each current column's cell sits in a row of ``read_sql`` or ``state_sql``
+        """Where each current column's cell sits in a row of ``read_sql``
         (key columns, ``cl, sd, ss, sq, dbv``, four clock fields per current column, then the
         current values): ``(column, index of its col_version, index of its value)``, in the
         table's column order."""
@@ -352,11 +350,8 @@ def prepare(db: Database, info: TableInfo, slot_names: list[str]) -> Tracked:
     head = ", ".join([*(f"m.{p}" for p in pcols), "m.cl", "m.sd", "m.ss", "m.sq", "m.dbv"])
     sel = ", ".join(x for x in (head, cell_sel, val_sel, f"b.{q(info.pk[0].name)}") if x)
     read_sql = (
-        f"SELECT {sel} FROM {m} AS m LEFT JOIN {t} AS b ON {join} WHERE m.dbv > ? AND m.dbv <= ?"
+        f"SELECT {sel} FROM {m} AS m LEFT JOIN {t} AS b ON {join} WHERE m.dbv > ?"
     )
-    key_match = " AND ".join(f"m.p{j} = ?" for j in range(npk))
-    state_sql = f"SELECT {sel} FROM {m} AS m LEFT JOIN {t} AS b ON {join} WHERE {key_match}"
-    state_in_sql = f"SELECT {sel} FROM {m} AS m LEFT JOIN {t} AS b ON {join} WHERE m.p0 IN ({{}})"
     delete_sql = f"DELETE FROM {t} WHERE " + " AND ".join(f"{q(c.name)} = ?" for c in info.pk)
     all_cells = [c for i in range(len(slot_names)) for c in cell_columns(i)]
     mcols = [*pcols, "cl", "sd", "ss", "sq", "dbv", *all_cells]
@@ -370,8 +365,6 @@ def prepare(db: Database, info: TableInfo, slot_names: list[str]) -> Tracked:
         npk=npk,
         meta=m,
         read_sql=read_sql,
-        state_sql=state_sql,
-        state_in_sql=state_in_sql,
         delete_sql=delete_sql,
         meta_write_sql=meta_write_sql,
         pk_affinity=tuple(affinity(c.decltype) for c in info.pk),
