@@ -366,6 +366,7 @@ async def handle_connection(ws: ServerConnection, hub: Hub, settings: RelaySetti
         hub.metrics.errors.labels(code="stalled").inc()
         with trio.move_on_after(1):
             await ws.aclose(1008, "stalled")
+        log.info("relay.peer_dropped peer=%s", peer)  # closed: what it held is released
     except trio.TooSlowError:
         close = rules.fail(p.ErrorCode.BAD_FRAME.value, "no hello within the handshake timeout")
         await _send_error(ws, close, hub)
