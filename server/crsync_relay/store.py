@@ -532,6 +532,16 @@ class RelayStore(StoreBackend):
             by_table.setdefault(table, []).append(pk)
         rows_of: dict[tuple[str, bytes], list[tuple[Any, ...]]] = {}
         graves: dict[tuple[str, bytes], int] = {}
+        # Tables with collected tombstones (one look each): a store that never collected, or
+        # a table without any, costs no grave lookups.
+        with_graves = {
+            t
+            for t in by_table
+            if self.conn.execute(
+                "SELECT 1 FROM relay_graves WHERE tbl = ? LIMIT 1", (t,)
+            ).fetchone()
+            is not None
+        }
         for table, pks in by_table.items():
             for i in range(0, len(pks), 400):
                 chunk = pks[i : i + 400]
@@ -542,6 +552,8 @@ class RelayStore(StoreBackend):
                 ):
                     rows_of.setdefault((table, row[0]), []).append(row[1:8])
                     via_of[(table, row[0], row[1])] = row[8]
+                if table not in with_graves:
+                    continue
                 for pk, cl in self.conn.execute(
                     f"SELECT pk, cl FROM relay_graves WHERE tbl = ? AND pk IN "
                     f"({', '.join('?' * len(chunk))})",
