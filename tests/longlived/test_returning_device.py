@@ -70,6 +70,24 @@ async def _sync_once(db: crsync.Database, url: str) -> None:
         await p.wait_synced()
 
 
+async def _one_big_unit(relay: RelayLauncher, writer: crsync.Database, scratch: Path) -> int:
+    """Write 60,000 rows in one transaction (one relay version, served in many parts), sync
+    them to the relay, and return the bytes an uncut bootstrap of them takes."""
+    with writer.conn:
+        writer.conn.executemany(
+            "INSERT INTO items VALUES (?, ?, ?)",
+            ((i, f"item {i:08d} " + "x" * 40, i) for i in range(60_000)),
+        )
+    await _sync_once(writer, f"ws://127.0.0.1:{relay.port}")
+    reference = _device(scratch)
+    try:
+        async with _proxied(relay) as proxy:
+            await _sync_once(reference, proxy.url)
+            return proxy.stats.bytes_down
+    finally:
+        reference.close()
+
+
 @pytest.mark.slow
 async def test_a_device_back_after_400_days_converges_and_transfers_under_5_percent(
     tmp_path: Path,
@@ -151,18 +169,7 @@ async def test_a_bootstrap_cut_at_random_points_resumes_without_starting_over(
     writer, fresh = _device(tmp_path / "w.db"), _device(tmp_path / "f.db")
     relay.start()
     try:
-        with writer.conn:  # one transaction: one relay version, served in many parts
-            writer.conn.executemany(
-                "INSERT INTO items VALUES (?, ?, ?)",
-                ((i, f"item {i:08d} " + "x" * 40, i) for i in range(60_000)),
-            )
-        await _sync_once(writer, f"ws://127.0.0.1:{relay.port}")
-        # The size of a whole bootstrap, uncut.
-        reference = _device(tmp_path / "ref.db")
-        async with _proxied(relay) as proxy:
-            await _sync_once(reference, proxy.url)
-            full = proxy.stats.bytes_down
-        reference.close()
+        full = await _one_big_unit(relay, writer, tmp_path / "ref.db")
 
         rnd = random.Random(7)
         progress: list[tuple[int, int]] = []
@@ -218,17 +225,7 @@ async def test_a_device_process_killed_mid_bootstrap_resumes_where_it_stopped(
     _device(fresh_path).close()
     relay.start()
     try:
-        with writer.conn:  # one transaction: one relay version, served in many parts
-            writer.conn.executemany(
-                "INSERT INTO items VALUES (?, ?, ?)",
-                ((i, f"item {i:08d} " + "x" * 40, i) for i in range(60_000)),
-            )
-        await _sync_once(writer, f"ws://127.0.0.1:{relay.port}")
-        reference = _device(tmp_path / "ref.db")  # the size of a whole bootstrap, uncut
-        async with _proxied(relay) as proxy:
-            await _sync_once(reference, proxy.url)
-            full = proxy.stats.bytes_down
-        reference.close()
+        full = await _one_big_unit(relay, writer, tmp_path / "ref.db")
         async with _proxied(relay) as proxy:
             cmd = [sys.executable, "-m", "crsync", "sync", str(fresh_path), "--url", proxy.url]
             cmd += ["--store", STORE, "--timeout", "60"]
