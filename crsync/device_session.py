@@ -277,6 +277,7 @@ class DeviceSession:
         self._merging: int | None = None  # the upto of the unit being merged
         self._pongs: dict[int, int] = {}
         self._ping_ids = 0
+        self._unawaited: set[int] = set()  # pings whose answer nobody takes (the horizon's)
         self.horizon: int | None = None  # the relay's horizon as last heard
         self._staged: StagedUnit | None = None  # held durably when this connection started
         self._resume: p.Resume | None = None  # what the hello asked to resume
@@ -550,7 +551,10 @@ class DeviceSession:
         if isinstance(msg, p.Changes):
             return self._changes(msg)
         if isinstance(msg, p.Pong):
-            self._pongs[msg.id] = msg.head
+            if msg.id in self._unawaited:
+                self._unawaited.discard(msg.id)
+            else:
+                self._pongs[msg.id] = msg.head
             self.relay_head = max(self.relay_head, msg.head)
             if msg.horizon is not None and (self.horizon is None or msg.horizon > self.horizon):
                 self.horizon = msg.horizon
@@ -616,9 +620,13 @@ class DeviceSession:
             and self.push_upto >= self.local_sealed
         )
 
-    def ping(self) -> p.Ping:
-        """A ping asking the relay for its head (a new id each call)."""
+    def ping(self, *, answer: bool = True) -> p.Ping:
+        """A ping asking the relay for its head (a new id each call). ``answer`` False: the
+        pong is only for its head and horizon (handled as they come), nobody takes it with
+        :meth:`pong`."""
         self._ping_ids += 1
+        if not answer:
+            self._unawaited.add(self._ping_ids)
         return p.Ping(self._ping_ids)
 
     def pong(self, ping_id: int) -> int | None:

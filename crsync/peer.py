@@ -329,6 +329,7 @@ class Peer:
         on_progress: Callable[[int, int], None] | None = None,
         sync_lock: bool = True,
         busy_timeout: float = 10.0,
+        horizon_interval: float = 3600.0,
     ) -> None:
         """Configure a peer; nothing happens until ``async with``.
 
@@ -360,6 +361,9 @@ class Peer:
                 when it is released.
             busy_timeout: how long (seconds) the peer's writes wait for a lock held by another
                 connection before giving up; the peer then retries later (see :attr:`reason`).
+            horizon_interval: while connected, ask the relay every this many seconds where
+                the store's horizon is (a ``ping``; the relay also says it in ``welcome``), so
+                a device that stays connected for weeks compacts its tombstones below it too.
 
         Raises:
             RelayURLError: the URL cannot work (scheme, host, port, a stray space).
@@ -392,6 +396,9 @@ class Peer:
         self.open_timeout = open_timeout
         self.watch_files = watch_files
         self.on_progress = on_progress
+        if not horizon_interval > 0:
+            raise CrsyncError(f"horizon_interval must be positive, not {horizon_interval!r}")
+        self.horizon_interval = horizon_interval
         # The frame being handled, decoded and as received (a staged part is kept as received).
         self._frame: tuple[object, bytes | None] = (None, None)
         # Changes of the parts staged for the unit being received, when this process staged
@@ -848,6 +855,7 @@ class Peer:
             try:
                 async with open_task_group(self._rank) as tasks:
                     tasks.start_soon(self._pusher, ws)
+                    tasks.start_soon(self._ask_horizon, ws)
                     await self._receiver(ws)
                     tasks.cancel_scope.cancel()
             except ConnectionClosed as exc:
@@ -1003,9 +1011,7 @@ class Peer:
             self._local = anyio.Event()
             sealed, changes = await self._call(lambda db, s=rules.push_upto: db.changes_since(s))
             # A full push also sends the compacted tombstones (as collected ones).
-            collected = (
-                await self._call(positions.collected_tombstones) if rules.full_push else []
-            )
+            collected = await self._call(positions.collected_tombstones) if rules.full_push else []
             # Checked after reading: a table is tracked before it is written, so changes of a
             # table tracked while connected always come with a schema that differs from the
             # one announced; the session then asks to reconnect, announcing it.
@@ -1022,6 +1028,13 @@ class Peer:
             await self._perform(ws, rules.receive(msg))  # WIRING
             self._frame = (None, None)
             self._update_synced()
+
+    async def _ask_horizon(self, ws: Connection) -> None:
+        """Every ``horizon_interval`` seconds, a ping: its pong carries the store's horizon,
+        which the session turns into compaction (:class:`device_session.ApplyHorizon`)."""
+        while True:
+            await anyio.sleep(self.horizon_interval)
+            await self._send(ws, self._rules.ping(answer=False))  # WIRING
 
     async def _watch(self) -> None:
         """Wake the pusher when the database files change (any connection, any process): the

@@ -343,6 +343,15 @@ def test_synced_needs_the_connection_the_head_and_every_sealed_change_pushed() -
     assert not s.synced
 
 
+def test_a_pong_nobody_waits_for_applies_its_horizon_and_is_not_kept() -> None:
+    s, _ = _connected()
+    ping = s.ping(answer=False)
+    actions = s.receive(p.Pong(ping.id, 44, 3))
+    assert [type(a) for a in actions] == [ds.ApplyHorizon]
+    assert s.relay_head == 44
+    assert s.pong(ping.id) is None  # nothing kept for it (one ping an hour, for weeks)
+
+
 def test_pings_get_new_ids_and_pongs_are_taken_once() -> None:
     s, _ = _connected()
     a, b = s.ping(), s.ping()

@@ -163,3 +163,24 @@ async def test_a_full_push_after_an_epoch_change_sends_compacted_deletes_as_coll
     # They lead the first unit; the live row follows.
     assert relay.pushes[0].changes[: len(collected)] == collected
     assert {crsync.unpack_pk(c.pk)[0] for c in sent if c.site_id == db.site_id} == {"c"}
+
+
+async def test_a_peer_that_stays_connected_learns_the_horizon_without_being_asked(
+    tmp_path: Path,
+) -> None:
+    """No wait_synced, no reconnect: the Peer asks for the horizon every horizon_interval,
+    so a device connected for weeks still compacts its tombstones."""
+    relay = HorizonRelay(_unit(tmp_path))
+    db = open_db(tmp_path / "d.db")
+    async with ws_server(relay.handler) as port:
+        with anyio.fail_after(20):
+            async with Peer(
+                db,
+                f"ws://127.0.0.1:{port}",
+                store="s",
+                horizon_interval=0.05,
+                **FAST,  # type: ignore[arg-type]
+            ) as peer:
+                await eventually(lambda: peer.stats.compacted_tombstones == 1, "compaction")
+                assert peer.stats.connects == 1
+    assert db.metadata_stats().collected == 1
