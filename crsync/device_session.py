@@ -287,6 +287,7 @@ class DeviceSession:
         self._done0 = 0  # cells held at the welcome (a resumed unit's)
         self._remaining: int | None = None
         self._cursor0 = 0  # pull_upto at the welcome
+        self._head0 = 0  # the relay's head at the welcome: merged up to it, the catch-up is done
 
     # ------------------------------------------------------------------ connection
 
@@ -424,6 +425,7 @@ class DeviceSession:
         self._done = self._done0
         self._remaining = msg.remaining
         self._cursor0 = pull_upto
+        self._head0 = msg.head
         if msg.horizon is not None:
             self.horizon = msg.horizon
             out.append(ApplyHorizon(msg.epoch, msg.horizon))
@@ -433,7 +435,10 @@ class DeviceSession:
         """``(done, total)`` of the current catch-up, in cells: ``done`` = cells merged or
         staged since the welcome (a resumed unit's cells held at the welcome included),
         ``total`` = ``done`` at the welcome + the welcome's ``remaining`` (never below
-        ``done``: changes written meanwhile arrive too).
+        ``done``: changes written meanwhile arrive too), and ``done`` once the unit being
+        merged (``upto``) reaches the head the relay had at the welcome: the catch-up is
+        over (``remaining`` is an estimate: it counts this device's own changes too, which
+        the relay does not send back).
 
         A relay that sends no ``remaining`` (an older one) gives no count of cells: then
         both are relay versions since the welcome, ``done`` = the merged version (``upto``:
@@ -443,6 +448,8 @@ class DeviceSession:
             merged = self.pull_upto if upto is None else upto
             head = max(self.relay_head, merged)
             return merged - self._cursor0, head - self._cursor0
+        if upto is not None and upto >= self._head0:
+            return self._done, self._done
         return self._done, max(self._done0 + self._remaining, self._done)
 
     def site_reset(self, site: bytes) -> None:

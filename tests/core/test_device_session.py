@@ -504,6 +504,17 @@ def test_progress_counts_cells_against_the_welcomes_remaining() -> None:
     assert isinstance(merge, ds.MergeUnit) and merge.progress == (5, 5)
 
 
+def test_progress_ends_at_its_total_when_the_welcomes_head_is_merged() -> None:
+    # remaining counted this device's own changes too (the relay does not send them back):
+    # merging up to the head the relay had at the welcome ends the catch-up all the same.
+    s, _ = _connected(welcome=p.Welcome(p.PROTOCOL_VERSION, "E", 30, 5, remaining=10))
+    (merge,) = s.receive(p.Changes(20, 25, [_c(21, 0, OTHER)]))
+    assert isinstance(merge, ds.MergeUnit) and merge.progress == (1, 10)
+    s.merged()
+    (merge,) = s.receive(p.Changes(25, 30, [_c(26, 0, OTHER), _c(27, 0, OTHER)]))
+    assert isinstance(merge, ds.MergeUnit) and merge.progress == (3, 3)
+
+
 def test_progress_without_remaining_counts_relay_versions() -> None:
     s, _ = _connected()  # relay head 30, merged up to 20, no remaining
     (merge,) = s.receive(p.Changes(20, 25, [_c(21, 0, OTHER)]))
