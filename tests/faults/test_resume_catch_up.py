@@ -12,7 +12,7 @@ from typing import Any
 
 import anyio
 import pytest
-from sync.helpers import FAST, eventually, open_db, rows, ws_close, ws_server
+from sync.helpers import FAST, eventually, open_db, peer_messages, rows, ws_close, ws_server
 
 import crsync
 from crsync import Change, positions
@@ -77,11 +77,7 @@ class FakeRelay:
                 return
             await ws.send(p.encode(p.Changes(0, 1, part, more=i < len(parts) - 1)))
             sent.extend(part)
-        while True:
-            try:
-                msg = p.decode(await ws.recv())
-            except Exception:
-                return
+        async for msg in peer_messages(ws):
             if isinstance(msg, p.Received):
                 self.received.append(msg.upto)
             elif isinstance(msg, p.Ping):

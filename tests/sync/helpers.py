@@ -12,6 +12,7 @@ import anyio
 import sniffio
 
 import crsync
+from crsync import protocol as p
 from crsync.peer import Peer
 
 TODOS = (
@@ -98,6 +99,17 @@ async def ws_client(url: str, local_host: str | None = None, **options: Any) -> 
             yield ws
 
 
+async def peer_messages(ws: Any) -> AsyncIterator[p.Message]:
+    """What a peer sends to a fake relay (``ws_server`` handler side), decoded, until the
+    connection ends or sends something that does not decode."""
+    while True:
+        try:
+            msg = p.decode(await ws.recv())
+        except Exception:
+            return
+        yield msg
+
+
 async def ws_close(ws: Any, code: int, reason: str) -> None:
     """Close a connection of :func:`ws_server` or :func:`ws_client` with a close code and
     reason."""
@@ -127,8 +139,8 @@ async def peers_at(
 async def converge(ps: Sequence[Peer]) -> None:
     """Two rounds of wait_synced: everybody pushed, then everybody pulled everything."""
     for _ in range(2):
-        for p in ps:
-            await p.wait_synced()
+        for peer in ps:
+            await peer.wait_synced()
 
 
 async def assert_resumes_without_resending(

@@ -17,7 +17,7 @@ from crsync.change import COLLECTED_SITE
 from crsync.peer import Peer
 from crsync.sync_thread import SyncThread
 
-from .helpers import FAST, eventually, open_db, rows, ws_server
+from .helpers import FAST, eventually, open_db, peer_messages, rows, ws_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
@@ -47,11 +47,7 @@ class HorizonRelay:
         p.decode(await ws.recv())
         await ws.send(p.encode(p.Welcome(1, "E", 1, 0, horizon=0, remaining=len(self.unit))))
         await ws.send(p.encode(p.Changes(0, 1, self.unit)))
-        while True:
-            try:
-                msg = p.decode(await ws.recv())
-            except Exception:
-                return
+        async for msg in peer_messages(ws):
             if isinstance(msg, p.Received):
                 self.received.append(msg.upto)
             elif isinstance(msg, p.Ping):
@@ -123,11 +119,7 @@ class NewEpochRelay:
     async def handler(self, ws: Any) -> None:
         p.decode(await ws.recv())
         await ws.send(p.encode(p.Welcome(1, "F", 0, 0)))
-        while True:
-            try:
-                msg = p.decode(await ws.recv())
-            except Exception:
-                return
+        async for msg in peer_messages(ws):
             if isinstance(msg, p.Push):
                 self.pushes.append(msg)
                 if not msg.more:
